@@ -1,0 +1,159 @@
+//! Run events, published on `<prefix>.event.<task>.<status>` to the events stream.
+
+use std::fmt;
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+/// Where a run (or a definition) stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunStatus {
+    /// Accepted by a dispatcher and waiting for a worker.
+    Queued,
+    /// A worker started an attempt.
+    Started,
+    /// The handler succeeded.
+    Succeeded,
+    /// An attempt failed and will be retried.
+    Failed,
+    /// Gave up; a copy is in the DLQ.
+    Dead,
+    /// Not run, by rule (overlap, trigger rule, window policy).
+    Skipped,
+    /// Stopped on request.
+    Cancelled,
+    /// A submission that cannot be run (unknown task, malformed body); kept in the DLQ.
+    Rejected,
+    /// Occurrences of a schedule that were not fired (misfire policy).
+    Missed,
+    /// A schedule or task definition that cannot be used.
+    Invalid,
+}
+
+impl RunStatus {
+    /// Every status, in lifecycle order.
+    pub const ALL: [RunStatus; 10] = [
+        RunStatus::Queued,
+        RunStatus::Started,
+        RunStatus::Succeeded,
+        RunStatus::Failed,
+        RunStatus::Dead,
+        RunStatus::Skipped,
+        RunStatus::Cancelled,
+        RunStatus::Rejected,
+        RunStatus::Missed,
+        RunStatus::Invalid,
+    ];
+
+    /// The subject token and JSON spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Queued => "queued",
+            RunStatus::Started => "started",
+            RunStatus::Succeeded => "succeeded",
+            RunStatus::Failed => "failed",
+            RunStatus::Dead => "dead",
+            RunStatus::Skipped => "skipped",
+            RunStatus::Cancelled => "cancelled",
+            RunStatus::Rejected => "rejected",
+            RunStatus::Missed => "missed",
+            RunStatus::Invalid => "invalid",
+        }
+    }
+
+    /// True once nothing more will happen to the run.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            RunStatus::Succeeded | RunStatus::Dead | RunStatus::Skipped | RunStatus::Cancelled | RunStatus::Rejected
+        )
+    }
+}
+
+impl fmt::Display for RunStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One step in the life of a run, or a report about a definition.
+///
+/// The first nine fields are the SPEC's and are always present (`null` when
+/// they do not apply); the rest appear only when they carry something.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunEvent {
+    /// The run; `null` for `invalid` and `missed` reports.
+    pub run_id: Option<String>,
+    /// Task name (for `invalid` schedule reports: the schedule's task, or the key).
+    pub task: String,
+    /// Schedule id when the run was fired by a schedule.
+    pub schedule: Option<String>,
+    /// What happened.
+    pub status: RunStatus,
+    /// Attempt number (0 before the first attempt).
+    pub attempt: u32,
+    /// When it happened.
+    pub at: Timestamp,
+    /// Nominal fire time of a scheduled run.
+    pub scheduled_for: Option<Timestamp>,
+    /// The reason, for failed, dead, rejected, skipped, cancelled and invalid.
+    pub error: Option<String>,
+    /// Handler run time of a finished attempt.
+    pub duration_ms: Option<u64>,
+    /// For `invalid`: the KV bucket of the bad definition.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bucket: Option<String>,
+    /// For `invalid`: the key of the bad definition.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// For `missed`: how many occurrences were not fired.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
+    /// Queue the run was dispatched to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<String>,
+    /// Worker that ran the attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker: Option<String>,
+    /// Captured handler output (exec), truncated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<String>,
+}
+
+impl RunEvent {
+    /// An event with the SPEC fields set and no extras.
+    pub fn new(status: RunStatus, task: impl Into<String>, run_id: Option<String>) -> Self {
+        RunEvent {
+            run_id,
+            task: task.into(),
+            schedule: None,
+            status,
+            attempt: 0,
+            at: Timestamp::now(),
+            scheduled_for: None,
+            error: None,
+            duration_ms: None,
+            bucket: None,
+            key: None,
+            count: None,
+            queue: None,
+            worker: None,
+            output: None,
+        }
+    }
+
+    /// A deterministic `Nats-Msg-Id`, so a re-published event is stored once.
+    pub fn msg_id(&self) -> String {
+        match (&self.run_id, self.status) {
+            (Some(run), status) => format!("{run}:{status}:{}", self.attempt),
+            (None, status) => format!(
+                "{}:{}:{}:{}",
+                status,
+                self.key.as_deref().unwrap_or(&self.task),
+                self.scheduled_for.map(|t| t.to_string()).unwrap_or_default(),
+                self.count.unwrap_or_default()
+            ),
+        }
+    }
+}

@@ -1,0 +1,24 @@
+//! jetsched's public contract: every subject, stream, bucket and consumer
+//! definition, header name and payload type. Services and the CLI build all
+//! names through [`Names`] and all payloads through these types, so the
+//! contract lives in one place; `schemas/` is its JSON Schema form and a test
+//! keeps the two in agreement.
+
+pub mod duration;
+pub mod event;
+pub mod headers;
+pub mod message;
+pub mod names;
+pub mod run;
+pub mod schedule;
+pub mod setup;
+pub mod task;
+
+pub use duration::HumanDuration;
+pub use event::{RunEvent, RunStatus};
+pub use message::{DueFire, WorkItem};
+pub use names::{BANDS, DEFAULT_PREFIX, DEFAULT_QUEUE, InboxKind, NameError, Names, validate_name};
+pub use run::RunRecord;
+pub use schedule::{Misfire, MisfirePolicy, Overlap, ScheduleDef, TaskRef};
+pub use setup::{Handles, SetupError, Topology};
+pub use task::{Handler, RetryPolicy, TaskDef};

@@ -1,0 +1,57 @@
+//! Bodies of the messages services pass each other: due fires (ticker ->
+//! dispatcher) and work items (dispatcher -> worker). Submissions carry the
+//! user's payload as their whole body and need no type.
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::task::TaskDef;
+
+/// Body of `<prefix>.due.<task>`: one fire of a schedule.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DueFire {
+    /// Schedule id.
+    pub schedule: String,
+    /// Nominal fire time (before jitter); with the schedule id it names the run.
+    pub scheduled_for: Timestamp,
+    /// The payload the schedule gives its runs.
+    #[serde(default)]
+    pub payload: Value,
+    /// The definition, when the schedule carries it inline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_def: Option<TaskDef>,
+    /// Do not start before this instant (a fire staged ahead of time).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_before: Option<Timestamp>,
+}
+
+/// Body of `<prefix>.task.<queue>.<band>`: one run for a worker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkItem {
+    /// The run id.
+    pub run_id: String,
+    /// Task name.
+    pub task: String,
+    /// The definition as it was when the run was dispatched.
+    pub def: TaskDef,
+    /// The run's input.
+    #[serde(default)]
+    pub payload: Value,
+    /// Schedule id of a scheduled run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<String>,
+    /// Nominal fire time of a scheduled run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduled_for: Option<Timestamp>,
+    /// When the dispatcher queued it.
+    pub queued_at: Timestamp,
+    /// Do not start before this instant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_before: Option<Timestamp>,
+    /// KV revision of the run record as the dispatcher created it; the first
+    /// attempt's compare-and-set needs no read.
+    pub record_revision: u64,
+}

@@ -1,0 +1,260 @@
+//! Every subject, stream, bucket and consumer name jetsched uses, built from
+//! one prefix (default `jetsched`) so that several tenants can share a NATS
+//! account. No other module builds a subject string.
+
+use std::fmt;
+
+/// The default prefix: subjects `jetsched.*`, streams `JETSCHED_*`, buckets `jetsched-*`.
+pub const DEFAULT_PREFIX: &str = "jetsched";
+
+/// Number of priority bands per queue; band 0 is served first.
+pub const BANDS: u8 = 10;
+
+/// The queue a task runs on when its definition names none.
+pub const DEFAULT_QUEUE: &str = "default";
+
+/// Longest task, schedule, queue or step name.
+pub const MAX_NAME_LEN: usize = 64;
+
+/// A name that is not `^[A-Za-z0-9_-]{1,64}$`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid {kind} name {name:?}: must be 1-64 characters of A-Z, a-z, 0-9, '_' or '-'")]
+pub struct NameError {
+    /// What was being named (task, schedule, queue, ...).
+    pub kind: &'static str,
+    /// The rejected name.
+    pub name: String,
+}
+
+/// Checks a task, schedule, queue or step name (one subject token, no dots).
+pub fn validate_name(kind: &'static str, name: &str) -> Result<(), NameError> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if ok { Ok(()) } else { Err(NameError { kind, name: name.to_string() }) }
+}
+
+/// Which kind of message arrived on the inbox stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InboxKind {
+    /// `<prefix>.submit.<task>`: an ad-hoc submission by a user.
+    Submit,
+    /// `<prefix>.due.<task>`: a schedule fired by the ticker.
+    Due,
+}
+
+/// The name set for one prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Names {
+    prefix: String,
+    upper: String,
+}
+
+impl Default for Names {
+    fn default() -> Self {
+        Names { prefix: DEFAULT_PREFIX.to_string(), upper: DEFAULT_PREFIX.to_ascii_uppercase() }
+    }
+}
+
+impl fmt::Display for Names {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.prefix)
+    }
+}
+
+impl Names {
+    /// Names under `prefix`, which must itself be a valid name.
+    pub fn new(prefix: &str) -> Result<Names, NameError> {
+        validate_name("prefix", prefix)?;
+        Ok(Names { prefix: prefix.to_string(), upper: prefix.to_ascii_uppercase().replace('-', "_") })
+    }
+
+    /// The prefix.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    // ---- subjects ----
+
+    /// Where users submit ad-hoc runs of `task`.
+    pub fn submit_subject(&self, task: &str) -> String {
+        format!("{}.submit.{task}", self.prefix)
+    }
+
+    /// Where the ticker publishes a schedule's fires of `task`.
+    pub fn due_subject(&self, task: &str) -> String {
+        format!("{}.due.{task}", self.prefix)
+    }
+
+    /// Work for `queue` at priority `band`.
+    pub fn task_subject(&self, queue: &str, band: u8) -> String {
+        format!("{}.task.{queue}.{band}", self.prefix)
+    }
+
+    /// A run event.
+    pub fn event_subject(&self, task: &str, status: &str) -> String {
+        format!("{}.event.{task}.{status}", self.prefix)
+    }
+
+    /// Every event of every task.
+    pub fn event_filter(&self) -> String {
+        format!("{}.event.>", self.prefix)
+    }
+
+    /// A dead letter of `task`.
+    pub fn dead_subject(&self, task: &str) -> String {
+        format!("{}.dead.{task}", self.prefix)
+    }
+
+    /// Every dead letter.
+    pub fn dead_filter(&self) -> String {
+        format!("{}.dead.>", self.prefix)
+    }
+
+    /// Splits an inbox subject into its kind and task name.
+    pub fn parse_inbox_subject<'a>(&self, subject: &'a str) -> Option<(InboxKind, &'a str)> {
+        let rest = subject.strip_prefix(self.prefix.as_str())?.strip_prefix('.')?;
+        let (kind, task) = rest.split_once('.')?;
+        let kind = match kind {
+            "submit" => InboxKind::Submit,
+            "due" => InboxKind::Due,
+            _ => return None,
+        };
+        Some((kind, task))
+    }
+
+    /// Splits a task subject into queue and band.
+    pub fn parse_task_subject<'a>(&self, subject: &'a str) -> Option<(&'a str, u8)> {
+        let rest = subject.strip_prefix(self.prefix.as_str())?.strip_prefix(".task.")?;
+        let (queue, band) = rest.split_once('.')?;
+        Some((queue, band.parse().ok()?))
+    }
+
+    /// Splits an event subject into task and status.
+    pub fn parse_event_subject<'a>(&self, subject: &'a str) -> Option<(&'a str, &'a str)> {
+        let rest = subject.strip_prefix(self.prefix.as_str())?.strip_prefix(".event.")?;
+        rest.split_once('.')
+    }
+
+    // ---- streams ----
+
+    /// Submissions and due fires, consumed by dispatchers.
+    pub fn inbox_stream(&self) -> String {
+        format!("{}_INBOX", self.upper)
+    }
+
+    /// Subjects of the inbox stream.
+    pub fn inbox_subjects(&self) -> Vec<String> {
+        vec![format!("{}.submit.>", self.prefix), format!("{}.due.>", self.prefix)]
+    }
+
+    /// Dispatched work, consumed by workers.
+    pub fn tasks_stream(&self) -> String {
+        format!("{}_TASKS", self.upper)
+    }
+
+    /// Subjects of the tasks stream.
+    pub fn tasks_subjects(&self) -> Vec<String> {
+        vec![format!("{}.task.>", self.prefix)]
+    }
+
+    /// Run events.
+    pub fn events_stream(&self) -> String {
+        format!("{}_EVENTS", self.upper)
+    }
+
+    /// Dead letters.
+    pub fn dlq_stream(&self) -> String {
+        format!("{}_DLQ", self.upper)
+    }
+
+    // ---- buckets ----
+
+    /// Task definitions, keyed by task name.
+    pub fn tasks_bucket(&self) -> String {
+        format!("{}-tasks", self.prefix)
+    }
+
+    /// Schedules, keyed by schedule id.
+    pub fn schedules_bucket(&self) -> String {
+        format!("{}-schedules", self.prefix)
+    }
+
+    /// Run records, keyed by run id.
+    pub fn runs_bucket(&self) -> String {
+        format!("{}-runs", self.prefix)
+    }
+
+    /// Worker heartbeats, keyed by worker id.
+    pub fn workers_bucket(&self) -> String {
+        format!("{}-workers", self.prefix)
+    }
+
+    /// Handler checkpoints, keyed by run id.
+    pub fn checkpoints_bucket(&self) -> String {
+        format!("{}-checkpoints", self.prefix)
+    }
+
+    // ---- consumers ----
+
+    /// The durable consumer all dispatchers share.
+    pub fn dispatcher_consumer(&self) -> String {
+        "dispatcher".to_string()
+    }
+
+    /// The durable consumer all workers of `queue` share for `band`.
+    pub fn worker_consumer(&self, queue: &str, band: u8) -> String {
+        format!("worker-{queue}-{band}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_names_match_the_spec() {
+        let n = Names::default();
+        assert_eq!(n.submit_subject("resize-image"), "jetsched.submit.resize-image");
+        assert_eq!(n.due_subject("resize-image"), "jetsched.due.resize-image");
+        assert_eq!(n.task_subject("default", 3), "jetsched.task.default.3");
+        assert_eq!(n.event_subject("resize-image", "succeeded"), "jetsched.event.resize-image.succeeded");
+        assert_eq!(n.dead_subject("resize-image"), "jetsched.dead.resize-image");
+        assert_eq!(n.inbox_stream(), "JETSCHED_INBOX");
+        assert_eq!(n.tasks_stream(), "JETSCHED_TASKS");
+        assert_eq!(n.events_stream(), "JETSCHED_EVENTS");
+        assert_eq!(n.dlq_stream(), "JETSCHED_DLQ");
+        assert_eq!(n.tasks_bucket(), "jetsched-tasks");
+        assert_eq!(n.schedules_bucket(), "jetsched-schedules");
+        assert_eq!(n.runs_bucket(), "jetsched-runs");
+        assert_eq!(n.workers_bucket(), "jetsched-workers");
+        assert_eq!(n.checkpoints_bucket(), "jetsched-checkpoints");
+    }
+
+    #[test]
+    fn prefix_renames_everything() {
+        let n = Names::new("acme-prod").unwrap();
+        assert_eq!(n.submit_subject("t"), "acme-prod.submit.t");
+        assert_eq!(n.inbox_stream(), "ACME_PROD_INBOX");
+        assert_eq!(n.tasks_bucket(), "acme-prod-tasks");
+    }
+
+    #[test]
+    fn subjects_parse_back() {
+        let n = Names::default();
+        assert_eq!(n.parse_inbox_subject("jetsched.submit.a"), Some((InboxKind::Submit, "a")));
+        assert_eq!(n.parse_inbox_subject("jetsched.due.b"), Some((InboxKind::Due, "b")));
+        assert_eq!(n.parse_inbox_subject("jetsched.due.b.c"), Some((InboxKind::Due, "b.c")));
+        assert_eq!(n.parse_inbox_subject("other.due.b"), None);
+        assert_eq!(n.parse_task_subject("jetsched.task.q.7"), Some(("q", 7)));
+        assert_eq!(n.parse_event_subject("jetsched.event.t.dead"), Some(("t", "dead")));
+    }
+
+    #[test]
+    fn names_are_single_tokens() {
+        assert!(validate_name("task", "resize-image_2").is_ok());
+        for bad in ["", "a.b", "a b", "a*", "é", &"x".repeat(65)] {
+            assert!(validate_name("task", bad).is_err(), "{bad:?}");
+        }
+    }
+}

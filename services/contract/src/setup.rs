@@ -1,0 +1,226 @@
+//! Stream, bucket and consumer definitions, and idempotent creation.
+//!
+//! Every JetStream setting that matters is spelled out here with what breaks
+//! if it is wrong. Any service may call [`ensure`] at start-up; the first one
+//! creates, the rest find what exists.
+
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
+use async_nats::jetstream::kv;
+use async_nats::jetstream::stream::{self, RetentionPolicy, StorageType};
+use async_nats::jetstream::{self, Context};
+
+use crate::names::Names;
+
+/// Cluster-wide storage settings.
+#[derive(Debug, Clone)]
+pub struct Topology {
+    /// Replicas per stream and bucket: 1 on one server, 3 on a cluster.
+    pub replicas: usize,
+    /// File (durable) or memory.
+    pub storage: StorageType,
+    /// Dedup window of the inbox and tasks streams. A re-publish with the
+    /// same `Nats-Msg-Id` inside it is dropped by the server; past it the
+    /// dispatcher's run-id `create` catches it. Memory grows with the ids in
+    /// the window, so it stays short.
+    pub duplicate_window: Duration,
+    /// How long run events are kept.
+    pub events_max_age: Duration,
+    /// How long dead letters are kept.
+    pub dlq_max_age: Duration,
+    /// How long a run record is kept after its last change.
+    pub runs_max_age: Duration,
+    /// A worker whose heartbeat is older than this is gone.
+    pub worker_ttl: Duration,
+}
+
+impl Default for Topology {
+    fn default() -> Self {
+        Topology {
+            replicas: 1,
+            storage: StorageType::File,
+            duplicate_window: Duration::from_secs(120),
+            events_max_age: Duration::from_secs(7 * 86_400),
+            dlq_max_age: Duration::from_secs(30 * 86_400),
+            runs_max_age: Duration::from_secs(7 * 86_400),
+            worker_ttl: Duration::from_secs(15),
+        }
+    }
+}
+
+/// The four streams.
+pub fn stream_configs(names: &Names, topo: &Topology) -> Vec<stream::Config> {
+    let base = |name: String, subjects: Vec<String>, description: &str| stream::Config {
+        name,
+        subjects,
+        description: Some(description.to_string()),
+        storage: topo.storage,
+        num_replicas: topo.replicas,
+        duplicate_window: topo.duplicate_window,
+        allow_direct: true,
+        ..Default::default()
+    };
+    vec![
+        stream::Config {
+            // Work queue: a message is deleted once a dispatcher acks it, so
+            // the stream holds exactly the undispatched backlog.
+            retention: RetentionPolicy::WorkQueue,
+            ..base(names.inbox_stream(), names.inbox_subjects(), "jetsched: submissions and due fires")
+        },
+        stream::Config {
+            // Work queue with one consumer per (queue, band): their filters
+            // never overlap, which WorkQueue retention requires.
+            retention: RetentionPolicy::WorkQueue,
+            ..base(names.tasks_stream(), names.tasks_subjects(), "jetsched: dispatched work")
+        },
+        stream::Config {
+            retention: RetentionPolicy::Limits,
+            max_age: topo.events_max_age,
+            ..base(names.events_stream(), vec![names.event_filter()], "jetsched: run events")
+        },
+        stream::Config {
+            retention: RetentionPolicy::Limits,
+            max_age: topo.dlq_max_age,
+            ..base(names.dlq_stream(), vec![names.dead_filter()], "jetsched: dead letters")
+        },
+    ]
+}
+
+/// The five buckets of the SPEC.
+pub fn bucket_configs(names: &Names, topo: &Topology) -> Vec<kv::Config> {
+    let base = |bucket: String, description: &str, history: i64, max_age: Duration| kv::Config {
+        bucket,
+        description: description.to_string(),
+        history,
+        max_age,
+        storage: topo.storage,
+        num_replicas: topo.replicas,
+        ..Default::default()
+    };
+    vec![
+        base(names.tasks_bucket(), "jetsched: task definitions", 10, Duration::ZERO),
+        base(names.schedules_bucket(), "jetsched: schedules", 10, Duration::ZERO),
+        base(names.runs_bucket(), "jetsched: run records", 1, topo.runs_max_age),
+        // Entries expire unless refreshed: a silent worker drops out.
+        base(names.workers_bucket(), "jetsched: live workers", 1, topo.worker_ttl),
+        base(names.checkpoints_bucket(), "jetsched: handler checkpoints", 1, topo.runs_max_age),
+    ]
+}
+
+/// The dispatchers' shared durable consumer on the inbox.
+pub fn dispatcher_consumer(names: &Names) -> pull::Config {
+    pull::Config {
+        durable_name: Some(names.dispatcher_consumer()),
+        description: Some("jetsched dispatchers".to_string()),
+        deliver_policy: DeliverPolicy::All,
+        ack_policy: AckPolicy::Explicit,
+        // A dispatcher that dies mid-message has it redelivered after this.
+        // Too short and a slow dispatcher sees its message twice (harmless:
+        // the run-id create drops the copy, but it is wasted work).
+        ack_wait: Duration::from_secs(30),
+        // Unlimited: bad input is dead-lettered and acked, never nacked, so
+        // only transient failures come back, and those must not be dropped.
+        max_deliver: -1,
+        // Messages in flight across all dispatchers; bounds their memory.
+        max_ack_pending: 10_000,
+        ..Default::default()
+    }
+}
+
+/// The durable consumer all workers of `queue` share for `band`.
+pub fn worker_consumer(names: &Names, queue: &str, band: u8, ack_wait: Duration) -> pull::Config {
+    pull::Config {
+        durable_name: Some(names.worker_consumer(queue, band)),
+        description: Some(format!("jetsched workers of queue {queue}, band {band}")),
+        filter_subject: names.task_subject(queue, band),
+        deliver_policy: DeliverPolicy::All,
+        ack_policy: AckPolicy::Explicit,
+        // A worker that dies mid-run has the run redelivered (as the next
+        // attempt) after this. Live workers send in-progress acks at a third
+        // of it, so a long handler is never redelivered while it runs.
+        ack_wait,
+        // Unlimited: attempts are counted in the run record, not by the
+        // server, so a crash-looping handler is still stopped at
+        // max_attempts and dead-lettered with its reason.
+        max_deliver: -1,
+        // Runs in flight plus runs waiting out a retry delay (a nak with
+        // delay stays pending). Too low and a burst of retries stalls fresh
+        // work on this band.
+        max_ack_pending: 20_000,
+        ..Default::default()
+    }
+}
+
+/// Creates every stream and bucket that does not exist yet.
+pub async fn ensure(js: &Context, names: &Names, topo: &Topology) -> Result<(), SetupError> {
+    for config in stream_configs(names, topo) {
+        let name = config.name.clone();
+        js.get_or_create_stream(config).await.map_err(|e| SetupError::new(&name, e))?;
+    }
+    for config in bucket_configs(names, topo) {
+        let name = config.bucket.clone();
+        if js.get_key_value(&name).await.is_err() {
+            js.create_key_value(config).await.map_err(|e| SetupError::new(&name, e))?;
+        }
+    }
+    Ok(())
+}
+
+/// Handles on every bucket and stream a service uses.
+#[derive(Clone)]
+pub struct Handles {
+    /// JetStream context.
+    pub js: Context,
+    /// Names in use.
+    pub names: Names,
+    /// `jetsched-tasks`.
+    pub tasks: kv::Store,
+    /// `jetsched-schedules`.
+    pub schedules: kv::Store,
+    /// `jetsched-runs`.
+    pub runs: kv::Store,
+    /// `jetsched-workers`.
+    pub workers: kv::Store,
+    /// `jetsched-checkpoints`.
+    pub checkpoints: kv::Store,
+}
+
+impl Handles {
+    /// Opens every bucket (they must exist: see [`ensure`]).
+    pub async fn open(js: Context, names: Names) -> Result<Handles, SetupError> {
+        let open = |bucket: String| {
+            let js = js.clone();
+            async move { js.get_key_value(&bucket).await.map_err(|e| SetupError::new(&bucket, e)) }
+        };
+        Ok(Handles {
+            tasks: open(names.tasks_bucket()).await?,
+            schedules: open(names.schedules_bucket()).await?,
+            runs: open(names.runs_bucket()).await?,
+            workers: open(names.workers_bucket()).await?,
+            checkpoints: open(names.checkpoints_bucket()).await?,
+            js,
+            names,
+        })
+    }
+
+    /// A stream by name.
+    pub async fn stream(&self, name: &str) -> Result<jetstream::stream::Stream, SetupError> {
+        self.js.get_stream(name).await.map_err(|e| SetupError::new(name, e))
+    }
+}
+
+/// A stream or bucket could not be created or opened.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot set up {what}: {source}")]
+pub struct SetupError {
+    what: String,
+    #[source]
+    source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+impl SetupError {
+    fn new(what: &str, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        SetupError { what: what.to_string(), source: Box::new(source) }
+    }
+}
