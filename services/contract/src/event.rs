@@ -107,6 +107,9 @@ pub struct RunEvent {
     /// For `invalid`: the key of the bad definition.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
+    /// For `invalid`: the KV revision of the bad definition.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<u64>,
     /// For `missed`: how many occurrences were not fired.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub count: Option<u64>,
@@ -136,10 +139,24 @@ impl RunEvent {
             duration_ms: None,
             bucket: None,
             key: None,
+            revision: None,
             count: None,
             queue: None,
             worker: None,
             output: None,
+        }
+    }
+
+    /// An `invalid` report for the definition under `key` in `bucket`. The
+    /// event's subject token is the key when it is a valid name, else `_`.
+    pub fn invalid(bucket: &str, key: &str, revision: u64, error: impl Into<String>) -> Self {
+        let token = if crate::names::validate_name("key", key).is_ok() { key } else { "_" };
+        RunEvent {
+            bucket: Some(bucket.to_string()),
+            key: Some(key.to_string()),
+            revision: Some(revision),
+            error: Some(error.into()),
+            ..RunEvent::new(RunStatus::Invalid, token, None)
         }
     }
 
@@ -148,9 +165,10 @@ impl RunEvent {
         match (&self.run_id, self.status) {
             (Some(run), status) => format!("{run}:{status}:{}", self.attempt),
             (None, status) => format!(
-                "{}:{}:{}:{}",
+                "{}:{}:{}:{}:{}",
                 status,
                 self.key.as_deref().unwrap_or(&self.task),
+                self.revision.unwrap_or_default(),
                 self.scheduled_for.map(|t| t.to_string()).unwrap_or_default(),
                 self.count.unwrap_or_default()
             ),

@@ -54,4 +54,6 @@ pub struct WorkItem {
     /// KV revision of the run record as the dispatcher created it; the first
     /// attempt's compare-and-set needs no read.
     pub record_revision: u64,
+    /// Inbox stream sequence the run came from (kept in the run record).
+    pub source_seq: u64,
 }

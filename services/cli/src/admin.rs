@@ -1,0 +1,286 @@
+//! Admin verbs. Each is a convenience over a NATS operation a user could do
+//! with the `nats` CLI (shown in `--help`); definitions are validated here
+//! first so that a typo is an error at the prompt, not an `invalid` event.
+
+use std::io::Read as _;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use async_nats::HeaderMap;
+use futures::StreamExt;
+use jetsched_contract::{Handles, RunEvent, RunStatus, ScheduleDef, TaskDef, headers, run, validate_name};
+
+/// Input the user must fix (exit code 2).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct BadInput(pub String);
+
+fn bad(msg: impl Into<String>) -> anyhow::Error {
+    BadInput(msg.into()).into()
+}
+
+/// `jetsched task ...`
+#[derive(Debug, clap::Subcommand)]
+pub enum TaskCmd {
+    /// Create or replace a task definition
+    /// (nats kv put jetsched-tasks <name> '<json>').
+    Put {
+        /// Task name.
+        name: String,
+        /// The definition: JSON, @file, or - for stdin.
+        definition: String,
+    },
+    /// Show a task definition (nats kv get jetsched-tasks <name>).
+    Get {
+        /// Task name.
+        name: String,
+    },
+    /// List task names (nats kv ls jetsched-tasks).
+    List,
+    /// Delete a task definition (nats kv del jetsched-tasks <name>).
+    Delete {
+        /// Task name.
+        name: String,
+    },
+}
+
+/// `jetsched schedule ...`
+#[derive(Debug, clap::Subcommand)]
+pub enum ScheduleCmd {
+    /// Create or replace a schedule
+    /// (nats kv put jetsched-schedules <id> '<json>').
+    Put {
+        /// Schedule id.
+        id: String,
+        /// The schedule: JSON, @file, or - for stdin.
+        definition: String,
+    },
+    /// Show a schedule (nats kv get jetsched-schedules <id>).
+    Get {
+        /// Schedule id.
+        id: String,
+    },
+    /// List schedule ids (nats kv ls jetsched-schedules).
+    List,
+    /// Delete a schedule (nats kv del jetsched-schedules <id>).
+    Delete {
+        /// Schedule id.
+        id: String,
+    },
+}
+
+/// Reads a definition argument: inline JSON, `@file`, or `-` (stdin).
+fn read_definition(arg: &str) -> anyhow::Result<Vec<u8>> {
+    if arg == "-" {
+        let mut buf = Vec::new();
+        std::io::stdin().read_to_end(&mut buf).context("cannot read stdin")?;
+        return Ok(buf);
+    }
+    if let Some(path) = arg.strip_prefix('@') {
+        return std::fs::read(path).map_err(|e| bad(format!("cannot read {path}: {e}")));
+    }
+    Ok(arg.as_bytes().to_vec())
+}
+
+/// Runs a `task` verb.
+pub async fn task(h: &Handles, cmd: TaskCmd) -> anyhow::Result<()> {
+    match cmd {
+        TaskCmd::Put { name, definition } => {
+            validate_name("task", &name).map_err(|e| bad(e.to_string()))?;
+            let bytes = read_definition(&definition)?;
+            TaskDef::from_json(&bytes).map_err(|e| bad(format!("task {name}: {e}")))?;
+            let rev = h.tasks.put(&name, bytes.into()).await?;
+            println!("task {name} stored (revision {rev})");
+        }
+        TaskCmd::Get { name } => print_value(h.tasks.get(&name).await?, "task", &name)?,
+        TaskCmd::List => list_keys(&h.tasks).await?,
+        TaskCmd::Delete { name } => {
+            h.tasks.delete(&name).await?;
+            println!("task {name} deleted");
+        }
+    }
+    Ok(())
+}
+
+/// Runs a `schedule` verb.
+pub async fn schedule(h: &Handles, cmd: ScheduleCmd) -> anyhow::Result<()> {
+    match cmd {
+        ScheduleCmd::Put { id, definition } => {
+            let bytes = read_definition(&definition)?;
+            ScheduleDef::from_json(&id, &bytes).map_err(|e| bad(format!("schedule {id}: {e}")))?;
+            let rev = h.schedules.put(&id, bytes.into()).await?;
+            println!("schedule {id} stored (revision {rev})");
+        }
+        ScheduleCmd::Get { id } => print_value(h.schedules.get(&id).await?, "schedule", &id)?,
+        ScheduleCmd::List => list_keys(&h.schedules).await?,
+        ScheduleCmd::Delete { id } => {
+            h.schedules.delete(&id).await?;
+            println!("schedule {id} deleted");
+        }
+    }
+    Ok(())
+}
+
+fn print_value(value: Option<bytes::Bytes>, kind: &str, key: &str) -> anyhow::Result<()> {
+    let value = value.ok_or_else(|| bad(format!("no {kind} named {key}")))?;
+    match serde_json::from_slice::<serde_json::Value>(&value) {
+        Ok(v) => println!("{}", serde_json::to_string_pretty(&v)?),
+        Err(_) => println!("{}", String::from_utf8_lossy(&value)),
+    }
+    Ok(())
+}
+
+async fn list_keys(store: &async_nats::jetstream::kv::Store) -> anyhow::Result<()> {
+    let mut keys: Vec<String> = store.keys().await?.filter_map(|k| async move { k.ok() }).collect().await;
+    keys.sort();
+    for key in keys {
+        println!("{key}");
+    }
+    Ok(())
+}
+
+/// `jetsched submit` options.
+#[derive(Debug, clap::Args)]
+pub struct SubmitArgs {
+    /// Task to run.
+    pub task: String,
+    /// Payload: JSON, @file, or - for stdin [default: null].
+    pub payload: Option<String>,
+    /// Idempotency key (Nats-Msg-Id): the same key runs once.
+    #[arg(long)]
+    pub id: Option<String>,
+    /// Importance override, 0-10 (Jetsched-Importance).
+    #[arg(long)]
+    pub importance: Option<u8>,
+    /// Do not start before this RFC 3339 instant (Jetsched-Not-Before).
+    #[arg(long)]
+    pub not_before: Option<String>,
+    /// Wait for the run to finish and print its last event (exit 1 if it did not succeed).
+    #[arg(long)]
+    pub wait: bool,
+    /// With --wait: give up after this long.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    pub timeout: Duration,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    s.parse::<jetsched_contract::HumanDuration>().map(|d| d.0).map_err(|e| e.to_string())
+}
+
+/// Publishes a submission (like `nats pub jetsched.submit.<task> '<json>'`).
+pub async fn submit(h: &Handles, args: SubmitArgs) -> anyhow::Result<()> {
+    validate_name("task", &args.task).map_err(|e| bad(e.to_string()))?;
+    let payload = match &args.payload {
+        Some(p) => {
+            let bytes = read_definition(p)?;
+            serde_json::from_slice::<serde_json::Value>(&bytes).map_err(|e| bad(format!("payload is not JSON: {e}")))?;
+            bytes
+        }
+        None => Vec::new(),
+    };
+    let mut hdrs = HeaderMap::new();
+    if let Some(i) = args.importance {
+        if i > 10 {
+            return Err(bad("--importance must be 0-10"));
+        }
+        hdrs.insert(headers::IMPORTANCE, i.to_string().as_str());
+    }
+    if let Some(t) = &args.not_before {
+        t.parse::<jiff::Timestamp>().map_err(|e| bad(format!("--not-before {t:?}: {e}")))?;
+        hdrs.insert(headers::NOT_BEFORE, t.as_str());
+    }
+    if let Some(id) = &args.id {
+        hdrs.insert(headers::NATS_MSG_ID, id.as_str());
+    }
+    let client = h.js.client();
+    let mut events = if args.wait { Some(client.subscribe(h.names.event_subject(&args.task, "*")).await?) } else { None };
+    let ack = h.js.publish_with_headers(h.names.submit_subject(&args.task), hdrs, payload.into()).await?.await?;
+    let run_id = run::submitted_run_id(&args.task, args.id.as_deref(), ack.sequence);
+    if ack.duplicate {
+        println!("{run_id} (duplicate of an earlier submission with the same --id; not submitted again)");
+    } else {
+        println!("{run_id}");
+    }
+    let Some(events) = events.as_mut() else { return Ok(()) };
+    let deadline = tokio::time::sleep(args.timeout);
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            _ = &mut deadline => anyhow::bail!("run {run_id} did not finish within {:?}", args.timeout),
+            msg = events.next() => {
+                let Some(msg) = msg else { anyhow::bail!("event subscription closed") };
+                let Ok(event) = serde_json::from_slice::<RunEvent>(&msg.payload) else { continue };
+                if event.run_id.as_deref() != Some(run_id.as_str()) {
+                    continue;
+                }
+                println!("{}", format_event(&event));
+                match event.status {
+                    RunStatus::Succeeded => return Ok(()),
+                    s if s.is_terminal() => anyhow::bail!("run {run_id} ended {s}"),
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+/// `jetsched events` options.
+#[derive(Debug, clap::Args)]
+pub struct EventsArgs {
+    /// Only this task's events.
+    #[arg(long)]
+    pub task: Option<String>,
+    /// Print raw JSON, one event per line.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Prints events as they are published (like `nats sub 'jetsched.event.>'`).
+pub async fn events(h: &Handles, args: EventsArgs) -> anyhow::Result<()> {
+    let subject = match &args.task {
+        Some(t) => h.names.event_subject(t, "*"),
+        None => h.names.event_filter(),
+    };
+    let mut sub = h.js.client().subscribe(subject).await?;
+    let shutdown = jetsched_runtime::shutdown_on_signals();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            msg = sub.next() => {
+                let Some(msg) = msg else { return Ok(()) };
+                match (args.json, serde_json::from_slice::<RunEvent>(&msg.payload)) {
+                    (false, Ok(event)) => println!("{}", format_event(&event)),
+                    _ => println!("{}", String::from_utf8_lossy(&msg.payload)),
+                }
+            }
+        }
+    }
+}
+
+/// One line per event: time, status, task, run, attempt, and what went wrong.
+pub fn format_event(e: &RunEvent) -> String {
+    let time = jiff::tz::TimeZone::system().to_datetime(e.at);
+    let mut line = format!(
+        "{:02}:{:02}:{:02}.{:03}  {:<9}  {:<16}  {}",
+        time.hour(),
+        time.minute(),
+        time.second(),
+        time.subsec_nanosecond() / 1_000_000,
+        e.status.as_str(),
+        e.task,
+        e.run_id.as_deref().or(e.key.as_deref()).unwrap_or("-"),
+    );
+    if e.attempt > 0 {
+        line.push_str(&format!("  attempt {}", e.attempt));
+    }
+    if let Some(ms) = e.duration_ms {
+        line.push_str(&format!("  {ms}ms"));
+    }
+    if let Some(n) = e.count {
+        line.push_str(&format!("  count {n}"));
+    }
+    if let Some(err) = &e.error {
+        line.push_str(&format!("  error: {err}"));
+    }
+    line
+}

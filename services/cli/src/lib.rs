@@ -1,0 +1,132 @@
+//! The `jetsched` command: `up` (everything on one machine), one command per
+//! service (`ticker`, `dispatcher`, `worker`, one container each), and admin
+//! verbs that are conveniences over the same NATS operations a user can do
+//! with the `nats` CLI.
+
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+pub mod admin;
+pub mod examples;
+pub mod services;
+pub mod up;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use jetsched_contract::{Handles, Topology};
+use jetsched_runtime::{LogArgs, NatsArgs};
+
+/// A distributed task scheduler on NATS JetStream.
+///
+/// Quick start: `jetsched up --examples` starts a local nats-server and every
+/// service, loads example tasks and schedules, and shows runs as they happen.
+#[derive(Debug, Parser)]
+#[command(name = "jetsched", version, propagate_version = true)]
+pub struct Cli {
+    #[command(flatten)]
+    nats: NatsArgs,
+    #[command(flatten)]
+    log: LogArgs,
+    #[command(flatten)]
+    topology: TopologyArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Storage settings used when jetsched creates its streams and buckets.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TopologyArgs {
+    /// Replicas for streams and buckets created by jetsched (3 on a cluster).
+    #[arg(long, env = "JETSCHED_REPLICAS", default_value_t = 1, global = true)]
+    pub replicas: usize,
+}
+
+impl TopologyArgs {
+    fn topology(&self) -> Topology {
+        Topology { replicas: self.replicas.max(1), ..Topology::default() }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run ticker, dispatcher and worker in one process, on a local
+    /// nats-server started here unless --nats-url/NATS_URL is given.
+    Up(up::UpArgs),
+    /// Run the ticker service (fires schedules).
+    Ticker(services::TickerArgs),
+    /// Run the dispatcher service (turns submissions and fires into work).
+    Dispatcher(services::DispatcherArgs),
+    /// Run the worker service (executes tasks).
+    Worker(services::WorkerArgs),
+    /// Create jetsched's streams and buckets if they do not exist.
+    Init,
+    /// Manage task definitions (bucket jetsched-tasks).
+    #[command(subcommand)]
+    Task(admin::TaskCmd),
+    /// Manage schedules (bucket jetsched-schedules).
+    #[command(subcommand)]
+    Schedule(admin::ScheduleCmd),
+    /// Submit a run of a task (publishes to jetsched.submit.<task>).
+    Submit(admin::SubmitArgs),
+    /// Print run events as they happen.
+    Events(admin::EventsArgs),
+}
+
+/// Parses the command line, runs it, and maps errors to exit codes
+/// (1: failure, 2: bad input).
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    jetsched_runtime::init_logging(&cli.log);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            if err.downcast_ref::<admin::BadInput>().is_some() { ExitCode::from(2) } else { ExitCode::FAILURE }
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let topology = cli.topology.topology();
+    match cli.command {
+        Command::Up(args) => up::run(&cli.nats, &topology, args).await,
+        Command::Ticker(args) => services::ticker(&cli.nats, &topology, args).await,
+        Command::Dispatcher(args) => services::dispatcher(&cli.nats, &topology, args).await,
+        Command::Worker(args) => services::worker(&cli.nats, &topology, args).await,
+        Command::Init => {
+            let handles = open(&cli.nats, &topology, "jetsched-init", false).await?;
+            println!("streams and buckets ready under prefix {}", handles.names);
+            Ok(())
+        }
+        Command::Task(cmd) => admin::task(&open(&cli.nats, &topology, "jetsched-cli", false).await?, cmd).await,
+        Command::Schedule(cmd) => admin::schedule(&open(&cli.nats, &topology, "jetsched-cli", false).await?, cmd).await,
+        Command::Submit(args) => admin::submit(&open(&cli.nats, &topology, "jetsched-cli", false).await?, args).await,
+        Command::Events(args) => admin::events(&open(&cli.nats, &topology, "jetsched-cli", false).await?, args).await,
+    }
+}
+
+/// Connects, creates any missing stream or bucket, and opens them all.
+pub async fn open(nats: &NatsArgs, topology: &Topology, name: &str, retry: bool) -> anyhow::Result<Handles> {
+    let names = nats.names()?;
+    let client = jetsched_runtime::connect(nats, name, retry).await?;
+    let js = jetsched_runtime::jetstream(client);
+    jetsched_contract::setup::ensure(&js, &names, topology).await?;
+    Ok(Handles::open(js, names).await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn command_line_definition_is_consistent() {
+        super::Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,133 @@
+//! `jetsched up`: everything on one machine. Without --nats-url/NATS_URL it
+//! starts a local nats-server with JetStream (installing the pinned release
+//! into the data folder if none is on PATH), creates every stream and bucket,
+//! runs ticker, dispatcher and worker in this process, and prints run events
+//! as they happen until Ctrl-C.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use futures::StreamExt;
+use jetsched_contract::{RunEvent, Topology};
+use jetsched_dispatcher::DispatcherConfig;
+use jetsched_natsbox::{LocalServer, Preference, ServerOptions};
+use jetsched_runtime::NatsArgs;
+use jetsched_ticker::TickerConfig;
+use jetsched_worker::WorkerConfig;
+use jetsched_worker::handlers::Builtins;
+use tokio_util::sync::CancellationToken;
+
+use crate::admin::format_event;
+
+/// `jetsched up` options.
+#[derive(Debug, clap::Args)]
+pub struct UpArgs {
+    /// Folder for the local nats-server's data, log and binary.
+    #[arg(long, env = "JETSCHED_DATA_DIR", default_value = ".jetsched")]
+    pub data_dir: PathBuf,
+    /// Port of the local nats-server.
+    #[arg(long, env = "JETSCHED_PORT", default_value_t = 4222)]
+    pub port: u16,
+    /// Address the local nats-server listens on.
+    #[arg(long, env = "JETSCHED_LISTEN", default_value = "127.0.0.1")]
+    pub listen: String,
+    /// Load the example tasks and schedules from examples/ and answer their
+    /// NATS functions, so runs succeed at once.
+    #[arg(long)]
+    pub examples: bool,
+    /// Do not print run events.
+    #[arg(long)]
+    pub quiet: bool,
+    #[command(flatten)]
+    pub ticker: TickerConfig,
+    #[command(flatten)]
+    pub dispatcher: DispatcherConfig,
+    #[command(flatten)]
+    pub worker: WorkerConfig,
+}
+
+/// Runs everything until Ctrl-C.
+pub async fn run(nats: &NatsArgs, topology: &Topology, mut args: UpArgs) -> anyhow::Result<()> {
+    let mut server = None;
+    let nats = match &nats.url {
+        Some(_) => nats.clone(),
+        None => {
+            let local = start_local_server(&args).await?;
+            let url = local.url();
+            eprintln!("jetsched: nats-server {url} started (data in {})", local.store_dir().display());
+            server = Some(local);
+            NatsArgs { url: Some(url), ..nats.clone() }
+        }
+    };
+    let handles = crate::open(&nats, topology, "jetsched-up", true).await?;
+    let shutdown = jetsched_runtime::shutdown_on_signals();
+    let client = handles.js.client();
+    if args.examples {
+        crate::examples::load(&handles).await.context("cannot load the examples")?;
+        args.worker.allow_exec.extend(crate::examples::ALLOW_EXEC.iter().map(|s| s.to_string()));
+        let functions = crate::examples::serve_functions(client.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            if let Err(err) = functions.await {
+                tracing::error!(%err, "example functions stopped");
+            }
+        });
+        eprintln!("jetsched: loaded example tasks and schedules; runs appear below");
+    }
+    if !args.quiet {
+        let events = client.subscribe(handles.names.event_filter()).await?;
+        tokio::spawn(print_events(events, shutdown.clone()));
+    }
+    eprintln!("jetsched: ticker, dispatcher and worker running; Ctrl-C stops");
+    let (ticker, dispatcher, worker) = tokio::join!(
+        jetsched_ticker::run(args.ticker, handles.clone(), shutdown.clone()),
+        jetsched_dispatcher::run(args.dispatcher, handles.clone(), shutdown.clone()),
+        jetsched_worker::run(args.worker, handles.clone(), Builtins::default(), shutdown.clone()),
+    );
+    let _ = client.drain().await;
+    if let Some(mut server) = server {
+        tokio::task::spawn_blocking(move || server.stop()).await?;
+        eprintln!("jetsched: nats-server stopped");
+    }
+    ticker.and(dispatcher).and(worker)
+}
+
+async fn start_local_server(args: &UpArgs) -> anyhow::Result<LocalServer> {
+    let data = args.data_dir.clone();
+    let (port, host) = (args.port, args.listen.clone());
+    tokio::task::spawn_blocking(move || -> anyhow::Result<LocalServer> {
+        std::fs::create_dir_all(&data).with_context(|| format!("cannot create {}", data.display()))?;
+        let binary = jetsched_natsbox::find_or_install(&data.join("bin"), Preference::PathFirst)?;
+        let config = data.join("nats-server.conf");
+        std::fs::write(&config, jetsched_natsbox::LOCAL_CONFIG).context("cannot write the nats-server configuration")?;
+        let log = data.join("nats-server.log");
+        let options = ServerOptions {
+            port,
+            host,
+            config: Some(config),
+            log_file: Some(log.clone()),
+            ..ServerOptions::new(binary, data.join("nats"))
+        };
+        LocalServer::start(options).with_context(|| {
+            format!(
+                "see {}; if port {port} is taken by a running nats-server, use it with --nats-url nats://127.0.0.1:{port}, or pick another --port",
+                log.display()
+            )
+        })
+    })
+    .await?
+}
+
+async fn print_events(mut events: async_nats::Subscriber, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            msg = events.next() => match msg {
+                Some(msg) => match serde_json::from_slice::<RunEvent>(&msg.payload) {
+                    Ok(event) => println!("{}", format_event(&event)),
+                    Err(_) => println!("{}", String::from_utf8_lossy(&msg.payload)),
+                },
+                None => return,
+            }
+        }
+    }
+}

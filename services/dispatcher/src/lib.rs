@@ -1,0 +1,128 @@
+//! The dispatcher: a durable consumer on the inbox stream, shared by every
+//! replica. Each message becomes a run (or a rejection) and is acked only
+//! after its work and events are stored, so a dispatcher killed at any
+//! instant loses nothing; the run-id gate in `jetsched-runs` makes sure the
+//! redelivered copy does not run twice.
+
+pub mod dispatch;
+pub mod priority;
+pub mod taskcache;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::AckKind;
+use async_nats::jetstream::consumer::PullConsumer;
+use futures::StreamExt;
+use jetsched_contract::{Handles, setup};
+use jetsched_runtime::Publisher;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::dispatch::{Ctx, Disposition, Inbox};
+use crate::taskcache::TaskCache;
+
+/// Dispatcher settings.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DispatcherConfig {
+    /// Inbox messages handled at once by this dispatcher.
+    #[arg(long = "dispatch-concurrency", env = "JETSCHED_DISPATCH_CONCURRENCY", default_value_t = 256)]
+    pub dispatch_concurrency: usize,
+    /// How long in-flight messages may take to finish on shutdown.
+    #[arg(long = "dispatch-drain", env = "JETSCHED_DISPATCH_DRAIN", default_value = "10s", value_parser = parse_duration)]
+    pub dispatch_drain: Duration,
+}
+
+impl Default for DispatcherConfig {
+    fn default() -> Self {
+        DispatcherConfig { dispatch_concurrency: 256, dispatch_drain: Duration::from_secs(10) }
+    }
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    s.parse::<jetsched_contract::HumanDuration>().map(|d| d.0).map_err(|e| e.to_string())
+}
+
+/// Runs a dispatcher until `shutdown` fires, then drains.
+pub async fn run(config: DispatcherConfig, handles: Handles, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let publisher = Publisher::new(handles.js.clone(), handles.names.clone());
+    let ctx = Arc::new(Ctx {
+        tasks: TaskCache::spawn(handles.tasks.clone(), publisher.clone(), shutdown.child_token()),
+        runs: handles.runs.clone(),
+        publisher,
+    });
+    let permits = Arc::new(Semaphore::new(config.dispatch_concurrency.max(1)));
+    let mut inflight = JoinSet::new();
+    let mut backoff = Duration::from_millis(100);
+    tracing::info!(concurrency = config.dispatch_concurrency, "dispatcher started");
+    'outer: while !shutdown.is_cancelled() {
+        let consumer = match consumer(&handles).await {
+            Ok(c) => c,
+            Err(err) => {
+                tracing::warn!(%err, "cannot open the inbox consumer; retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        let mut messages = match consumer.stream().max_messages_per_batch(config.dispatch_concurrency.clamp(1, 512)).heartbeat(Duration::from_secs(5)).messages().await {
+            Ok(m) => m,
+            Err(err) => {
+                tracing::warn!(%err, "cannot pull from the inbox; retrying");
+                tokio::time::sleep(backoff).await;
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(100);
+        loop {
+            let permit = tokio::select! {
+                _ = shutdown.cancelled() => break 'outer,
+                p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break 'outer },
+            };
+            let msg = tokio::select! {
+                _ = shutdown.cancelled() => break 'outer,
+                Some(_) = inflight.join_next(), if !inflight.is_empty() => continue,
+                msg = messages.next() => msg,
+            };
+            let msg = match msg {
+                Some(Ok(msg)) => msg,
+                Some(Err(err)) => {
+                    // A consumer that vanished (server restart, reconnect)
+                    // keeps yielding heartbeat errors: start over.
+                    tracing::warn!(%err, "inbox consumer error; re-creating");
+                    break;
+                }
+                None => break,
+            };
+            let ctx = ctx.clone();
+            inflight.spawn(async move {
+                let _permit = permit;
+                let seq = msg.info().map(|i| i.stream_sequence).unwrap_or_default();
+                let inbox = Inbox { subject: msg.subject.as_str(), headers: msg.headers.as_ref(), payload: &msg.payload, seq };
+                let outcome = match dispatch::handle(&ctx, inbox).await {
+                    Disposition::Ack => msg.ack().await,
+                    Disposition::Retry(delay) => msg.ack_with(AckKind::Nak(Some(delay))).await,
+                };
+                if let Err(err) = outcome {
+                    // The message comes back after ack_wait; the run-id gate absorbs it.
+                    tracing::warn!(%err, "cannot ack inbox message");
+                }
+            });
+        }
+    }
+    let drained = tokio::time::timeout(config.dispatch_drain, async { while inflight.join_next().await.is_some() {} }).await;
+    if drained.is_err() {
+        tracing::warn!("drain deadline passed; unfinished inbox messages will be redelivered");
+    }
+    tracing::info!("dispatcher stopped");
+    Ok(())
+}
+
+async fn consumer(handles: &Handles) -> anyhow::Result<PullConsumer> {
+    let stream = handles.stream(&handles.names.inbox_stream()).await?;
+    Ok(stream.create_consumer(setup::dispatcher_consumer(&handles.names)).await?)
+}

@@ -1,0 +1,131 @@
+//! NATS connection options every service and CLI verb accepts, named like the
+//! `nats` CLI's environment variables so one environment serves both.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use async_nats::jetstream;
+use async_nats::{Client, ConnectOptions, Event};
+use jetsched_contract::Names;
+
+/// The URL used when none is given.
+pub const DEFAULT_URL: &str = "nats://127.0.0.1:4222";
+
+/// How to reach and authenticate to NATS.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct NatsArgs {
+    /// NATS server URL(s), comma-separated [default: nats://127.0.0.1:4222].
+    #[arg(long = "nats-url", env = "NATS_URL", global = true)]
+    pub url: Option<String>,
+    /// Credentials file (JWT and NKey seed, as made by nsc).
+    #[arg(long = "nats-creds", env = "NATS_CREDS", global = true)]
+    pub creds: Option<PathBuf>,
+    /// User name.
+    #[arg(long = "nats-user", env = "NATS_USER", global = true)]
+    pub user: Option<String>,
+    /// Password for --nats-user.
+    #[arg(long = "nats-password", env = "NATS_PASSWORD", hide_env_values = true, global = true)]
+    pub password: Option<String>,
+    /// Authentication token.
+    #[arg(long = "nats-token", env = "NATS_TOKEN", hide_env_values = true, global = true)]
+    pub token: Option<String>,
+    /// File holding an NKey seed.
+    #[arg(long = "nats-nkey", env = "NATS_NKEY", global = true)]
+    pub nkey: Option<PathBuf>,
+    /// CA certificate (PEM) to verify the server with.
+    #[arg(long = "tls-ca", env = "NATS_CA", global = true)]
+    pub tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for mutual TLS.
+    #[arg(long = "tls-cert", env = "NATS_CERT", global = true)]
+    pub tls_cert: Option<PathBuf>,
+    /// Client key (PEM) for mutual TLS.
+    #[arg(long = "tls-key", env = "NATS_KEY", global = true)]
+    pub tls_key: Option<PathBuf>,
+    /// Refuse to connect without TLS.
+    #[arg(long = "tls-required", env = "NATS_TLS_REQUIRED", global = true)]
+    pub tls_required: bool,
+    /// Name prefix for every subject, stream and bucket (multi-tenant setups).
+    #[arg(long, env = "JETSCHED_PREFIX", default_value = jetsched_contract::DEFAULT_PREFIX, global = true)]
+    pub prefix: String,
+}
+
+impl NatsArgs {
+    /// The URL to connect to.
+    pub fn url(&self) -> &str {
+        self.url.as_deref().unwrap_or(DEFAULT_URL)
+    }
+
+    /// Names under the configured prefix.
+    pub fn names(&self) -> anyhow::Result<Names> {
+        Names::new(&self.prefix).context("invalid --prefix")
+    }
+
+    async fn options(&self, name: &str) -> anyhow::Result<ConnectOptions> {
+        let mut opts = match &self.creds {
+            Some(path) => ConnectOptions::with_credentials_file(path)
+                .await
+                .with_context(|| format!("cannot read credentials file {}", path.display()))?,
+            None => ConnectOptions::new(),
+        };
+        if let Some(path) = &self.nkey {
+            let seed = std::fs::read_to_string(path).with_context(|| format!("cannot read nkey seed {}", path.display()))?;
+            opts = opts.nkey(seed.trim().to_string());
+        }
+        if let (Some(user), Some(pass)) = (&self.user, &self.password) {
+            opts = opts.user_and_password(user.clone(), pass.clone());
+        }
+        if let Some(token) = &self.token {
+            opts = opts.token(token.clone());
+        }
+        if let Some(ca) = &self.tls_ca {
+            opts = opts.add_root_certificates(ca.clone());
+        }
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => opts = opts.add_client_certificate(cert.clone(), key.clone()),
+            (None, None) => {}
+            _ => anyhow::bail!("--tls-cert and --tls-key go together"),
+        }
+        if self.tls_required || self.tls_ca.is_some() {
+            opts = opts.require_tls(true);
+        }
+        Ok(opts
+            .name(name)
+            .connection_timeout(Duration::from_secs(5))
+            .max_reconnects(None)
+            .event_callback(|event| async move { log_event(event) }))
+    }
+}
+
+fn log_event(event: Event) {
+    match event {
+        Event::Connected => tracing::info!("connected to NATS"),
+        Event::Disconnected => tracing::warn!("disconnected from NATS; reconnecting"),
+        Event::LameDuckMode => tracing::warn!("NATS server entered lame duck mode"),
+        Event::SlowConsumer(sid) => tracing::warn!(sid, "slow consumer: messages dropped"),
+        Event::ServerError(err) => tracing::error!(%err, "NATS server error"),
+        Event::ClientError(err) => tracing::error!(%err, "NATS client error"),
+        Event::Draining | Event::Closed => tracing::debug!(%event, "NATS connection"),
+    }
+}
+
+/// Connects. Services pass `retry = true` and keep trying until the server is
+/// up; CLI verbs pass `false` and fail at once with a clear message.
+pub async fn connect(args: &NatsArgs, name: &str, retry: bool) -> anyhow::Result<Client> {
+    let mut opts = args.options(name).await?;
+    if retry {
+        opts = opts.retry_on_initial_connect();
+    }
+    let url = args.url();
+    opts.connect(url).await.with_context(|| format!("cannot connect to NATS at {url}"))
+}
+
+/// A JetStream context whose publishes wait for room instead of failing when
+/// many acks are outstanding.
+pub fn jetstream(client: Client) -> jetstream::Context {
+    jetstream::ContextBuilder::new()
+        .timeout(Duration::from_secs(10))
+        .max_ack_inflight(4096)
+        .backpressure_on_inflight(true)
+        .build(client)
+}

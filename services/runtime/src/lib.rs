@@ -1,0 +1,15 @@
+//! What every jetsched service shares: NATS connection options (credentials,
+//! TLS), logging, shutdown on signals, publishing with deterministic ids, and
+//! a resilient KV watch.
+
+pub mod connect;
+pub mod kvwatch;
+pub mod logging;
+pub mod publish;
+pub mod shutdown;
+
+pub use connect::{NatsArgs, connect, jetstream};
+pub use kvwatch::{KvChange, spawn_kv_watch};
+pub use logging::{LogArgs, init_logging};
+pub use publish::Publisher;
+pub use shutdown::shutdown_on_signals;

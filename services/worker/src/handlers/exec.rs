@@ -1,0 +1,244 @@
+//! Exec handlers: run an allow-listed command with the payload on stdin.
+//! Exit 0 is success, 75 (EX_TEMPFAIL) a retryable failure, anything else a
+//! permanent one. The child gets a clean environment (PATH, the task's `env`
+//! and `JETSCHED_*` variables), never the worker's own, which may hold NATS
+//! credentials. Stopping sends SIGTERM, then SIGKILL after a grace period.
+
+use std::collections::BTreeMap;
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::process::Command;
+use tokio_util::sync::CancellationToken;
+
+use super::{Invocation, Outcome};
+
+/// Exit code that asks for a retry (sysexits.h EX_TEMPFAIL).
+pub const EXIT_RETRY: i32 = 75;
+
+/// Which commands may run and how much output is kept.
+#[derive(Debug, Clone)]
+pub struct ExecPolicy {
+    /// Programs allowed as `command[0]`, compared exactly (a bare name does
+    /// not allow a path, and the other way round).
+    pub allowed: Vec<String>,
+    /// Bytes of stdout and of stderr kept for the run event.
+    pub output_limit: usize,
+    /// Time between SIGTERM and SIGKILL when a run is stopped.
+    pub grace: Duration,
+}
+
+impl Default for ExecPolicy {
+    fn default() -> Self {
+        ExecPolicy { allowed: Vec::new(), output_limit: 4096, grace: Duration::from_secs(5) }
+    }
+}
+
+/// Runs `command`; `stop` ends it early (timeout or cancel).
+pub async fn run(policy: &ExecPolicy, command: &[String], env: &BTreeMap<String, String>, inv: &Invocation, stop: CancellationToken) -> Outcome {
+    let Some(program) = command.first() else {
+        return Outcome::permanent("exec handler has an empty command");
+    };
+    if !policy.allowed.iter().any(|a| a == program) {
+        return Outcome::permanent(format!("command {program:?} is not allow-listed on this worker (see --allow-exec)"));
+    }
+    let mut cmd = Command::new(program);
+    cmd.args(&command[1..])
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .envs(env)
+        .env("JETSCHED_RUN_ID", &inv.run_id)
+        .env("JETSCHED_TASK", &inv.task)
+        .env("JETSCHED_ATTEMPT", inv.attempt.to_string())
+        .env("JETSCHED_DEADLINE", inv.deadline.to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => return Outcome::permanent(format!("cannot start {program:?}: {e}")),
+    };
+    let stdin = child.stdin.take();
+    let payload = match &inv.payload {
+        serde_json::Value::Null => Vec::new(),
+        v => serde_json::to_vec(v).unwrap_or_default(),
+    };
+    let feed = async move {
+        if let Some(mut stdin) = stdin {
+            // A command that does not read stdin closes it early: not an error.
+            let _ = stdin.write_all(&payload).await;
+        }
+    };
+    let limit = policy.output_limit;
+    let stdout = child.stdout.take();
+    let stderr = child.stderr.take();
+    let pid = child.id();
+    let wait = async {
+        let (_, out, err, status) = tokio::join!(feed, read_limited(stdout, limit), read_limited(stderr, limit), child.wait());
+        (out, err, status)
+    };
+    tokio::pin!(wait);
+    let stopped = tokio::select! {
+        r = &mut wait => Some(r),
+        _ = stop.cancelled() => None,
+    };
+    let (out, err, status) = match stopped {
+        Some(r) => r,
+        None => {
+            terminate(pid);
+            match tokio::time::timeout(policy.grace, &mut wait).await {
+                Ok(r) => r,
+                Err(_) => {
+                    // Still alive after the grace period: dropping `wait`
+                    // drops the child, which kill_on_drop SIGKILLs.
+                    return Outcome::permanent(format!("{program:?} ignored SIGTERM and was killed"));
+                }
+            }
+        }
+    };
+    let output = describe(&out, &err);
+    match status {
+        Ok(s) if s.success() => Outcome::Success { result: out.into(), output },
+        Ok(s) if s.code() == Some(EXIT_RETRY) => {
+            Outcome::Failure { error: format!("{program:?} exited with {EXIT_RETRY} (retry)"), retryable: true, retry_after: None, output }
+        }
+        Ok(s) => Outcome::Failure { error: format!("{program:?} {}", exit_text(s)), retryable: false, retry_after: None, output },
+        Err(e) => Outcome::retry(format!("cannot wait for {program:?}: {e}")),
+    }
+}
+
+fn exit_text(status: std::process::ExitStatus) -> String {
+    match status.code() {
+        Some(code) => format!("exited with {code}"),
+        None => "was killed by a signal".to_string(),
+    }
+}
+
+/// SIGTERM without unsafe code: the `kill` utility is on every Unix.
+fn terminate(pid: Option<u32>) {
+    if let Some(pid) = pid {
+        let _ = std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
+    }
+}
+
+/// Reads a pipe to the end, keeping the first `limit` bytes.
+async fn read_limited(pipe: Option<impl AsyncRead + Unpin>, limit: usize) -> Vec<u8> {
+    let Some(mut pipe) = pipe else { return Vec::new() };
+    let mut kept = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        match pipe.read(&mut buf).await {
+            Ok(0) | Err(_) => return kept,
+            Ok(n) => {
+                let room = limit.saturating_sub(kept.len());
+                kept.extend_from_slice(&buf[..n.min(room)]);
+            }
+        }
+    }
+}
+
+fn describe(out: &[u8], err: &[u8]) -> Option<String> {
+    let out = String::from_utf8_lossy(out);
+    let err = String::from_utf8_lossy(err);
+    match (out.trim().is_empty(), err.trim().is_empty()) {
+        (true, true) => None,
+        (false, true) => Some(out.into_owned()),
+        (true, false) => Some(format!("stderr: {err}")),
+        (false, false) => Some(format!("{out}\nstderr: {err}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inv() -> Invocation {
+        Invocation {
+            run_id: "r1".into(),
+            task: "t".into(),
+            attempt: 1,
+            deadline: jiff::Timestamp::now(),
+            timeout: Duration::from_secs(5),
+            schedule: None,
+            scheduled_for: None,
+            payload: serde_json::json!({"x": 1}),
+        }
+    }
+
+    fn policy(allowed: &[&str]) -> ExecPolicy {
+        ExecPolicy { allowed: allowed.iter().map(|s| s.to_string()).collect(), output_limit: 64, grace: Duration::from_millis(500) }
+    }
+
+    fn argv(a: &[&str]) -> Vec<String> {
+        a.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[tokio::test]
+    async fn payload_goes_to_stdin_and_stdout_is_the_result() {
+        let out = run(&policy(&["cat"]), &argv(&["cat"]), &BTreeMap::new(), &inv(), CancellationToken::new()).await;
+        assert_eq!(out, Outcome::Success { result: r#"{"x":1}"#.into(), output: Some(r#"{"x":1}"#.into()) });
+    }
+
+    #[tokio::test]
+    async fn commands_off_the_allow_list_do_not_run() {
+        let out = run(&policy(&["cat"]), &argv(&["/bin/cat"]), &BTreeMap::new(), &inv(), CancellationToken::new()).await;
+        assert!(matches!(out, Outcome::Failure { retryable: false, ref error, .. } if error.contains("not allow-listed")), "{out:?}");
+    }
+
+    #[tokio::test]
+    async fn exit_75_retries_and_other_codes_do_not() {
+        let p = policy(&["sh"]);
+        let retry = run(&p, &argv(&["sh", "-c", "exit 75"]), &BTreeMap::new(), &inv(), CancellationToken::new()).await;
+        assert!(matches!(retry, Outcome::Failure { retryable: true, .. }), "{retry:?}");
+        let fail = run(&p, &argv(&["sh", "-c", "echo boom >&2; exit 3"]), &BTreeMap::new(), &inv(), CancellationToken::new()).await;
+        match fail {
+            Outcome::Failure { retryable, error, output, .. } => {
+                assert!(!retryable);
+                assert!(error.contains("exited with 3"));
+                assert_eq!(output.as_deref(), Some("stderr: boom\n"));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn environment_is_clean_and_carries_the_run() {
+        let mut env = BTreeMap::new();
+        env.insert("GREETING".to_string(), "hi".to_string());
+        let script = r#"printf '%s %s %s' "$GREETING" "$JETSCHED_RUN_ID" "${NATS_PASSWORD:-unset}""#;
+        let out = temp_env_run(&env, script).await;
+        assert_eq!(out, "hi r1 unset");
+    }
+
+    async fn temp_env_run(env: &BTreeMap<String, String>, script: &str) -> String {
+        match run(&policy(&["sh"]), &argv(&["sh", "-c", script]), env, &inv(), CancellationToken::new()).await {
+            Outcome::Success { result, .. } => String::from_utf8(result.to_vec()).unwrap(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn stop_terminates_the_command() {
+        let stop = CancellationToken::new();
+        let trigger = stop.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            trigger.cancel();
+        });
+        let started = std::time::Instant::now();
+        let out = run(&policy(&["sleep"]), &argv(&["sleep", "30"]), &BTreeMap::new(), &inv(), stop).await;
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert!(matches!(out, Outcome::Failure { .. }), "{out:?}");
+    }
+
+    #[tokio::test]
+    async fn output_is_truncated() {
+        let out = run(&policy(&["sh"]), &argv(&["sh", "-c", "yes | head -c 10000"]), &BTreeMap::new(), &inv(), CancellationToken::new()).await;
+        match out {
+            Outcome::Success { result, .. } => assert_eq!(result.len(), 64),
+            other => panic!("{other:?}"),
+        }
+    }
+}

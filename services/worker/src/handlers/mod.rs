@@ -1,0 +1,101 @@
+//! Handler kinds. Each turns one invocation into an [`Outcome`]; none of them
+//! touches JetStream, so their behaviour is testable on its own.
+
+pub mod exec;
+pub mod nats;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use jiff::Timestamp;
+use serde_json::Value;
+
+/// What one attempt of a handler produced.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// The handler succeeded.
+    Success {
+        /// Its result (a NATS reply body, exec stdout).
+        result: Bytes,
+        /// Captured output worth showing in the event.
+        output: Option<String>,
+    },
+    /// The attempt failed.
+    Failure {
+        /// Why.
+        error: String,
+        /// False: do not try again.
+        retryable: bool,
+        /// The handler asked to be retried no sooner than this.
+        retry_after: Option<Duration>,
+        /// Captured output worth showing in the event.
+        output: Option<String>,
+    },
+}
+
+impl Outcome {
+    /// A failure that may be retried.
+    pub fn retry(error: impl Into<String>) -> Self {
+        Outcome::Failure { error: error.into(), retryable: true, retry_after: None, output: None }
+    }
+
+    /// A failure that must not be retried.
+    pub fn permanent(error: impl Into<String>) -> Self {
+        Outcome::Failure { error: error.into(), retryable: false, retry_after: None, output: None }
+    }
+}
+
+/// One call of a handler.
+#[derive(Debug, Clone)]
+pub struct Invocation {
+    /// Run id (the idempotency key).
+    pub run_id: String,
+    /// Task name.
+    pub task: String,
+    /// Attempt number, from 1.
+    pub attempt: u32,
+    /// When the attempt must be finished.
+    pub deadline: Timestamp,
+    /// Time left until the deadline.
+    pub timeout: Duration,
+    /// Schedule id of a scheduled run.
+    pub schedule: Option<String>,
+    /// Nominal fire time of a scheduled run.
+    pub scheduled_for: Option<Timestamp>,
+    /// The run's input.
+    pub payload: Value,
+}
+
+/// A Rust handler: a plain async function from invocation to outcome.
+pub type BuiltinFn = Arc<dyn Fn(Invocation) -> BoxFuture<'static, Outcome> + Send + Sync>;
+
+/// Rust handlers registered in this worker binary, by name.
+#[derive(Clone, Default)]
+pub struct Builtins {
+    map: HashMap<String, BuiltinFn>,
+}
+
+impl Builtins {
+    /// Registers `f` under `name`.
+    pub fn register<F, Fut>(&mut self, name: &str, f: F)
+    where
+        F: Fn(Invocation) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Outcome> + Send + 'static,
+    {
+        self.map.insert(name.to_string(), Arc::new(move |inv| Box::pin(f(inv))));
+    }
+
+    /// The handler named `name`.
+    pub fn get(&self, name: &str) -> Option<BuiltinFn> {
+        self.map.get(name).cloned()
+    }
+}
+
+impl std::fmt::Debug for Builtins {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.map.keys()).finish()
+    }
+}
