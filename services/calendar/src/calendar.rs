@@ -140,7 +140,9 @@ impl Calendar {
             .following(lo)
             .take_while(|tr| tr.timestamp() <= hi)
             .map(|tr| {
-                let before = self.tz.to_offset(tr.timestamp().checked_sub(SignedDuration::from_nanos(1)).unwrap_or(tr.timestamp()));
+                let before = self
+                    .tz
+                    .to_offset(tr.timestamp().checked_sub(SignedDuration::from_nanos(1)).unwrap_or(tr.timestamp()));
                 (tr.offset().duration_since(before)).abs()
             })
             .max()

@@ -85,10 +85,7 @@ impl fmt::Display for Cron {
 impl Cron {
     /// Parses a 5- or 6-field expression or a macro.
     pub fn parse(expr: &str) -> Result<Cron, CronError> {
-        let err = |reason: String| CronError {
-            expr: expr.to_string(),
-            reason,
-        };
+        let err = |reason: String| CronError { expr: expr.to_string(), reason };
         let trimmed = expr.trim();
         let expanded = match trimmed.to_ascii_lowercase().as_str() {
             "@yearly" | "@annually" => "0 0 0 1 1 *",
@@ -120,15 +117,7 @@ impl Cron {
         let months = field("month", parse_bits(rest[3], 1, 12, &MONTHS))? as u16;
         let dom = parse_dom(rest[2]).map_err(|e| err(format!("day of month: {e}")))?;
         let dow = parse_dow(rest[4]).map_err(|e| err(format!("day of week: {e}")))?;
-        let cron = Cron {
-            source: trimmed.to_string(),
-            seconds,
-            minutes,
-            hours,
-            months,
-            dom,
-            dow,
-        };
+        let cron = Cron { source: trimmed.to_string(), seconds, minutes, hours, months, dom, dow };
         // Reject expressions that can never fire (`0 0 30 2 *`): 28 years
         // covers every weekday/leap-year combination.
         let probe = DateTime::constant(2000, 1, 1, 0, 0, 0, 0);
@@ -281,7 +270,8 @@ fn parse_value(s: &str, min: u8, max: u8, names: &[&str]) -> Result<u8, String> 
     if let Some(i) = names.iter().position(|n| *n == upper) {
         return Ok(min + i as u8);
     }
-    let v: u8 = s.parse().map_err(|_| format!("{s:?} is not a number{}", if names.is_empty() { "" } else { " or name" }))?;
+    let v: u8 =
+        s.parse().map_err(|_| format!("{s:?} is not a number{}", if names.is_empty() { "" } else { " or name" }))?;
     if v < min || v > max {
         return Err(format!("{v} is out of range {min}-{max}"));
     }
@@ -463,11 +453,7 @@ mod tests {
         let from = date(2026, 2, 1).at(0, 0, 0, 0);
         assert_eq!(
             series("0 0 13 * FRI", from, 3),
-            vec![
-                date(2026, 2, 6).at(0, 0, 0, 0),
-                date(2026, 2, 13).at(0, 0, 0, 0),
-                date(2026, 2, 20).at(0, 0, 0, 0)
-            ]
+            vec![date(2026, 2, 6).at(0, 0, 0, 0), date(2026, 2, 13).at(0, 0, 0, 0), date(2026, 2, 20).at(0, 0, 0, 0)]
         );
     }
 

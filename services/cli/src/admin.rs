@@ -173,7 +173,8 @@ pub async fn submit(h: &Handles, args: SubmitArgs) -> anyhow::Result<()> {
     let payload = match &args.payload {
         Some(p) => {
             let bytes = read_definition(p)?;
-            serde_json::from_slice::<serde_json::Value>(&bytes).map_err(|e| bad(format!("payload is not JSON: {e}")))?;
+            serde_json::from_slice::<serde_json::Value>(&bytes)
+                .map_err(|e| bad(format!("payload is not JSON: {e}")))?;
             bytes
         }
         None => Vec::new(),
@@ -193,7 +194,8 @@ pub async fn submit(h: &Handles, args: SubmitArgs) -> anyhow::Result<()> {
         hdrs.insert(headers::NATS_MSG_ID, id.as_str());
     }
     let client = h.js.client();
-    let mut events = if args.wait { Some(client.subscribe(h.names.event_subject(&args.task, "*")).await?) } else { None };
+    let mut events =
+        if args.wait { Some(client.subscribe(h.names.event_subject(&args.task, "*")).await?) } else { None };
     let ack = h.js.publish_with_headers(h.names.submit_subject(&args.task), hdrs, payload.into()).await?.await?;
     let run_id = run::submitted_run_id(&args.task, args.id.as_deref(), ack.sequence);
     if ack.duplicate {

@@ -104,7 +104,7 @@ impl fmt::Display for HumanDuration {
         }
         // Largest units first; sub-second parts in the largest exact unit.
         for (unit, scale) in UNITS.iter().rev() {
-            if nanos >= *scale && (*scale >= 1_000_000_000 || nanos % scale == 0) {
+            if nanos >= *scale && (*scale >= 1_000_000_000 || nanos.is_multiple_of(*scale)) {
                 write!(f, "{}{unit}", nanos / scale)?;
                 nanos %= scale;
             }

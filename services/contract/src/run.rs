@@ -30,7 +30,8 @@ pub fn due_msg_id(schedule: &str, nominal: Timestamp) -> String {
 pub fn submitted_run_id(task: &str, msg_id: Option<&str>, inbox_seq: u64) -> String {
     match msg_id {
         Some(id) if !id.is_empty() => {
-            let safe = id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'=');
+            let safe =
+                id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'=');
             if safe { format!("t.{task}.m-{id}") } else { format!("t.{task}.h-{:016x}", fnv1a(id.as_bytes())) }
         }
         _ => format!("t.{task}.q{inbox_seq}"),

@@ -92,9 +92,9 @@ impl<'de> Deserialize<'de> for TaskRef {
         use serde::de::Error;
         match Value::deserialize(d)? {
             Value::String(name) => Ok(TaskRef::Name(name)),
-            v @ Value::Object(_) => {
-                serde_json::from_value(v).map(|t| TaskRef::Inline(Box::new(t))).map_err(|e| D::Error::custom(format!("inline task: {e}")))
-            }
+            v @ Value::Object(_) => serde_json::from_value(v)
+                .map(|t| TaskRef::Inline(Box::new(t)))
+                .map_err(|e| D::Error::custom(format!("inline task: {e}"))),
             _ => Err(D::Error::custom("task must be a task name or an inline task definition")),
         }
     }
@@ -230,7 +230,8 @@ impl ScheduleDef {
     pub fn time_zone(&self) -> Result<TimeZone, String> {
         match self.timezone.as_deref() {
             None | Some("UTC") => Ok(TimeZone::UTC),
-            Some(name) => TimeZone::get(name).map_err(|_| format!("unknown time zone {name:?} (use an IANA name such as Europe/Berlin)")),
+            Some(name) => TimeZone::get(name)
+                .map_err(|_| format!("unknown time zone {name:?} (use an IANA name such as Europe/Berlin)")),
         }
     }
 
@@ -300,7 +301,11 @@ mod tests {
 
     #[test]
     fn inline_task_runs_under_the_schedule_id() {
-        let def = ScheduleDef::from_json("tick", br#"{"every": "1s", "task": {"handler": {"type": "nats", "subject": "fn.x"}}}"#).unwrap();
+        let def = ScheduleDef::from_json(
+            "tick",
+            br#"{"every": "1s", "task": {"handler": {"type": "nats", "subject": "fn.x"}}}"#,
+        )
+        .unwrap();
         assert_eq!(def.task_name("tick"), "tick");
         assert!(def.inline_task().is_some());
     }

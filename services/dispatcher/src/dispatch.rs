@@ -9,7 +9,9 @@ use std::time::Duration;
 use async_nats::HeaderMap;
 use async_nats::jetstream::kv::CreateErrorKind;
 use bytes::Bytes;
-use jetsched_contract::{DueFire, InboxKind, RunEvent, RunRecord, RunStatus, TaskDef, WorkItem, headers, run, validate_name};
+use jetsched_contract::{
+    DueFire, InboxKind, RunEvent, RunRecord, RunStatus, TaskDef, WorkItem, headers, run, validate_name,
+};
 use jetsched_runtime::Publisher;
 use jiff::Timestamp;
 use serde_json::Value;
@@ -96,12 +98,14 @@ async fn accept(ctx: &Ctx, msg: &Inbox<'_>) -> Result<Option<Accepted>, Rejectio
             let payload = if msg.payload.iter().all(u8::is_ascii_whitespace) {
                 Value::Null
             } else {
-                serde_json::from_slice(msg.payload).map_err(|e| reject(task, format!("malformed body: not JSON ({e})")))?
+                serde_json::from_slice(msg.payload)
+                    .map_err(|e| reject(task, format!("malformed body: not JSON ({e})")))?
             };
             (payload, None)
         }
         InboxKind::Due => {
-            let due: DueFire = serde_json::from_slice(msg.payload).map_err(|e| reject(task, format!("malformed due fire: {e}")))?;
+            let due: DueFire =
+                serde_json::from_slice(msg.payload).map_err(|e| reject(task, format!("malformed due fire: {e}")))?;
             (due.payload.clone(), Some(due))
         }
     };
@@ -132,14 +136,13 @@ async fn accept(ctx: &Ctx, msg: &Inbox<'_>) -> Result<Option<Accepted>, Rejectio
             _ => return Err(with_run(format!("{} must be a whole number 0-10, got {v:?}", headers::IMPORTANCE))),
         },
     };
-    let not_before = match (header(headers::NOT_BEFORE), due.as_ref().and_then(|d| d.not_before)) {
-        (Some(v), _) => Some(
-            v.trim()
-                .parse::<Timestamp>()
-                .map_err(|e| with_run(format!("{} must be an RFC 3339 instant, got {v:?} ({e})", headers::NOT_BEFORE)))?,
-        ),
-        (None, staged) => staged,
-    };
+    let not_before =
+        match (header(headers::NOT_BEFORE), due.as_ref().and_then(|d| d.not_before)) {
+            (Some(v), _) => Some(v.trim().parse::<Timestamp>().map_err(|e| {
+                with_run(format!("{} must be an RFC 3339 instant, got {v:?} ({e})", headers::NOT_BEFORE))
+            })?),
+            (None, staged) => staged,
+        };
     Ok(Some(Accepted {
         run_id,
         task: task.to_string(),
@@ -247,7 +250,8 @@ async fn dispatch(ctx: &Ctx, msg: &Inbox<'_>, a: Accepted) -> Disposition {
 /// Reports a rejection and keeps the original in the DLQ.
 async fn reject(ctx: &Ctx, msg: &Inbox<'_>, r: Rejection) -> Disposition {
     tracing::warn!(task = %r.task, subject = msg.subject, reason = %r.reason, "submission rejected");
-    let event = RunEvent { error: Some(r.reason.clone()), ..RunEvent::new(RunStatus::Rejected, &r.task, r.run_id.clone()) };
+    let event =
+        RunEvent { error: Some(r.reason.clone()), ..RunEvent::new(RunStatus::Rejected, &r.task, r.run_id.clone()) };
     // The original headers travel along; its Nats-Msg-Id is replaced by the DLQ's own.
     let keep = msg.headers.cloned().unwrap_or_default();
     let id = r.run_id.unwrap_or_else(|| format!("inbox-{}", msg.seq));

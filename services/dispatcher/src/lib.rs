@@ -69,7 +69,13 @@ pub async fn run(config: DispatcherConfig, handles: Handles, shutdown: Cancellat
                 continue;
             }
         };
-        let mut messages = match consumer.stream().max_messages_per_batch(config.dispatch_concurrency.clamp(1, 512)).heartbeat(Duration::from_secs(5)).messages().await {
+        let mut messages = match consumer
+            .stream()
+            .max_messages_per_batch(config.dispatch_concurrency.clamp(1, 512))
+            .heartbeat(Duration::from_secs(5))
+            .messages()
+            .await
+        {
             Ok(m) => m,
             Err(err) => {
                 tracing::warn!(%err, "cannot pull from the inbox; retrying");
@@ -102,7 +108,8 @@ pub async fn run(config: DispatcherConfig, handles: Handles, shutdown: Cancellat
             inflight.spawn(async move {
                 let _permit = permit;
                 let seq = msg.info().map(|i| i.stream_sequence).unwrap_or_default();
-                let inbox = Inbox { subject: msg.subject.as_str(), headers: msg.headers.as_ref(), payload: &msg.payload, seq };
+                let inbox =
+                    Inbox { subject: msg.subject.as_str(), headers: msg.headers.as_ref(), payload: &msg.payload, seq };
                 let outcome = match dispatch::handle(&ctx, inbox).await {
                     Disposition::Ack => msg.ack().await,
                     Disposition::Retry(delay) => msg.ack_with(AckKind::Nak(Some(delay))).await,
@@ -114,7 +121,8 @@ pub async fn run(config: DispatcherConfig, handles: Handles, shutdown: Cancellat
             });
         }
     }
-    let drained = tokio::time::timeout(config.dispatch_drain, async { while inflight.join_next().await.is_some() {} }).await;
+    let drained =
+        tokio::time::timeout(config.dispatch_drain, async { while inflight.join_next().await.is_some() {} }).await;
     if drained.is_err() {
         tracing::warn!("drain deadline passed; unfinished inbox messages will be redelivered");
     }

@@ -181,7 +181,8 @@ impl LocalServer {
             .stdout(Stdio::null());
         match &o.log_file {
             Some(path) => {
-                let file = std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(io("open server log"))?;
+                let file =
+                    std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(io("open server log"))?;
                 cmd.stderr(file);
             }
             None => {
@@ -306,7 +307,11 @@ mod tests {
     #[test]
     fn ports_file_is_parsed() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("nats-server_42.ports"), r#"{"nats":["nats://127.0.0.1:34567"],"monitoring":[]}"#).unwrap();
+        std::fs::write(
+            dir.path().join("nats-server_42.ports"),
+            r#"{"nats":["nats://127.0.0.1:34567"],"monitoring":[]}"#,
+        )
+        .unwrap();
         assert_eq!(read_ports_file(dir.path(), 42), Some(34567));
         assert_eq!(read_ports_file(dir.path(), 43), None);
     }

@@ -69,7 +69,8 @@ impl NatsArgs {
             None => ConnectOptions::new(),
         };
         if let Some(path) = &self.nkey {
-            let seed = std::fs::read_to_string(path).with_context(|| format!("cannot read nkey seed {}", path.display()))?;
+            let seed =
+                std::fs::read_to_string(path).with_context(|| format!("cannot read nkey seed {}", path.display()))?;
             opts = opts.nkey(seed.trim().to_string());
         }
         if let (Some(user), Some(pass)) = (&self.user, &self.password) {

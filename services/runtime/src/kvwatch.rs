@@ -90,7 +90,9 @@ async fn watch_once(
         let change = match entry.operation {
             Operation::Put => (known.insert(entry.key.clone(), entry.revision) != Some(entry.revision))
                 .then(|| KvChange::Put { key: entry.key, value: entry.value, revision: entry.revision }),
-            Operation::Delete | Operation::Purge => known.remove(&entry.key).map(|_| KvChange::Delete { key: entry.key }),
+            Operation::Delete | Operation::Purge => {
+                known.remove(&entry.key).map(|_| KvChange::Delete { key: entry.key })
+            }
         };
         if let Some(change) = change {
             tx.send(change).await?;

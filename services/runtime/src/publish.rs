@@ -49,7 +49,13 @@ impl Publisher {
     }
 
     /// Sends and returns the pending ack, so callers can keep many in flight.
-    pub async fn send(&self, subject: String, mut headers: HeaderMap, msg_id: &str, payload: Bytes) -> Result<PublishAckFuture, PublishError> {
+    pub async fn send(
+        &self,
+        subject: String,
+        mut headers: HeaderMap,
+        msg_id: &str,
+        payload: Bytes,
+    ) -> Result<PublishAckFuture, PublishError> {
         headers.insert(headers::NATS_MSG_ID, msg_id);
         self.js
             .publish_with_headers(subject.clone(), headers, payload)
@@ -58,7 +64,13 @@ impl Publisher {
     }
 
     /// Sends and waits for the stream's ack.
-    pub async fn publish(&self, subject: String, headers: HeaderMap, msg_id: &str, payload: Bytes) -> Result<PublishAck, PublishError> {
+    pub async fn publish(
+        &self,
+        subject: String,
+        headers: HeaderMap,
+        msg_id: &str,
+        payload: Bytes,
+    ) -> Result<PublishAck, PublishError> {
         let pending = self.send(subject.clone(), headers, msg_id, payload).await?;
         pending.await.map_err(|source| PublishError { subject, source })
     }

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::plan::{Fire, Plan};
 
 /// Ticker settings.
-#[derive(Debug, Clone, clap::Args)]
+#[derive(Debug, Clone, Default, clap::Args)]
 pub struct TickerConfig {}
 
 /// Runs the ticker until `shutdown` fires.
@@ -61,20 +61,22 @@ async fn sleep_until(at: Option<Timestamp>) {
 
 async fn apply(plan: &mut Plan, change: KvChange, publisher: &Publisher, bucket: &str) {
     match change {
-        KvChange::Put { key, value, revision } => match ScheduleDef::from_json(&key, &value).and_then(|def| def.calendar().map(|c| (def, c))) {
-            Ok((def, calendar)) => {
-                tracing::info!(schedule = %key, revision, "schedule loaded");
-                plan.upsert(&key, def, calendar, Timestamp::now());
-            }
-            Err(reason) => {
-                tracing::warn!(schedule = %key, revision, %reason, "invalid schedule");
-                plan.remove(&key);
-                let event = RunEvent::invalid(bucket, &key, revision, reason);
-                if let Err(err) = publisher.event(&event).await {
-                    tracing::error!(schedule = %key, %err, "cannot report invalid schedule");
+        KvChange::Put { key, value, revision } => {
+            match ScheduleDef::from_json(&key, &value).and_then(|def| def.calendar().map(|c| (def, c))) {
+                Ok((def, calendar)) => {
+                    tracing::info!(schedule = %key, revision, "schedule loaded");
+                    plan.upsert(&key, def, calendar, Timestamp::now());
+                }
+                Err(reason) => {
+                    tracing::warn!(schedule = %key, revision, %reason, "invalid schedule");
+                    plan.remove(&key);
+                    let event = RunEvent::invalid(bucket, &key, revision, reason);
+                    if let Err(err) = publisher.event(&event).await {
+                        tracing::error!(schedule = %key, %err, "cannot report invalid schedule");
+                    }
                 }
             }
-        },
+        }
         KvChange::Delete { key } => {
             tracing::info!(schedule = %key, "schedule removed");
             plan.remove(&key);

@@ -109,7 +109,12 @@ impl Plan {
             let Some(mut entry) = self.entries.remove(&slot.id) else { continue };
             if entry.generation == slot.generation {
                 entry.fired += 1;
-                due.push(Fire { schedule: slot.id.clone(), nominal: slot.nominal, fire_at: slot.fire_at, def: entry.def.clone() });
+                due.push(Fire {
+                    schedule: slot.id.clone(),
+                    nominal: slot.nominal,
+                    fire_at: slot.fire_at,
+                    def: entry.def.clone(),
+                });
                 self.schedule_after(&slot.id, &entry, slot.nominal);
             }
             self.entries.insert(slot.id, entry);

@@ -67,7 +67,11 @@ async fn process(ctx: &WorkerCtx, msg: &Message) -> Disposition {
             tracing::error!(subject = %msg.subject, %reason);
             let h = msg.headers.clone().unwrap_or_default();
             let id = format!("task-seq-{task_seq}");
-            return match ctx.publisher.dead_letter("_", &id, &reason, msg.subject.as_str(), h, msg.payload.clone()).await {
+            return match ctx
+                .publisher
+                .dead_letter("_", &id, &reason, msg.subject.as_str(), h, msg.payload.clone())
+                .await
+            {
                 Ok(()) => Disposition::Ack,
                 Err(_) => TRANSIENT,
             };
@@ -94,7 +98,8 @@ async fn process(ctx: &WorkerCtx, msg: &Message) -> Disposition {
         }
         Claim::Cancelled { mut record, mut revision } => {
             let event = event_for(&item, &record, RunStatus::Cancelled, Some("cancelled before it started".into()));
-            settle(ctx, &mut record, &mut revision, record::finish(RunStatus::Cancelled, event.error.clone()), &event).await
+            settle(ctx, &mut record, &mut revision, record::finish(RunStatus::Cancelled, event.error.clone()), &event)
+                .await
         }
         Claim::Exhausted { mut record, mut revision } => {
             let reason = format!(
@@ -108,10 +113,17 @@ async fn process(ctx: &WorkerCtx, msg: &Message) -> Disposition {
     }
 }
 
-async fn run_attempt(ctx: &WorkerCtx, msg: &Message, item: &WorkItem, mut record: RunRecord, mut revision: u64) -> Disposition {
+async fn run_attempt(
+    ctx: &WorkerCtx,
+    msg: &Message,
+    item: &WorkItem,
+    mut record: RunRecord,
+    mut revision: u64,
+) -> Disposition {
     let attempt = record.attempt;
     tracing::info!(run_id = %item.run_id, task = %item.task, attempt, "run started");
-    let started = RunEvent { worker: Some(ctx.worker_id.clone()), ..event_for(item, &record, RunStatus::Started, None) };
+    let started =
+        RunEvent { worker: Some(ctx.worker_id.clone()), ..event_for(item, &record, RunStatus::Started, None) };
     if let Err(err) = ctx.publisher.event(&started).await {
         tracing::warn!(run_id = %item.run_id, %err, "cannot publish started event");
     }
@@ -129,7 +141,9 @@ async fn run_attempt(ctx: &WorkerCtx, msg: &Message, item: &WorkItem, mut record
             };
             settle(ctx, &mut record, &mut revision, record::finish(RunStatus::Succeeded, None), &event).await
         }
-        Outcome::Failure { error, retryable, retry_after, output } if retryable && attempt < item.def.retry.max_attempts => {
+        Outcome::Failure { error, retryable, retry_after, output }
+            if retryable && attempt < item.def.retry.max_attempts =>
+        {
             let spread = runid::unit_hash(&format!("{}:{attempt}", item.run_id));
             let delay = retry_after.unwrap_or_else(|| item.def.retry.backoff(attempt + 1, spread));
             tracing::warn!(run_id = %item.run_id, task = %item.task, attempt, %error, ?delay, "run failed; will retry");
@@ -139,13 +153,18 @@ async fn run_attempt(ctx: &WorkerCtx, msg: &Message, item: &WorkItem, mut record
                 worker: Some(ctx.worker_id.clone()),
                 ..event_for(item, &record, RunStatus::Failed, Some(error.clone()))
             };
-            match settle(ctx, &mut record, &mut revision, record::finish(RunStatus::Failed, Some(error)), &event).await {
+            match settle(ctx, &mut record, &mut revision, record::finish(RunStatus::Failed, Some(error)), &event).await
+            {
                 Disposition::Ack => Disposition::Nak(delay),
                 other => other,
             }
         }
         Outcome::Failure { error, retryable, output, .. } => {
-            let reason = if retryable { format!("{error} (attempt {attempt} of {}, none left)", item.def.retry.max_attempts) } else { error };
+            let reason = if retryable {
+                format!("{error} (attempt {attempt} of {}, none left)", item.def.retry.max_attempts)
+            } else {
+                error
+            };
             dead(ctx, msg, item, &mut record, &mut revision, reason, output, Some(duration_ms)).await
         }
     }
@@ -167,7 +186,9 @@ async fn dead(
     let mut h = HeaderMap::new();
     h.insert(headers::RUN_ID, item.run_id.as_str());
     h.insert(headers::ATTEMPT, record.attempt.to_string().as_str());
-    if let Err(err) = ctx.publisher.dead_letter(&item.task, &item.run_id, &reason, msg.subject.as_str(), h, msg.payload.clone()).await {
+    if let Err(err) =
+        ctx.publisher.dead_letter(&item.task, &item.run_id, &reason, msg.subject.as_str(), h, msg.payload.clone()).await
+    {
         tracing::warn!(run_id = %item.run_id, %err, "cannot store dead letter; will retry");
         return TRANSIENT;
     }
@@ -216,7 +237,8 @@ fn event_for(item: &WorkItem, record: &RunRecord, status: RunStatus, error: Opti
 /// at its timeout.
 async fn invoke(ctx: &WorkerCtx, msg: &Message, item: &WorkItem, attempt: u32) -> Outcome {
     let timeout = item.def.timeout.0;
-    let deadline = Timestamp::now().checked_add(SignedDuration::try_from(timeout).unwrap_or_default()).unwrap_or(Timestamp::MAX);
+    let deadline =
+        Timestamp::now().checked_add(SignedDuration::try_from(timeout).unwrap_or_default()).unwrap_or(Timestamp::MAX);
     let inv = Invocation {
         run_id: item.run_id.clone(),
         task: item.task.clone(),

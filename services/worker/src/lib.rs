@@ -89,7 +89,12 @@ struct Lane {
 }
 
 /// Runs a worker with Rust handlers `builtins` until `shutdown`, then drains.
-pub async fn run(config: WorkerConfig, handles: Handles, builtins: Builtins, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(
+    config: WorkerConfig,
+    handles: Handles,
+    builtins: Builtins,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     for q in &config.queues {
         validate_name("queue", q)?;
     }
@@ -176,7 +181,8 @@ async fn open_lanes(handles: &Handles, config: &WorkerConfig) -> anyhow::Result<
     // Band-major order: band 0 of every queue before band 1 of any.
     for band in 0..BANDS {
         for queue in &config.queues {
-            let consumer = stream.create_consumer(setup::worker_consumer(&handles.names, queue, band, config.ack_wait)).await?;
+            let consumer =
+                stream.create_consumer(setup::worker_consumer(&handles.names, queue, band, config.ack_wait)).await?;
             lanes.push(Lane { consumer });
         }
     }
@@ -184,7 +190,10 @@ async fn open_lanes(handles: &Handles, config: &WorkerConfig) -> anyhow::Result<
 }
 
 /// Takes what is available now, band 0 first, at most one message per permit.
-async fn probe(lanes: &[Lane], permits: &mut Vec<OwnedSemaphorePermit>) -> Vec<(async_nats::jetstream::Message, OwnedSemaphorePermit)> {
+async fn probe(
+    lanes: &[Lane],
+    permits: &mut Vec<OwnedSemaphorePermit>,
+) -> Vec<(async_nats::jetstream::Message, OwnedSemaphorePermit)> {
     let mut found = Vec::new();
     for lane in lanes {
         if permits.is_empty() {

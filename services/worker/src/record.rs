@@ -44,7 +44,14 @@ fn as_queued(item: &WorkItem, queue: &str, band: u8) -> RunRecord {
 }
 
 /// Claims the next attempt of `item`, delivered as tasks-stream message `task_seq`.
-pub async fn claim(runs: &Store, item: &WorkItem, queue: &str, band: u8, task_seq: u64, worker: &str) -> anyhow::Result<Claim> {
+pub async fn claim(
+    runs: &Store,
+    item: &WorkItem,
+    queue: &str,
+    band: u8,
+    task_seq: u64,
+    worker: &str,
+) -> anyhow::Result<Claim> {
     // First try: the record is as the dispatcher left it. No read needed.
     let mut current = as_queued(item, queue, band);
     let mut revision = item.record_revision;
@@ -92,7 +99,12 @@ pub async fn claim(runs: &Store, item: &WorkItem, queue: &str, band: u8, task_se
 
 /// Moves the record to a new state with `change`, re-reading and re-applying
 /// on conflict. A concurrent cancel request is kept. Returns the new revision.
-pub async fn transition(runs: &Store, record: &mut RunRecord, revision: &mut u64, change: impl Fn(&mut RunRecord)) -> anyhow::Result<()> {
+pub async fn transition(
+    runs: &Store,
+    record: &mut RunRecord,
+    revision: &mut u64,
+    change: impl Fn(&mut RunRecord),
+) -> anyhow::Result<()> {
     for _ in 0..8 {
         let mut next = record.clone();
         change(&mut next);

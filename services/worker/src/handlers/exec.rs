@@ -36,12 +36,20 @@ impl Default for ExecPolicy {
 }
 
 /// Runs `command`; `stop` ends it early (timeout or cancel).
-pub async fn run(policy: &ExecPolicy, command: &[String], env: &BTreeMap<String, String>, inv: &Invocation, stop: CancellationToken) -> Outcome {
+pub async fn run(
+    policy: &ExecPolicy,
+    command: &[String],
+    env: &BTreeMap<String, String>,
+    inv: &Invocation,
+    stop: CancellationToken,
+) -> Outcome {
     let Some(program) = command.first() else {
         return Outcome::permanent("exec handler has an empty command");
     };
     if !policy.allowed.iter().any(|a| a == program) {
-        return Outcome::permanent(format!("command {program:?} is not allow-listed on this worker (see --allow-exec)"));
+        return Outcome::permanent(format!(
+            "command {program:?} is not allow-listed on this worker (see --allow-exec)"
+        ));
     }
     let mut cmd = Command::new(program);
     cmd.args(&command[1..])
@@ -76,7 +84,8 @@ pub async fn run(policy: &ExecPolicy, command: &[String], env: &BTreeMap<String,
     let stderr = child.stderr.take();
     let pid = child.id();
     let wait = async {
-        let (_, out, err, status) = tokio::join!(feed, read_limited(stdout, limit), read_limited(stderr, limit), child.wait());
+        let (_, out, err, status) =
+            tokio::join!(feed, read_limited(stdout, limit), read_limited(stderr, limit), child.wait());
         (out, err, status)
     };
     tokio::pin!(wait);
@@ -101,10 +110,18 @@ pub async fn run(policy: &ExecPolicy, command: &[String], env: &BTreeMap<String,
     let output = describe(&out, &err);
     match status {
         Ok(s) if s.success() => Outcome::Success { result: out.into(), output },
-        Ok(s) if s.code() == Some(EXIT_RETRY) => {
-            Outcome::Failure { error: format!("{program:?} exited with {EXIT_RETRY} (retry)"), retryable: true, retry_after: None, output }
-        }
-        Ok(s) => Outcome::Failure { error: format!("{program:?} {}", exit_text(s)), retryable: false, retry_after: None, output },
+        Ok(s) if s.code() == Some(EXIT_RETRY) => Outcome::Failure {
+            error: format!("{program:?} exited with {EXIT_RETRY} (retry)"),
+            retryable: true,
+            retry_after: None,
+            output,
+        },
+        Ok(s) => Outcome::Failure {
+            error: format!("{program:?} {}", exit_text(s)),
+            retryable: false,
+            retry_after: None,
+            output,
+        },
         Err(e) => Outcome::retry(format!("cannot wait for {program:?}: {e}")),
     }
 }
@@ -168,7 +185,11 @@ mod tests {
     }
 
     fn policy(allowed: &[&str]) -> ExecPolicy {
-        ExecPolicy { allowed: allowed.iter().map(|s| s.to_string()).collect(), output_limit: 64, grace: Duration::from_millis(500) }
+        ExecPolicy {
+            allowed: allowed.iter().map(|s| s.to_string()).collect(),
+            output_limit: 64,
+            grace: Duration::from_millis(500),
+        }
     }
 
     fn argv(a: &[&str]) -> Vec<String> {
@@ -183,8 +204,12 @@ mod tests {
 
     #[tokio::test]
     async fn commands_off_the_allow_list_do_not_run() {
-        let out = run(&policy(&["cat"]), &argv(&["/bin/cat"]), &BTreeMap::new(), &inv(), CancellationToken::new()).await;
-        assert!(matches!(out, Outcome::Failure { retryable: false, ref error, .. } if error.contains("not allow-listed")), "{out:?}");
+        let out =
+            run(&policy(&["cat"]), &argv(&["/bin/cat"]), &BTreeMap::new(), &inv(), CancellationToken::new()).await;
+        assert!(
+            matches!(out, Outcome::Failure { retryable: false, ref error, .. } if error.contains("not allow-listed")),
+            "{out:?}"
+        );
     }
 
     #[tokio::test]
@@ -192,7 +217,9 @@ mod tests {
         let p = policy(&["sh"]);
         let retry = run(&p, &argv(&["sh", "-c", "exit 75"]), &BTreeMap::new(), &inv(), CancellationToken::new()).await;
         assert!(matches!(retry, Outcome::Failure { retryable: true, .. }), "{retry:?}");
-        let fail = run(&p, &argv(&["sh", "-c", "echo boom >&2; exit 3"]), &BTreeMap::new(), &inv(), CancellationToken::new()).await;
+        let fail =
+            run(&p, &argv(&["sh", "-c", "echo boom >&2; exit 3"]), &BTreeMap::new(), &inv(), CancellationToken::new())
+                .await;
         match fail {
             Outcome::Failure { retryable, error, output, .. } => {
                 assert!(!retryable);
@@ -235,7 +262,14 @@ mod tests {
 
     #[tokio::test]
     async fn output_is_truncated() {
-        let out = run(&policy(&["sh"]), &argv(&["sh", "-c", "yes | head -c 10000"]), &BTreeMap::new(), &inv(), CancellationToken::new()).await;
+        let out = run(
+            &policy(&["sh"]),
+            &argv(&["sh", "-c", "yes | head -c 10000"]),
+            &BTreeMap::new(),
+            &inv(),
+            CancellationToken::new(),
+        )
+        .await;
         match out {
             Outcome::Success { result, .. } => assert_eq!(result.len(), 64),
             other => panic!("{other:?}"),

@@ -40,9 +40,13 @@ pub async fn call(client: &Client, subject: &str, inv: &Invocation, mut extra: H
         }
         Err(err) => match err.kind() {
             RequestErrorKind::NoResponders => Outcome::retry(format!("no function is listening on {subject}")),
-            RequestErrorKind::TimedOut => Outcome::retry(format!("the function on {subject} did not reply within {:?}", inv.timeout)),
+            RequestErrorKind::TimedOut => {
+                Outcome::retry(format!("the function on {subject} did not reply within {:?}", inv.timeout))
+            }
             RequestErrorKind::InvalidSubject => Outcome::permanent(format!("invalid function subject {subject:?}")),
-            RequestErrorKind::MaxPayloadExceeded => Outcome::permanent(format!("the payload is larger than the server allows: {err}")),
+            RequestErrorKind::MaxPayloadExceeded => {
+                Outcome::permanent(format!("the payload is larger than the server allows: {err}"))
+            }
             RequestErrorKind::Other => Outcome::retry(format!("request to {subject} failed: {err}")),
         },
     }

@@ -1,0 +1,369 @@
+//! Test harness: a real nats-server per test (random port, temporary store,
+//! killed and removed on drop), jetsched's services run in-process through
+//! the same `run` functions the binary uses, or as real `jetsched` processes
+//! for crash tests, and helpers that wait on events with deadlines instead
+//! of sleeping.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Once;
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::DeliverPolicy;
+use async_nats::jetstream::consumer::pull::OrderedConfig;
+use async_nats::{Client, HeaderMap};
+use futures::StreamExt;
+use jetsched_contract::{Handles, Names, RunEvent, RunStatus, Topology};
+use jetsched_natsbox::{LocalServer, Preference, ServerOptions};
+use serde_json::Value;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub use jetsched_dispatcher::DispatcherConfig;
+pub use jetsched_ticker::TickerConfig;
+pub use jetsched_worker::WorkerConfig;
+pub use jetsched_worker::handlers::Builtins;
+
+/// Fails the test if `fut` does not finish within `secs`.
+pub async fn within<T>(secs: u64, what: &str, fut: impl Future<Output = T>) -> T {
+    match tokio::time::timeout(Duration::from_secs(secs), fut).await {
+        Ok(v) => v,
+        Err(_) => panic!("timed out after {secs}s waiting for {what}"),
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn init_logs() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let filter = std::env::var("JETSCHED_TEST_LOG").unwrap_or_else(|_| "error".to_string());
+        let _ = tracing_subscriber_init(&filter);
+    });
+}
+
+fn tracing_subscriber_init(filter: &str) -> Option<()> {
+    jetsched_runtime::init_logging(&jetsched_runtime::LogArgs {
+        log_format: jetsched_runtime::logging::LogFormat::Human,
+        log_filter: filter.to_string(),
+    });
+    Some(())
+}
+
+/// One test's world: a nats-server with jetsched's streams and buckets.
+pub struct Env {
+    pub server: LocalServer,
+    pub client: Client,
+    pub handles: Handles,
+    pub names: Names,
+    _store: tempfile::TempDir,
+}
+
+impl Env {
+    /// Starts a fresh server (pinned release, installed on first use).
+    pub async fn start() -> Env {
+        init_logs();
+        let store = tempfile::tempdir().unwrap();
+        let store_dir = store.path().join("js");
+        let server = tokio::task::spawn_blocking(move || {
+            let binary =
+                jetsched_natsbox::find_or_install(&workspace_root().join(".jetsched/bin"), Preference::PinnedOnly)
+                    .expect("nats-server available");
+            LocalServer::start(ServerOptions::new(binary, store_dir)).expect("nats-server starts")
+        })
+        .await
+        .unwrap();
+        let (client, handles) = connect(&server.url()).await;
+        Env { names: handles.names.clone(), server, client, handles, _store: store }
+    }
+
+    /// The server's URL.
+    pub fn url(&self) -> String {
+        self.server.url()
+    }
+
+    /// Runs ticker, dispatcher and worker in this process.
+    pub fn services(&self) -> Services {
+        self.services_with(ServicesConfig::default())
+    }
+
+    /// Runs the chosen services with the given settings.
+    pub fn services_with(&self, cfg: ServicesConfig) -> Services {
+        let token = CancellationToken::new();
+        let mut tasks = Vec::new();
+        let h = &self.handles;
+        if let Some(c) = cfg.ticker {
+            tasks.push(tokio::spawn(jetsched_ticker::run(c, h.clone(), token.clone())));
+        }
+        if let Some(c) = cfg.dispatcher {
+            tasks.push(tokio::spawn(jetsched_dispatcher::run(c, h.clone(), token.clone())));
+        }
+        if let Some(c) = cfg.worker {
+            tasks.push(tokio::spawn(jetsched_worker::run(c, h.clone(), cfg.builtins.clone(), token.clone())));
+        }
+        Services { token, tasks }
+    }
+
+    /// Every event from the start of the events stream.
+    pub async fn events(&self) -> Events {
+        let stream = self.handles.js.get_stream(self.names.events_stream()).await.unwrap();
+        let consumer = stream
+            .create_consumer(OrderedConfig { deliver_policy: DeliverPolicy::All, ..Default::default() })
+            .await
+            .unwrap();
+        Events { messages: Box::pin(consumer.messages().await.unwrap()), seen: Vec::new() }
+    }
+
+    /// Raw KV put, as `nats kv put <bucket> <key> <value>` does.
+    pub async fn kv_put(&self, bucket: &str, key: &str, value: &str) -> u64 {
+        let store = self.handles.js.get_key_value(bucket).await.unwrap();
+        store.put(key, value.to_string().into()).await.unwrap()
+    }
+
+    /// Raw KV delete, as `nats kv del <bucket> <key>` does.
+    pub async fn kv_del(&self, bucket: &str, key: &str) {
+        let store = self.handles.js.get_key_value(bucket).await.unwrap();
+        store.delete(key).await.unwrap();
+    }
+
+    /// `nats kv put jetsched-tasks <name> <json>`.
+    pub async fn put_task(&self, name: &str, json: Value) {
+        self.kv_put(&self.names.tasks_bucket(), name, &json.to_string()).await;
+    }
+
+    /// `nats kv put jetsched-schedules <id> <json>`.
+    pub async fn put_schedule(&self, id: &str, json: Value) {
+        self.kv_put(&self.names.schedules_bucket(), id, &json.to_string()).await;
+    }
+
+    /// Raw JetStream publish with headers, as `nats pub -H ... <subject> <body>` does; returns the stream sequence.
+    pub async fn publish(&self, subject: String, headers: &[(&str, &str)], body: &str) -> u64 {
+        let mut h = HeaderMap::new();
+        for (k, v) in headers {
+            h.insert(*k, *v);
+        }
+        self.handles.js.publish_with_headers(subject, h, body.to_string().into()).await.unwrap().await.unwrap().sequence
+    }
+
+    /// `nats pub jetsched.submit.<task> <body>`.
+    pub async fn submit(&self, task: &str, body: &str) -> u64 {
+        self.publish(self.names.submit_subject(task), &[], body).await
+    }
+
+    /// Messages in the DLQ for `task`, oldest first.
+    pub async fn dead_letters(&self, task: &str) -> Vec<async_nats::jetstream::Message> {
+        let stream = self.handles.js.get_stream(self.names.dlq_stream()).await.unwrap();
+        let consumer = stream
+            .create_consumer(OrderedConfig { filter_subject: self.names.dead_subject(task), ..Default::default() })
+            .await
+            .unwrap();
+        let pending = consumer.cached_info().num_pending as usize;
+        let mut msgs = consumer.messages().await.unwrap();
+        let mut out = Vec::new();
+        while out.len() < pending {
+            out.push(within(5, "dead letters", msgs.next()).await.unwrap().unwrap());
+        }
+        out
+    }
+
+    /// A NATS function on `subject` answering with `reply`; every call is recorded.
+    pub async fn function(&self, subject: &str, reply: impl Fn(&Call) -> Reply + Send + 'static) -> Function {
+        let mut sub = self.client.subscribe(subject.to_string()).await.unwrap();
+        self.client.flush().await.unwrap();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let client = self.client.clone();
+        tokio::spawn(async move {
+            while let Some(msg) = sub.next().await {
+                let call = Call {
+                    headers: msg.headers.clone().unwrap_or_default(),
+                    payload: serde_json::from_slice(&msg.payload).unwrap_or(Value::Null),
+                    at: jiff::Timestamp::now(),
+                };
+                let answer = reply(&call);
+                if let Some(to) = msg.reply {
+                    match answer {
+                        Reply::Ok(v) => client.publish(to, v.to_string().into()).await.unwrap(),
+                        Reply::Fail { error, retryable } => {
+                            let mut h = HeaderMap::new();
+                            h.insert(jetsched_contract::headers::ERROR, error.as_str());
+                            if !retryable {
+                                h.insert(jetsched_contract::headers::RETRYABLE, "false");
+                            }
+                            client.publish_with_headers(to, h, "".into()).await.unwrap();
+                        }
+                        Reply::Silent => {}
+                    }
+                }
+                if tx.send(call).is_err() {
+                    return;
+                }
+            }
+        });
+        Function { calls: rx }
+    }
+}
+
+async fn connect(url: &str) -> (Client, Handles) {
+    let client = async_nats::connect(url).await.unwrap();
+    let js = jetsched_runtime::jetstream(client.clone());
+    let names = Names::default();
+    jetsched_contract::setup::ensure(&js, &names, &Topology::default()).await.unwrap();
+    let handles = Handles::open(js, names).await.unwrap();
+    (client, handles)
+}
+
+/// Which services to run, with what settings.
+#[derive(Clone)]
+pub struct ServicesConfig {
+    pub ticker: Option<TickerConfig>,
+    pub dispatcher: Option<DispatcherConfig>,
+    pub worker: Option<WorkerConfig>,
+    pub builtins: Builtins,
+}
+
+impl Default for ServicesConfig {
+    fn default() -> Self {
+        ServicesConfig {
+            ticker: Some(TickerConfig::default()),
+            dispatcher: Some(DispatcherConfig::default()),
+            worker: Some(WorkerConfig::default()),
+            builtins: Builtins::default(),
+        }
+    }
+}
+
+/// In-process services, stopped on drop.
+pub struct Services {
+    token: CancellationToken,
+    tasks: Vec<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Services {
+    /// Stops them and waits for them to drain.
+    pub async fn stop(mut self) {
+        self.token.cancel();
+        for t in self.tasks.drain(..) {
+            within(40, "services to stop", t).await.unwrap().unwrap();
+        }
+    }
+}
+
+impl Drop for Services {
+    fn drop(&mut self) {
+        self.token.cancel();
+    }
+}
+
+/// One call of a test function.
+#[derive(Debug, Clone)]
+pub struct Call {
+    pub headers: HeaderMap,
+    pub payload: Value,
+    pub at: jiff::Timestamp,
+}
+
+impl Call {
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers.get(name).map(|v| v.as_str().to_string())
+    }
+}
+
+/// What a test function answers.
+pub enum Reply {
+    Ok(Value),
+    Fail { error: String, retryable: bool },
+    Silent,
+}
+
+/// A running test function.
+pub struct Function {
+    pub calls: mpsc::UnboundedReceiver<Call>,
+}
+
+impl Function {
+    pub async fn next_call(&mut self, secs: u64) -> Call {
+        within(secs, "a function call", self.calls.recv()).await.expect("function stopped")
+    }
+
+    /// Calls received so far, without waiting.
+    pub fn drain(&mut self) -> Vec<Call> {
+        let mut out = Vec::new();
+        while let Ok(c) = self.calls.try_recv() {
+            out.push(c);
+        }
+        out
+    }
+}
+
+/// The events stream, read from its start.
+pub struct Events {
+    messages: std::pin::Pin<
+        Box<
+            dyn futures::Stream<
+                    Item = Result<async_nats::jetstream::Message, async_nats::jetstream::consumer::pull::OrderedError>,
+                > + Send,
+        >,
+    >,
+    /// Everything read so far.
+    pub seen: Vec<(String, RunEvent)>,
+}
+
+impl Events {
+    /// The next event (any), with its subject.
+    pub async fn next(&mut self) -> (String, RunEvent) {
+        let msg = self.messages.next().await.expect("events stream ended").expect("events stream error");
+        let event: RunEvent = serde_json::from_slice(&msg.payload).expect("event is a RunEvent");
+        let item = (msg.subject.to_string(), event);
+        self.seen.push(item.clone());
+        item
+    }
+
+    /// Waits up to `secs` for an event matching `pred`.
+    pub async fn wait_for(&mut self, secs: u64, what: &str, pred: impl Fn(&RunEvent) -> bool) -> RunEvent {
+        within(secs, what, async {
+            loop {
+                let (_, e) = self.next().await;
+                if pred(&e) {
+                    return e;
+                }
+            }
+        })
+        .await
+    }
+
+    /// Waits for `n` events matching `pred`, returning them in order.
+    pub async fn wait_for_n(
+        &mut self,
+        n: usize,
+        secs: u64,
+        what: &str,
+        pred: impl Fn(&RunEvent) -> bool,
+    ) -> Vec<RunEvent> {
+        within(secs, what, async {
+            let mut out = Vec::new();
+            while out.len() < n {
+                let (_, e) = self.next().await;
+                if pred(&e) {
+                    out.push(e);
+                }
+            }
+            out
+        })
+        .await
+    }
+
+    /// Seen events with `status` for `task`.
+    pub fn seen_with(&self, task: &str, status: RunStatus) -> Vec<RunEvent> {
+        self.seen.iter().filter(|(_, e)| e.task == task && e.status == status).map(|(_, e)| e.clone()).collect()
+    }
+}
+
+/// True for `status` events of `task`.
+pub fn is(task: &'static str, status: RunStatus) -> impl Fn(&RunEvent) -> bool {
+    move |e| e.task == task && e.status == status
+}
