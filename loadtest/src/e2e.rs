@@ -1,0 +1,171 @@
+//! End to end: submissions to `jetsched.submit.noop`, a no-op NATS function,
+//! counted at their `succeeded` events. Two phases: as fast as possible
+//! (throughput, compared with raw JetStream publish measured just before),
+//! then a paced phase at moderate load (latency percentiles).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_nats::HeaderMap;
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use jetsched_contract::{RunEvent, headers};
+
+use crate::baseline;
+use crate::bench::BenchEnv;
+use crate::stats::{Samples, ms};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct Args {
+    /// Runs in the throughput phase.
+    #[arg(long, default_value_t = 20_000)]
+    pub runs: usize,
+    /// Runs in the latency phase.
+    #[arg(long, default_value_t = 2_000)]
+    pub paced_runs: usize,
+    /// Submissions per second in the latency phase.
+    #[arg(long, default_value_t = 200)]
+    pub rate: u64,
+    /// Worker slots.
+    #[arg(long, default_value_t = 256)]
+    pub slots: usize,
+    #[command(flatten)]
+    pub baseline: baseline::Args,
+}
+
+type Marks = Arc<Mutex<HashMap<String, Instant>>>;
+
+pub async fn run(env: &BenchEnv, args: Args) -> anyhow::Result<()> {
+    println!("nats-server {} | file storage, R1 | jetsched services in this process", env.server_version);
+    let raw = baseline::publish_rate(env, &args.baseline).await?;
+    println!(
+        "raw JetStream async publish (Nats-Msg-Id, {} B, {} in flight): {raw:.0} msg/s",
+        args.baseline.size, args.baseline.in_flight
+    );
+
+    let started_at: Marks = Arc::default();
+    serve_noop(env, started_at.clone()).await?;
+    env.handles
+        .tasks
+        .put("noop", r#"{"handler": {"type": "nats", "subject": "loadtest.noop"}, "timeout": "30s"}"#.into())
+        .await?;
+    let worker = jetsched_worker::WorkerConfig { slots: args.slots, ..Default::default() };
+    let services = env.services(worker);
+    let mut succeeded = env.client.subscribe(env.names.event_subject("noop", "succeeded")).await?;
+    env.client.flush().await?;
+    // Warm up (consumers created, caches filled) with one run.
+    submit(env, "warmup").await?.await?;
+    wait_for(&mut succeeded, 1, Duration::from_secs(30)).await?;
+
+    // Throughput: everything at once.
+    let t0 = Instant::now();
+    let mut acks = FuturesUnordered::new();
+    for i in 0..args.runs {
+        if acks.len() >= 256 {
+            acks.next().await.transpose()?;
+        }
+        acks.push(submit(env, &format!("tp-{i}")).await?.into_future());
+    }
+    while let Some(r) = acks.next().await {
+        r?;
+    }
+    let submitted = t0.elapsed();
+    let finished = wait_for(&mut succeeded, args.runs, Duration::from_secs(600)).await?;
+    let elapsed = t0.elapsed();
+    let _ = finished;
+    let throughput = args.runs as f64 / elapsed.as_secs_f64();
+    println!(
+        "jetsched submit -> succeeded: {} runs in {:.2} s (submitted in {:.2} s): {throughput:.0} runs/s",
+        args.runs,
+        elapsed.as_secs_f64(),
+        submitted.as_secs_f64()
+    );
+    println!("ratio to raw publish: {:.3} (goal >= 0.25)", throughput / raw);
+
+    // Latency at moderate load.
+    let submitted_at: Marks = Arc::default();
+    let mut to_start = Samples::default();
+    let mut to_done = Samples::default();
+    let interval = Duration::from_secs_f64(1.0 / args.rate.max(1) as f64);
+    let mut ticker = tokio::time::interval(interval);
+    let mut done_seen = 0;
+    let mut i = 0;
+    while done_seen < args.paced_runs {
+        tokio::select! {
+            _ = ticker.tick(), if i < args.paced_runs => {
+                let id = format!("lat-{i}");
+                submitted_at.lock().map_err(|_| anyhow::anyhow!("lock"))?.insert(format!("t.noop.m-{id}"), Instant::now());
+                let ack = submit(env, &id).await?;
+                tokio::spawn(async move { let _ = ack.await; });
+                i += 1;
+            }
+            msg = succeeded.next() => {
+                let Some(msg) = msg else { anyhow::bail!("event subscription ended") };
+                let now = Instant::now();
+                let Ok(event) = serde_json::from_slice::<RunEvent>(&msg.payload) else { continue };
+                let Some(run) = event.run_id else { continue };
+                let Some(t_submit) = submitted_at.lock().map_err(|_| anyhow::anyhow!("lock"))?.get(&run).copied() else { continue };
+                to_done.push(now - t_submit);
+                if let Some(t_start) = started_at.lock().map_err(|_| anyhow::anyhow!("lock"))?.get(&run).copied() {
+                    to_start.push(t_start - t_submit);
+                }
+                done_seen += 1;
+            }
+        }
+    }
+    println!(
+        "latency at {} runs/s ({} runs): submit -> handler start p50 {} p99 {} (goals 2 ms / 10 ms); submit -> succeeded p50 {} p99 {}",
+        args.rate,
+        to_done.len(),
+        ms(to_start.percentile(50.0)),
+        ms(to_start.percentile(99.0)),
+        ms(to_done.percentile(50.0)),
+        ms(to_done.percentile(99.0)),
+    );
+    services.stop().await;
+    Ok(())
+}
+
+async fn submit(env: &BenchEnv, id: &str) -> anyhow::Result<async_nats::jetstream::context::PublishAckFuture> {
+    let mut h = HeaderMap::new();
+    h.insert(headers::NATS_MSG_ID, id);
+    Ok(env.handles.js.publish_with_headers(env.names.submit_subject("noop"), h, "{}".into()).await?)
+}
+
+/// Replies at once and notes when each run's request arrived.
+async fn serve_noop(env: &BenchEnv, started_at: Marks) -> anyhow::Result<()> {
+    let mut sub = env.client.subscribe("loadtest.noop").await?;
+    let client = env.client.clone();
+    tokio::spawn(async move {
+        while let Some(msg) = sub.next().await {
+            let now = Instant::now();
+            if let Some(reply) = msg.reply {
+                let _ = client.publish(reply, bytes::Bytes::new()).await;
+            }
+            if let Some(run) = msg.headers.as_ref().and_then(|h| h.get(headers::RUN_ID))
+                && let Ok(mut map) = started_at.lock()
+            {
+                map.entry(run.as_str().to_string()).or_insert(now);
+            }
+        }
+    });
+    env.client.flush().await?;
+    Ok(())
+}
+
+async fn wait_for(sub: &mut async_nats::Subscriber, n: usize, limit: Duration) -> anyhow::Result<Instant> {
+    let deadline = tokio::time::sleep(limit);
+    tokio::pin!(deadline);
+    let mut seen = 0;
+    while seen < n {
+        tokio::select! {
+            _ = &mut deadline => anyhow::bail!("only {seen} of {n} runs succeeded within {limit:?}"),
+            msg = sub.next() => {
+                if msg.is_none() { anyhow::bail!("event subscription ended"); }
+                seen += 1;
+            }
+        }
+    }
+    Ok(Instant::now())
+}
