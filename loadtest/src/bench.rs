@@ -47,9 +47,15 @@ impl BenchEnv {
         let token = CancellationToken::new();
         let h = &self.handles;
         let tasks = vec![
-            tokio::spawn(jetsched_ticker::run(Default::default(), h.clone(), token.clone())),
-            tokio::spawn(jetsched_dispatcher::run(Default::default(), h.clone(), token.clone())),
-            tokio::spawn(jetsched_worker::run(worker, h.clone(), Default::default(), token.clone())),
+            tokio::spawn(jetsched_ticker::run(Default::default(), h.clone(), Default::default(), token.clone())),
+            tokio::spawn(jetsched_dispatcher::run(Default::default(), h.clone(), Default::default(), token.clone())),
+            tokio::spawn(jetsched_worker::run(
+                worker,
+                h.clone(),
+                Default::default(),
+                Default::default(),
+                token.clone(),
+            )),
         ];
         Services { token, tasks }
     }

@@ -8,7 +8,6 @@
 
 use std::future::Future;
 use std::path::PathBuf;
-use std::sync::Once;
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::DeliverPolicy;
@@ -39,20 +38,9 @@ fn workspace_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
+/// Logs, spans (collected in memory) and metrics for this test binary.
 fn init_logs() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        let filter = std::env::var("JETSCHED_TEST_LOG").unwrap_or_else(|_| "error".to_string());
-        let _ = tracing_subscriber_init(&filter);
-    });
-}
-
-fn tracing_subscriber_init(filter: &str) -> Option<()> {
-    jetsched_runtime::init_logging(&jetsched_runtime::LogArgs {
-        log_format: jetsched_runtime::logging::LogFormat::Human,
-        log_filter: filter.to_string(),
-    });
-    Some(())
+    install_span_collector();
 }
 
 /// One test's world: a nats-server with jetsched's streams and buckets.
@@ -98,13 +86,24 @@ impl Env {
         let mut tasks = Vec::new();
         let h = &self.handles;
         if let Some(c) = cfg.ticker {
-            tasks.push(tokio::spawn(jetsched_ticker::run(c, h.clone(), token.clone())));
+            tasks.push(tokio::spawn(jetsched_ticker::run(c, h.clone(), cfg.health.component("ticker"), token.clone())));
         }
         if let Some(c) = cfg.dispatcher {
-            tasks.push(tokio::spawn(jetsched_dispatcher::run(c, h.clone(), token.clone())));
+            tasks.push(tokio::spawn(jetsched_dispatcher::run(
+                c,
+                h.clone(),
+                cfg.health.component("dispatcher"),
+                token.clone(),
+            )));
         }
         if let Some(c) = cfg.worker {
-            tasks.push(tokio::spawn(jetsched_worker::run(c, h.clone(), cfg.builtins.clone(), token.clone())));
+            tasks.push(tokio::spawn(jetsched_worker::run(
+                c,
+                h.clone(),
+                cfg.builtins.clone(),
+                cfg.health.component("worker"),
+                token.clone(),
+            )));
         }
         Services { token, tasks }
     }
@@ -224,6 +223,8 @@ pub struct ServicesConfig {
     pub dispatcher: Option<DispatcherConfig>,
     pub worker: Option<WorkerConfig>,
     pub builtins: Builtins,
+    /// Readiness of the services started, for /readyz tests.
+    pub health: jetsched_runtime::Health,
 }
 
 impl Default for ServicesConfig {
@@ -233,6 +234,7 @@ impl Default for ServicesConfig {
             dispatcher: Some(DispatcherConfig::default()),
             worker: Some(WorkerConfig::default()),
             builtins: Builtins::default(),
+            health: jetsched_runtime::Health::default(),
         }
     }
 }
@@ -366,4 +368,77 @@ impl Events {
 /// True for `status` events of `task`.
 pub fn is(task: &'static str, status: RunStatus) -> impl Fn(&RunEvent) -> bool {
     move |e| e.task == task && e.status == status
+}
+
+/// `GET path` against a local HTTP endpoint: (status code, body).
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    stream.read_to_end(&mut buf).await.unwrap();
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body)
+}
+
+/// Polls `check` every 50 ms until it returns `Some`, failing after `secs`.
+pub async fn eventually<T, F, Fut>(secs: u64, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    within(secs, what, async {
+        loop {
+            tick.tick().await;
+            if let Some(v) = check().await {
+                return v;
+            }
+        }
+    })
+    .await
+}
+
+/// Spans collected in this test process (see [`install_span_collector`]).
+#[derive(Clone, Debug, Default)]
+pub struct SpanCollector(std::sync::Arc<std::sync::Mutex<Vec<opentelemetry_sdk::trace::SpanData>>>);
+
+impl opentelemetry_sdk::trace::SpanExporter for SpanCollector {
+    async fn export(&self, batch: Vec<opentelemetry_sdk::trace::SpanData>) -> opentelemetry_sdk::error::OTelSdkResult {
+        self.0.lock().unwrap().extend(batch);
+        Ok(())
+    }
+}
+
+impl SpanCollector {
+    /// Spans whose `key` attribute equals `value`.
+    pub fn with_attr(&self, key: &str, value: &str) -> Vec<opentelemetry_sdk::trace::SpanData> {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|s| s.attributes.iter().any(|kv| kv.key.as_str() == key && kv.value.as_str() == value))
+            .cloned()
+            .collect()
+    }
+}
+
+/// Installs tracing with an in-process span collector and metrics for this
+/// test binary (once); returns the collector and the Prometheus reader.
+pub fn install_span_collector() -> (SpanCollector, std::sync::Arc<opentelemetry_sdk::metrics::ManualReader>) {
+    static INSTALLED: std::sync::OnceLock<(SpanCollector, jetsched_runtime::telemetry::Telemetry)> =
+        std::sync::OnceLock::new();
+    let (collector, telemetry) = INSTALLED.get_or_init(|| {
+        let collector = SpanCollector::default();
+        let log = jetsched_runtime::LogArgs {
+            log_format: jetsched_runtime::logging::LogFormat::Human,
+            log_filter: std::env::var("JETSCHED_TEST_LOG").unwrap_or_else(|_| "error".to_string()),
+        };
+        let telemetry = jetsched_runtime::telemetry::init_with_exporter(&log, "jetsched-test", collector.clone());
+        (collector, telemetry)
+    });
+    (collector.clone(), telemetry.prometheus())
 }

@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod examples;
+pub mod inspect;
 pub mod services;
 pub mod up;
 
@@ -70,13 +71,31 @@ enum Command {
     Submit(admin::SubmitArgs),
     /// Print run events as they happen.
     Events(admin::EventsArgs),
+    /// Inspect runs (bucket jetsched-runs and their events).
+    #[command(subcommand)]
+    Runs(inspect::RunsCmd),
+    /// Summarise schedules, backlog per queue, live workers and recent failures.
+    Status(inspect::StatusArgs),
 }
 
 /// Parses the command line, runs it, and maps errors to exit codes
 /// (1: failure, 2: bad input).
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    jetsched_runtime::init_logging(&cli.log);
+    let service = match &cli.command {
+        Command::Up(_) => Some("jetsched"),
+        Command::Ticker(_) => Some("jetsched-ticker"),
+        Command::Dispatcher(_) => Some("jetsched-dispatcher"),
+        Command::Worker(_) => Some("jetsched-worker"),
+        _ => None,
+    };
+    let telemetry = match service {
+        Some(name) => Some(jetsched_runtime::telemetry::init(&cli.log, name)),
+        None => {
+            jetsched_runtime::init_logging(&cli.log);
+            None
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(err) => {
@@ -84,7 +103,11 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    let result = runtime.block_on(run(cli, telemetry.as_ref()));
+    if let Some(t) = telemetry {
+        t.shutdown();
+    }
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err:#}");
@@ -93,13 +116,14 @@ pub fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
+async fn run(cli: Cli, telemetry: Option<&jetsched_runtime::telemetry::Telemetry>) -> anyhow::Result<()> {
     let topology = cli.topology.topology();
+    let metrics = telemetry.map(|t| t.prometheus());
     match cli.command {
-        Command::Up(args) => up::run(&cli.nats, &topology, args).await,
-        Command::Ticker(args) => services::ticker(&cli.nats, &topology, args).await,
-        Command::Dispatcher(args) => services::dispatcher(&cli.nats, &topology, args).await,
-        Command::Worker(args) => services::worker(&cli.nats, &topology, args).await,
+        Command::Up(args) => up::run(&cli.nats, &topology, args, metrics).await,
+        Command::Ticker(args) => services::ticker(&cli.nats, &topology, args, metrics).await,
+        Command::Dispatcher(args) => services::dispatcher(&cli.nats, &topology, args, metrics).await,
+        Command::Worker(args) => services::worker(&cli.nats, &topology, args, metrics).await,
         Command::Init => {
             let handles = open(&cli.nats, &topology, "jetsched-init", false).await?;
             println!("streams and buckets ready under prefix {}", handles.names);
@@ -109,16 +133,34 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Schedule(cmd) => admin::schedule(&open(&cli.nats, &topology, "jetsched-cli", false).await?, cmd).await,
         Command::Submit(args) => admin::submit(&open(&cli.nats, &topology, "jetsched-cli", false).await?, args).await,
         Command::Events(args) => admin::events(&open(&cli.nats, &topology, "jetsched-cli", false).await?, args).await,
+        Command::Runs(cmd) => inspect::runs(&open(&cli.nats, &topology, "jetsched-cli", false).await?, cmd).await,
+        Command::Status(args) => inspect::status(&open(&cli.nats, &topology, "jetsched-cli", false).await?, args).await,
     }
 }
 
 /// Connects, creates any missing stream or bucket, and opens them all.
+/// With `retry` (services) it keeps trying until NATS is there; without
+/// (admin verbs) it fails at once.
 pub async fn open(nats: &NatsArgs, topology: &Topology, name: &str, retry: bool) -> anyhow::Result<Handles> {
     let names = nats.names()?;
     let client = jetsched_runtime::connect(nats, name, retry).await?;
     let js = jetsched_runtime::jetstream(client);
-    jetsched_contract::setup::ensure(&js, &names, topology).await?;
-    Ok(Handles::open(js, names).await?)
+    let mut backoff = std::time::Duration::from_millis(200);
+    loop {
+        let opened = match jetsched_contract::setup::ensure(&js, &names, topology).await {
+            Ok(()) => Handles::open(js.clone(), names.clone()).await.map_err(anyhow::Error::from),
+            Err(e) => Err(e.into()),
+        };
+        match opened {
+            Ok(handles) => return Ok(handles),
+            Err(err) if retry => {
+                tracing::warn!(%err, ?backoff, "JetStream not ready; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
+            }
+            Err(err) => return Err(err),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -5,16 +5,18 @@
 //! as they happen until Ctrl-C.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use futures::StreamExt;
 use jetsched_contract::{RunEvent, Topology};
 use jetsched_dispatcher::DispatcherConfig;
 use jetsched_natsbox::{LocalServer, Preference, ServerOptions};
-use jetsched_runtime::NatsArgs;
+use jetsched_runtime::{Health, NatsArgs};
 use jetsched_ticker::TickerConfig;
 use jetsched_worker::WorkerConfig;
 use jetsched_worker::handlers::Builtins;
+use opentelemetry_sdk::metrics::ManualReader;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::format_event;
@@ -38,6 +40,9 @@ pub struct UpArgs {
     /// Do not print run events.
     #[arg(long)]
     pub quiet: bool,
+    /// Address for /healthz, /readyz and /metrics of all services; `off` disables them.
+    #[arg(long = "http-addr", env = "JETSCHED_HTTP_ADDR", default_value = "127.0.0.1:9090")]
+    pub http_addr: String,
     #[command(flatten)]
     pub ticker: TickerConfig,
     #[command(flatten)]
@@ -47,7 +52,12 @@ pub struct UpArgs {
 }
 
 /// Runs everything until Ctrl-C.
-pub async fn run(nats: &NatsArgs, topology: &Topology, mut args: UpArgs) -> anyhow::Result<()> {
+pub async fn run(
+    nats: &NatsArgs,
+    topology: &Topology,
+    mut args: UpArgs,
+    metrics: Option<Arc<ManualReader>>,
+) -> anyhow::Result<()> {
     let mut server = None;
     let nats = match &nats.url {
         Some(_) => nats.clone(),
@@ -59,8 +69,12 @@ pub async fn run(nats: &NatsArgs, topology: &Topology, mut args: UpArgs) -> anyh
             NatsArgs { url: Some(url), ..nats.clone() }
         }
     };
-    let handles = crate::open(&nats, topology, "jetsched-up", true).await?;
     let shutdown = jetsched_runtime::shutdown_on_signals();
+    let health = Health::default();
+    let http = crate::services::HttpArgs { http_addr: args.http_addr.clone() };
+    crate::services::serve_http(&http, &health, metrics, &shutdown).await?;
+    let handles = crate::open(&nats, topology, "jetsched-up", true).await?;
+    health.watch_client(handles.js.client());
     let client = handles.js.client();
     if args.examples {
         crate::examples::load(&handles).await.context("cannot load the examples")?;
@@ -79,9 +93,15 @@ pub async fn run(nats: &NatsArgs, topology: &Topology, mut args: UpArgs) -> anyh
     }
     eprintln!("jetsched: ticker, dispatcher and worker running; Ctrl-C stops");
     let (ticker, dispatcher, worker) = tokio::join!(
-        jetsched_ticker::run(args.ticker, handles.clone(), shutdown.clone()),
-        jetsched_dispatcher::run(args.dispatcher, handles.clone(), shutdown.clone()),
-        jetsched_worker::run(args.worker, handles.clone(), Builtins::default(), shutdown.clone()),
+        jetsched_ticker::run(args.ticker, handles.clone(), health.component("ticker"), shutdown.clone()),
+        jetsched_dispatcher::run(args.dispatcher, handles.clone(), health.component("dispatcher"), shutdown.clone()),
+        jetsched_worker::run(
+            args.worker,
+            handles.clone(),
+            Builtins::default(),
+            health.component("worker"),
+            shutdown.clone()
+        ),
     );
     let _ = client.drain().await;
     if let Some(mut server) = server {

@@ -16,7 +16,7 @@ pub mod task;
 
 pub use duration::HumanDuration;
 pub use event::{RunEvent, RunStatus};
-pub use message::{DueFire, WorkItem};
+pub use message::{DueFire, WorkItem, WorkerInfo};
 pub use names::{BANDS, DEFAULT_PREFIX, DEFAULT_QUEUE, InboxKind, NameError, Names, validate_name};
 pub use run::RunRecord;
 pub use schedule::{Misfire, MisfirePolicy, Overlap, ScheduleDef, TaskRef};

@@ -57,3 +57,24 @@ pub struct WorkItem {
     /// Inbox stream sequence the run came from (kept in the run record).
     pub source_seq: u64,
 }
+
+/// Value under a worker id in `jetsched-workers`, refreshed while the worker
+/// lives; the bucket's TTL removes it when the worker stops refreshing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkerInfo {
+    /// Worker id.
+    pub id: String,
+    /// Queues it serves.
+    pub queues: Vec<String>,
+    /// Slot capacity.
+    pub slots: u32,
+    /// Slots in use at the last heartbeat.
+    pub busy: u32,
+    /// Labels it offers to tasks' `requires.labels`.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// When it started.
+    pub started_at: Timestamp,
+    /// Its last heartbeat.
+    pub heartbeat_at: Timestamp,
+}

@@ -68,6 +68,15 @@ struct Accepted {
 /// Handles one inbox message.
 pub async fn handle(ctx: &Ctx, msg: Inbox<'_>) -> Disposition {
     let accepted = match accept(ctx, &msg).await {
+        Ok(Some(a)) => {
+            let span = tracing::Span::current();
+            span.record("run_id", a.run_id.as_str());
+            span.record("task", a.task.as_str());
+            Ok(Some(a))
+        }
+        other => other,
+    };
+    let accepted = match accepted {
         Ok(Some(a)) => a,
         Ok(None) => return RETRY,
         Err(rejection) => return reject(ctx, &msg, rejection).await,
@@ -232,7 +241,9 @@ async fn dispatch(ctx: &Ctx, msg: &Inbox<'_>, a: Accepted) -> Disposition {
     let queued = ctx.publisher.send_event(&event);
     let (work, queued) = futures::join!(work, queued);
     let acked = match (work, queued) {
-        (Ok(w), Ok(q)) => futures::try_join!(w.into_future(), q.into_future()).map(|_| ()).map_err(|e| e.to_string()),
+        (Ok(w), Ok(q)) => futures::try_join!(w.into_future(), q.into_future())
+            .map(|_| jetsched_runtime::publish::count_event(&event))
+            .map_err(|e| e.to_string()),
         (Err(e), _) | (_, Err(e)) => Err(e.to_string()),
     };
     match acked {

@@ -15,10 +15,11 @@ use async_nats::jetstream::AckKind;
 use async_nats::jetstream::consumer::PullConsumer;
 use futures::StreamExt;
 use jetsched_contract::{Handles, setup};
-use jetsched_runtime::Publisher;
+use jetsched_runtime::{Publisher, Readiness, metrics};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use crate::dispatch::{Ctx, Disposition, Inbox};
 use crate::taskcache::TaskCache;
@@ -44,8 +45,14 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     s.parse::<jetsched_contract::HumanDuration>().map(|d| d.0).map_err(|e| e.to_string())
 }
 
-/// Runs a dispatcher until `shutdown` fires, then drains.
-pub async fn run(config: DispatcherConfig, handles: Handles, shutdown: CancellationToken) -> anyhow::Result<()> {
+/// Runs a dispatcher until `shutdown` fires, then drains; `ready` is set
+/// while it is pulling from the inbox.
+pub async fn run(
+    config: DispatcherConfig,
+    handles: Handles,
+    ready: Readiness,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let publisher = Publisher::new(handles.js.clone(), handles.names.clone());
     let ctx = Arc::new(Ctx {
         tasks: TaskCache::spawn(handles.tasks.clone(), publisher.clone(), shutdown.child_token()),
@@ -55,6 +62,7 @@ pub async fn run(config: DispatcherConfig, handles: Handles, shutdown: Cancellat
     let permits = Arc::new(Semaphore::new(config.dispatch_concurrency.max(1)));
     let mut inflight = JoinSet::new();
     let mut backoff = Duration::from_millis(100);
+    tokio::spawn(poll_backlog(handles.clone(), shutdown.child_token()));
     tracing::info!(concurrency = config.dispatch_concurrency, "dispatcher started");
     'outer: while !shutdown.is_cancelled() {
         let consumer = match consumer(&handles).await {
@@ -84,6 +92,7 @@ pub async fn run(config: DispatcherConfig, handles: Handles, shutdown: Cancellat
             }
         };
         backoff = Duration::from_millis(100);
+        ready.set(true);
         loop {
             let permit = tokio::select! {
                 _ = shutdown.cancelled() => break 'outer,
@@ -100,27 +109,52 @@ pub async fn run(config: DispatcherConfig, handles: Handles, shutdown: Cancellat
                     // A consumer that vanished (server restart, reconnect)
                     // keeps yielding heartbeat errors: start over.
                     tracing::warn!(%err, "inbox consumer error; re-creating");
+                    ready.set(false);
                     break;
                 }
                 None => break,
             };
             let ctx = ctx.clone();
-            inflight.spawn(async move {
-                let _permit = permit;
-                let seq = msg.info().map(|i| i.stream_sequence).unwrap_or_default();
-                let inbox =
-                    Inbox { subject: msg.subject.as_str(), headers: msg.headers.as_ref(), payload: &msg.payload, seq };
-                let outcome = match dispatch::handle(&ctx, inbox).await {
-                    Disposition::Ack => msg.ack().await,
-                    Disposition::Retry(delay) => msg.ack_with(AckKind::Nak(Some(delay))).await,
-                };
-                if let Err(err) = outcome {
-                    // The message comes back after ack_wait; the run-id gate absorbs it.
-                    tracing::warn!(%err, "cannot ack inbox message");
+            let span = tracing::info_span!(
+                "dispatch",
+                otel.kind = "consumer",
+                subject = %msg.subject,
+                run_id = tracing::field::Empty,
+                task = tracing::field::Empty
+            );
+            jetsched_runtime::trace::follow(&span, msg.headers.as_ref());
+            inflight.spawn(
+                async move {
+                    let _permit = permit;
+                    let (seq, stored) = match msg.info() {
+                        Ok(i) => (i.stream_sequence, Some(i.published.unix_timestamp_nanos())),
+                        Err(_) => (0, None),
+                    };
+                    let inbox = Inbox {
+                        subject: msg.subject.as_str(),
+                        headers: msg.headers.as_ref(),
+                        payload: &msg.payload,
+                        seq,
+                    };
+                    let disposition = dispatch::handle(&ctx, inbox).await;
+                    if let (Disposition::Ack, Some(stored)) = (&disposition, stored) {
+                        let now = jiff::Timestamp::now().as_nanosecond();
+                        metrics().dispatch_latency.record(((now - stored).max(0) as f64) / 1e9, &[]);
+                    }
+                    let outcome = match disposition {
+                        Disposition::Ack => msg.ack().await,
+                        Disposition::Retry(delay) => msg.ack_with(AckKind::Nak(Some(delay))).await,
+                    };
+                    if let Err(err) = outcome {
+                        // The message comes back after ack_wait; the run-id gate absorbs it.
+                        tracing::warn!(%err, "cannot ack inbox message");
+                    }
                 }
-            });
+                .instrument(span),
+            );
         }
     }
+    ready.set(false);
     let drained =
         tokio::time::timeout(config.dispatch_drain, async { while inflight.join_next().await.is_some() {} }).await;
     if drained.is_err() {
@@ -128,6 +162,22 @@ pub async fn run(config: DispatcherConfig, handles: Handles, shutdown: Cancellat
     }
     tracing::info!("dispatcher stopped");
     Ok(())
+}
+
+/// Reports the inbox backlog every few seconds.
+async fn poll_backlog(handles: Handles, shutdown: CancellationToken) {
+    let name = handles.names.dispatcher_consumer();
+    loop {
+        if let Ok(stream) = handles.stream(&handles.names.inbox_stream()).await
+            && let Ok(info) = stream.consumer_info(&name).await
+        {
+            metrics().inbox_backlog.record(info.num_pending + info.num_ack_pending as u64, &[]);
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+        }
+    }
 }
 
 async fn consumer(handles: &Handles) -> anyhow::Result<PullConsumer> {

@@ -3,13 +3,19 @@
 //! a resilient KV watch.
 
 pub mod connect;
+pub mod health;
 pub mod kvwatch;
 pub mod logging;
+pub mod metrics;
 pub mod publish;
 pub mod shutdown;
+pub mod telemetry;
+pub mod trace;
 
 pub use connect::{NatsArgs, connect, jetstream};
+pub use health::{Health, Readiness};
 pub use kvwatch::{KvChange, spawn_kv_watch};
 pub use logging::{LogArgs, init_logging};
+pub use metrics::metrics;
 pub use publish::Publisher;
 pub use shutdown::shutdown_on_signals;

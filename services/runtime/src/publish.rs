@@ -7,7 +7,9 @@ use async_nats::jetstream::Context;
 use async_nats::jetstream::context::{PublishAckFuture, PublishErrorKind};
 use async_nats::jetstream::publish::PublishAck;
 use bytes::Bytes;
-use jetsched_contract::{Names, RunEvent, headers};
+use jetsched_contract::{Names, RunEvent, RunStatus, headers};
+
+use crate::metrics::{kv, metrics};
 
 /// A publish that did not reach the stream.
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +59,7 @@ impl Publisher {
         payload: Bytes,
     ) -> Result<PublishAckFuture, PublishError> {
         headers.insert(headers::NATS_MSG_ID, msg_id);
+        crate::trace::inject(&mut headers);
         self.js
             .publish_with_headers(subject.clone(), headers, payload)
             .await
@@ -91,7 +94,9 @@ impl Publisher {
     pub async fn event(&self, event: &RunEvent) -> Result<(), PublishError> {
         let subject = self.names.event_subject(&event.task, event.status.as_str());
         let pending = self.send_event(event).await?;
-        pending.await.map(|_| ()).map_err(|source| PublishError { subject, source })
+        pending.await.map_err(|source| PublishError { subject, source })?;
+        count_event(event);
+        Ok(())
     }
 
     /// Stores `payload` in the DLQ under `task` with the reason and origin.
@@ -107,7 +112,18 @@ impl Publisher {
         extra.insert(headers::REASON, single_line(reason).as_str());
         extra.insert(headers::ORIGINAL_SUBJECT, original_subject);
         extra.insert(headers::TASK, task);
-        self.publish(self.names.dead_subject(task), extra, &format!("dead:{msg_id}"), payload).await.map(|_| ())
+        self.publish(self.names.dead_subject(task), extra, &format!("dead:{msg_id}"), payload).await?;
+        metrics().dead_letters.add(1, &[kv("task", task.to_string())]);
+        Ok(())
+    }
+}
+
+/// Counts a stored event in `jetsched_runs_total` (and invalid definitions).
+pub fn count_event(event: &RunEvent) {
+    let m = metrics();
+    m.runs.add(1, &[kv("task", event.task.clone()), kv("status", event.status.as_str())]);
+    if event.status == RunStatus::Invalid {
+        m.invalid_definitions.add(1, &[kv("bucket", event.bucket.clone().unwrap_or_default())]);
     }
 }
 

@@ -10,9 +10,10 @@ use std::time::Duration;
 use anyhow::Context as _;
 use async_nats::HeaderMap;
 use jetsched_contract::{DueFire, Handles, RunEvent, ScheduleDef, headers, run};
-use jetsched_runtime::{KvChange, Publisher, spawn_kv_watch};
+use jetsched_runtime::{KvChange, Publisher, Readiness, metrics, spawn_kv_watch};
 use jiff::Timestamp;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use crate::plan::{Fire, Plan};
 
@@ -20,8 +21,13 @@ use crate::plan::{Fire, Plan};
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct TickerConfig {}
 
-/// Runs the ticker until `shutdown` fires.
-pub async fn run(_config: TickerConfig, handles: Handles, shutdown: CancellationToken) -> anyhow::Result<()> {
+/// Runs the ticker until `shutdown` fires; `ready` is set once the schedules are loaded.
+pub async fn run(
+    _config: TickerConfig,
+    handles: Handles,
+    ready: Readiness,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let publisher = Publisher::new(handles.js.clone(), handles.names.clone());
     let mut changes = spawn_kv_watch(handles.schedules.clone(), shutdown.child_token(), 4096);
     let mut plan = Plan::default();
@@ -33,7 +39,14 @@ pub async fn run(_config: TickerConfig, handles: Handles, shutdown: Cancellation
             biased;
             _ = shutdown.cancelled() => break,
             change = changes.recv() => match change {
-                Some(change) => apply(&mut plan, change, &publisher, &bucket).await,
+                Some(KvChange::Ready) => {
+                    tracing::info!(schedules = plan.len(), "schedules loaded");
+                    ready.set(true);
+                }
+                Some(change) => {
+                    apply(&mut plan, change, &publisher, &bucket).await;
+                    metrics().schedules_loaded.record(plan.len() as u64, &[]);
+                }
                 None => break,
             },
             _ = sleep => {
@@ -43,6 +56,7 @@ pub async fn run(_config: TickerConfig, handles: Handles, shutdown: Cancellation
             }
         }
     }
+    ready.set(false);
     tracing::info!(schedules = plan.len(), "ticker stopped");
     Ok(())
 }
@@ -81,13 +95,25 @@ async fn apply(plan: &mut Plan, change: KvChange, publisher: &Publisher, bucket:
             tracing::info!(schedule = %key, "schedule removed");
             plan.remove(&key);
         }
-        KvChange::Ready => tracing::info!(schedules = plan.len(), "schedules loaded"),
+        KvChange::Ready => {}
     }
 }
 
 /// Publishes one fire, retrying until the stream acks it or shutdown: a fire
-/// is never dropped because NATS was briefly away.
+/// is never dropped because NATS was briefly away. Each fire starts a trace.
 async fn publish_fire(publisher: &Publisher, fire: &Fire, shutdown: &CancellationToken) {
+    let run_id = run::scheduled_run_id(&fire.schedule, fire.nominal);
+    let span = tracing::info_span!(
+        "fire",
+        otel.kind = "producer",
+        schedule = %fire.schedule,
+        run_id = %run_id,
+        scheduled_for = %fire.nominal
+    );
+    publish_fire_traced(publisher, fire, &run_id, shutdown).instrument(span).await
+}
+
+async fn publish_fire_traced(publisher: &Publisher, fire: &Fire, run_id: &str, shutdown: &CancellationToken) {
     let task = fire.def.task_name(&fire.schedule).to_string();
     let body = DueFire {
         schedule: fire.schedule.clone(),
@@ -110,8 +136,11 @@ async fn publish_fire(publisher: &Publisher, fire: &Fire, shutdown: &Cancellatio
         let mut h = HeaderMap::new();
         h.insert(headers::SCHEDULE, fire.schedule.as_str());
         h.insert(headers::SCHEDULED_FOR, fire.nominal.to_string().as_str());
+        h.insert(headers::RUN_ID, run_id);
         match publisher.publish(subject.clone(), h, &msg_id, payload.clone().into()).await.context("publish due fire") {
             Ok(ack) => {
+                let late = Timestamp::now().duration_since(fire.nominal);
+                metrics().fire_lateness.record(late.as_secs_f64().max(0.0), &[]);
                 tracing::debug!(schedule = %fire.schedule, nominal = %fire.nominal, duplicate = ack.duplicate, "fired");
                 return;
             }

@@ -8,8 +8,10 @@ use async_nats::jetstream::{AckKind, Message};
 use async_nats::{Client, HeaderMap};
 use jetsched_contract::{Handler, RunEvent, RunRecord, RunStatus, WorkItem, headers, run as runid};
 use jetsched_runtime::Publisher;
+use jetsched_runtime::metrics::{kv, metrics};
 use jiff::{SignedDuration, Timestamp};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use crate::handlers::exec::{self, ExecPolicy};
 use crate::handlers::{Builtins, Invocation, Outcome, nats};
@@ -44,8 +46,21 @@ enum Disposition {
 
 const TRANSIENT: Disposition = Disposition::Nak(Duration::from_secs(1));
 
-/// Handles one work message.
+/// Handles one work message, in a span that continues the run's trace.
 pub async fn execute(ctx: &WorkerCtx, msg: Message) {
+    let span = tracing::info_span!(
+        "execute",
+        otel.kind = "consumer",
+        subject = %msg.subject,
+        run_id = tracing::field::Empty,
+        task = tracing::field::Empty,
+        attempt = tracing::field::Empty
+    );
+    jetsched_runtime::trace::follow(&span, msg.headers.as_ref());
+    execute_traced(ctx, msg).instrument(span).await
+}
+
+async fn execute_traced(ctx: &WorkerCtx, msg: Message) {
     let disposition = process(ctx, &msg).await;
     let result = match disposition {
         Disposition::Ack => msg.ack().await,
@@ -77,6 +92,9 @@ async fn process(ctx: &WorkerCtx, msg: &Message) -> Disposition {
             };
         }
     };
+    let span = tracing::Span::current();
+    span.record("run_id", item.run_id.as_str());
+    span.record("task", item.task.as_str());
     if let Some(not_before) = item.not_before {
         let wait = not_before.duration_since(Timestamp::now());
         if wait.is_positive() {
@@ -121,6 +139,7 @@ async fn run_attempt(
     mut revision: u64,
 ) -> Disposition {
     let attempt = record.attempt;
+    tracing::Span::current().record("attempt", attempt);
     tracing::info!(run_id = %item.run_id, task = %item.task, attempt, "run started");
     let started =
         RunEvent { worker: Some(ctx.worker_id.clone()), ..event_for(item, &record, RunStatus::Started, None) };
@@ -128,8 +147,20 @@ async fn run_attempt(
         tracing::warn!(run_id = %item.run_id, %err, "cannot publish started event");
     }
     let clock = Instant::now();
-    let outcome = invoke(ctx, msg, item, attempt).await;
+    let handler = tracing::info_span!(
+        "handler",
+        otel.kind = "client",
+        handler = item.def.handler.as_ref().map(|h| h.kind()).unwrap_or("none"),
+        run_id = %item.run_id,
+        task = %item.task,
+        attempt
+    );
+    let outcome = invoke(ctx, msg, item, attempt).instrument(handler).await;
     let duration_ms = clock.elapsed().as_millis() as u64;
+    let result = if matches!(outcome, Outcome::Success { .. }) { "success" } else { "failure" };
+    metrics()
+        .handler_duration
+        .record(clock.elapsed().as_secs_f64(), &[kv("task", item.task.clone()), kv("outcome", result)]);
     match outcome {
         Outcome::Success { output, .. } => {
             tracing::info!(run_id = %item.run_id, task = %item.task, attempt, duration_ms, "run succeeded");
@@ -155,7 +186,10 @@ async fn run_attempt(
             };
             match settle(ctx, &mut record, &mut revision, record::finish(RunStatus::Failed, Some(error)), &event).await
             {
-                Disposition::Ack => Disposition::Nak(delay),
+                Disposition::Ack => {
+                    metrics().retries.add(1, &[kv("task", item.task.clone())]);
+                    Disposition::Nak(delay)
+                }
                 other => other,
             }
         }

@@ -17,7 +17,8 @@ use std::time::Duration;
 use async_nats::jetstream::consumer::PullConsumer;
 use futures::StreamExt;
 use jetsched_contract::{BANDS, Handles, setup, validate_name};
-use jetsched_runtime::Publisher;
+use jetsched_runtime::metrics::{kv, metrics};
+use jetsched_runtime::{Publisher, Readiness};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -48,6 +49,9 @@ pub struct WorkerConfig {
     /// On shutdown, how long running handlers may take to finish.
     #[arg(long = "drain", env = "JETSCHED_DRAIN", default_value = "30s", value_parser = parse_duration)]
     pub drain: Duration,
+    /// Labels offered to tasks' `requires.labels`, comma-separated `key=value`.
+    #[arg(long, env = "JETSCHED_LABELS", value_delimiter = ',', value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
     /// How often an idle worker re-checks for redelivered work.
     #[arg(long = "idle-poll", env = "JETSCHED_IDLE_POLL", default_value = "250ms", value_parser = parse_duration)]
     pub idle_poll: Duration,
@@ -63,12 +67,20 @@ impl Default for WorkerConfig {
             ack_wait: Duration::from_secs(30),
             drain: Duration::from_secs(30),
             idle_poll: Duration::from_millis(250),
+            labels: Vec::new(),
         }
     }
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
     s.parse::<jetsched_contract::HumanDuration>().map(|d| d.0).map_err(|e| e.to_string())
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.trim().to_string())),
+        _ => Err(format!("label {s:?} must be key=value")),
+    }
 }
 
 /// `<hostname>-<pid>`.
@@ -85,14 +97,18 @@ pub fn default_worker_id() -> String {
 
 /// One (queue, band) consumer.
 struct Lane {
+    queue: String,
+    band: u8,
     consumer: PullConsumer,
 }
 
-/// Runs a worker with Rust handlers `builtins` until `shutdown`, then drains.
+/// Runs a worker with Rust handlers `builtins` until `shutdown`, then
+/// drains; `ready` is set once its consumers are open.
 pub async fn run(
     config: WorkerConfig,
     handles: Handles,
     builtins: Builtins,
+    ready: Readiness,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     for q in &config.queues {
@@ -111,6 +127,13 @@ pub async fn run(
     });
     let lanes = open_lanes(&handles, &config).await?;
     let slots = Arc::new(Semaphore::new(config.slots.max(1)));
+    ready.set(true);
+    let background = shutdown.child_token();
+    tokio::spawn(heartbeat(handles.clone(), config.clone(), worker_id.clone(), slots.clone(), background.clone()));
+    tokio::spawn(poll_backlog(
+        lanes.iter().map(|l| (l.queue.clone(), l.band, l.consumer.clone())).collect(),
+        background.clone(),
+    ));
     let mut running = JoinSet::new();
     let client = handles.js.client();
     let wake_subjects: Vec<String> = config.queues.iter().map(|q| names.task_queue_filter(q)).collect();
@@ -165,6 +188,7 @@ pub async fn run(
         }
     }
     drop(wake);
+    ready.set(false);
     tracing::info!(worker = %worker_id, running = running.len(), "worker draining");
     let drained = tokio::time::timeout(config.drain, async { while running.join_next().await.is_some() {} }).await;
     if drained.is_err() {
@@ -183,7 +207,7 @@ async fn open_lanes(handles: &Handles, config: &WorkerConfig) -> anyhow::Result<
         for queue in &config.queues {
             let consumer =
                 stream.create_consumer(setup::worker_consumer(&handles.names, queue, band, config.ack_wait)).await?;
-            lanes.push(Lane { consumer });
+            lanes.push(Lane { queue: queue.clone(), band, consumer });
         }
     }
     Ok(lanes)
@@ -232,4 +256,55 @@ async fn subscribe_wake(
     }
     client.flush().await?;
     Ok(futures::stream::select_all(subs))
+}
+
+/// Keeps this worker's entry in `jetsched-workers` fresh; deleted on shutdown.
+async fn heartbeat(
+    handles: Handles,
+    config: WorkerConfig,
+    id: String,
+    slots: Arc<Semaphore>,
+    shutdown: CancellationToken,
+) {
+    let started_at = jiff::Timestamp::now();
+    let capacity = config.slots.max(1);
+    let every = Duration::from_secs(5);
+    loop {
+        let info = jetsched_contract::WorkerInfo {
+            id: id.clone(),
+            queues: config.queues.clone(),
+            slots: capacity as u32,
+            busy: capacity.saturating_sub(slots.available_permits()) as u32,
+            labels: config.labels.iter().cloned().collect(),
+            started_at,
+            heartbeat_at: jiff::Timestamp::now(),
+        };
+        if let Ok(value) = serde_json::to_vec(&info)
+            && let Err(err) = handles.workers.put(&id, value.into()).await
+        {
+            tracing::warn!(%err, "cannot publish worker heartbeat");
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep(every) => {}
+        }
+    }
+    let _ = handles.workers.delete(&id).await;
+}
+
+/// Reports the backlog of each (queue, band) every few seconds.
+async fn poll_backlog(lanes: Vec<(String, u8, PullConsumer)>, shutdown: CancellationToken) {
+    loop {
+        for (queue, band, consumer) in &lanes {
+            let mut consumer = consumer.clone();
+            if let Ok(info) = consumer.info().await {
+                let waiting = info.num_pending + info.num_ack_pending as u64;
+                metrics().backlog.record(waiting, &[kv("queue", queue.clone()), kv("band", i64::from(*band))]);
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+        }
+    }
 }

@@ -21,6 +21,8 @@ pub async fn call(client: &Client, subject: &str, inv: &Invocation, mut extra: H
     if let Some(t) = inv.scheduled_for {
         extra.insert(headers::SCHEDULED_FOR, t.to_string().as_str());
     }
+    // The function joins the run's trace.
+    jetsched_runtime::trace::inject(&mut extra);
     let body = match &inv.payload {
         serde_json::Value::Null => bytes::Bytes::new(),
         v => serde_json::to_vec(v).unwrap_or_default().into(),

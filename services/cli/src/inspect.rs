@@ -1,0 +1,171 @@
+//! Read-only views: a run's record and timeline, and a status summary.
+//! Everything here reads the same buckets and streams a user can read with
+//! the `nats` CLI (`nats kv get jetsched-runs <id>`, `nats stream view
+//! JETSCHED_EVENTS`, `nats consumer ls JETSCHED_TASKS`).
+
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::DeliverPolicy;
+use async_nats::jetstream::consumer::pull::OrderedConfig;
+use futures::{StreamExt, TryStreamExt};
+use jetsched_contract::{Handles, RunEvent, RunRecord, RunStatus, ScheduleDef, WorkerInfo};
+use jiff::{SignedDuration, Timestamp};
+
+use crate::admin::{BadInput, format_event};
+
+/// `jetsched runs ...`
+#[derive(Debug, clap::Subcommand)]
+pub enum RunsCmd {
+    /// Show a run's record and its timeline of events
+    /// (nats kv get jetsched-runs <id>).
+    Get {
+        /// Run id, e.g. s.nightly.20261125T013000Z or t.resize-image.q42.
+        id: String,
+    },
+}
+
+/// Runs a `runs` verb.
+pub async fn runs(h: &Handles, cmd: RunsCmd) -> anyhow::Result<()> {
+    match cmd {
+        RunsCmd::Get { id } => {
+            let value =
+                h.runs.get(&id).await?.ok_or_else(|| BadInput(format!("no run {id} (run records are kept 7 days)")))?;
+            let record: RunRecord = serde_json::from_slice(&value)?;
+            println!("{}", serde_json::to_string_pretty(&record)?);
+            println!("\ntimeline:");
+            for event in timeline(h, &record).await? {
+                println!("  {}", format_event(&event));
+            }
+            Ok(())
+        }
+    }
+}
+
+/// The run's events, oldest first, read from the events stream starting
+/// shortly before the run was created.
+pub async fn timeline(h: &Handles, record: &RunRecord) -> anyhow::Result<Vec<RunEvent>> {
+    let start = record.created_at.checked_sub(SignedDuration::from_secs(5)).unwrap_or(record.created_at);
+    let events = read_events(h, vec![h.names.event_subject(&record.task, "*")], start).await?;
+    Ok(events.into_iter().filter(|e| e.run_id.as_deref() == Some(record.run_id.as_str())).collect())
+}
+
+/// Every event on `subjects` stored since `since`.
+async fn read_events(h: &Handles, subjects: Vec<String>, since: Timestamp) -> anyhow::Result<Vec<RunEvent>> {
+    let stream = h.js.get_stream(h.names.events_stream()).await?;
+    let start_time = time_from(since)?;
+    let consumer = stream
+        .create_consumer(OrderedConfig {
+            filter_subjects: subjects,
+            deliver_policy: DeliverPolicy::ByStartTime { start_time },
+            ..Default::default()
+        })
+        .await?;
+    let pending = consumer.cached_info().num_pending;
+    let mut messages = consumer.messages().await?;
+    let mut out = Vec::new();
+    for _ in 0..pending {
+        match tokio::time::timeout(Duration::from_secs(5), messages.next()).await {
+            Ok(Some(Ok(msg))) => {
+                if let Ok(event) = serde_json::from_slice::<RunEvent>(&msg.payload) {
+                    out.push(event);
+                }
+            }
+            _ => break,
+        }
+    }
+    Ok(out)
+}
+
+fn time_from(t: Timestamp) -> anyhow::Result<time::OffsetDateTime> {
+    Ok(time::OffsetDateTime::from_unix_timestamp_nanos(t.as_nanosecond())?)
+}
+
+/// `jetsched status` options.
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    /// How far back to look for failures.
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    pub since: Duration,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    s.parse::<jetsched_contract::HumanDuration>().map(|d| d.0).map_err(|e| e.to_string())
+}
+
+/// Prints schedules, backlog per queue, live workers and recent failures.
+pub async fn status(h: &Handles, args: StatusArgs) -> anyhow::Result<()> {
+    // Schedules.
+    let mut total = 0;
+    let mut paused = 0;
+    let mut invalid = 0;
+    let mut keys: Vec<String> = h.schedules.keys().await?.try_collect().await?;
+    keys.sort();
+    for key in &keys {
+        let Some(value) = h.schedules.get(key).await? else { continue };
+        total += 1;
+        match ScheduleDef::from_json(key, &value) {
+            Ok(def) if def.paused => paused += 1,
+            Ok(_) => {}
+            Err(_) => invalid += 1,
+        }
+    }
+    println!("schedules: {total} ({paused} paused, {invalid} invalid)");
+
+    // Backlog.
+    let inbox = h.js.get_stream(h.names.inbox_stream()).await?.get_info().await?;
+    println!("inbox: {} waiting for a dispatcher", inbox.state.messages);
+    let tasks = h.js.get_stream(h.names.tasks_stream()).await?;
+    let mut rows = Vec::new();
+    let mut consumers = tasks.consumers();
+    while let Some(info) = consumers.try_next().await? {
+        let Some(rest) = info.name.strip_prefix("worker-") else { continue };
+        let Some((queue, band)) = rest.rsplit_once('-') else { continue };
+        rows.push((queue.to_string(), band.parse::<u8>().unwrap_or(0), info.num_pending, info.num_ack_pending));
+    }
+    rows.sort();
+    println!("backlog (queue, band: waiting / in progress):");
+    if rows.iter().all(|r| r.2 == 0 && r.3 == 0) {
+        println!("  none");
+    }
+    for (queue, band, waiting, running) in rows.iter().filter(|r| r.2 > 0 || r.3 > 0) {
+        println!("  {queue:<16} band {band}: {waiting} / {running}");
+    }
+
+    // Workers.
+    let mut workers = Vec::new();
+    let keys: Vec<String> = h.workers.keys().await?.try_collect().await?;
+    for key in keys {
+        if let Some(v) = h.workers.get(&key).await?
+            && let Ok(w) = serde_json::from_slice::<WorkerInfo>(&v)
+        {
+            workers.push(w);
+        }
+    }
+    workers.sort_by(|a, b| a.id.cmp(&b.id));
+    println!("workers: {}", workers.len());
+    for w in &workers {
+        let age = Timestamp::now().duration_since(w.heartbeat_at).as_secs();
+        let labels: Vec<String> = w.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        println!(
+            "  {:<24} queues {:<20} busy {}/{}  seen {age}s ago  {}",
+            w.id,
+            w.queues.join(","),
+            w.busy,
+            w.slots,
+            labels.join(",")
+        );
+    }
+
+    // Recent failures.
+    let since = Timestamp::now().checked_sub(SignedDuration::try_from(args.since)?)?;
+    let subjects = [RunStatus::Dead, RunStatus::Failed, RunStatus::Rejected, RunStatus::Invalid]
+        .iter()
+        .map(|s| h.names.event_subject("*", s.as_str()))
+        .collect();
+    let failures = read_events(h, subjects, since).await?;
+    println!("failures in the last {}: {}", jetsched_contract::HumanDuration(args.since), failures.len());
+    for e in failures.iter().rev().take(10).rev() {
+        println!("  {}", format_event(e));
+    }
+    Ok(())
+}

@@ -1,0 +1,150 @@
+//! Observability on a real nats-server: one trace per run across ticker,
+//! dispatcher, worker and the user's function; Prometheus metrics that move
+//! with runs; `/healthz` and `/readyz` that follow the NATS connection.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod harness;
+
+use std::collections::HashSet;
+
+use harness::*;
+use jetsched_contract::{RunStatus, headers};
+use opentelemetry::trace::SpanId;
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduled_run_is_one_trace_from_fire_to_function() {
+    let (spans, _) = install_span_collector();
+    let env = Env::start().await;
+    let mut calls = env.function("fn.traced", |_| Reply::Ok(json!({}))).await;
+    env.put_task("traced", json!({"handler": {"type": "nats", "subject": "fn.traced"}})).await;
+    env.put_schedule("traced-every-second", json!({"every": "1s", "task": "traced"})).await;
+    let _services = env.services();
+    let mut events = env.events().await;
+
+    let done = events.wait_for(20, "a traced run", is("traced", RunStatus::Succeeded)).await;
+    let run_id = done.run_id.unwrap();
+    let call = within(10, "the run's call", async {
+        loop {
+            let c = calls.next_call(10).await;
+            if c.header(headers::RUN_ID).as_deref() == Some(run_id.as_str()) {
+                return c;
+            }
+        }
+    })
+    .await;
+
+    let by_name = eventually(10, "fire, dispatch, execute and handler spans", || {
+        let spans = spans.with_attr("run_id", &run_id);
+        async move {
+            let names: HashSet<String> = spans.iter().map(|s| s.name.to_string()).collect();
+            ["fire", "dispatch", "execute", "handler"].iter().all(|n| names.contains(*n)).then_some(spans)
+        }
+    })
+    .await;
+    let span = |name: &str| by_name.iter().find(|s| s.name == name).unwrap().clone();
+    let (fire, dispatch, execute, handler) = (span("fire"), span("dispatch"), span("execute"), span("handler"));
+    let trace_id = fire.span_context.trace_id();
+    for s in [&dispatch, &execute, &handler] {
+        assert_eq!(s.span_context.trace_id(), trace_id, "{} is in another trace", s.name);
+    }
+    assert_eq!(fire.parent_span_id, SpanId::INVALID, "the fire starts the trace");
+    assert_eq!(dispatch.parent_span_id, fire.span_context.span_id());
+    assert_eq!(execute.parent_span_id, dispatch.span_context.span_id());
+    assert_eq!(handler.parent_span_id, execute.span_context.span_id());
+
+    let traceparent = call.header(headers::TRACEPARENT).expect("the function gets a traceparent");
+    let parts: Vec<&str> = traceparent.split('-').collect();
+    assert_eq!(parts[1], trace_id.to_string(), "the function's traceparent is the run's trace");
+    assert_eq!(parts[2], handler.span_context.span_id().to_string(), "its parent is the handler span");
+}
+
+/// The value of the sample `name` whose labels include `labels` (0 if absent).
+fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| l.split(['{', ' ']).next() == Some(name))
+        .find(|l| labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_endpoint_shows_lateness_and_run_counters_moving() {
+    let (_, reader) = install_span_collector();
+    let env = Env::start().await;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let addr = jetsched_runtime::health::serve(
+        "127.0.0.1:0".parse().unwrap(),
+        jetsched_runtime::Health::default(),
+        Some(reader),
+        shutdown.clone(),
+    )
+    .await
+    .unwrap();
+    let (status, before) = http_get(addr, "/metrics").await;
+    assert_eq!(status, 200);
+    let lateness_before = sample(&before, "jetsched_fire_lateness_seconds_count", &[]);
+
+    let _fn = env.function("fn.metered", |_| Reply::Ok(json!({}))).await;
+    env.put_task("metered", json!({"handler": {"type": "nats", "subject": "fn.metered"}})).await;
+    env.put_schedule("metered-every-second", json!({"every": "1s", "task": "metered"})).await;
+    let _services = env.services();
+    let mut events = env.events().await;
+    events.wait_for_n(2, 20, "two metered runs", is("metered", RunStatus::Succeeded)).await;
+
+    let after = eventually(10, "metrics to show the runs", || async move {
+        let (_, text) = http_get(addr, "/metrics").await;
+        (sample(&text, "jetsched_runs_total", &[("task", "metered"), ("status", "succeeded")]) >= 2.0).then_some(text)
+    })
+    .await;
+    assert!(sample(&after, "jetsched_fire_lateness_seconds_count", &[]) >= lateness_before + 2.0, "{after}");
+    assert!(after.contains("# TYPE jetsched_fire_lateness_seconds histogram"));
+    assert!(after.contains(r#"jetsched_fire_lateness_seconds_bucket{le="+Inf"}"#));
+    assert!(sample(&after, "jetsched_runs_total", &[("task", "metered"), ("status", "queued")]) >= 2.0, "{after}");
+    assert!(after.contains("jetsched_handler_duration_seconds_bucket"), "{after}");
+    assert!(after.contains("jetsched_dispatch_latency_seconds_count"), "{after}");
+    shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_follows_the_nats_connection() {
+    let mut env = Env::start().await;
+    let health = jetsched_runtime::Health::default();
+    health.watch_client(env.handles.js.client());
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let addr = jetsched_runtime::health::serve("127.0.0.1:0".parse().unwrap(), health.clone(), None, shutdown.clone())
+        .await
+        .unwrap();
+    let _fn = env.function("fn.after", |_| Reply::Ok(json!({}))).await;
+    env.put_task("after", json!({"handler": {"type": "nats", "subject": "fn.after"}})).await;
+    let _services = env.services_with(ServicesConfig { health: health.clone(), ..ServicesConfig::default() });
+
+    assert_eq!(http_get(addr, "/healthz").await.0, 200);
+    eventually(15, "ready once every service consumes", || async move {
+        (http_get(addr, "/readyz").await.0 == 200).then_some(())
+    })
+    .await;
+
+    env.server.kill();
+    let body = eventually(15, "not ready while NATS is down", || async move {
+        let (status, body) = http_get(addr, "/readyz").await;
+        (status == 503).then_some(body)
+    })
+    .await;
+    assert!(body.contains("NATS disconnected"), "{body}");
+    assert_eq!(http_get(addr, "/healthz").await.0, 200, "alive even when not ready");
+
+    env.server.restart().unwrap();
+    eventually(30, "ready again after NATS returns", || async move {
+        (http_get(addr, "/readyz").await.0 == 200).then_some(())
+    })
+    .await;
+
+    // And it works again: a submission runs.
+    let mut events = env.events().await;
+    env.submit("after", "{}").await;
+    events.wait_for(30, "a run after the outage", is("after", RunStatus::Succeeded)).await;
+    shutdown.cancel();
+}
