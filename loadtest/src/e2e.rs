@@ -12,8 +12,13 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use jetsched_contract::{RunEvent, headers};
 
+use std::sync::atomic::Ordering::Relaxed;
+
+use jetsched_runtime::telemetry::Telemetry;
+
 use crate::baseline;
 use crate::bench::BenchEnv;
+use crate::otlp_sink::Counts;
 use crate::stats::{Samples, ms};
 
 #[derive(Debug, Clone, clap::Args)]
@@ -36,7 +41,7 @@ pub struct Args {
 
 type Marks = Arc<Mutex<HashMap<String, Instant>>>;
 
-pub async fn run(env: &BenchEnv, args: Args) -> anyhow::Result<()> {
+pub async fn run(env: &BenchEnv, args: Args, telemetry: &Telemetry, sink: &Counts) -> anyhow::Result<()> {
     println!("nats-server {} | file storage, R1 | jetsched services in this process", env.server_version);
     let raw = baseline::publish_rate(env, &args.baseline).await?;
     println!(
@@ -58,30 +63,26 @@ pub async fn run(env: &BenchEnv, args: Args) -> anyhow::Result<()> {
     submit(env, "warmup").await?.await?;
     wait_for(&mut succeeded, 1, Duration::from_secs(30)).await?;
 
-    // Throughput: everything at once.
-    let t0 = Instant::now();
-    let mut acks = FuturesUnordered::new();
-    for i in 0..args.runs {
-        if acks.len() >= 256 {
-            acks.next().await.transpose()?;
-        }
-        acks.push(submit(env, &format!("tp-{i}")).await?.into_future());
+    for (label, tracing_on) in [("tracing off", false), ("tracing on, OTLP export", true)] {
+        jetsched_runtime::telemetry::set_tracing_enabled(tracing_on);
+        let (before_req, before_bytes) = (sink.requests.load(Relaxed), sink.bytes.load(Relaxed));
+        let rate = throughput(env, &mut succeeded, args.runs, label).await?;
+        telemetry.flush();
+        println!(
+            "jetsched submit -> succeeded, {label}: {rate:.0} runs/s, ratio to raw publish {:.3} (goal >= 0.25){}",
+            rate / raw,
+            if tracing_on {
+                format!(
+                    "; {} OTLP requests, {} KiB exported",
+                    sink.requests.load(Relaxed) - before_req,
+                    (sink.bytes.load(Relaxed) - before_bytes) / 1024
+                )
+            } else {
+                String::new()
+            }
+        );
     }
-    while let Some(r) = acks.next().await {
-        r?;
-    }
-    let submitted = t0.elapsed();
-    let finished = wait_for(&mut succeeded, args.runs, Duration::from_secs(600)).await?;
-    let elapsed = t0.elapsed();
-    let _ = finished;
-    let throughput = args.runs as f64 / elapsed.as_secs_f64();
-    println!(
-        "jetsched submit -> succeeded: {} runs in {:.2} s (submitted in {:.2} s): {throughput:.0} runs/s",
-        args.runs,
-        elapsed.as_secs_f64(),
-        submitted.as_secs_f64()
-    );
-    println!("ratio to raw publish: {:.3} (goal >= 0.25)", throughput / raw);
+    jetsched_runtime::telemetry::set_tracing_enabled(false);
 
     // Latency at moderate load.
     let submitted_at: Marks = Arc::default();
@@ -95,7 +96,7 @@ pub async fn run(env: &BenchEnv, args: Args) -> anyhow::Result<()> {
         tokio::select! {
             _ = ticker.tick(), if i < args.paced_runs => {
                 let id = format!("lat-{i}");
-                submitted_at.lock().map_err(|_| anyhow::anyhow!("lock"))?.insert(format!("t.noop.m-{id}"), Instant::now());
+                lock(&submitted_at)?.insert(format!("t.noop.m-{id}"), Instant::now());
                 let ack = submit(env, &id).await?;
                 tokio::spawn(async move { let _ = ack.await; });
                 i += 1;
@@ -105,9 +106,9 @@ pub async fn run(env: &BenchEnv, args: Args) -> anyhow::Result<()> {
                 let now = Instant::now();
                 let Ok(event) = serde_json::from_slice::<RunEvent>(&msg.payload) else { continue };
                 let Some(run) = event.run_id else { continue };
-                let Some(t_submit) = submitted_at.lock().map_err(|_| anyhow::anyhow!("lock"))?.get(&run).copied() else { continue };
+                let Some(t_submit) = lock(&submitted_at)?.get(&run).copied() else { continue };
                 to_done.push(now - t_submit);
-                if let Some(t_start) = started_at.lock().map_err(|_| anyhow::anyhow!("lock"))?.get(&run).copied() {
+                if let Some(t_start) = lock(&started_at)?.get(&run).copied() {
                     to_start.push(t_start - t_submit);
                 }
                 done_seen += 1;
@@ -115,7 +116,7 @@ pub async fn run(env: &BenchEnv, args: Args) -> anyhow::Result<()> {
         }
     }
     println!(
-        "latency at {} runs/s ({} runs): submit -> handler start p50 {} p99 {} (goals 2 ms / 10 ms); submit -> succeeded p50 {} p99 {}",
+        "latency at {} runs/s ({} runs, tracing off): submit -> handler start p50 {} p99 {} (goals 2 ms / 10 ms); submit -> succeeded p50 {} p99 {}",
         args.rate,
         to_done.len(),
         ms(to_start.percentile(50.0)),
@@ -125,6 +126,33 @@ pub async fn run(env: &BenchEnv, args: Args) -> anyhow::Result<()> {
     );
     services.stop().await;
     Ok(())
+}
+
+fn lock<T>(m: &Mutex<T>) -> anyhow::Result<std::sync::MutexGuard<'_, T>> {
+    m.lock().map_err(|_| anyhow::anyhow!("poisoned lock"))
+}
+
+/// Submits `n` runs as fast as possible and waits for all of them to succeed.
+async fn throughput(
+    env: &BenchEnv,
+    succeeded: &mut async_nats::Subscriber,
+    n: usize,
+    label: &str,
+) -> anyhow::Result<f64> {
+    let prefix = label.replace([' ', ','], "-");
+    let t0 = Instant::now();
+    let mut acks = FuturesUnordered::new();
+    for i in 0..n {
+        if acks.len() >= 256 {
+            acks.next().await.transpose()?;
+        }
+        acks.push(submit(env, &format!("tp-{prefix}-{i}")).await?.into_future());
+    }
+    while let Some(r) = acks.next().await {
+        r?;
+    }
+    wait_for(succeeded, n, Duration::from_secs(600)).await?;
+    Ok(n as f64 / t0.elapsed().as_secs_f64())
 }
 
 async fn submit(env: &BenchEnv, id: &str) -> anyhow::Result<async_nats::jetstream::context::PublishAckFuture> {
@@ -144,7 +172,7 @@ async fn serve_noop(env: &BenchEnv, started_at: Marks) -> anyhow::Result<()> {
                 let _ = client.publish(reply, bytes::Bytes::new()).await;
             }
             if let Some(run) = msg.headers.as_ref().and_then(|h| h.get(headers::RUN_ID))
-                && let Ok(mut map) = started_at.lock()
+                && let Ok(mut map) = lock(&started_at)
             {
                 map.entry(run.as_str().to_string()).or_insert(now);
             }

@@ -8,6 +8,7 @@
 mod baseline;
 mod bench;
 mod e2e;
+mod otlp_sink;
 mod stats;
 
 use clap::{Parser, Subcommand};
@@ -28,8 +29,9 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Submit -> succeeded throughput with a no-op NATS function, against raw
-    /// JetStream async publish (with Nats-Msg-Id).
+    /// Submit -> succeeded throughput with a no-op NATS function (tracing off
+    /// and on), against raw JetStream async publish (with Nats-Msg-Id); then
+    /// latency percentiles at moderate load.
     E2e(e2e::Args),
     /// Only the raw JetStream async publish baseline.
     Baseline(baseline::Args),
@@ -37,23 +39,27 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    jetsched_runtime::init_logging(&jetsched_runtime::LogArgs {
+    let log = jetsched_runtime::LogArgs {
         log_format: jetsched_runtime::logging::LogFormat::Human,
         log_filter: cli.log.clone(),
-    });
+    };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async {
+        // Traces go to an in-process OTLP collector; e2e turns them on and off.
+        let (endpoint, sink) = otlp_sink::start().await?;
+        let telemetry = jetsched_runtime::telemetry::init_exporting_to(&log, "jetsched-loadtest", &endpoint)?;
+        jetsched_runtime::telemetry::set_tracing_enabled(false);
         let env = bench::BenchEnv::start(cli.nats_url.as_deref()).await?;
-        match cli.command {
-            Command::E2e(args) => e2e::run(&env, args).await,
-            Command::Baseline(args) => {
-                let rate = baseline::publish_rate(&env, &args).await?;
+        let result = match cli.command {
+            Command::E2e(args) => e2e::run(&env, args, &telemetry, &sink).await,
+            Command::Baseline(args) => baseline::publish_rate(&env, &args).await.map(|rate| {
                 println!(
                     "raw JetStream async publish (Nats-Msg-Id, {} B, {} in flight): {rate:.0} msg/s",
                     args.size, args.in_flight
                 );
-                Ok(())
-            }
-        }
+            }),
+        };
+        telemetry.shutdown();
+        result
     })
 }

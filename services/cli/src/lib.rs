@@ -92,7 +92,12 @@ pub fn main() -> ExitCode {
     let telemetry = match service {
         Some(name) => Some(jetsched_runtime::telemetry::init(&cli.log, name)),
         None => {
-            jetsched_runtime::init_logging(&cli.log);
+            // Admin verbs print results, not connection chatter.
+            let mut log = cli.log.clone();
+            if log.log_filter == "info" {
+                log.log_filter = "warn".to_string();
+            }
+            jetsched_runtime::init_logging(&log);
             None
         }
     };

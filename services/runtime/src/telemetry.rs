@@ -18,7 +18,7 @@ use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::metrics::{ManualReader, SdkMeterProvider};
 use opentelemetry_sdk::trace::{SdkTracerProvider, SpanExporter};
 use tracing_subscriber::EnvFilter;
-use tracing_subscriber::filter::filter_fn;
+use tracing_subscriber::filter::dynamic_filter_fn;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{Layer, Registry};
@@ -119,6 +119,15 @@ pub fn init(log: &LogArgs, service: &str) -> Telemetry {
     telemetry
 }
 
+/// Like [`init`], but traces always go over OTLP/HTTP to `endpoint`
+/// (the loadtest's in-process collector).
+pub fn init_exporting_to(log: &LogArgs, service: &str, endpoint: &str) -> anyhow::Result<Telemetry> {
+    use opentelemetry_otlp::WithExportConfig as _;
+    let exporter = opentelemetry_otlp::SpanExporter::builder().with_http().with_endpoint(endpoint).build()?;
+    let tracer = SdkTracerProvider::builder().with_resource(resource(service)).with_batch_exporter(exporter).build();
+    Ok(install(log, service, Some(tracer), None))
+}
+
 /// Like [`init`], but spans go to `exporter` as each one ends (tests).
 pub fn init_with_exporter(log: &LogArgs, service: &str, exporter: impl SpanExporter + 'static) -> Telemetry {
     let tracer = SdkTracerProvider::builder().with_resource(resource(service)).with_simple_exporter(exporter).build();
@@ -154,7 +163,7 @@ fn install(
     let otel = tracer.as_ref().map(|t| {
         // Spans are recorded for OpenTelemetry regardless of the log level,
         // but only jetsched's own (and only while tracing is enabled).
-        tracing_opentelemetry::layer().with_tracer(t.tracer("jetsched")).with_filter(filter_fn(|meta| {
+        tracing_opentelemetry::layer().with_tracer(t.tracer("jetsched")).with_filter(dynamic_filter_fn(|meta, _| {
             TRACING_ENABLED.load(Ordering::Relaxed) && meta.is_span() && meta.target().starts_with("jetsched")
         }))
     });
