@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
 use crate::handlers::exec::{self, ExecPolicy};
-use crate::handlers::{Builtins, Invocation, Outcome, nats};
+use crate::handlers::{Builtins, Invocation, Outcome, http, nats};
 use crate::record::{self, Claim};
 
 /// What a worker shares between runs.
@@ -316,7 +316,7 @@ async fn call_handler(ctx: &WorkerCtx, item: &WorkItem, inv: &Invocation, stop: 
             Some(f) => f(inv.clone()).await,
             None => Outcome::permanent(format!("no builtin handler {name:?} is registered in this worker")),
         },
-        Some(Handler::Http { .. }) => Outcome::permanent("http handlers are not available in this worker build"),
+        Some(Handler::Http { url, method, headers }) => http::call(url, method, headers, inv).await,
         None => Outcome::permanent("a workflow task has no handler of its own"),
     }
 }

@@ -2,6 +2,7 @@
 //! touches JetStream, so their behaviour is testable on its own.
 
 pub mod exec;
+pub mod http;
 pub mod nats;
 
 use std::collections::HashMap;
