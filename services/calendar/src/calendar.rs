@@ -114,6 +114,39 @@ impl Calendar {
         std::iter::successors(self.next_after(after), move |t| self.next_after(*t))
     }
 
+    /// How many fire instants lie in `(after, upto]`, counting at most `cap`.
+    /// `every` is counted by arithmetic (an outage of a millisecond series
+    /// costs nothing); cron and `at` by iteration.
+    pub fn count_between(&self, after: Timestamp, upto: Timestamp, cap: u64) -> u64 {
+        if upto <= after {
+            return 0;
+        }
+        let Rule::Every { interval, anchor } = &self.rule else {
+            let n = self.iter_after(after).take_while(|t| *t <= upto).take(cap.min(usize::MAX as u64) as usize);
+            return n.count() as u64;
+        };
+        let step = interval.as_nanos() as i128;
+        if step == 0 {
+            return 0;
+        }
+        let one = SignedDuration::from_nanos(1);
+        let lo = match self.start {
+            Some(start) if after < start => start.checked_sub(one).unwrap_or(start),
+            _ => after,
+        };
+        let hi = match self.end {
+            Some(end) if upto > end => end,
+            _ => upto,
+        };
+        // Occurrences are anchor + k * step, k >= 0: how many are at or before t.
+        let upto_count = |t: Timestamp| {
+            let since = t.as_nanosecond() - anchor.as_nanosecond();
+            if since < 0 { 0 } else { since / step + 1 }
+        };
+        let n = (upto_count(hi) - upto_count(lo)).max(0);
+        u64::try_from(n).unwrap_or(u64::MAX).min(cap)
+    }
+
     /// The instants a civil time stands for under the DST policy (0, 1 or 2).
     fn resolve(&self, civil: DateTime) -> Vec<Timestamp> {
         let at = |offset: Offset| offset.to_timestamp(civil).ok();
@@ -214,3 +247,7 @@ pub fn jitter_offset(schedule: &str, nominal: Timestamp, max: Duration) -> Durat
 #[cfg(test)]
 #[path = "calendar_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "dst_matrix_tests.rs"]
+mod dst_matrix_tests;

@@ -281,3 +281,55 @@ fn jitter_is_deterministic_and_bounded() {
     assert_ne!(a, jitter_offset("other", nominal, max));
     assert_eq!(jitter_offset("nightly", nominal, Duration::ZERO), Duration::ZERO);
 }
+
+#[test]
+fn count_between_matches_iteration_for_every_with_bounds() {
+    let cal = Calendar::new(
+        Rule::Every { interval: Duration::from_millis(250), anchor: ts("2026-01-01T00:00:00.1Z") },
+        TimeZone::UTC,
+        DstPolicy::default(),
+        Some(ts("2026-01-01T00:00:00.1Z")),
+        Some(ts("2026-01-01T00:00:10Z")),
+    );
+    for (from, to) in [
+        ("2025-12-31T23:59:00Z", "2026-01-01T00:00:05Z"),
+        ("2026-01-01T00:00:00.1Z", "2026-01-01T00:00:00.35Z"),
+        ("2026-01-01T00:00:03Z", "2026-01-01T00:01:00Z"),
+        ("2026-01-01T00:00:20Z", "2026-01-01T00:01:00Z"),
+        ("2026-01-01T00:00:05Z", "2026-01-01T00:00:05Z"),
+    ] {
+        let listed = cal.iter_after(ts(from)).take_while(|t| *t <= ts(to)).count() as u64;
+        assert_eq!(cal.count_between(ts(from), ts(to), u64::MAX), listed, "({from}, {to}]");
+    }
+    assert_eq!(cal.count_between(ts("2026-01-01T00:00:00Z"), ts("2026-01-01T00:00:10Z"), 7), 7, "capped");
+    let cron = cron_calendar("* * * * * *", "UTC", Shift, First);
+    assert_eq!(cron.count_between(ts("2026-01-01T00:00:00Z"), ts("2026-01-01T01:00:00Z"), 100), 100, "capped");
+    assert_eq!(cron.count_between(ts("2026-01-01T00:00:00Z"), ts("2026-01-01T00:00:30Z"), 100), 30);
+}
+
+#[test]
+fn every_with_phase_and_start_anchors_at_start_plus_phase() {
+    // start_at 10:00:00 plus phase 20s, every minute: 10:00:20, 10:01:20, ...
+    let cal = Calendar::new(
+        Rule::Every { interval: Duration::from_secs(60), anchor: ts("2026-01-01T10:00:20Z") },
+        TimeZone::UTC,
+        DstPolicy::default(),
+        Some(ts("2026-01-01T10:00:00Z")),
+        Some(ts("2026-01-01T10:03:00Z")),
+    );
+    assert_eq!(
+        fires(&cal, "2026-01-01T00:00:00Z", "2026-01-02T00:00:00Z"),
+        utc(&["2026-01-01T10:00:20Z", "2026-01-01T10:01:20Z", "2026-01-01T10:02:20Z"])
+    );
+}
+
+#[test]
+fn at_outside_its_bounds_never_fires() {
+    let at = ts("2026-12-24T18:00:00Z");
+    let before_start =
+        Calendar::new(Rule::At(at), TimeZone::UTC, DstPolicy::default(), Some(ts("2026-12-25T00:00:00Z")), None);
+    assert_eq!(before_start.next_after(ts("2026-01-01T00:00:00Z")), None);
+    let after_end =
+        Calendar::new(Rule::At(at), TimeZone::UTC, DstPolicy::default(), None, Some(ts("2026-12-24T17:59:59Z")));
+    assert_eq!(after_end.next_after(ts("2026-01-01T00:00:00Z")), None);
+}
