@@ -161,17 +161,38 @@ impl RunEvent {
     }
 
     /// A deterministic `Nats-Msg-Id`, so a re-published event is stored once.
+    /// Reports without a run (`invalid`, `missed`) are named by what they
+    /// are about: the definition's key and revision, or the schedule, the
+    /// last occurrence and the count.
     pub fn msg_id(&self) -> String {
         match (&self.run_id, self.status) {
             (Some(run), status) => format!("{run}:{status}:{}", self.attempt),
             (None, status) => format!(
                 "{}:{}:{}:{}:{}",
                 status,
-                self.key.as_deref().unwrap_or(&self.task),
+                self.key.as_deref().or(self.schedule.as_deref()).unwrap_or(&self.task),
                 self.revision.unwrap_or_default(),
                 self.scheduled_for.map(|t| t.to_string()).unwrap_or_default(),
                 self.count.unwrap_or_default()
             ),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missed_reports_of_two_schedules_of_one_task_have_distinct_ids() {
+        let missed = |schedule: &str| RunEvent {
+            schedule: Some(schedule.to_string()),
+            scheduled_for: Some("2026-11-25T02:30:00Z".parse().unwrap()),
+            count: Some(3),
+            ..RunEvent::new(RunStatus::Missed, "resize-image", None)
+        };
+        assert_ne!(missed("a").msg_id(), missed("b").msg_id());
+        assert_eq!(missed("a").msg_id(), missed("a").msg_id());
+        assert_eq!(missed("a").msg_id(), "missed:a:0:2026-11-25T02:30:00Z:3");
     }
 }

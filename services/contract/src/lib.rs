@@ -13,6 +13,7 @@ pub mod run;
 pub mod schedule;
 pub mod setup;
 pub mod task;
+pub mod ticker;
 
 pub use duration::HumanDuration;
 pub use event::{RunEvent, RunStatus};
@@ -20,5 +21,5 @@ pub use message::{DueFire, WorkItem, WorkerInfo};
 pub use names::{BANDS, DEFAULT_PREFIX, DEFAULT_QUEUE, InboxKind, NameError, Names, validate_name};
 pub use run::RunRecord;
 pub use schedule::{Misfire, MisfirePolicy, Overlap, ScheduleDef, TaskRef};
-pub use setup::{Handles, SetupError, Topology};
+pub use setup::{Handles, SetupError, TickerBuckets, Topology};
 pub use task::{Handler, RetryPolicy, TaskDef};

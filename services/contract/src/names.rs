@@ -205,6 +205,16 @@ impl Names {
         format!("{}-checkpoints", self.prefix)
     }
 
+    /// The ticker's progress: partition watermarks and `max_runs` fire counts.
+    pub fn ticker_bucket(&self) -> String {
+        format!("{}-ticker", self.prefix)
+    }
+
+    /// The ticker's partition leases and live members (entries expire unless refreshed).
+    pub fn ticker_leases_bucket(&self) -> String {
+        format!("{}-ticker-leases", self.prefix)
+    }
+
     // ---- consumers ----
 
     /// The durable consumer all dispatchers share.
@@ -239,6 +249,8 @@ mod tests {
         assert_eq!(n.runs_bucket(), "jetsched-runs");
         assert_eq!(n.workers_bucket(), "jetsched-workers");
         assert_eq!(n.checkpoints_bucket(), "jetsched-checkpoints");
+        assert_eq!(n.ticker_bucket(), "jetsched-ticker");
+        assert_eq!(n.ticker_leases_bucket(), "jetsched-ticker-leases");
     }
 
     #[test]

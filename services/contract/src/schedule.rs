@@ -195,9 +195,21 @@ pub enum DstFold {
 impl ScheduleDef {
     /// Parses and validates a schedule stored under `id`.
     pub fn from_json(id: &str, bytes: &[u8]) -> Result<ScheduleDef, String> {
+        let def = ScheduleDef::from_json_except_calendar(id, bytes)?;
+        def.calendar()?;
+        Ok(def)
+    }
+
+    /// Like [`ScheduleDef::from_json`] but leaves the calendar (cron syntax,
+    /// time zone, bounds) to the caller, which must call
+    /// [`ScheduleDef::calendar`] or reuse a calendar built from identical
+    /// fields; the ticker does so to share one calendar among many schedules.
+    pub fn from_json_except_calendar(id: &str, bytes: &[u8]) -> Result<ScheduleDef, String> {
         validate_name("schedule", id).map_err(|e| e.to_string())?;
         let def: ScheduleDef = serde_json::from_slice(bytes).map_err(|e| format!("malformed schedule: {e}"))?;
-        def.calendar()?;
+        if def.max_runs == Some(0) {
+            return Err("max_runs must be at least 1".to_string());
+        }
         def.validate_task()?;
         Ok(def)
     }
@@ -260,9 +272,6 @@ impl ScheduleDef {
             && s > e
         {
             return Err("start_at is after end_at".to_string());
-        }
-        if self.max_runs == Some(0) {
-            return Err("max_runs must be at least 1".to_string());
         }
         let dst = DstPolicy {
             gap: match self.dst.gap {

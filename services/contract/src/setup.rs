@@ -108,6 +108,71 @@ pub fn bucket_configs(names: &Names, topo: &Topology) -> Vec<kv::Config> {
     ]
 }
 
+/// The ticker's two buckets. The ticker creates them itself at start-up,
+/// because the lease TTL is a ticker setting.
+pub fn ticker_bucket_configs(names: &Names, topo: &Topology, lease_ttl: Duration) -> [kv::Config; 2] {
+    let base = |bucket: String, description: &str| kv::Config {
+        bucket,
+        description: description.to_string(),
+        // Only the latest value matters: a watermark or count is replaced,
+        // a lease is held by whoever wrote it last.
+        history: 1,
+        storage: topo.storage,
+        num_replicas: topo.replicas,
+        ..Default::default()
+    };
+    [
+        // No max_age: a watermark must outlive any outage, or the ticker
+        // would forget what it already fired.
+        base(names.ticker_bucket(), "jetsched: ticker watermarks and max_runs fire counts"),
+        kv::Config {
+            // The lease TTL: an entry not refreshed within it disappears, so a
+            // dead ticker's leases become free. Every write re-stamps the
+            // entry, so refreshing is an update with the last revision.
+            max_age: lease_ttl,
+            // Expiry leaves a marker that watchers see as a purge, so the
+            // surviving tickers notice a dead one's leases at once instead of
+            // at their next poll. Needs nats-server 2.11.
+            limit_markers: Some(lease_ttl),
+            ..base(names.ticker_leases_bucket(), "jetsched: ticker partition leases and live tickers")
+        },
+    ]
+}
+
+/// The ticker's buckets, opened.
+#[derive(Clone)]
+pub struct TickerBuckets {
+    /// `<prefix>-ticker`: watermarks and fire counts.
+    pub state: kv::Store,
+    /// `<prefix>-ticker-leases`: leases and members.
+    pub leases: kv::Store,
+    /// The lease TTL in force: the leases bucket's `max_age`, which may
+    /// differ from the one asked for when another ticker created the bucket.
+    pub lease_ttl: Duration,
+}
+
+/// Creates the ticker's buckets if they do not exist and opens them.
+pub async fn ensure_ticker(
+    js: &Context,
+    names: &Names,
+    topo: &Topology,
+    lease_ttl: Duration,
+) -> Result<TickerBuckets, SetupError> {
+    let mut stores = Vec::with_capacity(2);
+    for config in ticker_bucket_configs(names, topo, lease_ttl) {
+        let name = config.bucket.clone();
+        let store = match js.get_key_value(&name).await {
+            Ok(store) => store,
+            Err(_) => js.create_key_value(config).await.map_err(|e| SetupError::new(&name, e))?,
+        };
+        stores.push(store);
+    }
+    let leases = stores.pop().ok_or_else(|| SetupError::other("ticker buckets", "missing leases bucket"))?;
+    let state = stores.pop().ok_or_else(|| SetupError::other("ticker buckets", "missing state bucket"))?;
+    let status = leases.status().await.map_err(|e| SetupError::new(&names.ticker_leases_bucket(), e))?;
+    Ok(TickerBuckets { state, leases, lease_ttl: status.info.config.max_age })
+}
+
 /// The dispatchers' shared durable consumer on the inbox.
 pub fn dispatcher_consumer(names: &Names) -> pull::Config {
     pull::Config {
@@ -222,5 +287,9 @@ pub struct SetupError {
 impl SetupError {
     fn new(what: &str, source: impl std::error::Error + Send + Sync + 'static) -> Self {
         SetupError { what: what.to_string(), source: Box::new(source) }
+    }
+
+    fn other(what: &str, reason: &str) -> Self {
+        SetupError { what: what.to_string(), source: reason.into() }
     }
 }
