@@ -67,6 +67,17 @@ pub enum Rule {
     At(Timestamp),
 }
 
+/// Fire instants in a range, as counted by [`Calendar::span`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Span {
+    /// How many.
+    pub count: u64,
+    /// The earliest.
+    pub first: Option<Timestamp>,
+    /// The latest (counted).
+    pub last: Option<Timestamp>,
+}
+
 /// A schedule's fire instants.
 #[derive(Debug, Clone)]
 pub struct Calendar {
@@ -114,20 +125,25 @@ impl Calendar {
         std::iter::successors(self.next_after(after), move |t| self.next_after(*t))
     }
 
-    /// How many fire instants lie in `(after, upto]`, counting at most `cap`.
-    /// `every` is counted by arithmetic (an outage of a millisecond series
-    /// costs nothing); cron and `at` by iteration.
-    pub fn count_between(&self, after: Timestamp, upto: Timestamp, cap: u64) -> u64 {
+    /// The fire instants in `(after, upto]`: how many, the first and the
+    /// last. `every` is exact arithmetic (an outage of a millisecond series
+    /// costs nothing); cron and `at` are iterated, at most `cap` instants, so
+    /// past the cap the count and the last instant stop there.
+    pub fn span(&self, after: Timestamp, upto: Timestamp, cap: u64) -> Span {
         if upto <= after {
-            return 0;
+            return Span::default();
         }
         let Rule::Every { interval, anchor } = &self.rule else {
-            let n = self.iter_after(after).take_while(|t| *t <= upto).take(cap.min(usize::MAX as u64) as usize);
-            return n.count() as u64;
+            let limit = usize::try_from(cap).unwrap_or(usize::MAX);
+            return self.iter_after(after).take_while(|t| *t <= upto).take(limit).fold(Span::default(), |s, t| Span {
+                count: s.count + 1,
+                first: s.first.or(Some(t)),
+                last: Some(t),
+            });
         };
         let step = interval.as_nanos() as i128;
         if step == 0 {
-            return 0;
+            return Span::default();
         }
         let one = SignedDuration::from_nanos(1);
         let lo = match self.start {
@@ -143,8 +159,14 @@ impl Calendar {
             let since = t.as_nanosecond() - anchor.as_nanosecond();
             if since < 0 { 0 } else { since / step + 1 }
         };
-        let n = (upto_count(hi) - upto_count(lo)).max(0);
-        u64::try_from(n).unwrap_or(u64::MAX).min(cap)
+        let (below, through) = (upto_count(lo), upto_count(hi));
+        if through <= below {
+            return Span::default();
+        }
+        let at = |k: i128| Timestamp::from_nanosecond(anchor.as_nanosecond() + k * step).ok();
+        let count = u64::try_from(through - below).unwrap_or(u64::MAX);
+        let last_k = below + i128::from(count) - 1;
+        Span { count, first: at(below), last: at(last_k) }
     }
 
     /// The instants a civil time stands for under the DST policy (0, 1 or 2).

@@ -283,7 +283,7 @@ fn jitter_is_deterministic_and_bounded() {
 }
 
 #[test]
-fn count_between_matches_iteration_for_every_with_bounds() {
+fn span_matches_iteration_for_every_with_bounds() {
     let cal = Calendar::new(
         Rule::Every { interval: Duration::from_millis(250), anchor: ts("2026-01-01T00:00:00.1Z") },
         TimeZone::UTC,
@@ -298,13 +298,19 @@ fn count_between_matches_iteration_for_every_with_bounds() {
         ("2026-01-01T00:00:20Z", "2026-01-01T00:01:00Z"),
         ("2026-01-01T00:00:05Z", "2026-01-01T00:00:05Z"),
     ] {
-        let listed = cal.iter_after(ts(from)).take_while(|t| *t <= ts(to)).count() as u64;
-        assert_eq!(cal.count_between(ts(from), ts(to), u64::MAX), listed, "({from}, {to}]");
+        let listed: Vec<Timestamp> = cal.iter_after(ts(from)).take_while(|t| *t <= ts(to)).collect();
+        let span = cal.span(ts(from), ts(to), u64::MAX);
+        assert_eq!(span.count, listed.len() as u64, "({from}, {to}]");
+        assert_eq!((span.first, span.last), (listed.first().copied(), listed.last().copied()), "({from}, {to}]");
     }
-    assert_eq!(cal.count_between(ts("2026-01-01T00:00:00Z"), ts("2026-01-01T00:00:10Z"), 7), 7, "capped");
+    assert_eq!(cal.span(ts("2026-01-01T00:00:00Z"), ts("2026-01-01T00:00:10Z"), 7).count, 40, "every is exact");
     let cron = cron_calendar("* * * * * *", "UTC", Shift, First);
-    assert_eq!(cron.count_between(ts("2026-01-01T00:00:00Z"), ts("2026-01-01T01:00:00Z"), 100), 100, "capped");
-    assert_eq!(cron.count_between(ts("2026-01-01T00:00:00Z"), ts("2026-01-01T00:00:30Z"), 100), 30);
+    assert_eq!(cron.span(ts("2026-01-01T00:00:00Z"), ts("2026-01-01T01:00:00Z"), 100).count, 100, "capped");
+    let half_minute = cron.span(ts("2026-01-01T00:00:00Z"), ts("2026-01-01T00:00:30Z"), 100);
+    assert_eq!(
+        half_minute,
+        Span { count: 30, first: Some(ts("2026-01-01T00:00:01Z")), last: Some(ts("2026-01-01T00:00:30Z")) }
+    );
 }
 
 #[test]

@@ -306,7 +306,10 @@ fn every_job_across_every_transition_under_every_policy() {
                 };
                 assert_eq!(got, expected, "{} under gap={gap:?} fold={fold:?}", case.what);
                 // Counting agrees with listing (the ticker counts missed fires this way).
-                assert_eq!(cal.count_between(from, to, u64::MAX), expected.len() as u64, "{}", case.what);
+                let span = cal.span(from, to, u64::MAX);
+                assert_eq!(span.count, expected.len() as u64, "{}", case.what);
+                assert_eq!(span.first.map(|t| t.to_string()).as_deref(), expected.first().copied(), "{}", case.what);
+                assert_eq!(span.last.map(|t| t.to_string()).as_deref(), expected.last().copied(), "{}", case.what);
                 checked += 1;
             }
         }

@@ -5,5 +5,5 @@
 pub mod calendar;
 pub mod cron;
 
-pub use calendar::{Calendar, DstPolicy, FoldPolicy, GapPolicy, Rule, jitter_offset};
+pub use calendar::{Calendar, DstPolicy, FoldPolicy, GapPolicy, Rule, Span, jitter_offset};
 pub use cron::{Cron, CronError};

@@ -157,7 +157,7 @@ pub enum Overlap {
 }
 
 /// DST policy as written in a schedule.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct Dst {
     /// skip or shift (default).
@@ -169,7 +169,7 @@ pub struct Dst {
 }
 
 /// Serde form of [`GapPolicy`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum DstGap {
     /// See [`GapPolicy::Skip`].
@@ -180,7 +180,7 @@ pub enum DstGap {
 }
 
 /// Serde form of [`FoldPolicy`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum DstFold {
     /// See [`FoldPolicy::First`].

@@ -4,7 +4,7 @@
 //! puts and deletes plus one `Ready` once the initial contents are loaded.
 
 use std::collections::{HashMap, HashSet};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use async_nats::jetstream::kv::{Operation, Store};
 use bytes::Bytes;
@@ -33,10 +33,42 @@ pub enum KvChange {
     Ready,
 }
 
+/// A change with the server's time of the write it reports (for `Ready`,
+/// and for keys found gone after a reconnect, the time it was noticed).
+#[derive(Debug, Clone)]
+pub struct StampedChange {
+    /// What changed.
+    pub change: KvChange,
+    /// When the server stored the put or delete.
+    pub written_at: SystemTime,
+}
+
 /// Watches every key of `store`, sending changes to the returned channel
 /// until `shutdown` fires or the receiver is dropped.
 pub fn spawn_kv_watch(store: Store, shutdown: CancellationToken, capacity: usize) -> mpsc::Receiver<KvChange> {
+    spawn_watch(store, shutdown, capacity, |change, _| change)
+}
+
+/// [`spawn_kv_watch`], with each change's write time.
+pub fn spawn_kv_watch_stamped(
+    store: Store,
+    shutdown: CancellationToken,
+    capacity: usize,
+) -> mpsc::Receiver<StampedChange> {
+    spawn_watch(store, shutdown, capacity, |change, written_at| StampedChange { change, written_at })
+}
+
+/// Turns a change and its write time into what the channel carries.
+type Wrap<T> = fn(KvChange, SystemTime) -> T;
+
+fn spawn_watch<T: Send + 'static>(
+    store: Store,
+    shutdown: CancellationToken,
+    capacity: usize,
+    wrap: Wrap<T>,
+) -> mpsc::Receiver<T> {
     let (tx, rx) = mpsc::channel(capacity);
+    let tx = Sink { tx, wrap };
     tokio::spawn(async move {
         let mut known: HashMap<String, u64> = HashMap::new();
         let mut ready_sent = false;
@@ -58,10 +90,26 @@ pub fn spawn_kv_watch(store: Store, shutdown: CancellationToken, capacity: usize
     rx
 }
 
+/// The channel and how to fill it.
+struct Sink<T> {
+    tx: mpsc::Sender<T>,
+    wrap: Wrap<T>,
+}
+
+impl<T> Sink<T> {
+    async fn send(&self, change: KvChange, at: SystemTime) -> anyhow::Result<()> {
+        self.tx.send((self.wrap)(change, at)).await.map_err(|_| anyhow::anyhow!("watch receiver dropped"))
+    }
+
+    fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+}
+
 /// Runs one watch until shutdown (`Ok`) or an error (`Err`: retry).
-async fn watch_once(
+async fn watch_once<T>(
     store: &Store,
-    tx: &mpsc::Sender<KvChange>,
+    tx: &Sink<T>,
     shutdown: &CancellationToken,
     known: &mut HashMap<String, u64>,
     ready_sent: &mut bool,
@@ -95,7 +143,7 @@ async fn watch_once(
             }
         };
         if let Some(change) = change {
-            tx.send(change).await?;
+            tx.send(change, entry.created.into()).await?;
         }
         if !caught_up && entry.delta == 0 {
             caught_up = true;
@@ -106,8 +154,8 @@ async fn watch_once(
 
 /// After a (re)play: keys known before but absent now were removed while we
 /// were not watching.
-async fn finish_replay(
-    tx: &mpsc::Sender<KvChange>,
+async fn finish_replay<T>(
+    tx: &Sink<T>,
     known: &mut HashMap<String, u64>,
     seen: &HashSet<String>,
     ready_sent: &mut bool,
@@ -115,11 +163,11 @@ async fn finish_replay(
     let vanished: Vec<String> = known.keys().filter(|k| !seen.contains(*k)).cloned().collect();
     for key in vanished {
         known.remove(&key);
-        tx.send(KvChange::Delete { key }).await?;
+        tx.send(KvChange::Delete { key }, SystemTime::now()).await?;
     }
     if !*ready_sent {
         *ready_sent = true;
-        tx.send(KvChange::Ready).await?;
+        tx.send(KvChange::Ready, SystemTime::now()).await?;
     }
     Ok(())
 }

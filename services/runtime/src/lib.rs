@@ -4,6 +4,7 @@
 
 pub mod connect;
 pub mod health;
+pub mod instance;
 pub mod kvwatch;
 pub mod logging;
 pub mod metrics;
@@ -14,7 +15,8 @@ pub mod trace;
 
 pub use connect::{NatsArgs, connect, jetstream};
 pub use health::{Health, Readiness};
-pub use kvwatch::{KvChange, spawn_kv_watch};
+pub use instance::default_instance_id;
+pub use kvwatch::{KvChange, StampedChange, spawn_kv_watch, spawn_kv_watch_stamped};
 pub use logging::{LogArgs, init_logging};
 pub use metrics::metrics;
 pub use publish::Publisher;

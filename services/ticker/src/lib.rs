@@ -1,64 +1,162 @@
-//! The ticker: loads every schedule from `jetsched-schedules`, keeps watching
-//! it (puts, updates and deletes take effect live), and publishes each fire
-//! to `<prefix>.due.<task>` at its time with `Nats-Msg-Id:
-//! <schedule>@<nominal>`, waiting for the stream's ack.
+//! The ticker: loads every schedule from `<prefix>-schedules`, keeps
+//! watching it (puts, updates and deletes take effect live), and publishes
+//! each fire of the partitions it holds a lease on to `<prefix>.due.<task>`
+//! with `Nats-Msg-Id: <schedule>@<nominal>`.
+//!
+//! - [`plan`]: the timer heap, staging, watermarks (pure logic);
+//! - [`catchup`]: misfire policies for occurrences found late (pure logic);
+//! - [`lease`]: partition leases among replicas, and writing progress;
+//! - [`fire`]: publishing with many acks in flight;
+//! - this module: the loop tying them together, one `select!` over the
+//!   schedule watch, the timer, lease events and acks, and the shutdown token.
+//!
+//! Exactly-once: a fire is named by (schedule, nominal time). A replay of an
+//! already published fire (after a crash, before the watermark caught up)
+//! carries the same `Nats-Msg-Id` and is dropped by the inbox's dedup window;
+//! past the window, the dispatcher's run-id `create` drops it.
 
+pub mod catchup;
+pub mod fire;
+pub mod lease;
 pub mod plan;
+pub mod spec;
+pub mod state;
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
-use async_nats::HeaderMap;
-use jetsched_contract::{DueFire, Handles, RunEvent, ScheduleDef, headers, run};
-use jetsched_runtime::{KvChange, Publisher, Readiness, metrics, spawn_kv_watch};
+use jetsched_contract::ticker::PARTITIONS;
+use jetsched_contract::{Handles, RunEvent, Topology, setup, validate_name};
+use jetsched_runtime::{KvChange, Publisher, Readiness, StampedChange, metrics, spawn_kv_watch_stamped};
 use jiff::Timestamp;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument as _;
 
-use crate::plan::{Fire, Plan};
+use crate::fire::{Epochs, Stored};
+use crate::lease::{Command, LeaseEvent};
+use crate::plan::{Outgoing, Plan, PlanConfig};
 
 /// Ticker settings.
-#[derive(Debug, Clone, Default, clap::Args)]
-pub struct TickerConfig {}
+#[derive(Debug, Clone, clap::Args)]
+pub struct TickerConfig {
+    /// This ticker's id, the owner named in its leases [default: <hostname>-<pid>].
+    #[arg(long = "ticker-id", env = "JETSCHED_TICKER_ID")]
+    pub ticker_id: Option<String>,
+    /// Partition lease TTL: a dead ticker's partitions are taken over after
+    /// at most this long. Applied when this ticker creates the leases
+    /// bucket; otherwise the bucket's TTL is used.
+    #[arg(long = "lease-ttl", env = "JETSCHED_LEASE_TTL", default_value = "10s", value_parser = parse_duration)]
+    pub lease_ttl: Duration,
+    /// Publish fires up to this long before their time, marked not to start
+    /// before it, so that a herd is already queued when it is due; 0
+    /// publishes each fire at its time. Edits, pauses and deletes affect
+    /// fires not yet published.
+    #[arg(long, env = "JETSCHED_LOOKAHEAD", default_value = "2s", value_parser = parse_duration)]
+    pub lookahead: Duration,
+    /// An occurrence found late by at most this much (a partition taken
+    /// over, a schedule just written) fires as usual; later ones follow the
+    /// schedule's misfire policy.
+    #[arg(long = "misfire-threshold", env = "JETSCHED_MISFIRE_THRESHOLD", default_value = "1s", value_parser = parse_duration)]
+    pub misfire_threshold: Duration,
+}
+
+impl Default for TickerConfig {
+    fn default() -> Self {
+        TickerConfig {
+            ticker_id: None,
+            lease_ttl: Duration::from_secs(10),
+            lookahead: Duration::from_secs(2),
+            misfire_threshold: Duration::from_secs(1),
+        }
+    }
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    s.parse::<jetsched_contract::HumanDuration>().map(|d| d.0).map_err(|e| e.to_string())
+}
+
+/// How often progress is reported, expired leases are checked and the timer
+/// is re-checked when nothing else woke the loop.
+const TICK: Duration = Duration::from_millis(200);
+
+/// A partition with nothing new stored still reports its watermark this often.
+const IDLE_PROGRESS: Duration = Duration::from_secs(2);
+
+/// On shutdown, how long fires in flight may take to be stored before the
+/// leases are given back anyway (the next owner replays what is missing).
+const DRAIN: Duration = Duration::from_secs(5);
 
 /// Runs the ticker until `shutdown` fires; `ready` is set once the schedules are loaded.
 pub async fn run(
-    _config: TickerConfig,
+    config: TickerConfig,
     handles: Handles,
     ready: Readiness,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    let id = config.ticker_id.clone().unwrap_or_else(|| jetsched_runtime::default_instance_id("ticker"));
+    validate_name("ticker id", &id)?;
+    let topology = topology_of(&handles).await?;
+    let buckets = setup::ensure_ticker(&handles.js, &handles.names, &topology, config.lease_ttl).await?;
+    if buckets.lease_ttl != config.lease_ttl {
+        tracing::warn!(
+            configured = ?config.lease_ttl,
+            in_force = ?buckets.lease_ttl,
+            "the leases bucket already exists with another TTL; using the bucket's"
+        );
+    }
     let publisher = Publisher::new(handles.js.clone(), handles.names.clone());
-    let mut changes = spawn_kv_watch(handles.schedules.clone(), shutdown.child_token(), 4096);
-    let mut plan = Plan::default();
-    let bucket = handles.names.schedules_bucket();
-    tracing::info!("ticker started");
+    let epochs = Arc::new(Epochs::default());
+    let (fires, mut stored, firer) = fire::spawn(publisher.clone(), epochs.clone(), 16_384);
+    let (keeper, mut leases, keeper_task) = lease::spawn(id.clone(), buckets);
+    let mut changes = spawn_kv_watch_stamped(handles.schedules.clone(), shutdown.child_token(), 4096);
+    let plan = Plan::new(PlanConfig { lookahead: config.lookahead, misfire_threshold: config.misfire_threshold });
+    let mut t = Ticker {
+        plan,
+        fires,
+        keeper,
+        epochs,
+        publisher,
+        bucket: handles.names.schedules_bucket(),
+        reported: vec![(Timestamp::MIN, Timestamp::MIN); usize::from(PARTITIONS)],
+        loaded: false,
+    };
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tracing::info!(ticker = %id, "ticker started");
     loop {
-        let sleep = sleep_until(plan.next_fire_at());
+        let sleep = sleep_until(t.plan.next_release());
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
+            _ = sleep => t.pop().await,
+            Some(Stored(out)) = stored.recv() => t.stored(out),
+            event = leases.recv() => match event {
+                Some(event) => t.lease(event).await,
+                None => anyhow::bail!("the lease keeper stopped"),
+            },
             change = changes.recv() => match change {
-                Some(KvChange::Ready) => {
-                    tracing::info!(schedules = plan.len(), "schedules loaded");
-                    ready.set(true);
-                }
-                Some(change) => {
-                    apply(&mut plan, change, &publisher, &bucket).await;
-                    metrics().schedules_loaded.record(plan.len() as u64, &[]);
-                }
+                Some(change) => t.change(change, &ready).await,
                 None => break,
             },
-            _ = sleep => {
-                for fire in plan.pop_due(Timestamp::now()) {
-                    publish_fire(&publisher, &fire, &shutdown).await;
-                }
-            }
+            _ = tick.tick() => t.tick().await,
         }
     }
     ready.set(false);
-    tracing::info!(schedules = plan.len(), "ticker stopped");
+    t.drain(&mut stored).await;
+    let owned_schedules = t.plan.len();
+    drop(t);
+    let _ = tokio::time::timeout(DRAIN, firer).await;
+    let _ = tokio::time::timeout(DRAIN, keeper_task).await;
+    tracing::info!(schedules = owned_schedules, "ticker stopped");
     Ok(())
+}
+
+/// Replicas and storage of the ticker's buckets: those of the schedules bucket.
+async fn topology_of(handles: &Handles) -> anyhow::Result<Topology> {
+    let status = handles.schedules.status().await.context("cannot read the schedules bucket")?;
+    let config = &status.info.config;
+    Ok(Topology { replicas: config.num_replicas.max(1), storage: config.storage, ..Topology::default() })
 }
 
 async fn sleep_until(at: Option<Timestamp>) {
@@ -73,85 +171,176 @@ async fn sleep_until(at: Option<Timestamp>) {
     }
 }
 
-async fn apply(plan: &mut Plan, change: KvChange, publisher: &Publisher, bucket: &str) {
-    match change {
-        KvChange::Put { key, value, revision } => {
-            match ScheduleDef::from_json(&key, &value).and_then(|def| def.calendar().map(|c| (def, c))) {
-                Ok((def, calendar)) => {
-                    tracing::info!(schedule = %key, revision, "schedule loaded");
-                    plan.upsert(&key, def, calendar, Timestamp::now());
+struct Ticker {
+    plan: Plan,
+    fires: mpsc::Sender<Outgoing>,
+    keeper: mpsc::UnboundedSender<Command>,
+    epochs: Arc<Epochs>,
+    publisher: Publisher,
+    bucket: String,
+    /// Per partition: the last watermark reported and when.
+    reported: Vec<(Timestamp, Timestamp)>,
+    loaded: bool,
+}
+
+impl Ticker {
+    fn tell(&self, command: Command) {
+        // The keeper outlives this loop; a send fails only after it crashed.
+        if self.keeper.send(command).is_err() {
+            tracing::error!("the lease keeper is gone");
+        }
+    }
+
+    async fn send(&mut self, out: Vec<Outgoing>) {
+        for o in out {
+            if self.fires.send(o).await.is_err() {
+                tracing::error!("the fire publisher is gone");
+                return;
+            }
+        }
+    }
+
+    fn sync_epochs(&self) {
+        for p in 0..PARTITIONS {
+            self.epochs.set(p, self.plan.epoch(p));
+        }
+    }
+
+    fn expired(&self, partitions: Vec<u16>) {
+        if partitions.is_empty() {
+            return;
+        }
+        self.sync_epochs();
+        for p in partitions {
+            self.tell(Command::Expired(p));
+        }
+    }
+
+    async fn pop(&mut self) {
+        let mut out = Vec::new();
+        let expired = self.plan.pop_due(Timestamp::now(), &mut out);
+        self.expired(expired);
+        self.send(out).await;
+    }
+
+    async fn tick(&mut self) {
+        let now = Timestamp::now();
+        let expired = self.plan.expire(now);
+        self.expired(expired);
+        self.pop().await;
+        let idle = jiff::SignedDuration::try_from(IDLE_PROGRESS).unwrap_or_default();
+        for (p, watermark, dirty) in self.plan.progress() {
+            let (last, at) = self.reported[usize::from(p)];
+            let stale = at.checked_add(idle).is_ok_and(|due| due <= now);
+            if watermark > last && (dirty || stale) {
+                self.reported[usize::from(p)] = (watermark, now);
+                self.tell(Command::Progress(p, watermark));
+            }
+        }
+    }
+
+    fn stored(&mut self, out: Outgoing) {
+        if let Some(count) = out.count.clone() {
+            self.tell(Command::Count(out.partition, out.schedule.clone(), count));
+        }
+        if let Some((p, watermark)) = self.plan.acked(out.partition, out.epoch, out.hold) {
+            self.sync_epochs();
+            self.tell(Command::Released(p, watermark));
+        }
+    }
+
+    async fn lease(&mut self, event: LeaseEvent) {
+        let mut out = Vec::new();
+        match event {
+            LeaseEvent::Acquired { partition, valid_until, watermark, counts } => {
+                self.plan.acquire(partition, valid_until, watermark, &counts, Timestamp::now(), &mut out);
+                self.reported[usize::from(partition)] = (watermark.unwrap_or(Timestamp::MIN), Timestamp::MIN);
+                tracing::debug!(partition, owned = self.plan.owned(), "firing partition");
+            }
+            LeaseEvent::Renewed { partitions, valid_until } => self.plan.renew(&partitions, valid_until),
+            LeaseEvent::Lost(p) => self.plan.lose(p),
+            LeaseEvent::Release(p) => {
+                if let Some(watermark) = self.plan.release(p) {
+                    self.tell(Command::Released(p, watermark));
+                }
+            }
+        }
+        self.sync_epochs();
+        self.send(out).await;
+    }
+
+    async fn change(&mut self, stamped: StampedChange, ready: &Readiness) {
+        let StampedChange { change, written_at } = stamped;
+        match change {
+            KvChange::Put { key, value, revision } => match self.plan.parse(&key, &value) {
+                Ok(spec) => {
+                    let written = timestamp(written_at);
+                    let mut out = Vec::new();
+                    self.plan.upsert(&key, spec, written, Timestamp::now(), &mut out);
+                    if self.loaded {
+                        tracing::info!(schedule = %key, revision, "schedule loaded");
+                    }
+                    self.send(out).await;
                 }
                 Err(reason) => {
                     tracing::warn!(schedule = %key, revision, %reason, "invalid schedule");
-                    plan.remove(&key);
-                    let event = RunEvent::invalid(bucket, &key, revision, reason);
-                    if let Err(err) = publisher.event(&event).await {
+                    self.remove(&key);
+                    let event = RunEvent::invalid(&self.bucket, &key, revision, reason);
+                    if let Err(err) = self.publisher.event(&event).await {
                         tracing::error!(schedule = %key, %err, "cannot report invalid schedule");
                     }
                 }
+            },
+            KvChange::Delete { key } => {
+                tracing::info!(schedule = %key, "schedule removed");
+                self.remove(&key);
+            }
+            KvChange::Ready => {
+                self.loaded = true;
+                tracing::info!(schedules = self.plan.len(), "schedules loaded");
+                ready.set(true);
+                self.tell(Command::Ready);
             }
         }
-        KvChange::Delete { key } => {
-            tracing::info!(schedule = %key, "schedule removed");
-            plan.remove(&key);
+        if self.loaded {
+            metrics().schedules_loaded.record(self.plan.len() as u64, &[]);
         }
-        KvChange::Ready => {}
     }
-}
 
-/// Publishes one fire, retrying until the stream acks it or shutdown: a fire
-/// is never dropped because NATS was briefly away. Each fire starts a trace.
-async fn publish_fire(publisher: &Publisher, fire: &Fire, shutdown: &CancellationToken) {
-    let run_id = run::scheduled_run_id(&fire.schedule, fire.nominal);
-    let span = tracing::info_span!(
-        "fire",
-        otel.kind = "producer",
-        schedule = %fire.schedule,
-        run_id = %run_id,
-        scheduled_for = %fire.nominal
-    );
-    publish_fire_traced(publisher, fire, &run_id, shutdown).instrument(span).await
-}
-
-async fn publish_fire_traced(publisher: &Publisher, fire: &Fire, run_id: &str, shutdown: &CancellationToken) {
-    let task = fire.def.task_name(&fire.schedule).to_string();
-    let body = DueFire {
-        schedule: fire.schedule.clone(),
-        scheduled_for: fire.nominal,
-        payload: fire.def.payload.clone().unwrap_or_default(),
-        task_def: fire.def.inline_task().cloned(),
-        not_before: None,
-    };
-    let payload = match serde_json::to_vec(&body) {
-        Ok(p) => p,
-        Err(err) => {
-            tracing::error!(schedule = %fire.schedule, %err, "cannot encode due fire");
-            return;
+    fn remove(&mut self, key: &str) {
+        if let Some((p, counted)) = self.plan.remove(key)
+            && counted
+        {
+            self.tell(Command::Forget(p, key.to_string()));
         }
-    };
-    let msg_id = run::due_msg_id(&fire.schedule, fire.nominal);
-    let subject = publisher.names().due_subject(&task);
-    let mut backoff = Duration::from_millis(50);
-    loop {
-        let mut h = HeaderMap::new();
-        h.insert(headers::SCHEDULE, fire.schedule.as_str());
-        h.insert(headers::SCHEDULED_FOR, fire.nominal.to_string().as_str());
-        h.insert(headers::RUN_ID, run_id);
-        match publisher.publish(subject.clone(), h, &msg_id, payload.clone().into()).await.context("publish due fire") {
-            Ok(ack) => {
-                let late = Timestamp::now().duration_since(fire.nominal);
-                metrics().fire_lateness.record(late.as_secs_f64().max(0.0), &[]);
-                tracing::debug!(schedule = %fire.schedule, nominal = %fire.nominal, duplicate = ack.duplicate, "fired");
-                return;
+    }
+
+    /// Stops firing and hands every partition back once its fires in flight
+    /// are stored (or the drain time is up).
+    async fn drain(&mut self, stored: &mut mpsc::UnboundedReceiver<Stored>) {
+        for p in 0..PARTITIONS {
+            if let Some(watermark) = self.plan.release(p) {
+                self.tell(Command::Released(p, watermark));
             }
-            Err(err) => {
-                tracing::warn!(schedule = %fire.schedule, nominal = %fire.nominal, %err, "fire not stored yet; retrying");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(backoff) => {}
+        }
+        self.sync_epochs();
+        let deadline = tokio::time::sleep(DRAIN);
+        tokio::pin!(deadline);
+        while self.plan.handing_over() > 0 {
+            tokio::select! {
+                _ = &mut deadline => {
+                    tracing::warn!(partitions = self.plan.handing_over(), "fires still in flight at shutdown; the next owner replays them");
+                    return;
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(2));
+                next = stored.recv() => match next {
+                    Some(Stored(out)) => self.stored(out),
+                    None => return,
+                },
             }
         }
     }
+}
+
+fn timestamp(t: SystemTime) -> Timestamp {
+    Timestamp::try_from(t).unwrap_or_else(|_| Timestamp::now())
 }

@@ -1,197 +1,532 @@
-//! The ticker's timer heap: every loaded schedule's next fire, in order.
-//! Updating or removing a schedule bumps its generation; heap slots of older
-//! generations are dropped lazily when they surface, so no operation scans
-//! all schedules and a fire costs O(log n).
+//! The ticker's plan: every loaded schedule, a timer heap holding the next
+//! fire of each schedule in a partition this ticker owns, and per partition
+//! the fires published but not yet acknowledged, from which its watermark
+//! follows.
+//!
+//! - A schedule's slot in the heap is released at `min(nominal, fire_at -
+//!   lookahead)`, where `fire_at = nominal + jitter`: a fire is staged up to
+//!   the lookahead early (carrying `not_before = fire_at`) and never later
+//!   than its nominal time, so every fire not yet released has a nominal time
+//!   after the last pop. The watermark of a partition is therefore the last
+//!   pop time, held back below any fire still in flight.
+//! - Replacing or removing a schedule, or losing its partition, bumps its
+//!   generation; slots of older generations are dropped when they surface, so
+//!   no operation scans all schedules and a fire costs O(log n).
+//!
+//! Pure logic: time is passed in, output is a list of messages to publish.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::sync::Arc;
+use std::time::Duration;
 
-use jetsched_calendar::{Calendar, jitter_offset};
-use jetsched_contract::ScheduleDef;
+use jetsched_calendar::jitter_offset;
+use jetsched_contract::ticker::{FiredCount, PARTITIONS, partition_of};
+use jetsched_contract::{DueFire, RunEvent, RunStatus};
 use jiff::{SignedDuration, Timestamp};
 
-/// One fire that is due.
-#[derive(Debug, Clone)]
-pub struct Fire {
-    /// Schedule id.
-    pub schedule: String,
-    /// Nominal time (names the run).
-    pub nominal: Timestamp,
-    /// Nominal time plus jitter (when it is released).
-    pub fire_at: Timestamp,
-    /// The schedule as it was when this fire was planned.
-    pub def: Arc<ScheduleDef>,
+use crate::catchup::replay;
+use crate::spec::{Calendars, Spec};
+
+/// What a published message is.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Body {
+    /// A fire, to `<prefix>.due.<task>`.
+    Due(DueFire),
+    /// A `missed` report.
+    Missed(RunEvent),
 }
 
-struct Entry {
-    def: Arc<ScheduleDef>,
-    calendar: Calendar,
-    generation: u64,
+/// A message the ticker must get stored, and what it stands for.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    /// Schedule id.
+    pub schedule: Arc<str>,
+    /// Task name (subject token).
+    pub task: Box<str>,
+    /// The schedule's partition.
+    pub partition: u16,
+    /// The partition's ownership epoch when it was made: stale once the
+    /// partition is lost.
+    pub epoch: u32,
+    /// The partition's watermark stays below this until the message is stored.
+    pub hold: Timestamp,
+    /// When it is meant to start (nominal time plus jitter).
+    pub fire_at: Timestamp,
+    /// The body.
+    pub body: Body,
+    /// For `max_runs` schedules: the fire count once this fire is stored.
+    pub count: Option<FiredCount>,
+}
+
+/// Settings of the plan.
+#[derive(Debug, Clone, Copy)]
+pub struct PlanConfig {
+    /// How early a fire may be published (0: at its time).
+    pub lookahead: Duration,
+    /// Lateness up to which an occurrence found late still fires as usual.
+    pub misfire_threshold: Duration,
+}
+
+struct Sched {
+    id: Arc<str>,
+    spec: Spec,
+    partition: u16,
+    /// Position in its partition's member list.
+    pos: u32,
+    /// When the current definition was written (server time).
+    written_at: Timestamp,
+    /// While its partition is owned: every occurrence up to here is handled.
+    cursor: Option<Timestamp>,
+    /// Fires stored so far (kept for `max_runs`).
     fired: u64,
 }
 
+#[derive(Default)]
+struct Cell {
+    generation: u32,
+    sched: Option<Sched>,
+}
+
+/// A heap entry; times in nanoseconds since the epoch to keep it small.
 #[derive(PartialEq, Eq, PartialOrd, Ord)]
 struct Slot {
-    fire_at: Timestamp,
-    nominal: Timestamp,
-    id: String,
-    generation: u64,
+    release: i64,
+    nominal: i64,
+    idx: u32,
+    generation: u32,
 }
 
-/// Loaded schedules and their next fires.
-#[derive(Default)]
-pub struct Plan {
-    entries: HashMap<String, Entry>,
-    heap: BinaryHeap<Reverse<Slot>>,
-    generations: u64,
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Ownership {
+    Free,
+    Owned {
+        valid_until: Timestamp,
+    },
+    /// Handing over: no new fires, waiting for those in flight.
+    Releasing {
+        upto: Timestamp,
+    },
 }
+
+struct Part {
+    state: Ownership,
+    epoch: u32,
+    members: Vec<u32>,
+    /// Holds of messages in flight, with their multiplicity.
+    inflight: BTreeMap<Timestamp, u32>,
+    /// Something was stored since the last progress report.
+    dirty: bool,
+}
+
+/// Every loaded schedule and the next fire of those in owned partitions.
+pub struct Plan {
+    config: PlanConfig,
+    cells: Vec<Cell>,
+    free: Vec<u32>,
+    index: HashMap<Arc<str>, u32>,
+    heap: BinaryHeap<Reverse<Slot>>,
+    parts: Vec<Part>,
+    calendars: Calendars,
+    /// Every slot released at or before this has been popped.
+    processed: Timestamp,
+}
+
+fn nanos(t: Timestamp) -> i64 {
+    i64::try_from(t.as_nanosecond()).unwrap_or(if t > Timestamp::UNIX_EPOCH { i64::MAX } else { i64::MIN })
+}
+
+fn from_nanos(n: i64) -> Timestamp {
+    Timestamp::from_nanosecond(i128::from(n)).unwrap_or(Timestamp::MAX)
+}
+
+fn signed(d: Duration) -> SignedDuration {
+    SignedDuration::try_from(d).unwrap_or(SignedDuration::MAX)
+}
+
+const NANO: SignedDuration = SignedDuration::from_nanos(1);
 
 impl Plan {
+    /// An empty plan owning no partition.
+    pub fn new(config: PlanConfig) -> Self {
+        let parts = (0..PARTITIONS)
+            .map(|_| Part {
+                state: Ownership::Free,
+                epoch: 0,
+                members: Vec::new(),
+                inflight: BTreeMap::new(),
+                dirty: false,
+            })
+            .collect();
+        Plan {
+            config,
+            cells: Vec::new(),
+            free: Vec::new(),
+            index: HashMap::new(),
+            heap: BinaryHeap::new(),
+            parts,
+            calendars: Calendars::default(),
+            processed: Timestamp::MIN,
+        }
+    }
+
     /// Number of loaded schedules.
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.index.len()
     }
 
     /// True when no schedule is loaded.
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.index.is_empty()
     }
 
-    /// Loads or replaces `id`; its next fire is the first occurrence after `after`.
-    pub fn upsert(&mut self, id: &str, def: ScheduleDef, calendar: Calendar, after: Timestamp) {
-        self.generations += 1;
-        let generation = self.generations;
-        let entry = Entry { def: Arc::new(def), calendar, generation, fired: 0 };
-        self.schedule_after(id, &entry, after);
-        self.entries.insert(id.to_string(), entry);
+    /// Partitions owned (not counting those being handed over).
+    pub fn owned(&self) -> usize {
+        self.parts.iter().filter(|p| matches!(p.state, Ownership::Owned { .. })).count()
     }
 
-    /// Forgets `id`.
-    pub fn remove(&mut self, id: &str) {
-        self.entries.remove(id);
+    /// Partitions being handed over (waiting for fires in flight).
+    pub fn handing_over(&self) -> usize {
+        self.parts.iter().filter(|p| matches!(p.state, Ownership::Releasing { .. })).count()
     }
 
-    fn schedule_after(&mut self, id: &str, entry: &Entry, after: Timestamp) {
-        if entry.def.paused || entry.def.max_runs.is_some_and(|max| entry.fired >= max) {
-            return;
+    /// The ownership epoch of `partition`.
+    pub fn epoch(&self, partition: u16) -> u32 {
+        self.parts.get(usize::from(partition)).map_or(0, |p| p.epoch)
+    }
+
+    /// Parses a stored schedule, sharing calendars with loaded ones.
+    pub fn parse(&mut self, id: &str, bytes: &[u8]) -> Result<Spec, String> {
+        Spec::parse(id, bytes, &mut self.calendars)
+    }
+
+    /// Loads or replaces `id`, written at `written_at`. In an owned partition
+    /// it fires from the later of what it already handled and `written_at`:
+    /// occurrences from before the current definition are not caught up.
+    pub fn upsert(&mut self, id: &str, spec: Spec, written_at: Timestamp, now: Timestamp, out: &mut Vec<Outgoing>) {
+        let idx = match self.index.get(id) {
+            Some(&idx) => {
+                let cell = &mut self.cells[idx as usize];
+                cell.generation = cell.generation.wrapping_add(1);
+                if let Some(s) = cell.sched.as_mut() {
+                    s.spec = spec;
+                    s.written_at = written_at;
+                }
+                idx
+            }
+            None => {
+                let idx = self.free.pop().unwrap_or_else(|| {
+                    self.cells.push(Cell::default());
+                    (self.cells.len() - 1) as u32
+                });
+                let partition = partition_of(id);
+                let part = &mut self.parts[usize::from(partition)];
+                let pos = part.members.len() as u32;
+                part.members.push(idx);
+                let id: Arc<str> = id.into();
+                self.index.insert(id.clone(), idx);
+                let cell = &mut self.cells[idx as usize];
+                cell.generation = cell.generation.wrapping_add(1);
+                cell.sched = Some(Sched { id, spec, partition, pos, written_at, cursor: None, fired: 0 });
+                idx
+            }
+        };
+        let Some(s) = self.cells[idx as usize].sched.as_ref() else { return };
+        if matches!(self.parts[usize::from(s.partition)].state, Ownership::Owned { .. }) {
+            let floor = s.cursor.map_or(written_at, |c| c.max(written_at));
+            self.catch_up(idx, floor, now, out);
         }
-        if let Some(nominal) = entry.calendar.next_after(after) {
-            let jitter = jitter_offset(id, nominal, entry.def.jitter.0);
-            let fire_at = nominal.checked_add(SignedDuration::try_from(jitter).unwrap_or_default()).unwrap_or(nominal);
-            self.heap.push(Reverse(Slot { fire_at, nominal, id: id.to_string(), generation: entry.generation }));
+    }
+
+    /// Forgets `id`; returns its partition and whether it kept a fire count.
+    pub fn remove(&mut self, id: &str) -> Option<(u16, bool)> {
+        let idx = self.index.remove(id)?;
+        let cell = &mut self.cells[idx as usize];
+        cell.generation = cell.generation.wrapping_add(1);
+        let sched = cell.sched.take()?;
+        let members = &mut self.parts[usize::from(sched.partition)].members;
+        members.swap_remove(sched.pos as usize);
+        if let Some(&moved) = members.get(sched.pos as usize)
+            && let Some(m) = self.cells[moved as usize].sched.as_mut()
+        {
+            m.pos = sched.pos;
+        }
+        self.free.push(idx);
+        Some((sched.partition, sched.spec.max_runs.is_some()))
+    }
+
+    /// Takes `partition` over: replays each of its schedules from the
+    /// watermark (or from when it was written, or its last counted fire, if
+    /// later) under its misfire policy, and plans the next fires.
+    pub fn acquire(
+        &mut self,
+        partition: u16,
+        valid_until: Timestamp,
+        watermark: Option<Timestamp>,
+        counts: &HashMap<String, FiredCount>,
+        now: Timestamp,
+        out: &mut Vec<Outgoing>,
+    ) {
+        let Some(part) = self.parts.get_mut(usize::from(partition)) else { return };
+        part.state = Ownership::Owned { valid_until };
+        part.epoch = part.epoch.wrapping_add(1);
+        part.inflight.clear();
+        part.dirty = true;
+        for idx in part.members.clone() {
+            let Some(s) = self.cells[idx as usize].sched.as_mut() else { continue };
+            let count = counts.get(&*s.id);
+            s.fired = count.map_or(0, |c| c.fired);
+            let floor = [watermark, count.map(|c| c.last)].into_iter().flatten().fold(s.written_at, Timestamp::max);
+            self.catch_up(idx, floor, now, out);
         }
     }
 
-    fn is_live(&self, slot: &Slot) -> bool {
-        self.entries.get(&slot.id).is_some_and(|e| e.generation == slot.generation)
+    /// Stops firing `partition` at once (its lease is gone).
+    pub fn lose(&mut self, partition: u16) {
+        self.invalidate(partition);
+        if let Some(part) = self.parts.get_mut(usize::from(partition)) {
+            part.state = Ownership::Free;
+            part.epoch = part.epoch.wrapping_add(1);
+            part.inflight.clear();
+        }
     }
 
-    /// When the earliest pending fire is due.
-    pub fn next_fire_at(&mut self) -> Option<Timestamp> {
+    /// Stops firing `partition` to hand it over. Returns its final watermark
+    /// once nothing is in flight (at once, or later from [`Plan::acked`]).
+    pub fn release(&mut self, partition: u16) -> Option<Timestamp> {
+        let upto = self.processed;
+        self.invalidate(partition);
+        let part = self.parts.get_mut(usize::from(partition))?;
+        if !matches!(part.state, Ownership::Owned { .. }) {
+            return None;
+        }
+        part.state = Ownership::Releasing { upto };
+        self.finish_release(partition)
+    }
+
+    fn finish_release(&mut self, partition: u16) -> Option<Timestamp> {
+        let watermark = self.watermark(partition)?;
+        let part = self.parts.get_mut(usize::from(partition))?;
+        if !matches!(part.state, Ownership::Releasing { .. }) || !part.inflight.is_empty() {
+            return None;
+        }
+        part.state = Ownership::Free;
+        part.epoch = part.epoch.wrapping_add(1);
+        Some(watermark)
+    }
+
+    fn invalidate(&mut self, partition: u16) {
+        let Some(part) = self.parts.get(usize::from(partition)) else { return };
+        for &idx in &part.members {
+            let cell = &mut self.cells[idx as usize];
+            cell.generation = cell.generation.wrapping_add(1);
+            if let Some(s) = cell.sched.as_mut() {
+                s.cursor = None;
+            }
+        }
+    }
+
+    /// Extends the leases of `partitions` to `valid_until`.
+    pub fn renew(&mut self, partitions: &[u16], valid_until: Timestamp) {
+        for &p in partitions {
+            if let Some(Part { state: Ownership::Owned { valid_until: v }, .. }) = self.parts.get_mut(usize::from(p)) {
+                *v = valid_until;
+            }
+        }
+    }
+
+    /// Drops owned partitions whose lease ran out unrenewed; returns them.
+    pub fn expire(&mut self, now: Timestamp) -> Vec<u16> {
+        let expired: Vec<u16> = (0..PARTITIONS)
+            .filter(
+                |&p| matches!(self.parts[usize::from(p)].state, Ownership::Owned { valid_until } if valid_until <= now),
+            )
+            .collect();
+        for &p in &expired {
+            self.lose(p);
+        }
+        expired
+    }
+
+    /// A message made at `epoch` for `partition` was stored. Returns the
+    /// partition and its final watermark when that completes a handover.
+    pub fn acked(&mut self, partition: u16, epoch: u32, hold: Timestamp) -> Option<(u16, Timestamp)> {
+        let part = self.parts.get_mut(usize::from(partition))?;
+        if part.epoch != epoch {
+            return None;
+        }
+        if let Some(n) = part.inflight.get_mut(&hold) {
+            *n -= 1;
+            if *n == 0 {
+                part.inflight.remove(&hold);
+            }
+        }
+        part.dirty = true;
+        self.finish_release(partition).map(|w| (partition, w))
+    }
+
+    /// The partition's watermark: every fire with a nominal time at or before
+    /// it has been stored (or reported missed).
+    pub fn watermark(&self, partition: u16) -> Option<Timestamp> {
+        let part = self.parts.get(usize::from(partition))?;
+        let upto = match part.state {
+            Ownership::Free => return None,
+            Ownership::Owned { .. } => self.processed,
+            Ownership::Releasing { upto } => upto,
+        };
+        let held = part.inflight.keys().next().and_then(|h| h.checked_sub(NANO).ok());
+        Some(held.map_or(upto, |h| h.min(upto)))
+    }
+
+    /// Watermarks of owned partitions, each with whether anything was stored
+    /// in it since the last call.
+    pub fn progress(&mut self) -> Vec<(u16, Timestamp, bool)> {
+        let mut out = Vec::new();
+        for p in 0..PARTITIONS {
+            if !matches!(self.parts[usize::from(p)].state, Ownership::Owned { .. }) {
+                continue;
+            }
+            if let Some(w) = self.watermark(p) {
+                let part = &mut self.parts[usize::from(p)];
+                out.push((p, w, std::mem::take(&mut part.dirty)));
+            }
+        }
+        out
+    }
+
+    /// When the next slot is released, dropping stale slots on the way.
+    pub fn next_release(&mut self) -> Option<Timestamp> {
         while let Some(Reverse(slot)) = self.heap.peek() {
             if self.is_live(slot) {
-                return Some(slot.fire_at);
+                return Some(from_nanos(slot.release));
             }
             self.heap.pop();
         }
         None
     }
 
-    /// Removes and returns every fire due at `now`, planning each schedule's next one.
-    pub fn pop_due(&mut self, now: Timestamp) -> Vec<Fire> {
-        let mut due = Vec::new();
+    fn is_live(&self, slot: &Slot) -> bool {
+        self.cells.get(slot.idx as usize).is_some_and(|c| c.generation == slot.generation && c.sched.is_some())
+    }
+
+    /// Releases every slot due at `now`; returns partitions found expired.
+    pub fn pop_due(&mut self, now: Timestamp, out: &mut Vec<Outgoing>) -> Vec<u16> {
+        self.processed = self.processed.max(now);
+        let mut expired = Vec::new();
+        let limit = nanos(now);
         while let Some(Reverse(slot)) = self.heap.peek() {
-            if slot.fire_at > now {
+            if slot.release > limit {
                 break;
             }
             let Some(Reverse(slot)) = self.heap.pop() else { break };
-            let Some(mut entry) = self.entries.remove(&slot.id) else { continue };
-            if entry.generation == slot.generation {
-                entry.fired += 1;
-                due.push(Fire {
-                    schedule: slot.id.clone(),
-                    nominal: slot.nominal,
-                    fire_at: slot.fire_at,
-                    def: entry.def.clone(),
-                });
-                self.schedule_after(&slot.id, &entry, slot.nominal);
+            if !self.is_live(&slot) {
+                continue;
             }
-            self.entries.insert(slot.id, entry);
+            let Some(partition) = self.cells[slot.idx as usize].sched.as_ref().map(|s| s.partition) else { continue };
+            match self.parts[usize::from(partition)].state {
+                Ownership::Owned { valid_until } if valid_until > now => {}
+                Ownership::Owned { .. } => {
+                    self.lose(partition);
+                    expired.push(partition);
+                    continue;
+                }
+                _ => continue,
+            }
+            let nominal = from_nanos(slot.nominal);
+            self.emit_fire(slot.idx, nominal, now, out);
+            if let Some(s) = self.cells[slot.idx as usize].sched.as_mut() {
+                s.cursor = Some(nominal);
+            }
+            self.plan_next(slot.idx, nominal);
         }
-        due
+        expired
+    }
+
+    /// Replays `(floor, now]` for one schedule, then plans its next fire.
+    fn catch_up(&mut self, idx: u32, floor: Timestamp, now: Timestamp, out: &mut Vec<Outgoing>) {
+        let Some(s) = self.cells[idx as usize].sched.as_ref() else { return };
+        let budget = s.spec.max_runs.map_or(u64::MAX, |max| max.saturating_sub(s.fired));
+        let r = if s.spec.paused {
+            Default::default()
+        } else {
+            replay(&s.spec.calendar, &s.spec.misfire, self.config.misfire_threshold, floor, now, budget)
+        };
+        for nominal in r.fire {
+            self.emit_fire(idx, nominal, now, out);
+        }
+        if let (Some(last), Some(s)) = (r.last_missed, self.cells[idx as usize].sched.as_ref()) {
+            let event = RunEvent {
+                schedule: Some(s.id.to_string()),
+                scheduled_for: Some(last),
+                count: Some(r.missed),
+                at: now,
+                ..RunEvent::new(RunStatus::Missed, &*s.spec.task, None)
+            };
+            let hold = floor.checked_add(NANO).unwrap_or(floor);
+            self.emit(idx, hold, last, Body::Missed(event), None, out);
+        }
+        let cursor = floor.max(now);
+        if let Some(s) = self.cells[idx as usize].sched.as_mut() {
+            s.cursor = Some(cursor);
+        }
+        self.plan_next(idx, cursor);
+    }
+
+    fn emit_fire(&mut self, idx: u32, nominal: Timestamp, now: Timestamp, out: &mut Vec<Outgoing>) {
+        let Some(s) = self.cells[idx as usize].sched.as_mut() else { return };
+        let jitter = signed(jitter_offset(&s.id, nominal, s.spec.jitter));
+        let fire_at = nominal.checked_add(jitter).unwrap_or(nominal);
+        let due = s.spec.due_fire(&s.id, nominal, (fire_at > now).then_some(fire_at));
+        s.fired += 1;
+        let count = s.spec.max_runs.map(|_| FiredCount { fired: s.fired, last: nominal });
+        self.emit(idx, nominal, fire_at, Body::Due(due), count, out);
+    }
+
+    fn emit(
+        &mut self,
+        idx: u32,
+        hold: Timestamp,
+        fire_at: Timestamp,
+        body: Body,
+        count: Option<FiredCount>,
+        out: &mut Vec<Outgoing>,
+    ) {
+        let Some(s) = self.cells[idx as usize].sched.as_ref() else { return };
+        let part = &mut self.parts[usize::from(s.partition)];
+        *part.inflight.entry(hold).or_default() += 1;
+        out.push(Outgoing {
+            schedule: s.id.clone(),
+            task: s.spec.task.clone(),
+            partition: s.partition,
+            epoch: part.epoch,
+            hold,
+            fire_at,
+            body,
+            count,
+        });
+    }
+
+    /// Plans the first fire after `after`, unless paused, used up or ended.
+    fn plan_next(&mut self, idx: u32, after: Timestamp) {
+        let cell = &self.cells[idx as usize];
+        let Some(s) = cell.sched.as_ref() else { return };
+        if s.spec.paused || s.spec.max_runs.is_some_and(|max| s.fired >= max) {
+            return;
+        }
+        let Some(nominal) = s.spec.calendar.next_after(after) else { return };
+        let jitter = signed(jitter_offset(&s.id, nominal, s.spec.jitter));
+        let fire_at = nominal.checked_add(jitter).unwrap_or(nominal);
+        let staged = fire_at.checked_sub(signed(self.config.lookahead)).unwrap_or(Timestamp::MIN);
+        let release = staged.min(nominal);
+        self.heap.push(Reverse(Slot {
+            release: nanos(release),
+            nominal: nanos(nominal),
+            idx,
+            generation: cell.generation,
+        }));
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn def(json: &str) -> (ScheduleDef, Calendar) {
-        let d = ScheduleDef::from_json("s", json.as_bytes()).unwrap();
-        let c = d.calendar().unwrap();
-        (d, c)
-    }
-
-    fn ts(s: &str) -> Timestamp {
-        s.parse().unwrap()
-    }
-
-    #[test]
-    fn fires_in_order_and_replans() {
-        let mut plan = Plan::default();
-        let (d, c) = def(r#"{"every": "10s", "task": "t"}"#);
-        plan.upsert("a", d, c, ts("2026-01-01T00:00:00Z"));
-        let (d, c) = def(r#"{"every": "15s", "task": "t"}"#);
-        plan.upsert("b", d, c, ts("2026-01-01T00:00:00Z"));
-        assert_eq!(plan.next_fire_at(), Some(ts("2026-01-01T00:00:10Z")));
-        let fired: Vec<(String, String)> =
-            plan.pop_due(ts("2026-01-01T00:00:30Z")).into_iter().map(|f| (f.schedule, f.nominal.to_string())).collect();
-        assert_eq!(
-            fired,
-            vec![
-                ("a".into(), "2026-01-01T00:00:10Z".into()),
-                ("b".into(), "2026-01-01T00:00:15Z".into()),
-                ("a".into(), "2026-01-01T00:00:20Z".into()),
-                ("a".into(), "2026-01-01T00:00:30Z".into()),
-                ("b".into(), "2026-01-01T00:00:30Z".into()),
-            ]
-        );
-        assert_eq!(plan.next_fire_at(), Some(ts("2026-01-01T00:00:40Z")));
-    }
-
-    #[test]
-    fn removed_and_replaced_schedules_drop_their_old_slots() {
-        let mut plan = Plan::default();
-        let (d, c) = def(r#"{"every": "10s", "task": "t"}"#);
-        plan.upsert("a", d, c, ts("2026-01-01T00:00:00Z"));
-        let (d, c) = def(r#"{"every": "1m", "task": "t"}"#);
-        plan.upsert("a", d, c, ts("2026-01-01T00:00:00Z"));
-        assert_eq!(plan.next_fire_at(), Some(ts("2026-01-01T00:01:00Z")));
-        plan.remove("a");
-        assert_eq!(plan.next_fire_at(), None);
-        assert!(plan.pop_due(ts("2026-01-02T00:00:00Z")).is_empty());
-    }
-
-    #[test]
-    fn paused_and_exhausted_schedules_do_not_fire() {
-        let mut plan = Plan::default();
-        let (d, c) = def(r#"{"every": "10s", "task": "t", "paused": true}"#);
-        plan.upsert("p", d, c, ts("2026-01-01T00:00:00Z"));
-        let (d, c) = def(r#"{"every": "10s", "task": "t", "max_runs": 2}"#);
-        plan.upsert("m", d, c, ts("2026-01-01T00:00:00Z"));
-        let fired = plan.pop_due(ts("2026-01-01T00:10:00Z"));
-        assert_eq!(fired.len(), 2);
-        assert!(fired.iter().all(|f| f.schedule == "m"));
-    }
-
-    #[test]
-    fn jitter_delays_release_but_not_the_nominal_time() {
-        let mut plan = Plan::default();
-        let (d, c) = def(r#"{"every": "1m", "task": "t", "jitter": "30s"}"#);
-        plan.upsert("j", d, c, ts("2026-01-01T00:00:00Z"));
-        let fire = plan.pop_due(ts("2026-01-01T00:02:00Z")).remove(0);
-        assert_eq!(fire.nominal, ts("2026-01-01T00:01:00Z"));
-        assert!(fire.fire_at >= fire.nominal && fire.fire_at < ts("2026-01-01T00:01:30Z"));
-    }
-}
+#[path = "plan_tests.rs"]
+mod tests;

@@ -1,0 +1,146 @@
+//! Publishing what the plan releases: fires to `<prefix>.due.<task>` with
+//! `Nats-Msg-Id: <schedule>@<nominal>`, and `missed` reports to the events
+//! stream, many acks in flight, each retried until the stream stores it or
+//! its partition is no longer ours (the next owner replays it then).
+//!
+//! Runs as its own task so that the plan never waits on a publish: the plan
+//! hands messages over a bounded channel and hears back about each one that
+//! is stored.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use jetsched_contract::ticker::PARTITIONS;
+use jetsched_contract::{headers, run};
+use jetsched_runtime::{Publisher, metrics};
+use jiff::Timestamp;
+use tokio::sync::mpsc;
+use tracing::Instrument as _;
+
+use crate::plan::{Body, Outgoing};
+
+/// Messages published and not yet acknowledged, at most.
+const IN_FLIGHT: usize = 1024;
+
+/// Each partition's current ownership epoch, shared with the plan: a message
+/// of an older epoch is no longer worth retrying.
+#[derive(Debug)]
+pub struct Epochs(Vec<AtomicU32>);
+
+impl Default for Epochs {
+    fn default() -> Self {
+        Epochs((0..PARTITIONS).map(|_| AtomicU32::new(0)).collect())
+    }
+}
+
+impl Epochs {
+    /// Records `partition`'s epoch.
+    pub fn set(&self, partition: u16, epoch: u32) {
+        if let Some(e) = self.0.get(usize::from(partition)) {
+            e.store(epoch, Ordering::Relaxed);
+        }
+    }
+
+    fn is_current(&self, partition: u16, epoch: u32) -> bool {
+        self.0.get(usize::from(partition)).is_some_and(|e| e.load(Ordering::Relaxed) == epoch)
+    }
+}
+
+/// A stored message, reported back to the plan.
+#[derive(Debug)]
+pub struct Stored(pub Outgoing);
+
+/// Starts the publisher task. It ends when the sender is dropped and every
+/// message still wanted is stored.
+pub fn spawn(
+    publisher: Publisher,
+    epochs: Arc<Epochs>,
+    capacity: usize,
+) -> (mpsc::Sender<Outgoing>, mpsc::UnboundedReceiver<Stored>, tokio::task::JoinHandle<()>) {
+    let (tx, mut rx) = mpsc::channel::<Outgoing>(capacity);
+    let (stored_tx, stored_rx) = mpsc::unbounded_channel();
+    let handle = tokio::spawn(async move {
+        let mut in_flight = FuturesUnordered::new();
+        let mut open = true;
+        loop {
+            tokio::select! {
+                biased;
+                Some((out, result)) = in_flight.next(), if !in_flight.is_empty() => {
+                    let out: Outgoing = out;
+                    match result {
+                        Ok(()) => {
+                            let _ = stored_tx.send(Stored(out));
+                        }
+                        Err(attempt) if epochs.is_current(out.partition, out.epoch) => {
+                            in_flight.push(publish(publisher.clone(), out, attempt));
+                        }
+                        // Lost the partition: its next owner replays this.
+                        Err(_) => {}
+                    }
+                }
+                next = rx.recv(), if open && in_flight.len() < IN_FLIGHT => match next {
+                    Some(out) => in_flight.push(publish(publisher.clone(), out, 0)),
+                    None => open = false,
+                },
+                else => break,
+            }
+        }
+    });
+    (tx, stored_rx, handle)
+}
+
+/// Publishes `out` (after a backoff when `attempt > 0`) and waits for the
+/// stream's ack; on failure returns the next attempt number.
+async fn publish(publisher: Publisher, out: Outgoing, attempt: u32) -> (Outgoing, Result<(), u32>) {
+    if attempt > 0 {
+        let backoff = Duration::from_millis(50u64.saturating_mul(1 << attempt.min(6))).min(Duration::from_secs(2));
+        tokio::time::sleep(backoff).await;
+    }
+    let result = match &out.body {
+        Body::Due(due) => {
+            let run_id = run::scheduled_run_id(&out.schedule, due.scheduled_for);
+            // Each fire starts a trace: the root of the run's spans.
+            let span = tracing::info_span!(
+                parent: None,
+                "fire",
+                otel.kind = "producer",
+                schedule = %out.schedule,
+                run_id = %run_id,
+                scheduled_for = %due.scheduled_for
+            );
+            publish_due(&publisher, &out, &run_id).instrument(span).await
+        }
+        Body::Missed(event) => match publisher.event(event).await {
+            Ok(()) => Ok(()),
+            Err(err) => Err(err.to_string()),
+        },
+    };
+    match result {
+        Ok(()) => (out, Ok(())),
+        Err(err) => {
+            tracing::warn!(schedule = %out.schedule, %err, attempt, "not stored yet; retrying");
+            (out, Err(attempt.saturating_add(1)))
+        }
+    }
+}
+
+async fn publish_due(publisher: &Publisher, out: &Outgoing, run_id: &str) -> Result<(), String> {
+    let Body::Due(due) = &out.body else { return Ok(()) };
+    let payload = serde_json::to_vec(due).map_err(|e| e.to_string())?;
+    let mut h = HeaderMap::new();
+    h.insert(headers::SCHEDULE, &*out.schedule);
+    h.insert(headers::SCHEDULED_FOR, due.scheduled_for.to_string().as_str());
+    h.insert(headers::RUN_ID, run_id);
+    let msg_id = run::due_msg_id(&out.schedule, due.scheduled_for);
+    let subject = publisher.names().due_subject(&out.task);
+    let pending = publisher.send(subject, h, &msg_id, payload.into()).await.map_err(|e| e.to_string())?;
+    let ack = pending.await.map_err(|e| e.to_string())?;
+    let late = Timestamp::now().duration_since(out.fire_at);
+    metrics().fire_lateness.record(late.as_secs_f64().max(0.0), &[]);
+    tracing::debug!(schedule = %out.schedule, nominal = %due.scheduled_for, duplicate = ack.duplicate, "fired");
+    Ok(())
+}
