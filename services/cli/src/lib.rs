@@ -6,6 +6,7 @@
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 pub mod admin;
+pub mod dlq;
 pub mod examples;
 pub mod inspect;
 pub mod services;
@@ -62,6 +63,9 @@ enum Command {
     Runs(inspect::RunsCmd),
     /// Summarise schedules, backlog per queue, live workers and recent failures.
     Status(inspect::StatusArgs),
+    /// Inspect and replay dead letters (stream JETSCHED_DLQ).
+    #[command(subcommand)]
+    Dlq(dlq::DlqCmd),
 }
 
 /// Parses the command line, runs it, and maps errors to exit codes
@@ -126,6 +130,7 @@ async fn run(cli: Cli, telemetry: Option<&jetsched_runtime::telemetry::Telemetry
         Command::Events(args) => admin::events(&open(&cli.nats, &topology, "jetsched-cli", false).await?, args).await,
         Command::Runs(cmd) => inspect::runs(&open(&cli.nats, &topology, "jetsched-cli", false).await?, cmd).await,
         Command::Status(args) => inspect::status(&open(&cli.nats, &topology, "jetsched-cli", false).await?, args).await,
+        Command::Dlq(cmd) => dlq::dlq(&open(&cli.nats, &topology, "jetsched-cli", false).await?, cmd).await,
     }
 }
 

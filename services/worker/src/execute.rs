@@ -326,7 +326,7 @@ async fn give_up(
     output: Option<String>,
     duration_ms: Option<u64>,
 ) -> Disposition {
-    tracing::error!(run_id = %item.run_id, task = %item.task, attempt = record.attempt, %status, %reason, "run given up");
+    tracing::warn!(run_id = %item.run_id, task = %item.task, attempt = record.attempt, %status, %reason, "run given up");
     let mut h = HeaderMap::new();
     h.insert(headers::RUN_ID, item.run_id.as_str());
     h.insert(headers::ATTEMPT, record.attempt.to_string().as_str());
