@@ -115,7 +115,7 @@ impl Env {
             .create_consumer(OrderedConfig { deliver_policy: DeliverPolicy::All, ..Default::default() })
             .await
             .unwrap();
-        Events { messages: Box::pin(consumer.messages().await.unwrap()), seen: Vec::new() }
+        Events { messages: Box::pin(consumer.messages().await.unwrap()), seen: Vec::new(), taken: Default::default() }
     }
 
     /// Raw KV put, as `nats kv put <bucket> <key> <value>` does.
@@ -313,6 +313,8 @@ pub struct Events {
     >,
     /// Everything read so far.
     pub seen: Vec<(String, RunEvent)>,
+    /// Indices in `seen` already handed out by `wait_for`/`wait_for_n`.
+    taken: std::collections::HashSet<usize>,
 }
 
 impl Events {
@@ -325,17 +327,25 @@ impl Events {
         item
     }
 
+    /// The next event matching `pred` not handed out before: first among
+    /// those already read, then from the stream.
+    async fn take(&mut self, pred: &impl Fn(&RunEvent) -> bool) -> RunEvent {
+        if let Some(i) = (0..self.seen.len()).find(|i| !self.taken.contains(i) && pred(&self.seen[*i].1)) {
+            self.taken.insert(i);
+            return self.seen[i].1.clone();
+        }
+        loop {
+            let (_, e) = self.next().await;
+            if pred(&e) {
+                self.taken.insert(self.seen.len() - 1);
+                return e;
+            }
+        }
+    }
+
     /// Waits up to `secs` for an event matching `pred`.
     pub async fn wait_for(&mut self, secs: u64, what: &str, pred: impl Fn(&RunEvent) -> bool) -> RunEvent {
-        within(secs, what, async {
-            loop {
-                let (_, e) = self.next().await;
-                if pred(&e) {
-                    return e;
-                }
-            }
-        })
-        .await
+        within(secs, what, self.take(&pred)).await
     }
 
     /// Waits for `n` events matching `pred`, returning them in order.
@@ -349,10 +359,7 @@ impl Events {
         within(secs, what, async {
             let mut out = Vec::new();
             while out.len() < n {
-                let (_, e) = self.next().await;
-                if pred(&e) {
-                    out.push(e);
-                }
+                out.push(self.take(&pred).await);
             }
             out
         })
@@ -441,4 +448,123 @@ pub fn install_span_collector() -> (SpanCollector, std::sync::Arc<opentelemetry_
         (collector, telemetry)
     });
     (collector.clone(), telemetry.prometheus())
+}
+
+impl Env {
+    /// The real `jetsched` binary against this env's server (health port
+    /// off), killed when dropped.
+    pub fn spawn_jetsched(&self, args: &[&str]) -> tokio::process::Child {
+        let log = std::env::var("JETSCHED_TEST_LOG").ok();
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_jetsched"));
+        cmd.args(args)
+            .env("NATS_URL", self.url())
+            .env("JETSCHED_HTTP_ADDR", "off")
+            .env("JETSCHED_LOG", log.clone().unwrap_or_else(|| "error".to_string()))
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true);
+        if log.is_none() {
+            cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+        }
+        cmd.spawn().expect("jetsched starts")
+    }
+
+    /// Runs a `jetsched` admin verb to completion: (exit code, stdout, stderr).
+    pub async fn jetsched(&self, args: &[&str]) -> (i32, String, String) {
+        let out = within(60, "a jetsched command", async {
+            tokio::process::Command::new(env!("CARGO_BIN_EXE_jetsched"))
+                .args(args)
+                .env("NATS_URL", self.url())
+                .stdin(std::process::Stdio::null())
+                .output()
+                .await
+                .expect("jetsched runs")
+        })
+        .await;
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    }
+}
+
+/// One request an [`HttpStub`] received.
+#[derive(Debug, Clone)]
+pub struct StubRequest {
+    pub at: jiff::Timestamp,
+    pub method: String,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl StubRequest {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+}
+
+/// A scripted HTTP endpoint: answers its n-th request with `responses[n]`
+/// (the last one repeats) and records every request.
+pub struct HttpStub {
+    pub url: String,
+    pub requests: mpsc::UnboundedReceiver<StubRequest>,
+}
+
+impl HttpStub {
+    pub async fn start(responses: Vec<(u16, Vec<(&'static str, &'static str)>)>) -> HttpStub {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut n = 0;
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                let head_end = loop {
+                    if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break Some(i + 4);
+                    }
+                    match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => break None,
+                        Ok(k) => buf.extend_from_slice(&chunk[..k]),
+                    }
+                };
+                let Some(head_end) = head_end else { continue };
+                let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+                let mut lines = head.lines();
+                let method = lines.next().unwrap_or("").split(' ').next().unwrap_or("").to_string();
+                let headers: Vec<(String, String)> = lines
+                    .filter_map(|l| l.split_once(':').map(|(k, v)| (k.trim().to_string(), v.trim().to_string())))
+                    .collect();
+                let len: usize = headers
+                    .iter()
+                    .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+                    .and_then(|(_, v)| v.parse().ok())
+                    .unwrap_or(0);
+                while buf.len() < head_end + len {
+                    match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(k) => buf.extend_from_slice(&chunk[..k]),
+                    }
+                }
+                let body = String::from_utf8_lossy(&buf[head_end..]).to_string();
+                let _ = tx.send(StubRequest { at: jiff::Timestamp::now(), method, headers, body });
+                let (status, extra) = responses[n.min(responses.len() - 1)].clone();
+                n += 1;
+                let mut response = format!("HTTP/1.1 {status} X\r\nContent-Length: 2\r\nConnection: close\r\n");
+                for (k, v) in extra {
+                    response.push_str(&format!("{k}: {v}\r\n"));
+                }
+                response.push_str("\r\n{}");
+                let _ = stream.write_all(response.as_bytes()).await;
+                let _ = stream.shutdown().await;
+            }
+        });
+        HttpStub { url, requests: rx }
+    }
+
+    pub async fn next_request(&mut self, secs: u64) -> StubRequest {
+        within(secs, "an HTTP request", self.requests.recv()).await.expect("stub stopped")
+    }
 }

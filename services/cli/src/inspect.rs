@@ -22,6 +22,35 @@ pub enum RunsCmd {
         /// Run id, e.g. s.nightly.20261125T013000Z or t.resize-image.q42.
         id: String,
     },
+    /// List runs, newest first (nats kv ls jetsched-runs).
+    List {
+        /// Only runs of this task.
+        #[arg(long)]
+        task: Option<String>,
+        /// Only runs fired by this schedule.
+        #[arg(long)]
+        schedule: Option<String>,
+        /// Only runs in this status (queued, started, succeeded, failed, dead, cancelled, expired).
+        #[arg(long)]
+        status: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// Print run records as they change (nats kv watch jetsched-runs).
+    Watch {
+        /// Only runs fired by this schedule.
+        #[arg(long)]
+        schedule: Option<String>,
+    },
+    /// Cancel a run: a queued run will not start, a running one is stopped
+    /// (exec: SIGTERM, then SIGKILL; NATS functions: a message on
+    /// jetsched.cancel.<run-id>). Equivalent: set cancel_requested in the
+    /// record, then `nats pub jetsched.cancel.<run-id> ''`.
+    Cancel {
+        /// Run id.
+        id: String,
+    },
 }
 
 /// Runs a `runs` verb.
@@ -38,7 +67,110 @@ pub async fn runs(h: &Handles, cmd: RunsCmd) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        RunsCmd::List { task, schedule, status, limit } => {
+            let filter = match &schedule {
+                Some(s) => format!("s.{s}.>"),
+                None => ">".to_string(),
+            };
+            let mut records: Vec<RunRecord> = read_bucket(&h.runs, &filter)
+                .await?
+                .into_iter()
+                .filter_map(|(_, v)| serde_json::from_slice::<RunRecord>(&v).ok())
+                .filter(|r| task.as_ref().is_none_or(|t| &r.task == t))
+                .filter(|r| status.as_ref().is_none_or(|s| r.status.as_str() == s))
+                .collect();
+            records.sort_by_key(|r| std::cmp::Reverse(r.created_at));
+            for r in records.iter().take(limit) {
+                println!("{}", format_record(r));
+            }
+            Ok(())
+        }
+        RunsCmd::Watch { schedule } => {
+            let key = schedule.map(|s| format!("s.{s}.>")).unwrap_or_else(|| ">".to_string());
+            let mut watch = h.runs.watch(key).await?;
+            let shutdown = jetsched_runtime::shutdown_on_signals();
+            loop {
+                let entry = tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    e = watch.next() => e,
+                };
+                let Some(entry) = entry else { return Ok(()) };
+                if let Ok(r) = serde_json::from_slice::<RunRecord>(&entry?.value) {
+                    println!("{}", format_record(&r));
+                }
+            }
+        }
+        RunsCmd::Cancel { id } => cancel(h, &id).await,
     }
+}
+
+/// Marks the run cancelled-on-request and tells its worker.
+async fn cancel(h: &Handles, id: &str) -> anyhow::Result<()> {
+    for _ in 0..8 {
+        let entry = h.runs.entry(id).await?.ok_or_else(|| BadInput(format!("no run {id}")))?;
+        let mut record: RunRecord = serde_json::from_slice(&entry.value)?;
+        if record.status.is_terminal() {
+            return Err(BadInput(format!("run {id} already ended ({})", record.status)).into());
+        }
+        record.cancel_requested = true;
+        record.updated_at = Timestamp::now();
+        match h.runs.update(id, serde_json::to_vec(&record)?.into(), entry.revision).await {
+            Ok(_) => {
+                let client = h.js.client();
+                client.publish(h.names.cancel_subject(id), bytes::Bytes::new()).await?;
+                client.flush().await?;
+                println!("cancel requested for {id} ({})", record.status);
+                return Ok(());
+            }
+            // Changed meanwhile (the worker moved it on): read again.
+            Err(e) if e.kind() == async_nats::jetstream::kv::UpdateErrorKind::WrongLastRevision => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    anyhow::bail!("run {id} keeps changing; try again")
+}
+
+/// One line per run record.
+pub fn format_record(r: &RunRecord) -> String {
+    let mut line = format!(
+        "{:<44}  {:<9}  {:<16}  attempt {}  created {}",
+        r.run_id,
+        r.status.as_str(),
+        r.task,
+        r.attempt,
+        r.created_at.round(jiff::Unit::Millisecond).unwrap_or(r.created_at)
+    );
+    if let Some(e) = &r.error {
+        line.push_str(&format!("  error: {e}"));
+    }
+    if let Some(of) = &r.replay_of {
+        line.push_str(&format!("  replays {of}"));
+    }
+    line
+}
+
+/// Every current (key, value) matching `filter`, read with one watch.
+pub async fn read_bucket(
+    store: &async_nats::jetstream::kv::Store,
+    filter: &str,
+) -> anyhow::Result<Vec<(String, bytes::Bytes)>> {
+    let mut out = Vec::new();
+    if store.status().await?.values() == 0 {
+        return Ok(out);
+    }
+    let mut watch = store.watch_with_history(filter).await?;
+    // Nothing matching the filter yields nothing at all: stop when quiet.
+    while let Ok(Some(entry)) = tokio::time::timeout(Duration::from_secs(2), watch.next()).await {
+        let entry = entry?;
+        let done = entry.delta == 0;
+        if entry.operation == async_nats::jetstream::kv::Operation::Put {
+            out.push((entry.key, entry.value));
+        }
+        if done {
+            break;
+        }
+    }
+    Ok(out)
 }
 
 /// The run's events, oldest first, read from the events stream starting

@@ -6,6 +6,7 @@
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 pub mod admin;
+pub mod dlq;
 pub mod examples;
 pub mod inspect;
 pub mod services;
@@ -14,7 +15,7 @@ pub mod up;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use jetsched_contract::{Handles, Topology};
+use jetsched_runtime::service::TopologyArgs;
 use jetsched_runtime::{LogArgs, NatsArgs};
 
 /// A distributed task scheduler on NATS JetStream.
@@ -32,20 +33,6 @@ pub struct Cli {
     topology: TopologyArgs,
     #[command(subcommand)]
     command: Command,
-}
-
-/// Storage settings used when jetsched creates its streams and buckets.
-#[derive(Debug, Clone, clap::Args)]
-pub struct TopologyArgs {
-    /// Replicas for streams and buckets created by jetsched (3 on a cluster).
-    #[arg(long, env = "JETSCHED_REPLICAS", default_value_t = 1, global = true)]
-    pub replicas: usize,
-}
-
-impl TopologyArgs {
-    fn topology(&self) -> Topology {
-        Topology { replicas: self.replicas.max(1), ..Topology::default() }
-    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -76,6 +63,9 @@ enum Command {
     Runs(inspect::RunsCmd),
     /// Summarise schedules, backlog per queue, live workers and recent failures.
     Status(inspect::StatusArgs),
+    /// Inspect and replay dead letters (stream JETSCHED_DLQ).
+    #[command(subcommand)]
+    Dlq(dlq::DlqCmd),
 }
 
 /// Parses the command line, runs it, and maps errors to exit codes
@@ -140,33 +130,12 @@ async fn run(cli: Cli, telemetry: Option<&jetsched_runtime::telemetry::Telemetry
         Command::Events(args) => admin::events(&open(&cli.nats, &topology, "jetsched-cli", false).await?, args).await,
         Command::Runs(cmd) => inspect::runs(&open(&cli.nats, &topology, "jetsched-cli", false).await?, cmd).await,
         Command::Status(args) => inspect::status(&open(&cli.nats, &topology, "jetsched-cli", false).await?, args).await,
+        Command::Dlq(cmd) => dlq::dlq(&open(&cli.nats, &topology, "jetsched-cli", false).await?, cmd).await,
     }
 }
 
 /// Connects, creates any missing stream or bucket, and opens them all.
-/// With `retry` (services) it keeps trying until NATS is there; without
-/// (admin verbs) it fails at once.
-pub async fn open(nats: &NatsArgs, topology: &Topology, name: &str, retry: bool) -> anyhow::Result<Handles> {
-    let names = nats.names()?;
-    let client = jetsched_runtime::connect(nats, name, retry).await?;
-    let js = jetsched_runtime::jetstream(client);
-    let mut backoff = std::time::Duration::from_millis(200);
-    loop {
-        let opened = match jetsched_contract::setup::ensure(&js, &names, topology).await {
-            Ok(()) => Handles::open(js.clone(), names.clone()).await.map_err(anyhow::Error::from),
-            Err(e) => Err(e.into()),
-        };
-        match opened {
-            Ok(handles) => return Ok(handles),
-            Err(err) if retry => {
-                tracing::warn!(%err, ?backoff, "JetStream not ready; retrying");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
-            }
-            Err(err) => return Err(err),
-        }
-    }
-}
+pub use jetsched_runtime::service::open;
 
 #[cfg(test)]
 mod tests {

@@ -71,8 +71,8 @@ pub async fn run(
     };
     let shutdown = jetsched_runtime::shutdown_on_signals();
     let health = Health::default();
-    let http = crate::services::HttpArgs { http_addr: args.http_addr.clone() };
-    crate::services::serve_http(&http, &health, metrics, &shutdown).await?;
+    let http = jetsched_runtime::service::HttpArgs { http_addr: args.http_addr.clone() };
+    jetsched_runtime::service::serve_http(&http, &health, metrics, &shutdown).await?;
     let handles = crate::open(&nats, topology, "jetsched-up", true).await?;
     health.watch_client(handles.js.client());
     let client = handles.js.client();

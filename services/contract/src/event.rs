@@ -23,6 +23,8 @@ pub enum RunStatus {
     Skipped,
     /// Stopped on request.
     Cancelled,
+    /// Not started within the task's `schedule_to_start`; kept in the DLQ.
+    Expired,
     /// A submission that cannot be run (unknown task, malformed body); kept in the DLQ.
     Rejected,
     /// Occurrences of a schedule that were not fired (misfire policy).
@@ -33,7 +35,7 @@ pub enum RunStatus {
 
 impl RunStatus {
     /// Every status, in lifecycle order.
-    pub const ALL: [RunStatus; 10] = [
+    pub const ALL: [RunStatus; 11] = [
         RunStatus::Queued,
         RunStatus::Started,
         RunStatus::Succeeded,
@@ -41,6 +43,7 @@ impl RunStatus {
         RunStatus::Dead,
         RunStatus::Skipped,
         RunStatus::Cancelled,
+        RunStatus::Expired,
         RunStatus::Rejected,
         RunStatus::Missed,
         RunStatus::Invalid,
@@ -56,6 +59,7 @@ impl RunStatus {
             RunStatus::Dead => "dead",
             RunStatus::Skipped => "skipped",
             RunStatus::Cancelled => "cancelled",
+            RunStatus::Expired => "expired",
             RunStatus::Rejected => "rejected",
             RunStatus::Missed => "missed",
             RunStatus::Invalid => "invalid",
@@ -66,7 +70,12 @@ impl RunStatus {
     pub fn is_terminal(self) -> bool {
         matches!(
             self,
-            RunStatus::Succeeded | RunStatus::Dead | RunStatus::Skipped | RunStatus::Cancelled | RunStatus::Rejected
+            RunStatus::Succeeded
+                | RunStatus::Dead
+                | RunStatus::Skipped
+                | RunStatus::Cancelled
+                | RunStatus::Expired
+                | RunStatus::Rejected
         )
     }
 }

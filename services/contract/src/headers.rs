@@ -26,6 +26,12 @@ pub const SCHEDULED_FOR: &str = "Jetsched-Scheduled-For";
 pub const REASON: &str = "Jetsched-Reason";
 /// On a dead letter: the subject the message was first published to.
 pub const ORIGINAL_SUBJECT: &str = "Jetsched-Original-Subject";
+/// To a handler: the last checkpoint its run saved (compact JSON), when small enough.
+pub const CHECKPOINT: &str = "Jetsched-Checkpoint";
+/// To a NATS function: where a cancel request for its run is published.
+pub const CANCEL_SUBJECT: &str = "Jetsched-Cancel-Subject";
+/// Submission: the run this one replays (set by `jetsched dlq replay`).
+pub const REPLAY_OF: &str = "Jetsched-Replay-Of";
 /// W3C trace context.
 pub const TRACEPARENT: &str = "traceparent";
 /// W3C trace state.

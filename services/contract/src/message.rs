@@ -56,6 +56,9 @@ pub struct WorkItem {
     pub record_revision: u64,
     /// Inbox stream sequence the run came from (kept in the run record).
     pub source_seq: u64,
+    /// The dead run this one replays.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replay_of: Option<String>,
 }
 
 /// Value under a worker id in `jetsched-workers`, refreshed while the worker

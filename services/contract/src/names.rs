@@ -116,6 +116,21 @@ impl Names {
         format!("{}.dead.{task}", self.prefix)
     }
 
+    /// Where a cancel request for `run_id` is published (core NATS, not stored).
+    pub fn cancel_subject(&self, run_id: &str) -> String {
+        format!("{}.cancel.{run_id}", self.prefix)
+    }
+
+    /// Every cancel request.
+    pub fn cancel_filter(&self) -> String {
+        format!("{}.cancel.>", self.prefix)
+    }
+
+    /// Run id from a cancel subject.
+    pub fn parse_cancel_subject<'a>(&self, subject: &'a str) -> Option<&'a str> {
+        subject.strip_prefix(self.prefix.as_str())?.strip_prefix(".cancel.")
+    }
+
     /// Every dead letter.
     pub fn dead_filter(&self) -> String {
         format!("{}.dead.>", self.prefix)

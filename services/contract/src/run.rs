@@ -117,6 +117,9 @@ pub struct RunRecord {
     /// Set by `runs cancel`; the worker stops the handler.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub cancel_requested: bool,
+    /// The dead run this one replays (`jetsched dlq replay`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replay_of: Option<String>,
 }
 
 #[cfg(test)]

@@ -734,6 +734,7 @@ fn values_the_services_write_validate_against_their_schemas() {
         task_seq: None,
         worker: None,
         cancel_requested: false,
+        replay_of: None,
     };
     let finished = RunRecord {
         schedule: Some("nightly".to_string()),
@@ -853,6 +854,7 @@ fn values_the_services_write_validate_against_their_schemas() {
             not_before: None,
             record_revision: 1,
             source_seq: 7,
+            replay_of: Some("t.resize-image.q3".to_string()),
         },
         WorkItem {
             run_id: "s.nightly.20261125T023000Z".to_string(),
@@ -865,6 +867,7 @@ fn values_the_services_write_validate_against_their_schemas() {
             not_before: Some(t("2026-11-25T02:30:00Z")),
             record_revision: 42,
             source_seq: 8,
+            replay_of: None,
         },
     ] {
         assert_valid("work-item.json", &serde_json::to_value(&item).unwrap());

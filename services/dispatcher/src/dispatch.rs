@@ -63,6 +63,7 @@ struct Accepted {
     scheduled_for: Option<Timestamp>,
     importance: u8,
     not_before: Option<Timestamp>,
+    replay_of: Option<String>,
 }
 
 /// Handles one inbox message.
@@ -161,6 +162,7 @@ async fn accept(ctx: &Ctx, msg: &Inbox<'_>) -> Result<Option<Accepted>, Rejectio
         scheduled_for: due.as_ref().map(|d| d.scheduled_for),
         importance,
         not_before,
+        replay_of: header(headers::REPLAY_OF),
     }))
 }
 
@@ -187,6 +189,7 @@ async fn dispatch(ctx: &Ctx, msg: &Inbox<'_>, a: Accepted) -> Disposition {
         task_seq: None,
         worker: None,
         cancel_requested: false,
+        replay_of: a.replay_of.clone(),
     };
     let Ok(encoded) = serde_json::to_vec(&record) else { return RETRY };
     let revision = match ctx.runs.create(&a.run_id, encoded.into()).await {
@@ -226,6 +229,7 @@ async fn dispatch(ctx: &Ctx, msg: &Inbox<'_>, a: Accepted) -> Disposition {
         not_before: a.not_before,
         record_revision: revision,
         source_seq: msg.seq,
+        replay_of: a.replay_of,
     };
     let Ok(body) = serde_json::to_vec(&item) else { return RETRY };
     let mut h = HeaderMap::new();

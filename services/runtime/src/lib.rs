@@ -9,6 +9,7 @@ pub mod kvwatch;
 pub mod logging;
 pub mod metrics;
 pub mod publish;
+pub mod service;
 pub mod shutdown;
 pub mod telemetry;
 pub mod trace;

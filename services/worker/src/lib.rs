@@ -1,30 +1,33 @@
 //! The worker: pulls work for its queues from the tasks stream, band 0 first,
 //! runs each handler within its slot budget, and reports every step.
 //!
-//! Fetching never leaves a pull request dangling (a dropped one would strand
-//! a message until its ack wait): with free slots the worker asks each band
-//! in priority order for what is there *now*; when there is nothing it joins
-//! a queue group on its queues' subjects, so that each new work message wakes
-//! one idle worker, and re-checks on a short timer for redeliveries.
+//! Use it as a library to run Rust handlers: register plain async functions
+//! in [`Builtins`] and call [`app::main`] (see `examples/custom_worker.rs`).
 
+pub mod app;
+pub mod cancel;
+pub mod checkpoint;
 pub mod execute;
+pub mod fetch;
 pub mod handlers;
+pub mod invoke;
+pub mod presence;
 pub mod record;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::consumer::PullConsumer;
 use futures::StreamExt;
-use jetsched_contract::{BANDS, Handles, setup, validate_name};
-use jetsched_runtime::metrics::{kv, metrics};
+use jetsched_contract::{Handles, validate_name};
 use jetsched_runtime::{Publisher, Readiness};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+pub use crate::handlers::{Builtins, Invocation, Outcome};
+
+use crate::cancel::Cancels;
 use crate::execute::WorkerCtx;
-use crate::handlers::Builtins;
 use crate::handlers::exec::ExecPolicy;
 
 /// Worker settings.
@@ -52,6 +55,13 @@ pub struct WorkerConfig {
     /// Labels offered to tasks' `requires.labels`, comma-separated `key=value`.
     #[arg(long, env = "JETSCHED_LABELS", value_delimiter = ',', value_parser = parse_label)]
     pub labels: Vec<(String, String)>,
+    /// Runs due within this long are held in memory and started on time;
+    /// later ones wait in the stream.
+    #[arg(long = "stage-horizon", env = "JETSCHED_STAGE_HORIZON", default_value = "5s", value_parser = parse_duration)]
+    pub stage_horizon: Duration,
+    /// Most runs held for their start time at once.
+    #[arg(long = "max-staged", env = "JETSCHED_MAX_STAGED", default_value_t = 20_000)]
+    pub max_staged: usize,
     /// How often an idle worker re-checks for redelivered work.
     #[arg(long = "idle-poll", env = "JETSCHED_IDLE_POLL", default_value = "250ms", value_parser = parse_duration)]
     pub idle_poll: Duration,
@@ -68,6 +78,8 @@ impl Default for WorkerConfig {
             drain: Duration::from_secs(30),
             idle_poll: Duration::from_millis(250),
             labels: Vec::new(),
+            stage_horizon: Duration::from_secs(5),
+            max_staged: 20_000,
         }
     }
 }
@@ -95,13 +107,6 @@ pub fn default_worker_id() -> String {
     format!("{clean}-{}", std::process::id())
 }
 
-/// One (queue, band) consumer.
-struct Lane {
-    queue: String,
-    band: u8,
-    consumer: PullConsumer,
-}
-
 /// Runs a worker with Rust handlers `builtins` until `shutdown`, then
 /// drains; `ready` is set once its consumers are open.
 pub async fn run(
@@ -116,28 +121,41 @@ pub async fn run(
     }
     let names = handles.names.clone();
     let worker_id = config.worker_id.clone().unwrap_or_else(default_worker_id);
+    let slots = Arc::new(Semaphore::new(config.slots.max(1)));
+    let cancels = Cancels::default();
+    let client = handles.js.client();
     let ctx = Arc::new(WorkerCtx {
-        client: handles.js.client(),
+        client: client.clone(),
         publisher: Publisher::new(handles.js.clone(), names.clone()),
         runs: handles.runs.clone(),
+        checkpoints: handles.checkpoints.clone(),
         worker_id: worker_id.clone(),
         exec: ExecPolicy { allowed: config.allow_exec.clone(), ..ExecPolicy::default() },
         builtins,
         ack_wait: config.ack_wait,
+        slots: slots.clone(),
+        staged: Arc::new(Semaphore::new(config.max_staged.max(1))),
+        stage_horizon: config.stage_horizon,
+        cancels: cancels.clone(),
     });
-    let lanes = open_lanes(&handles, &config).await?;
-    let slots = Arc::new(Semaphore::new(config.slots.max(1)));
-    ready.set(true);
+    let lanes = fetch::open_lanes(&handles, &config).await?;
     let background = shutdown.child_token();
-    tokio::spawn(heartbeat(handles.clone(), config.clone(), worker_id.clone(), slots.clone(), background.clone()));
-    tokio::spawn(poll_backlog(
+    tokio::spawn(cancels.listen(client.clone(), names.clone(), background.clone()));
+    tokio::spawn(presence::heartbeat(
+        handles.clone(),
+        config.clone(),
+        worker_id.clone(),
+        slots.clone(),
+        background.clone(),
+    ));
+    tokio::spawn(presence::poll_backlog(
         lanes.iter().map(|l| (l.queue.clone(), l.band, l.consumer.clone())).collect(),
         background.clone(),
     ));
+    ready.set(true);
     let mut running = JoinSet::new();
-    let client = handles.js.client();
-    let wake_subjects: Vec<String> = config.queues.iter().map(|q| names.task_queue_filter(q)).collect();
     let mut wake: Option<futures::stream::SelectAll<async_nats::Subscriber>> = None;
+    let mut hint = None;
     tracing::info!(worker = %worker_id, queues = ?config.queues, slots = config.slots, "worker started");
     loop {
         // Wait for a free slot, reaping finished runs meanwhile.
@@ -153,14 +171,11 @@ pub async fn run(
                 Err(_) => break,
             }
         }
-        let found = probe(&lanes, &mut permits).await;
+        let found = fetch::probe(&lanes, &mut permits, hint.take()).await;
         if !found.is_empty() {
             for (msg, permit) in found {
                 let ctx = ctx.clone();
-                running.spawn(async move {
-                    let _permit: OwnedSemaphorePermit = permit;
-                    execute::execute(&ctx, msg).await;
-                });
+                running.spawn(async move { execute::execute(&ctx, msg, permit).await });
             }
             if slots.available_permits() == 0 {
                 // Busy: stop taking wake-ups meant for idle workers.
@@ -172,7 +187,7 @@ pub async fn run(
         // Nothing to do. Join the wake group first, then look once more, so
         // that work published in between is not missed.
         if wake.is_none() {
-            match subscribe_wake(&client, &wake_subjects, &names).await {
+            match fetch::subscribe_wake(&client, &config.queues, &names).await {
                 Ok(subs) => {
                     wake = Some(subs);
                     continue;
@@ -180,12 +195,14 @@ pub async fn run(
                 Err(err) => tracing::warn!(%err, "cannot subscribe for wake-ups; polling"),
             }
         }
-        tokio::select! {
+        let woken = tokio::select! {
             _ = shutdown.cancelled() => break,
-            Some(_) = running.join_next(), if !running.is_empty() => {}
-            _ = async { match wake.as_mut() { Some(w) => { w.next().await; } None => std::future::pending().await } } => {}
-            _ = tokio::time::sleep(config.idle_poll) => {}
-        }
+            Some(_) = running.join_next(), if !running.is_empty() => None,
+            m = async { match wake.as_mut() { Some(w) => w.next().await, None => std::future::pending().await } } => m,
+            _ = tokio::time::sleep(config.idle_poll) => None,
+        };
+        // The subject of the message that woke us says where to look first.
+        hint = woken.and_then(|m| names.parse_task_subject(m.subject.as_str()).map(|(q, b)| (q.to_string(), b)));
     }
     drop(wake);
     ready.set(false);
@@ -197,114 +214,4 @@ pub async fn run(
     }
     tracing::info!(worker = %worker_id, "worker stopped");
     Ok(())
-}
-
-async fn open_lanes(handles: &Handles, config: &WorkerConfig) -> anyhow::Result<Vec<Lane>> {
-    let stream = handles.stream(&handles.names.tasks_stream()).await?;
-    let mut lanes = Vec::new();
-    // Band-major order: band 0 of every queue before band 1 of any.
-    for band in 0..BANDS {
-        for queue in &config.queues {
-            let consumer =
-                stream.create_consumer(setup::worker_consumer(&handles.names, queue, band, config.ack_wait)).await?;
-            lanes.push(Lane { queue: queue.clone(), band, consumer });
-        }
-    }
-    Ok(lanes)
-}
-
-/// Takes what is available now, band 0 first, at most one message per permit.
-async fn probe(
-    lanes: &[Lane],
-    permits: &mut Vec<OwnedSemaphorePermit>,
-) -> Vec<(async_nats::jetstream::Message, OwnedSemaphorePermit)> {
-    let mut found = Vec::new();
-    for lane in lanes {
-        if permits.is_empty() {
-            break;
-        }
-        let batch = match lane.consumer.fetch().max_messages(permits.len()).messages().await {
-            Ok(b) => b,
-            Err(err) => {
-                tracing::warn!(%err, "cannot fetch work");
-                continue;
-            }
-        };
-        let msgs: Vec<_> = batch.collect().await;
-        for msg in msgs {
-            match msg {
-                Ok(msg) => {
-                    if let Some(permit) = permits.pop() {
-                        found.push((msg, permit));
-                    }
-                }
-                Err(err) => tracing::debug!(%err, "fetch ended"),
-            }
-        }
-    }
-    found
-}
-
-async fn subscribe_wake(
-    client: &async_nats::Client,
-    subjects: &[String],
-    names: &jetsched_contract::Names,
-) -> anyhow::Result<futures::stream::SelectAll<async_nats::Subscriber>> {
-    let mut subs = Vec::new();
-    for subject in subjects {
-        subs.push(client.queue_subscribe(subject.clone(), names.idle_worker_group()).await?);
-    }
-    client.flush().await?;
-    Ok(futures::stream::select_all(subs))
-}
-
-/// Keeps this worker's entry in `jetsched-workers` fresh; deleted on shutdown.
-async fn heartbeat(
-    handles: Handles,
-    config: WorkerConfig,
-    id: String,
-    slots: Arc<Semaphore>,
-    shutdown: CancellationToken,
-) {
-    let started_at = jiff::Timestamp::now();
-    let capacity = config.slots.max(1);
-    let every = Duration::from_secs(5);
-    loop {
-        let info = jetsched_contract::WorkerInfo {
-            id: id.clone(),
-            queues: config.queues.clone(),
-            slots: capacity as u32,
-            busy: capacity.saturating_sub(slots.available_permits()) as u32,
-            labels: config.labels.iter().cloned().collect(),
-            started_at,
-            heartbeat_at: jiff::Timestamp::now(),
-        };
-        if let Ok(value) = serde_json::to_vec(&info)
-            && let Err(err) = handles.workers.put(&id, value.into()).await
-        {
-            tracing::warn!(%err, "cannot publish worker heartbeat");
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            _ = tokio::time::sleep(every) => {}
-        }
-    }
-    let _ = handles.workers.delete(&id).await;
-}
-
-/// Reports the backlog of each (queue, band) every few seconds.
-async fn poll_backlog(lanes: Vec<(String, u8, PullConsumer)>, shutdown: CancellationToken) {
-    loop {
-        for (queue, band, consumer) in &lanes {
-            let mut consumer = consumer.clone();
-            if let Ok(info) = consumer.info().await {
-                let waiting = info.num_pending + info.num_ack_pending as u64;
-                metrics().backlog.record(waiting, &[kv("queue", queue.clone()), kv("band", i64::from(*band))]);
-            }
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
-        }
-    }
 }

@@ -18,6 +18,8 @@ pub enum Claim {
     Cancelled { record: RunRecord, revision: u64 },
     /// Every attempt has been used (the last one died with its worker).
     Exhausted { record: RunRecord, revision: u64 },
+    /// Not started within the task's `schedule_to_start`.
+    Expired { record: RunRecord, revision: u64 },
 }
 
 /// The record as the dispatcher wrote it (the first attempt's expectation).
@@ -40,6 +42,7 @@ fn as_queued(item: &WorkItem, queue: &str, band: u8) -> RunRecord {
         task_seq: None,
         worker: None,
         cancel_requested: false,
+        replay_of: item.replay_of.clone(),
     }
 }
 
@@ -51,6 +54,7 @@ pub async fn claim(
     band: u8,
     task_seq: u64,
     worker: &str,
+    now: Timestamp,
 ) -> anyhow::Result<Claim> {
     // First try: the record is as the dispatcher left it. No read needed.
     let mut current = as_queued(item, queue, band);
@@ -69,7 +73,13 @@ pub async fn claim(
         if current.attempt >= max {
             return Ok(Claim::Exhausted { record: current, revision });
         }
-        let now = Timestamp::now();
+        let waited = now.duration_since(item.queued_at);
+        if current.attempt == 0
+            && let Some(limit) = item.def.schedule_to_start
+            && waited > jiff::SignedDuration::try_from(limit.0).unwrap_or(jiff::SignedDuration::MAX)
+        {
+            return Ok(Claim::Expired { record: current, revision });
+        }
         let next = RunRecord {
             status: RunStatus::Started,
             attempt: current.attempt + 1,

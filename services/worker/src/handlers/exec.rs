@@ -60,6 +60,7 @@ pub async fn run(
         .env("JETSCHED_TASK", &inv.task)
         .env("JETSCHED_ATTEMPT", inv.attempt.to_string())
         .env("JETSCHED_DEADLINE", inv.deadline.to_string())
+        .env("JETSCHED_CHECKPOINT", inv.checkpoint.as_ref().map(|c| c.to_string()).unwrap_or_default())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -181,6 +182,9 @@ mod tests {
             schedule: None,
             scheduled_for: None,
             payload: serde_json::json!({"x": 1}),
+            checkpoint: Some(serde_json::json!({"step": 2})),
+            cancel_subject: "jetsched.cancel.r1".into(),
+            checkpoints: None,
         }
     }
 
@@ -234,9 +238,10 @@ mod tests {
     async fn environment_is_clean_and_carries_the_run() {
         let mut env = BTreeMap::new();
         env.insert("GREETING".to_string(), "hi".to_string());
-        let script = r#"printf '%s %s %s' "$GREETING" "$JETSCHED_RUN_ID" "${NATS_PASSWORD:-unset}""#;
+        let script =
+            r#"printf '%s %s %s %s' "$GREETING" "$JETSCHED_RUN_ID" "${NATS_PASSWORD:-unset}" "$JETSCHED_CHECKPOINT""#;
         let out = temp_env_run(&env, script).await;
-        assert_eq!(out, "hi r1 unset");
+        assert_eq!(out, r#"hi r1 unset {"step":2}"#);
     }
 
     async fn temp_env_run(env: &BTreeMap<String, String>, script: &str) -> String {

@@ -38,6 +38,11 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// Success with a JSON result.
+    pub fn ok(result: Value) -> Self {
+        Outcome::Success { result: serde_json::to_vec(&result).unwrap_or_default().into(), output: None }
+    }
+
     /// A failure that may be retried.
     pub fn retry(error: impl Into<String>) -> Self {
         Outcome::Failure { error: error.into(), retryable: true, retry_after: None, output: None }
@@ -68,6 +73,23 @@ pub struct Invocation {
     pub scheduled_for: Option<Timestamp>,
     /// The run's input.
     pub payload: Value,
+    /// The last checkpoint an earlier attempt of this run saved.
+    pub checkpoint: Option<Value>,
+    /// Where a cancel request for the run is published.
+    pub cancel_subject: String,
+    /// Saves checkpoints (absent in unit tests).
+    pub checkpoints: Option<crate::checkpoint::Checkpoints>,
+}
+
+impl Invocation {
+    /// Saves `value` as this run's checkpoint; the next attempt receives it
+    /// in [`Invocation::checkpoint`].
+    pub async fn save_checkpoint(&self, value: &Value) -> anyhow::Result<()> {
+        match &self.checkpoints {
+            Some(c) => c.save(value).await,
+            None => anyhow::bail!("checkpoints are not available here"),
+        }
+    }
 }
 
 /// A Rust handler: a plain async function from invocation to outcome.

@@ -21,6 +21,15 @@ pub async fn call(client: &Client, subject: &str, inv: &Invocation, mut extra: H
     if let Some(t) = inv.scheduled_for {
         extra.insert(headers::SCHEDULED_FOR, t.to_string().as_str());
     }
+    extra.insert(headers::CANCEL_SUBJECT, inv.cancel_subject.as_str());
+    if let Some(cp) = &inv.checkpoint {
+        let text = cp.to_string();
+        // Header values are single lines of limited size; larger checkpoints
+        // are read from the bucket by the function itself.
+        if text.len() <= 4096 && !text.contains(['\r', '\n']) {
+            extra.insert(headers::CHECKPOINT, text.as_str());
+        }
+    }
     // The function joins the run's trace.
     jetsched_runtime::trace::inject(&mut extra);
     let body = match &inv.payload {

@@ -1,0 +1,136 @@
+//! `jetsched dlq list|replay`: the dead-letter stream holds rejected
+//! submissions (their original message) and dead runs (their work item), each
+//! with the reason in `Jetsched-Reason`. Replaying resubmits the run's
+//! payload with `Jetsched-Replay-Of: <dead run>` (kept in the new run's
+//! record) and an idempotency key derived from the DLQ sequence, so replaying
+//! the same dead letter twice runs it once.
+
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::consumer::DeliverPolicy;
+use async_nats::jetstream::consumer::pull::OrderedConfig;
+use futures::StreamExt;
+use jetsched_contract::{Handles, InboxKind, WorkItem, headers, run};
+
+use crate::admin::BadInput;
+
+/// `jetsched dlq ...`
+#[derive(Debug, clap::Subcommand)]
+pub enum DlqCmd {
+    /// List dead letters, oldest first (nats stream view JETSCHED_DLQ).
+    List {
+        /// Only this task's.
+        #[arg(long)]
+        task: Option<String>,
+        /// At most this many of the newest.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// Resubmit dead letters by DLQ sequence (see `dlq list`). Equivalent:
+    /// `nats pub -H Jetsched-Replay-Of:<run> -H Nats-Msg-Id:replay-<seq>
+    /// jetsched.submit.<task> '<payload>'`.
+    Replay {
+        /// DLQ stream sequences.
+        #[arg(required = true)]
+        seq: Vec<u64>,
+    },
+}
+
+/// Runs a `dlq` verb.
+pub async fn dlq(h: &Handles, cmd: DlqCmd) -> anyhow::Result<()> {
+    match cmd {
+        DlqCmd::List { task, limit } => list(h, task, limit).await,
+        DlqCmd::Replay { seq } => {
+            for s in seq {
+                let run_id = replay(h, s).await?;
+                println!("replayed DLQ #{s} as {run_id}");
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn list(h: &Handles, task: Option<String>, limit: usize) -> anyhow::Result<()> {
+    let mut stream = h.js.get_stream(h.names.dlq_stream()).await?;
+    let state = stream.info().await?.state.clone();
+    let filter = task.as_deref().map(|t| h.names.dead_subject(t)).unwrap_or_else(|| h.names.dead_filter());
+    let start = match task {
+        // Unfiltered: start `limit` messages from the end.
+        None => state.last_sequence.saturating_sub(limit as u64).saturating_add(1).max(state.first_sequence),
+        Some(_) => state.first_sequence,
+    };
+    let consumer = stream
+        .create_consumer(OrderedConfig {
+            filter_subject: filter,
+            deliver_policy: DeliverPolicy::ByStartSequence { start_sequence: start.max(1) },
+            ..Default::default()
+        })
+        .await?;
+    let pending = consumer.cached_info().num_pending as usize;
+    let mut messages = consumer.messages().await?;
+    let mut lines = Vec::new();
+    for _ in 0..pending {
+        let Ok(Some(Ok(msg))) = tokio::time::timeout(Duration::from_secs(5), messages.next()).await else { break };
+        let info = msg.info().map_err(|e| anyhow::anyhow!("{e}"))?;
+        let header = |name: &str| msg.headers.as_ref().and_then(|hm| hm.get(name)).map(|v| v.as_str().to_string());
+        lines.push(format!(
+            "#{:<6} {}  {:<16} {:<40} {}",
+            info.stream_sequence,
+            jiff::Timestamp::from_nanosecond(info.published.unix_timestamp_nanos()).unwrap_or_default(),
+            header(headers::TASK).unwrap_or_default(),
+            header(headers::RUN_ID).unwrap_or_else(|| "-".to_string()),
+            header(headers::REASON).unwrap_or_default()
+        ));
+    }
+    let skip = lines.len().saturating_sub(limit);
+    for line in &lines[skip..] {
+        println!("{line}");
+    }
+    Ok(())
+}
+
+/// Resubmits DLQ message `seq`; returns the new run's id.
+pub async fn replay(h: &Handles, seq: u64) -> anyhow::Result<String> {
+    let stream = h.js.get_stream(h.names.dlq_stream()).await?;
+    let msg = stream.get_raw_message(seq).await.map_err(|e| BadInput(format!("no DLQ message #{seq}: {e}")))?;
+    let header = |name: &str| msg.headers.get(name).map(|v| v.as_str().to_string());
+    let original = header(headers::ORIGINAL_SUBJECT).unwrap_or_default();
+    let msg_id = format!("replay-{seq}");
+    let mut out = HeaderMap::new();
+    out.insert(headers::NATS_MSG_ID, msg_id.as_str());
+    if h.names.parse_task_subject(&original).is_some() {
+        // A dead run: resubmit its payload to its task.
+        let item: WorkItem = serde_json::from_slice(&msg.payload)?;
+        out.insert(headers::REPLAY_OF, item.run_id.as_str());
+        let body = serde_json::to_vec(&item.payload)?;
+        h.js.publish_with_headers(h.names.submit_subject(&item.task), out, body.into()).await?.await?;
+        return Ok(run::submitted_run_id(&item.task, Some(&msg_id), 0));
+    }
+    match h.names.parse_inbox_subject(&original) {
+        // A rejected submission or fire: send the original again.
+        Some((kind, task)) => {
+            for (name, values) in msg.headers.iter() {
+                let name: &str = name.as_ref();
+                let ours = [headers::NATS_MSG_ID, headers::REASON, headers::ORIGINAL_SUBJECT, headers::TASK];
+                if !ours.iter().any(|o| o.eq_ignore_ascii_case(name)) {
+                    for v in values {
+                        out.append(name, v.as_str());
+                    }
+                }
+            }
+            if let Some(run) = header(headers::RUN_ID) {
+                out.insert(headers::REPLAY_OF, run.as_str());
+            }
+            h.js.publish_with_headers(original.clone(), out, msg.payload.clone()).await?.await?;
+            Ok(match kind {
+                InboxKind::Submit => run::submitted_run_id(task, Some(&msg_id), 0),
+                InboxKind::Due => format!("a re-fire of {task} (run id from the fire)"),
+            })
+        }
+        None => Err(BadInput(format!(
+            "DLQ message #{seq} came from {original:?}; only runs and submissions can be replayed"
+        ))
+        .into()),
+    }
+}

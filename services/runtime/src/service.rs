@@ -1,0 +1,114 @@
+//! Start-up shared by every service process (the `jetsched` binary and
+//! custom worker binaries): connect, make sure streams and buckets exist,
+//! serve `/healthz`, `/readyz` and `/metrics`, and hand over to the service.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use jetsched_contract::{Handles, Topology};
+use opentelemetry_sdk::metrics::ManualReader;
+use tokio_util::sync::CancellationToken;
+
+use crate::{Health, NatsArgs};
+
+/// Storage settings used when jetsched creates its streams and buckets.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TopologyArgs {
+    /// Replicas for streams and buckets created by jetsched (3 on a cluster).
+    #[arg(long, env = "JETSCHED_REPLICAS", default_value_t = 1, global = true)]
+    pub replicas: usize,
+}
+
+impl TopologyArgs {
+    /// The topology these options describe.
+    pub fn topology(&self) -> Topology {
+        Topology { replicas: self.replicas.max(1), ..Topology::default() }
+    }
+}
+
+/// Where health and metrics are served.
+#[derive(Debug, Clone, clap::Args)]
+pub struct HttpArgs {
+    /// Address for /healthz, /readyz and /metrics; `off` disables them.
+    #[arg(long = "http-addr", env = "JETSCHED_HTTP_ADDR", default_value = "0.0.0.0:9090")]
+    pub http_addr: String,
+}
+
+/// Connects, creates any missing stream or bucket, and opens them all.
+/// With `retry` (services) it keeps trying until NATS is there; without
+/// (admin verbs) it fails at once.
+pub async fn open(nats: &NatsArgs, topology: &Topology, name: &str, retry: bool) -> anyhow::Result<Handles> {
+    let names = nats.names()?;
+    let client = crate::connect(nats, name, retry).await?;
+    let js = crate::jetstream(client);
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let opened = match jetsched_contract::setup::ensure(&js, &names, topology).await {
+            Ok(()) => Handles::open(js.clone(), names.clone()).await.map_err(anyhow::Error::from),
+            Err(e) => Err(e.into()),
+        };
+        match opened {
+            Ok(handles) => return Ok(handles),
+            Err(err) if retry => {
+                tracing::warn!(%err, ?backoff, "JetStream not ready; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+            Err(err) => return Err(err),
+        }
+    }
+}
+
+/// Starts the health/metrics endpoint unless disabled. A port that cannot be
+/// bound is logged, not fatal: probes fail loudly, the service still runs.
+pub async fn serve_http(
+    http: &HttpArgs,
+    health: &Health,
+    metrics: Option<Arc<ManualReader>>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    if http.http_addr.eq_ignore_ascii_case("off") {
+        return Ok(());
+    }
+    let addr: SocketAddr =
+        http.http_addr.parse().with_context(|| format!("--http-addr {:?} is not host:port", http.http_addr))?;
+    match crate::health::serve(addr, health.clone(), metrics, shutdown.clone()).await {
+        Ok(bound) => tracing::info!(%bound, "serving /healthz, /readyz and /metrics"),
+        Err(err) => tracing::error!(%addr, %err, "cannot serve /healthz, /readyz and /metrics"),
+    }
+    Ok(())
+}
+
+/// A started service process: its handles, health and shutdown signal.
+pub struct Started {
+    /// Buckets and streams.
+    pub handles: Handles,
+    /// What `/readyz` reports.
+    pub health: Health,
+    /// Cancelled on SIGTERM/Ctrl-C.
+    pub shutdown: CancellationToken,
+}
+
+/// Everything a service does before its own loop.
+pub async fn start(
+    nats: &NatsArgs,
+    topology: &Topology,
+    name: &str,
+    http: &HttpArgs,
+    metrics: Option<Arc<ManualReader>>,
+) -> anyhow::Result<Started> {
+    let shutdown = crate::shutdown_on_signals();
+    let health = Health::default();
+    serve_http(http, &health, metrics, &shutdown).await?;
+    let handles = open(nats, topology, name, true).await?;
+    health.watch_client(handles.js.client());
+    Ok(Started { handles, health, shutdown })
+}
+
+/// Flushes the connection after the service returned.
+pub async fn finish(handles: Handles, result: anyhow::Result<()>) -> anyhow::Result<()> {
+    let _ = handles.js.client().drain().await;
+    result
+}

@@ -1,0 +1,127 @@
+//! Calling the handler for one attempt: build the invocation (deadline,
+//! last checkpoint, cancel subject), keep the work message in progress while
+//! the handler runs, save exec checkpoints as they appear, and stop the
+//! handler at its timeout or on a cancel request.
+
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::{AckKind, Message};
+use jetsched_contract::{Handler, HumanDuration, WorkItem};
+use jiff::{SignedDuration, Timestamp};
+use tokio_util::sync::CancellationToken;
+
+use crate::checkpoint::{CheckpointFile, Checkpoints};
+use crate::execute::WorkerCtx;
+use crate::handlers::{Invocation, Outcome, exec, http, nats};
+
+/// How an attempt ended.
+#[derive(Debug)]
+pub enum Attempt {
+    /// The handler finished (or timed out, which is a retryable failure).
+    Done(Outcome),
+    /// A cancel request stopped it.
+    Cancelled,
+}
+
+/// Runs attempt `attempt` of `item`.
+pub async fn invoke(
+    ctx: &WorkerCtx,
+    msg: &Message,
+    item: &WorkItem,
+    attempt: u32,
+    cancel: &CancellationToken,
+) -> Attempt {
+    let timeout = item.def.timeout.0;
+    let deadline =
+        Timestamp::now().checked_add(SignedDuration::try_from(timeout).unwrap_or_default()).unwrap_or(Timestamp::MAX);
+    let checkpoints = Checkpoints::new(ctx.checkpoints.clone(), &item.run_id);
+    // Only a retry can have a checkpoint: the first attempt skips the read.
+    let checkpoint = if attempt > 1 {
+        checkpoints.load().await.unwrap_or_else(|err| {
+            tracing::warn!(run_id = %item.run_id, %err, "cannot read checkpoint");
+            None
+        })
+    } else {
+        None
+    };
+    let inv = Invocation {
+        run_id: item.run_id.clone(),
+        task: item.task.clone(),
+        attempt,
+        deadline,
+        timeout,
+        schedule: item.schedule.clone(),
+        scheduled_for: item.scheduled_for,
+        payload: item.payload.clone(),
+        checkpoint,
+        cancel_subject: ctx.publisher.names().cancel_subject(&item.run_id),
+        checkpoints: Some(checkpoints.clone()),
+    };
+    let mut file =
+        matches!(item.def.handler, Some(Handler::Exec { .. })).then(|| CheckpointFile::new(&item.run_id, attempt));
+    let stop = CancellationToken::new();
+    let call = call_handler(ctx, item, &inv, stop.clone(), file.as_ref().map(|f| f.path().to_path_buf()));
+    tokio::pin!(call);
+    let beat = (ctx.ack_wait / 3).max(Duration::from_millis(100));
+    let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + beat, beat);
+    let expiry = tokio::time::sleep(timeout);
+    tokio::pin!(expiry);
+    let cancelled = loop {
+        tokio::select! {
+            outcome = &mut call => {
+                if let Some(f) = file.as_mut() {
+                    f.sync(&checkpoints).await;
+                }
+                return Attempt::Done(outcome);
+            }
+            _ = heartbeat.tick() => {
+                if let Err(err) = msg.ack_with(AckKind::Progress).await {
+                    tracing::warn!(run_id = %item.run_id, %err, "cannot extend the work message's ack deadline");
+                }
+                if let Some(f) = file.as_mut() {
+                    f.sync(&checkpoints).await;
+                }
+            }
+            _ = &mut expiry => break false,
+            _ = cancel.cancelled() => break true,
+        }
+    };
+    // Stop the handler (exec gets SIGTERM, then SIGKILL after the grace period).
+    stop.cancel();
+    let grace = ctx.exec.grace + Duration::from_secs(1);
+    let _ = tokio::time::timeout(grace, &mut call).await;
+    if let Some(f) = file.as_mut() {
+        f.sync(&checkpoints).await;
+    }
+    if cancelled {
+        Attempt::Cancelled
+    } else {
+        Attempt::Done(Outcome::retry(format!("timed out after {}", HumanDuration(timeout))))
+    }
+}
+
+async fn call_handler(
+    ctx: &WorkerCtx,
+    item: &WorkItem,
+    inv: &Invocation,
+    stop: CancellationToken,
+    checkpoint_file: Option<std::path::PathBuf>,
+) -> Outcome {
+    match &item.def.handler {
+        Some(Handler::Nats { subject }) => nats::call(&ctx.client, subject, inv, HeaderMap::new()).await,
+        Some(Handler::Http { url, method, headers }) => http::call(url, method, headers, inv).await,
+        Some(Handler::Exec { command, env }) => {
+            let mut env = env.clone();
+            if let Some(path) = checkpoint_file {
+                env.insert("JETSCHED_CHECKPOINT_FILE".to_string(), path.display().to_string());
+            }
+            exec::run(&ctx.exec, command, &env, inv, stop).await
+        }
+        Some(Handler::Builtin { name }) => match ctx.builtins.get(name) {
+            Some(f) => f(inv.clone()).await,
+            None => Outcome::permanent(format!("no builtin handler {name:?} is registered in this worker")),
+        },
+        None => Outcome::permanent("a workflow task has no handler of its own"),
+    }
+}

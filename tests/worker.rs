@@ -1,0 +1,283 @@
+//! Workers on a real nats-server: every handler type succeeding and failing,
+//! HTTP retry rules, timeouts, schedule-to-start expiry, long handlers kept
+//! alive, a worker killed mid-run, cancellation and DLQ replay.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod harness;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use harness::*;
+use jetsched_contract::{RunRecord, RunStatus, headers};
+use jetsched_worker::{Invocation, Outcome};
+use serde_json::json;
+
+fn worker_with(f: impl FnOnce(&mut WorkerConfig)) -> ServicesConfig {
+    let mut worker = WorkerConfig::default();
+    f(&mut worker);
+    ServicesConfig { worker: Some(worker), ..ServicesConfig::default() }
+}
+
+async fn record(env: &Env, run_id: &str) -> RunRecord {
+    serde_json::from_slice(&env.handles.runs.get(run_id).await.unwrap().expect("run record")).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_handler_gets_the_payload_on_stdin_and_reports_output_and_exit_codes() {
+    let env = Env::start().await;
+    env.put_task("cat", json!({"handler": {"type": "exec", "command": ["cat"]}})).await;
+    env.put_task("boom", json!({"handler": {"type": "exec", "command": ["sh", "-c", "echo boom >&2; exit 3"]}})).await;
+    env.put_task("sneaky", json!({"handler": {"type": "exec", "command": ["/bin/cat"]}})).await;
+    let _services = env.services_with(worker_with(|w| w.allow_exec = vec!["cat".into(), "sh".into()]));
+    let mut events = env.events().await;
+
+    env.submit("cat", r#"{"x":1}"#).await;
+    env.submit("boom", "{}").await;
+    env.submit("sneaky", "{}").await;
+
+    let ok = events.wait_for(20, "cat to succeed", is("cat", RunStatus::Succeeded)).await;
+    assert_eq!(ok.output.as_deref(), Some(r#"{"x":1}"#));
+    let dead = events.wait_for(20, "boom to die", is("boom", RunStatus::Dead)).await;
+    assert_eq!(dead.attempt, 1, "a non-zero exit other than 75 is permanent");
+    assert!(dead.error.as_deref().unwrap().contains("exited with 3"), "{dead:?}");
+    assert!(dead.output.as_deref().unwrap().contains("boom"), "{dead:?}");
+    let refused = events.wait_for(20, "sneaky to be refused", is("sneaky", RunStatus::Dead)).await;
+    assert!(refused.error.as_deref().unwrap().contains("not allow-listed"), "{refused:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn builtin_handlers_succeed_and_fail() {
+    let env = Env::start().await;
+    let mut builtins = Builtins::default();
+    builtins.register("double", |inv: Invocation| async move {
+        Outcome::ok(json!({"n": inv.payload["n"].as_i64().unwrap_or(0) * 2}))
+    });
+    builtins.register("refuse", |_inv: Invocation| async move { Outcome::permanent("not today") });
+    env.put_task("double", json!({"handler": {"type": "builtin", "name": "double"}})).await;
+    env.put_task("refuse", json!({"handler": {"type": "builtin", "name": "refuse"}})).await;
+    env.put_task("missing", json!({"handler": {"type": "builtin", "name": "nope"}})).await;
+    let _services = env.services_with(ServicesConfig { builtins, ..ServicesConfig::default() });
+    let mut events = env.events().await;
+
+    env.submit("double", r#"{"n":21}"#).await;
+    env.submit("refuse", "{}").await;
+    env.submit("missing", "{}").await;
+
+    events.wait_for(20, "double to succeed", is("double", RunStatus::Succeeded)).await;
+    let refused = events.wait_for(20, "refuse to die", is("refuse", RunStatus::Dead)).await;
+    assert_eq!(refused.error.as_deref(), Some("not today"));
+    let missing = events.wait_for(20, "missing to die", is("missing", RunStatus::Dead)).await;
+    assert!(missing.error.as_deref().unwrap().contains("no builtin handler"), "{missing:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_handler_posts_the_payload_with_run_headers() {
+    let env = Env::start().await;
+    let mut stub = HttpStub::start(vec![(200, vec![])]).await;
+    env.put_task("hook", json!({"handler": {"type": "http", "url": stub.url, "headers": {"X-Team": "payments"}}}))
+        .await;
+    let _services = env.services();
+    let mut events = env.events().await;
+
+    env.submit("hook", r#"{"order":42}"#).await;
+
+    let req = stub.next_request(20).await;
+    let done = events.wait_for(20, "hook to succeed", is("hook", RunStatus::Succeeded)).await;
+    assert_eq!(req.method, "POST");
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&req.body).unwrap(), json!({"order": 42}));
+    assert_eq!(req.header("content-type"), Some("application/json"));
+    assert_eq!(req.header(headers::RUN_ID), done.run_id.as_deref());
+    assert_eq!(req.header("idempotency-key"), done.run_id.as_deref());
+    assert_eq!(req.header("x-team"), Some("payments"));
+    assert!(req.header("traceparent").is_some(), "the webhook joins the run's trace");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_503_with_retry_after_is_retried_after_that_delay() {
+    let env = Env::start().await;
+    let mut stub = HttpStub::start(vec![(503, vec![("Retry-After", "2")]), (200, vec![])]).await;
+    env.put_task(
+        "flaky-hook",
+        json!({"handler": {"type": "http", "url": stub.url}, "retry": {"max_attempts": 3, "initial_backoff": "100ms"}}),
+    )
+    .await;
+    let _services = env.services();
+    let mut events = env.events().await;
+
+    env.submit("flaky-hook", "{}").await;
+
+    let first = stub.next_request(20).await;
+    let second = stub.next_request(20).await;
+    let done = events.wait_for(20, "the retry to succeed", is("flaky-hook", RunStatus::Succeeded)).await;
+    assert_eq!(done.attempt, 2);
+    let gap = second.at.duration_since(first.at);
+    assert!(gap >= jiff::SignedDuration::from_millis(1900), "retried after {gap:?}, not after Retry-After");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_400_is_not_retried() {
+    let env = Env::start().await;
+    let mut stub = HttpStub::start(vec![(400, vec![])]).await;
+    env.put_task("bad-hook", json!({"handler": {"type": "http", "url": stub.url}, "retry": {"max_attempts": 5}})).await;
+    let _services = env.services();
+    let mut events = env.events().await;
+
+    env.submit("bad-hook", "{}").await;
+
+    let dead = events.wait_for(20, "bad-hook to die", is("bad-hook", RunStatus::Dead)).await;
+    assert_eq!(dead.attempt, 1);
+    assert!(dead.error.as_deref().unwrap().contains("400"), "{dead:?}");
+    stub.next_request(5).await;
+    assert!(stub.requests.try_recv().is_err(), "a 400 is never sent again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handler_over_its_timeout_is_stopped_and_retried() {
+    let env = Env::start().await;
+    env.put_task(
+        "slow",
+        json!({
+            "handler": {"type": "exec", "command": ["sleep", "30"]},
+            "timeout": "1s",
+            "retry": {"max_attempts": 2, "initial_backoff": "100ms"}
+        }),
+    )
+    .await;
+    let _services = env.services_with(worker_with(|w| w.allow_exec = vec!["sleep".into()]));
+    let mut events = env.events().await;
+
+    env.submit("slow", "{}").await;
+
+    let failed = events.wait_for(20, "the first attempt to time out", is("slow", RunStatus::Failed)).await;
+    assert!(failed.error.as_deref().unwrap().contains("timed out after 1s"), "{failed:?}");
+    let dead = events.wait_for(20, "the retry to time out too", is("slow", RunStatus::Dead)).await;
+    assert_eq!(dead.attempt, 2);
+    for e in [failed, dead] {
+        assert!(e.duration_ms.unwrap() < 5_000, "the command was stopped, not waited for: {e:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_not_started_within_schedule_to_start_expires() {
+    let env = Env::start().await;
+    let _fn = env.function("fn.late", |_| Reply::Ok(json!({}))).await;
+    env.put_task("late", json!({"handler": {"type": "nats", "subject": "fn.late"}, "schedule_to_start": "1s"})).await;
+    // No worker yet: the run waits in its queue past its start deadline.
+    let _dispatcher = env.services_with(ServicesConfig { worker: None, ..ServicesConfig::default() });
+    let mut events = env.events().await;
+    env.submit("late", "{}").await;
+    let queued = events.wait_for(20, "the run to be queued", is("late", RunStatus::Queued)).await;
+    let deadline = queued.at.checked_add(jiff::SignedDuration::from_millis(1200)).unwrap();
+    eventually(10, "the start deadline to pass", || async move { (jiff::Timestamp::now() > deadline).then_some(()) })
+        .await;
+
+    let _worker = env.services_with(ServicesConfig { ticker: None, dispatcher: None, ..ServicesConfig::default() });
+
+    let expired = events.wait_for(20, "the run to expire", is("late", RunStatus::Expired)).await;
+    assert!(expired.error.as_deref().unwrap().contains("schedule_to_start"), "{expired:?}");
+    assert_eq!(env.dead_letters("late").await.len(), 1, "the expired run is kept for replay");
+    assert_eq!(record(&env, expired.run_id.as_deref().unwrap()).await.status, RunStatus::Expired);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_second_handler_with_two_second_ack_wait_is_not_redelivered_while_alive() {
+    let env = Env::start().await;
+    env.put_task("long", json!({"handler": {"type": "exec", "command": ["sleep", "10"]}, "timeout": "30s"})).await;
+    let _services = env.services_with(worker_with(|w| {
+        w.allow_exec = vec!["sleep".into()];
+        w.ack_wait = Duration::from_secs(2);
+    }));
+    let mut events = env.events().await;
+
+    env.submit("long", "{}").await;
+
+    let done = events.wait_for(30, "the long run to succeed", is("long", RunStatus::Succeeded)).await;
+    assert_eq!(done.attempt, 1);
+    assert!(done.duration_ms.unwrap() >= 10_000);
+    assert_eq!(events.seen_with("long", RunStatus::Started).len(), 1, "never redelivered while alive");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_killed_mid_run_gives_exactly_one_more_attempt_with_the_last_checkpoint() {
+    let env = Env::start().await;
+    // Attempt 1 never answers (its worker dies); attempt 2 answers.
+    let mut calls = env
+        .function("fn.resumable", |c| {
+            if c.header(headers::ATTEMPT).as_deref() == Some("1") { Reply::Silent } else { Reply::Ok(json!({})) }
+        })
+        .await;
+    env.put_task("resumable", json!({"handler": {"type": "nats", "subject": "fn.resumable"}, "timeout": "1m"})).await;
+    let _dispatcher = env.services_with(ServicesConfig { worker: None, ..ServicesConfig::default() });
+    let mut doomed = env.spawn_jetsched(&["worker", "--ack-wait", "2s"]);
+    let mut events = env.events().await;
+
+    env.submit("resumable", "{}").await;
+    let first = calls.next_call(20).await;
+    let run_id = first.header(headers::RUN_ID).unwrap();
+    // The function saves progress the way any function can: a KV put.
+    env.handles.checkpoints.put(&run_id, r#"{"step":7}"#.into()).await.unwrap();
+    doomed.start_kill().unwrap();
+    doomed.wait().await.unwrap();
+    let _survivor = env.spawn_jetsched(&["worker", "--ack-wait", "2s"]);
+
+    let second = calls.next_call(30).await;
+    assert_eq!(second.header(headers::ATTEMPT).as_deref(), Some("2"));
+    assert_eq!(second.header(headers::CHECKPOINT).as_deref(), Some(r#"{"step":7}"#));
+    let done = events.wait_for(30, "the second attempt to succeed", is("resumable", RunStatus::Succeeded)).await;
+    assert_eq!(done.attempt, 2);
+    assert!(calls.drain().is_empty(), "exactly one more attempt");
+    assert_eq!(events.seen_with("resumable", RunStatus::Started).len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_stops_a_running_exec_handler() {
+    let env = Env::start().await;
+    env.put_task("forever", json!({"handler": {"type": "exec", "command": ["sleep", "60"]}, "timeout": "5m"})).await;
+    let _services = env.services_with(worker_with(|w| w.allow_exec = vec!["sleep".into()]));
+    let mut events = env.events().await;
+    env.submit("forever", "{}").await;
+    let started = events.wait_for(20, "the run to start", is("forever", RunStatus::Started)).await;
+    let run_id = started.run_id.unwrap();
+
+    let (code, out, err) = env.jetsched(&["runs", "cancel", &run_id]).await;
+    assert_eq!(code, 0, "{out}{err}");
+
+    let cancelled = events.wait_for(15, "the run to be cancelled", is("forever", RunStatus::Cancelled)).await;
+    assert!(cancelled.duration_ms.unwrap() < 15_000);
+    assert_eq!(record(&env, &run_id).await.status, RunStatus::Cancelled);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dlq_replay_of_a_dead_run_succeeds_once_the_function_is_fixed() {
+    let env = Env::start().await;
+    let fixed = Arc::new(AtomicBool::new(false));
+    let flag = fixed.clone();
+    let _fn = env
+        .function("fn.buggy", move |_| {
+            if flag.load(Ordering::SeqCst) {
+                Reply::Ok(json!({}))
+            } else {
+                Reply::Fail { error: "bug".into(), retryable: false }
+            }
+        })
+        .await;
+    env.put_task("buggy", json!({"handler": {"type": "nats", "subject": "fn.buggy"}})).await;
+    let _services = env.services();
+    let mut events = env.events().await;
+    env.submit("buggy", r#"{"order":7}"#).await;
+    let dead = events.wait_for(20, "the run to die", is("buggy", RunStatus::Dead)).await;
+    let dead_run = dead.run_id.unwrap();
+    let seq = env.dead_letters("buggy").await[0].info().unwrap().stream_sequence;
+
+    fixed.store(true, Ordering::SeqCst);
+    let (code, out, err) = env.jetsched(&["dlq", "replay", &seq.to_string()]).await;
+    assert_eq!(code, 0, "{out}{err}");
+
+    let done = events.wait_for(20, "the replay to succeed", is("buggy", RunStatus::Succeeded)).await;
+    let replayed = record(&env, done.run_id.as_deref().unwrap()).await;
+    assert_eq!(replayed.replay_of.as_deref(), Some(dead_run.as_str()));
+    assert!(out.contains(done.run_id.as_deref().unwrap()), "{out}");
+}
