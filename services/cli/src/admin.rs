@@ -8,14 +8,14 @@ use std::time::Duration;
 use anyhow::Context as _;
 use async_nats::HeaderMap;
 use futures::StreamExt;
-use jetsched_contract::{Handles, RunEvent, RunStatus, ScheduleDef, TaskDef, headers, run, validate_name};
+use jetsched_contract::{Handles, RunEvent, RunStatus, TaskDef, headers, run, validate_name};
 
 /// Input the user must fix (exit code 2).
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct BadInput(pub String);
 
-fn bad(msg: impl Into<String>) -> anyhow::Error {
+pub(crate) fn bad(msg: impl Into<String>) -> anyhow::Error {
     BadInput(msg.into()).into()
 }
 
@@ -44,33 +44,8 @@ pub enum TaskCmd {
     },
 }
 
-/// `jetsched schedule ...`
-#[derive(Debug, clap::Subcommand)]
-pub enum ScheduleCmd {
-    /// Create or replace a schedule
-    /// (nats kv put jetsched-schedules <id> '<json>').
-    Put {
-        /// Schedule id.
-        id: String,
-        /// The schedule: JSON, @file, or - for stdin.
-        definition: String,
-    },
-    /// Show a schedule (nats kv get jetsched-schedules <id>).
-    Get {
-        /// Schedule id.
-        id: String,
-    },
-    /// List schedule ids (nats kv ls jetsched-schedules).
-    List,
-    /// Delete a schedule (nats kv del jetsched-schedules <id>).
-    Delete {
-        /// Schedule id.
-        id: String,
-    },
-}
-
 /// Reads a definition argument: inline JSON, `@file`, or `-` (stdin).
-fn read_definition(arg: &str) -> anyhow::Result<Vec<u8>> {
+pub(crate) fn read_definition(arg: &str) -> anyhow::Result<Vec<u8>> {
     if arg == "-" {
         let mut buf = Vec::new();
         std::io::stdin().read_to_end(&mut buf).context("cannot read stdin")?;
@@ -102,26 +77,7 @@ pub async fn task(h: &Handles, cmd: TaskCmd) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs a `schedule` verb.
-pub async fn schedule(h: &Handles, cmd: ScheduleCmd) -> anyhow::Result<()> {
-    match cmd {
-        ScheduleCmd::Put { id, definition } => {
-            let bytes = read_definition(&definition)?;
-            ScheduleDef::from_json(&id, &bytes).map_err(|e| bad(format!("schedule {id}: {e}")))?;
-            let rev = h.schedules.put(&id, bytes.into()).await?;
-            println!("schedule {id} stored (revision {rev})");
-        }
-        ScheduleCmd::Get { id } => print_value(h.schedules.get(&id).await?, "schedule", &id)?,
-        ScheduleCmd::List => list_keys(&h.schedules).await?,
-        ScheduleCmd::Delete { id } => {
-            h.schedules.delete(&id).await?;
-            println!("schedule {id} deleted");
-        }
-    }
-    Ok(())
-}
-
-fn print_value(value: Option<bytes::Bytes>, kind: &str, key: &str) -> anyhow::Result<()> {
+pub(crate) fn print_value(value: Option<bytes::Bytes>, kind: &str, key: &str) -> anyhow::Result<()> {
     let value = value.ok_or_else(|| bad(format!("no {kind} named {key}")))?;
     match serde_json::from_slice::<serde_json::Value>(&value) {
         Ok(v) => println!("{}", serde_json::to_string_pretty(&v)?),
@@ -130,7 +86,7 @@ fn print_value(value: Option<bytes::Bytes>, kind: &str, key: &str) -> anyhow::Re
     Ok(())
 }
 
-async fn list_keys(store: &async_nats::jetstream::kv::Store) -> anyhow::Result<()> {
+pub(crate) async fn list_keys(store: &async_nats::jetstream::kv::Store) -> anyhow::Result<()> {
     let mut keys: Vec<String> = store.keys().await?.filter_map(|k| async move { k.ok() }).collect().await;
     keys.sort();
     for key in keys {

@@ -9,6 +9,7 @@ pub mod admin;
 pub mod dlq;
 pub mod examples;
 pub mod inspect;
+pub mod schedule;
 pub mod services;
 pub mod up;
 
@@ -53,7 +54,7 @@ enum Command {
     Task(admin::TaskCmd),
     /// Manage schedules (bucket jetsched-schedules).
     #[command(subcommand)]
-    Schedule(admin::ScheduleCmd),
+    Schedule(schedule::ScheduleCmd),
     /// Submit a run of a task (publishes to jetsched.submit.<task>).
     Submit(admin::SubmitArgs),
     /// Print run events as they happen.
@@ -125,7 +126,7 @@ async fn run(cli: Cli, telemetry: Option<&jetsched_runtime::telemetry::Telemetry
             Ok(())
         }
         Command::Task(cmd) => admin::task(&open(&cli.nats, &topology, "jetsched-cli", false).await?, cmd).await,
-        Command::Schedule(cmd) => admin::schedule(&open(&cli.nats, &topology, "jetsched-cli", false).await?, cmd).await,
+        Command::Schedule(cmd) => schedule::run(&cli.nats, &topology, cmd).await,
         Command::Submit(args) => admin::submit(&open(&cli.nats, &topology, "jetsched-cli", false).await?, args).await,
         Command::Events(args) => admin::events(&open(&cli.nats, &topology, "jetsched-cli", false).await?, args).await,
         Command::Runs(cmd) => inspect::runs(&open(&cli.nats, &topology, "jetsched-cli", false).await?, cmd).await,

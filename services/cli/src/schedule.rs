@@ -1,0 +1,267 @@
+//! `jetsched schedule ...`: schedules in `jetsched-schedules`. Every verb is
+//! a convenience over a NATS operation (named in its `--help`); `preview`
+//! computes fire times locally with the ticker's own calendar code.
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::kv::{Operation, UpdateErrorKind};
+use jetsched_calendar::Cron;
+use jetsched_contract::{DueFire, Handles, ScheduleDef, Topology, headers, run, validate_name};
+use jetsched_runtime::NatsArgs;
+use jiff::tz::{AmbiguousOffset, TimeZone};
+use jiff::{SignedDuration, Timestamp};
+use serde_json::Value;
+
+use crate::admin::{bad, list_keys, print_value, read_definition};
+
+/// `jetsched schedule ...`
+#[derive(Debug, clap::Subcommand)]
+pub enum ScheduleCmd {
+    /// Create or replace a schedule
+    /// (nats kv put jetsched-schedules <id> '<json>').
+    Put {
+        /// Schedule id.
+        id: String,
+        /// The schedule: JSON, @file, or - for stdin.
+        definition: String,
+    },
+    /// Show a schedule (nats kv get jetsched-schedules <id>).
+    Get {
+        /// Schedule id.
+        id: String,
+    },
+    /// List schedule ids (nats kv ls jetsched-schedules).
+    List,
+    /// Delete a schedule (nats kv del jetsched-schedules <id>).
+    Delete {
+        /// Schedule id.
+        id: String,
+    },
+    /// Stop a schedule from firing until resumed: sets "paused": true with
+    /// compare-and-set on the revision (nats kv get jetsched-schedules <id>,
+    /// then nats kv update jetsched-schedules <id> '<json with "paused": true>'
+    /// <revision>). Fires the ticker already staged ahead (--lookahead) still run.
+    Pause {
+        /// Schedule id.
+        id: String,
+    },
+    /// Let a paused schedule fire again from its next occurrence; what was
+    /// due while paused is not caught up (nats kv get, then nats kv update
+    /// jetsched-schedules <id> '<json without "paused">' <revision>).
+    Resume {
+        /// Schedule id.
+        id: String,
+    },
+    /// Fire a schedule once now, outside its calendar: publishes a due fire
+    /// with the current time as its nominal time, so it gets its own run id
+    /// (nats pub jetsched.due.<task> '{"schedule":"<id>","scheduled_for":"<now>"}'
+    /// -H Nats-Msg-Id:<id>@<now>).
+    Trigger {
+        /// Schedule id.
+        id: String,
+        /// Payload for this run instead of the schedule's: JSON, @file, or - for stdin.
+        #[arg(long)]
+        payload: Option<String>,
+    },
+    /// Print the next fire times in UTC and in the schedule's time zone, with
+    /// DST gaps and folds marked; of a stored schedule (nats kv get
+    /// jetsched-schedules <id>, computed locally) or of --spec (no server needed).
+    Preview {
+        /// Schedule id (or use --spec).
+        id: Option<String>,
+        /// A schedule definition to preview instead: JSON, @file, or - for stdin.
+        #[arg(long, conflicts_with = "id")]
+        spec: Option<String>,
+        /// Start after this instant (RFC 3339) [default: now].
+        #[arg(long)]
+        from: Option<String>,
+        /// How many fire times.
+        #[arg(short = 'n', long = "count", default_value_t = 10)]
+        count: usize,
+    },
+}
+
+/// Runs a `schedule` verb; connects only when it needs the server.
+pub async fn run(nats: &NatsArgs, topology: &Topology, cmd: ScheduleCmd) -> anyhow::Result<()> {
+    if let ScheduleCmd::Preview { id: None, spec, from, count } = cmd {
+        let spec = spec.ok_or_else(|| bad("preview needs a schedule id or --spec"))?;
+        let bytes = read_definition(&spec)?;
+        let def = ScheduleDef::from_json("preview", &bytes).map_err(|e| bad(format!("--spec: {e}")))?;
+        return preview(None, &def, from.as_deref(), count);
+    }
+    let h = jetsched_runtime::service::open(nats, topology, "jetsched-cli", false).await?;
+    match cmd {
+        ScheduleCmd::Put { id, definition } => {
+            let bytes = read_definition(&definition)?;
+            ScheduleDef::from_json(&id, &bytes).map_err(|e| bad(format!("schedule {id}: {e}")))?;
+            let rev = h.schedules.put(&id, bytes.into()).await?;
+            println!("schedule {id} stored (revision {rev})");
+        }
+        ScheduleCmd::Get { id } => print_value(h.schedules.get(&id).await?, "schedule", &id)?,
+        ScheduleCmd::List => list_keys(&h.schedules).await?,
+        ScheduleCmd::Delete { id } => {
+            h.schedules.delete(&id).await?;
+            println!("schedule {id} deleted");
+        }
+        ScheduleCmd::Pause { id } => set_paused(&h, &id, true).await?,
+        ScheduleCmd::Resume { id } => set_paused(&h, &id, false).await?,
+        ScheduleCmd::Trigger { id, payload } => trigger(&h, &id, payload.as_deref()).await?,
+        ScheduleCmd::Preview { id: Some(id), from, count, .. } => {
+            let (def, _, _) = stored(&h, &id).await?;
+            preview(Some(&id), &def, from.as_deref(), count)?;
+        }
+        ScheduleCmd::Preview { id: None, .. } => {}
+    }
+    Ok(())
+}
+
+/// The stored schedule `id`: parsed, as JSON, and its revision.
+async fn stored(h: &Handles, id: &str) -> anyhow::Result<(ScheduleDef, Value, u64)> {
+    validate_name("schedule", id).map_err(|e| bad(e.to_string()))?;
+    let entry = h.schedules.entry(id).await?.filter(|e| e.operation == Operation::Put);
+    let entry = entry.ok_or_else(|| bad(format!("no schedule named {id}")))?;
+    let def = ScheduleDef::from_json(id, &entry.value)
+        .map_err(|e| bad(format!("schedule {id} is invalid ({e}); fix it with schedule put")))?;
+    let json = serde_json::from_slice(&entry.value)?;
+    Ok((def, json, entry.revision))
+}
+
+/// Read-modify-write of the `paused` flag, retried when someone else
+/// changed the schedule in between.
+async fn set_paused(h: &Handles, id: &str, paused: bool) -> anyhow::Result<()> {
+    let verb = if paused { "paused" } else { "resumed" };
+    for _ in 0..5 {
+        let (def, mut json, revision) = stored(h, id).await?;
+        if def.paused == paused {
+            println!("schedule {id} is already {}", if paused { "paused" } else { "running" });
+            return Ok(());
+        }
+        let Some(fields) = json.as_object_mut() else { return Err(bad(format!("schedule {id} is not an object"))) };
+        if paused {
+            fields.insert("paused".to_string(), Value::Bool(true));
+        } else {
+            fields.remove("paused");
+        }
+        let bytes = serde_json::to_vec(&json)?;
+        match h.schedules.update(id, bytes.into(), revision).await {
+            Ok(rev) => {
+                println!("schedule {id} {verb} (revision {rev})");
+                return Ok(());
+            }
+            Err(err) if err.kind() == UpdateErrorKind::WrongLastRevision => continue,
+            Err(err) => return Err(err.into()),
+        }
+    }
+    anyhow::bail!("schedule {id} keeps changing; try again")
+}
+
+/// Publishes one fire of `id` now. The nominal time is now to the
+/// millisecond, moved on by a millisecond while it is one of the schedule's
+/// own occurrences, so the run never takes a regular fire's run id.
+async fn trigger(h: &Handles, id: &str, payload: Option<&str>) -> anyhow::Result<()> {
+    let (def, _, _) = stored(h, id).await?;
+    let calendar = def.calendar().map_err(bad)?;
+    let ms = SignedDuration::from_millis(1);
+    let now = Timestamp::now();
+    let mut nominal = Timestamp::from_millisecond(now.as_millisecond())?;
+    while calendar.next_after(nominal.checked_sub(SignedDuration::from_nanos(1))?) == Some(nominal) {
+        nominal = nominal.checked_add(ms)?;
+    }
+    let payload = match payload {
+        Some(p) => serde_json::from_slice(&read_definition(p)?).map_err(|e| bad(format!("--payload: {e}")))?,
+        None => def.payload.clone().unwrap_or_default(),
+    };
+    let task = def.task_name(id).to_string();
+    let fire = DueFire {
+        schedule: id.to_string(),
+        scheduled_for: nominal,
+        payload,
+        task_def: def.inline_task().cloned(),
+        not_before: None,
+    };
+    let run_id = run::scheduled_run_id(id, nominal);
+    let mut hdrs = HeaderMap::new();
+    hdrs.insert(headers::NATS_MSG_ID, run::due_msg_id(id, nominal).as_str());
+    hdrs.insert(headers::SCHEDULE, id);
+    hdrs.insert(headers::SCHEDULED_FOR, nominal.to_string().as_str());
+    hdrs.insert(headers::RUN_ID, run_id.as_str());
+    let subject = h.names.due_subject(&task);
+    h.js.publish_with_headers(subject, hdrs, serde_json::to_vec(&fire)?.into()).await?.await?;
+    println!("{run_id}");
+    Ok(())
+}
+
+/// Prints the next `count` fire times after `from` (default now).
+fn preview(id: Option<&str>, def: &ScheduleDef, from: Option<&str>, count: usize) -> anyhow::Result<()> {
+    let from: Timestamp = match from {
+        Some(f) => f.parse().map_err(|e| bad(format!("--from {f:?}: {e}")))?,
+        None => Timestamp::now(),
+    };
+    let calendar = def.calendar().map_err(bad)?;
+    let tz = calendar.time_zone().clone();
+    let zone = def.timezone.as_deref().unwrap_or("UTC");
+    let cron = def.cron.as_deref().and_then(|c| Cron::parse(c).ok());
+    let policy = |v: Value| v.as_str().unwrap_or_default().to_string();
+    let (gap, fold) = (policy(serde_json::to_value(def.dst.gap)?), policy(serde_json::to_value(def.dst.fold)?));
+    let rule = match (&def.cron, &def.every, &def.at) {
+        (Some(c), _, _) => format!("cron {c:?} in {zone}, dst gap {gap}, fold {fold}"),
+        (_, Some(e), _) => match def.phase {
+            Some(p) => format!("every {e} (phase {p})"),
+            None => format!("every {e}"),
+        },
+        (_, _, Some(at)) => format!("once at {at}"),
+        _ => String::new(),
+    };
+    println!("{rule}");
+    if def.paused {
+        println!("paused: it does not fire until resumed");
+    }
+    if let Some(max) = def.max_runs {
+        println!("max_runs {max}: fires stop after {max} (those already fired are not counted here)");
+    }
+    let jitter = def.jitter.0;
+    let header = match (jitter.is_zero(), id) {
+        (true, _) => String::new(),
+        (false, Some(_)) => format!("  starts (jitter up to {})", def.jitter),
+        (false, None) => format!("  (plus a jitter up to {} derived from the schedule id)", def.jitter),
+    };
+    println!("{}", format!("     {:<26}{:<34}{header}", "UTC", zone).trim_end());
+    let mut shown = 0;
+    for t in calendar.iter_after(from).take(count) {
+        shown += 1;
+        let local = t.to_zoned_datetime(tz.clone());
+        let local = local.strftime("%Y-%m-%d %H:%M:%S%.f %:z %Z").to_string();
+        let mut line = format!("{shown:>3}  {:<26}{local:<34}", t.to_string());
+        if let (false, Some(id)) = (jitter.is_zero(), id) {
+            let start = jetsched_calendar::jitter_offset(id, t, jitter);
+            let start = t.checked_add(SignedDuration::try_from(start).unwrap_or_default()).unwrap_or(t);
+            line.push_str(&format!("  {start}"));
+        }
+        if let Some(note) = dst_note(&tz, cron.as_ref(), t) {
+            line.push_str("  ");
+            line.push_str(note);
+        }
+        println!("{}", line.trim_end());
+    }
+    if shown == 0 {
+        println!("  (no fire after {from})");
+    }
+    Ok(())
+}
+
+/// Why a fire time looks odd on the wall clock: a repeated local time, or a
+/// local time shifted out of a DST gap.
+fn dst_note(tz: &TimeZone, cron: Option<&Cron>, t: Timestamp) -> Option<&'static str> {
+    let civil = tz.to_datetime(t);
+    match tz.to_ambiguous_timestamp(civil).offset() {
+        AmbiguousOffset::Fold { before, .. } if tz.to_offset(t) == before => {
+            Some("DST fold: first of two such local times")
+        }
+        AmbiguousOffset::Fold { .. } => Some("DST fold: second of two such local times"),
+        _ => {
+            let cron = cron?;
+            let probe = civil.checked_sub(SignedDuration::from_secs(1)).ok()?;
+            (cron.next_after(probe) != Some(civil))
+                .then_some("DST gap: the scheduled local time does not exist; shifted")
+        }
+    }
+}
