@@ -568,3 +568,59 @@ impl HttpStub {
         within(secs, "an HTTP request", self.requests.recv()).await.expect("stub stopped")
     }
 }
+
+/// Lease TTL of the tickers tests start: short, so that takeovers are quick.
+pub const TEST_LEASE_TTL: &str = "2s";
+
+impl Env {
+    /// A `jetsched ticker` process named `id` with [`TEST_LEASE_TTL`] leases
+    /// and no staging ahead (fires published at their time), plus `extra`
+    /// options; killed (SIGKILL) when dropped.
+    pub fn spawn_ticker(&self, id: &str, extra: &[&str]) -> tokio::process::Child {
+        let mut args = vec!["ticker", "--ticker-id", id, "--lease-ttl", TEST_LEASE_TTL, "--lookahead", "0s"];
+        args.extend_from_slice(extra);
+        self.spawn_jetsched(&args)
+    }
+
+    /// The value under `key` in `bucket`, as `nats kv get` shows it (`None` when absent or deleted).
+    pub async fn kv_get(&self, bucket: &str, key: &str) -> Option<bytes::Bytes> {
+        let store = self.handles.js.get_key_value(bucket).await.ok()?;
+        store.get(key).await.unwrap()
+    }
+
+    /// Every live key of `bucket` with its value, as `nats kv ls` and `get` show them.
+    pub async fn kv_entries(&self, bucket: &str) -> Vec<(String, bytes::Bytes)> {
+        let Ok(store) = self.handles.js.get_key_value(bucket).await else { return Vec::new() };
+        let keys: Vec<String> = store.keys().await.unwrap().filter_map(|k| async move { k.ok() }).collect().await;
+        let mut out = Vec::new();
+        for key in keys {
+            if let Some(value) = store.get(&key).await.unwrap() {
+                out.push((key, value));
+            }
+        }
+        out
+    }
+}
+
+impl Events {
+    /// Nominal times of the runs of `schedule` queued so far, in order (duplicates kept).
+    pub fn fired(&self, schedule: &str) -> Vec<jiff::Timestamp> {
+        let mut out: Vec<jiff::Timestamp> = self
+            .seen
+            .iter()
+            .filter(|(_, e)| e.status == RunStatus::Queued && e.schedule.as_deref() == Some(schedule))
+            .filter_map(|(_, e)| e.scheduled_for)
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// `missed` reports of `schedule` seen so far.
+    pub fn missed(&self, schedule: &str) -> Vec<RunEvent> {
+        self.seen
+            .iter()
+            .filter(|(_, e)| e.status == RunStatus::Missed && e.schedule.as_deref() == Some(schedule))
+            .map(|(_, e)| e.clone())
+            .collect()
+    }
+}
