@@ -10,6 +10,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub struct BenchEnv {
+    pub url: String,
     pub client: Client,
     pub handles: Handles,
     pub names: Names,
@@ -39,15 +40,24 @@ impl BenchEnv {
         let names = Names::default();
         jetsched_contract::setup::ensure(&js, &names, &Topology::default()).await?;
         let handles = Handles::open(js, names.clone()).await?;
-        Ok(BenchEnv { client, handles, names, server_version, _server: server })
+        Ok(BenchEnv { url, client, handles, names, server_version, _server: server })
     }
 
     /// Runs ticker, dispatcher and worker in this process until the returned guard drops.
     pub fn services(&self, worker: jetsched_worker::WorkerConfig) -> Services {
+        self.services_with(Default::default(), worker)
+    }
+
+    /// [`BenchEnv::services`] with ticker settings.
+    pub fn services_with(
+        &self,
+        ticker: jetsched_ticker::TickerConfig,
+        worker: jetsched_worker::WorkerConfig,
+    ) -> Services {
         let token = CancellationToken::new();
         let h = &self.handles;
         let tasks = vec![
-            tokio::spawn(jetsched_ticker::run(Default::default(), h.clone(), Default::default(), token.clone())),
+            tokio::spawn(jetsched_ticker::run(ticker, h.clone(), Default::default(), token.clone())),
             tokio::spawn(jetsched_dispatcher::run(Default::default(), h.clone(), Default::default(), token.clone())),
             tokio::spawn(jetsched_worker::run(
                 worker,
@@ -74,3 +84,48 @@ impl Services {
         }
     }
 }
+
+impl BenchEnv {
+    /// Puts every `(key, value)` into `store`, many acks in flight.
+    pub async fn put_many(
+        &self,
+        store: &async_nats::jetstream::kv::Store,
+        entries: impl Iterator<Item = (String, String)>,
+    ) -> anyhow::Result<usize> {
+        use futures::StreamExt;
+        let mut pending = futures::stream::FuturesUnordered::new();
+        let mut n = 0;
+        for (key, value) in entries {
+            if pending.len() >= 4096 {
+                pending.next().await.transpose()?;
+            }
+            let subject = format!("{}{key}", store.prefix);
+            pending.push(self.handles.js.publish(subject, value.into()).await?.into_future());
+            n += 1;
+        }
+        while let Some(r) = pending.next().await {
+            r?;
+        }
+        Ok(n)
+    }
+
+    /// Waits until tickers hold every partition's lease.
+    pub async fn wait_for_leases(&self, limit: std::time::Duration) -> anyhow::Result<()> {
+        use futures::TryStreamExt;
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            if let Ok(store) = self.handles.js.get_key_value(self.names.ticker_leases_bucket()).await {
+                let keys: Vec<String> = store.keys().await?.try_collect().await?;
+                if keys.iter().filter(|k| k.starts_with("lease.")).count() == usize::from(PARTITIONS) {
+                    return Ok(());
+                }
+            }
+            if tokio::time::Instant::now() > deadline {
+                anyhow::bail!("the ticker did not take every partition within {limit:?}");
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+}
+
+use jetsched_contract::ticker::PARTITIONS;

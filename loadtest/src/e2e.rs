@@ -18,6 +18,7 @@ use jetsched_runtime::telemetry::Telemetry;
 
 use crate::baseline;
 use crate::bench::BenchEnv;
+use crate::noop;
 use crate::otlp_sink::Counts;
 use crate::stats::{Samples, ms};
 
@@ -49,12 +50,8 @@ pub async fn run(env: &BenchEnv, args: Args, telemetry: &Telemetry, sink: &Count
         args.baseline.size, args.baseline.in_flight
     );
 
-    let started_at: Marks = Arc::default();
-    serve_noop(env, started_at.clone()).await?;
-    env.handles
-        .tasks
-        .put("noop", r#"{"handler": {"type": "nats", "subject": "loadtest.noop"}, "timeout": "30s"}"#.into())
-        .await?;
+    let started_at = noop::serve(env).await?;
+    noop::define_task(env).await?;
     let worker = jetsched_worker::WorkerConfig { slots: args.slots, ..Default::default() };
     let services = env.services(worker);
     let mut succeeded = env.client.subscribe(env.names.event_subject("noop", "succeeded")).await?;
@@ -108,8 +105,8 @@ pub async fn run(env: &BenchEnv, args: Args, telemetry: &Telemetry, sink: &Count
                 let Some(run) = event.run_id else { continue };
                 let Some(t_submit) = lock(&submitted_at)?.get(&run).copied() else { continue };
                 to_done.push(now - t_submit);
-                if let Some(t_start) = lock(&started_at)?.get(&run).copied() {
-                    to_start.push(t_start - t_submit);
+                if let Some(start) = lock(&started_at)?.get(&run).copied() {
+                    to_start.push(start.instant - t_submit);
                 }
                 done_seen += 1;
             }
@@ -159,27 +156,6 @@ async fn submit(env: &BenchEnv, id: &str) -> anyhow::Result<async_nats::jetstrea
     let mut h = HeaderMap::new();
     h.insert(headers::NATS_MSG_ID, id);
     Ok(env.handles.js.publish_with_headers(env.names.submit_subject("noop"), h, "{}".into()).await?)
-}
-
-/// Replies at once and notes when each run's request arrived.
-async fn serve_noop(env: &BenchEnv, started_at: Marks) -> anyhow::Result<()> {
-    let mut sub = env.client.subscribe("loadtest.noop").await?;
-    let client = env.client.clone();
-    tokio::spawn(async move {
-        while let Some(msg) = sub.next().await {
-            let now = Instant::now();
-            if let Some(reply) = msg.reply {
-                let _ = client.publish(reply, bytes::Bytes::new()).await;
-            }
-            if let Some(run) = msg.headers.as_ref().and_then(|h| h.get(headers::RUN_ID))
-                && let Ok(mut map) = lock(&started_at)
-            {
-                map.entry(run.as_str().to_string()).or_insert(now);
-            }
-        }
-    });
-    env.client.flush().await?;
-    Ok(())
 }
 
 async fn wait_for(sub: &mut async_nats::Subscriber, n: usize, limit: Duration) -> anyhow::Result<Instant> {

@@ -8,8 +8,12 @@
 mod baseline;
 mod bench;
 mod e2e;
+mod herd;
+mod million;
+mod noop;
 mod otlp_sink;
 mod stats;
+mod steady;
 
 use clap::{Parser, Subcommand};
 
@@ -35,6 +39,14 @@ enum Command {
     E2e(e2e::Args),
     /// Only the raw JetStream async publish baseline.
     Baseline(baseline::Args),
+    /// N schedules due in the same second, against NATS's own cron message
+    /// schedules in the same run: p99 nominal -> handler start vs nominal ->
+    /// fired message stored.
+    Herd(herd::Args),
+    /// Steady fires spread over each second: p99 nominal -> handler start.
+    Steady(steady::Args),
+    /// A million schedules: ticker load time and resident memory.
+    Million(million::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -52,6 +64,9 @@ fn main() -> anyhow::Result<()> {
         let env = bench::BenchEnv::start(cli.nats_url.as_deref()).await?;
         let result = match cli.command {
             Command::E2e(args) => e2e::run(&env, args, &telemetry, &sink).await,
+            Command::Herd(args) => herd::run(&env, args).await,
+            Command::Steady(args) => steady::run(&env, args).await,
+            Command::Million(args) => million::run(&env, args).await,
             Command::Baseline(args) => baseline::publish_rate(&env, &args).await.map(|rate| {
                 println!(
                     "raw JetStream async publish (Nats-Msg-Id, {} B, {} in flight): {rate:.0} msg/s",

@@ -25,6 +25,14 @@ impl Samples {
     }
 }
 
+impl Samples {
+    /// `p50 .. p99 .. max ..`.
+    pub fn summary(&mut self) -> String {
+        let (p50, p99, max) = (self.percentile(50.0), self.percentile(99.0), self.percentile(100.0));
+        format!("p50 {} p99 {} max {}", ms(p50), ms(p99), ms(max))
+    }
+}
+
 pub fn ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1000.0)
 }

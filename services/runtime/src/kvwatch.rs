@@ -1,11 +1,23 @@
 //! A KV watch that survives disconnects: it replays the bucket, reports what
-//! changed, and after any error re-creates itself (with backoff) and reports
-//! keys that vanished meanwhile as deletes. Consumers see a clean stream of
-//! puts and deletes plus one `Ready` once the initial contents are loaded.
+//! changed, and after any error re-creates itself (with backoff).
+//!
+//! Two flavours:
+//! - [`spawn_kv_watch`] keeps the bookkeeping itself: it remembers every
+//!   key's revision, reports keys that vanished while it was not watching as
+//!   deletes, and drops replays of what it already reported. Consumers see a
+//!   clean stream of puts and deletes plus one `Ready` once the initial
+//!   contents are loaded.
+//! - [`spawn_kv_watch_stamped`] leaves the bookkeeping to a consumer that
+//!   keeps per-key state anyway (the ticker, with a million schedules, should
+//!   not hold every key twice): each change carries its write time and the
+//!   number of the replay it belongs to, and a `Ready` ends every replay, so
+//!   the consumer can drop keys a replay did not mention.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, SystemTime};
 
+use async_nats::jetstream::consumer::DeliverPolicy;
+use async_nats::jetstream::consumer::pull::OrderedConfig;
 use async_nats::jetstream::kv::{Operation, Store};
 use bytes::Bytes;
 use futures::StreamExt;
@@ -33,48 +45,64 @@ pub enum KvChange {
     Ready,
 }
 
-/// A change with the server's time of the write it reports (for `Ready`,
-/// and for keys found gone after a reconnect, the time it was noticed).
+/// A change from [`spawn_kv_watch_stamped`].
 #[derive(Debug, Clone)]
 pub struct StampedChange {
-    /// What changed.
+    /// What changed. `Ready` ends each replay (the first one and every one
+    /// after the watch was re-created); puts may repeat across replays.
     pub change: KvChange,
-    /// When the server stored the put or delete.
+    /// When the server stored the put or delete (for `Ready`, now).
     pub written_at: SystemTime,
+    /// Which replay this belongs to: 1 for the first watch, one more each
+    /// time it is re-created. A key that was not put during replay `n`
+    /// (before its `Ready`) is gone.
+    pub replay: u32,
 }
 
 /// Watches every key of `store`, sending changes to the returned channel
 /// until `shutdown` fires or the receiver is dropped.
 pub fn spawn_kv_watch(store: Store, shutdown: CancellationToken, capacity: usize) -> mpsc::Receiver<KvChange> {
-    spawn_watch(store, shutdown, capacity, |change, _| change)
+    spawn_watch(store, shutdown, capacity, Some(Known::default()), |change, _, _| change)
 }
 
-/// [`spawn_kv_watch`], with each change's write time.
+/// Watches every key of `store`, leaving bookkeeping to the consumer (see the
+/// module docs).
 pub fn spawn_kv_watch_stamped(
     store: Store,
     shutdown: CancellationToken,
     capacity: usize,
 ) -> mpsc::Receiver<StampedChange> {
-    spawn_watch(store, shutdown, capacity, |change, written_at| StampedChange { change, written_at })
+    spawn_watch(store, shutdown, capacity, None, |change, written_at, replay| StampedChange {
+        change,
+        written_at,
+        replay,
+    })
 }
 
-/// Turns a change and its write time into what the channel carries.
-type Wrap<T> = fn(KvChange, SystemTime) -> T;
+/// Turns a change, its write time and replay number into what the channel carries.
+type Wrap<T> = fn(KvChange, SystemTime, u32) -> T;
+
+/// What [`spawn_kv_watch`] remembers across replays.
+#[derive(Default)]
+struct Known {
+    revisions: HashMap<String, u64>,
+    ready_sent: bool,
+}
 
 fn spawn_watch<T: Send + 'static>(
     store: Store,
     shutdown: CancellationToken,
     capacity: usize,
+    mut known: Option<Known>,
     wrap: Wrap<T>,
 ) -> mpsc::Receiver<T> {
     let (tx, rx) = mpsc::channel(capacity);
-    let tx = Sink { tx, wrap };
+    let mut tx = Sink { tx, wrap, replay: 0 };
     tokio::spawn(async move {
-        let mut known: HashMap<String, u64> = HashMap::new();
-        let mut ready_sent = false;
         let mut backoff = Duration::from_millis(100);
         while !shutdown.is_cancelled() && !tx.is_closed() {
-            match watch_once(&store, &tx, &shutdown, &mut known, &mut ready_sent).await {
+            tx.replay += 1;
+            match watch_once(&store, &tx, &shutdown, known.as_mut()).await {
                 Ok(()) => return,
                 Err(err) => {
                     tracing::warn!(bucket = %store.name, %err, ?backoff, "KV watch interrupted; re-creating");
@@ -94,11 +122,12 @@ fn spawn_watch<T: Send + 'static>(
 struct Sink<T> {
     tx: mpsc::Sender<T>,
     wrap: Wrap<T>,
+    replay: u32,
 }
 
 impl<T> Sink<T> {
     async fn send(&self, change: KvChange, at: SystemTime) -> anyhow::Result<()> {
-        self.tx.send((self.wrap)(change, at)).await.map_err(|_| anyhow::anyhow!("watch receiver dropped"))
+        self.tx.send((self.wrap)(change, at, self.replay)).await.map_err(|_| anyhow::anyhow!("watch receiver dropped"))
     }
 
     fn is_closed(&self) -> bool {
@@ -107,66 +136,103 @@ impl<T> Sink<T> {
 }
 
 /// Runs one watch until shutdown (`Ok`) or an error (`Err`: retry).
+///
+/// The watch is a pull-based ordered consumer on the bucket's stream (last
+/// value per key, then every change), not the push-based `Store::watch`: a
+/// consumer slower than the server (a ticker loading a million schedules)
+/// then only slows delivery down, where a push subscription would overflow
+/// and drop messages.
 async fn watch_once<T>(
     store: &Store,
     tx: &Sink<T>,
     shutdown: &CancellationToken,
-    known: &mut HashMap<String, u64>,
-    ready_sent: &mut bool,
+    mut known: Option<&mut Known>,
 ) -> anyhow::Result<()> {
-    let stored = store.status().await?.values();
-    let mut watch = store.watch_with_history(">").await?;
+    let consumer = store
+        .stream
+        .create_consumer(OrderedConfig {
+            filter_subject: format!("{}>", store.prefix),
+            deliver_policy: DeliverPolicy::LastPerSubject,
+            ..Default::default()
+        })
+        .await?;
+    let initial = consumer.cached_info().num_pending;
+    let mut messages = consumer.messages().await?;
     let mut seen: HashSet<String> = HashSet::new();
     let mut caught_up = false;
-    if stored == 0 {
+    if initial == 0 {
         caught_up = true;
-        finish_replay(tx, known, &seen, ready_sent).await?;
+        finish_replay(tx, known.as_deref_mut(), &seen).await?;
     }
     loop {
-        let entry = tokio::select! {
+        let message = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
-            entry = watch.next() => entry,
+            message = messages.next() => message,
         };
-        let entry = match entry {
-            Some(Ok(entry)) => entry,
+        let message = match message {
+            Some(Ok(message)) => message,
             Some(Err(err)) => anyhow::bail!(err),
             None => anyhow::bail!("watch ended"),
         };
-        if !caught_up {
-            seen.insert(entry.key.clone());
+        let info = message.info().map_err(|e| anyhow::anyhow!("message without metadata: {e}"))?;
+        let (revision, pending, created) = (info.stream_sequence, info.pending, info.published);
+        let Some(key) = message.subject.strip_prefix(store.prefix.as_str()).map(str::to_string) else { continue };
+        if !caught_up && known.is_some() {
+            seen.insert(key.clone());
         }
-        let change = match entry.operation {
-            Operation::Put => (known.insert(entry.key.clone(), entry.revision) != Some(entry.revision))
-                .then(|| KvChange::Put { key: entry.key, value: entry.value, revision: entry.revision }),
-            Operation::Delete | Operation::Purge => {
-                known.remove(&entry.key).map(|_| KvChange::Delete { key: entry.key })
+        let done = !caught_up && pending == 0;
+        let change = match (operation(&message), known.as_deref_mut()) {
+            (Operation::Put, Some(k)) => (k.revisions.insert(key.clone(), revision) != Some(revision))
+                .then(|| KvChange::Put { key, value: message.payload.clone(), revision }),
+            (Operation::Put, None) => Some(KvChange::Put { key, value: message.payload.clone(), revision }),
+            (Operation::Delete | Operation::Purge, Some(k)) => {
+                k.revisions.remove(&key).map(|_| KvChange::Delete { key })
             }
+            (Operation::Delete | Operation::Purge, None) => Some(KvChange::Delete { key }),
         };
         if let Some(change) = change {
-            tx.send(change, entry.created.into()).await?;
+            tx.send(change, created.into()).await?;
         }
-        if !caught_up && entry.delta == 0 {
+        if done {
             caught_up = true;
-            finish_replay(tx, known, &seen, ready_sent).await?;
+            finish_replay(tx, known.as_deref_mut(), &seen).await?;
+            seen = HashSet::new();
         }
     }
 }
 
-/// After a (re)play: keys known before but absent now were removed while we
-/// were not watching.
-async fn finish_replay<T>(
-    tx: &Sink<T>,
-    known: &mut HashMap<String, u64>,
-    seen: &HashSet<String>,
-    ready_sent: &mut bool,
-) -> anyhow::Result<()> {
-    let vanished: Vec<String> = known.keys().filter(|k| !seen.contains(*k)).cloned().collect();
+/// The KV operation a bucket message records: a put, unless its headers
+/// say delete or purge (`KV-Operation`, or a server marker on expiry).
+fn operation(message: &async_nats::jetstream::Message) -> Operation {
+    let Some(headers) = message.headers.as_ref() else { return Operation::Put };
+    if let Some(op) = headers.get("KV-Operation") {
+        return match op.as_str() {
+            "DEL" => Operation::Delete,
+            "PURGE" => Operation::Purge,
+            _ => Operation::Put,
+        };
+    }
+    match headers.get("Nats-Marker-Reason").map(|r| r.as_str()) {
+        Some("MaxAge" | "Purge") => Operation::Purge,
+        Some("Remove") => Operation::Delete,
+        _ => Operation::Put,
+    }
+}
+
+/// After a (re)play: with bookkeeping, keys known before but absent now were
+/// removed while we were not watching; without, the consumer learns that the
+/// replay is complete.
+async fn finish_replay<T>(tx: &Sink<T>, known: Option<&mut Known>, seen: &HashSet<String>) -> anyhow::Result<()> {
+    let Some(known) = known else {
+        return tx.send(KvChange::Ready, SystemTime::now()).await;
+    };
+    let vanished: Vec<String> = known.revisions.keys().filter(|k| !seen.contains(*k)).cloned().collect();
     for key in vanished {
-        known.remove(&key);
+        known.revisions.remove(&key);
         tx.send(KvChange::Delete { key }, SystemTime::now()).await?;
     }
-    if !*ready_sent {
-        *ready_sent = true;
+    if !known.ready_sent {
+        known.ready_sent = true;
         tx.send(KvChange::Ready, SystemTime::now()).await?;
     }
     Ok(())

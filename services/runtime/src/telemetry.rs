@@ -89,6 +89,9 @@ pub fn init(log: &LogArgs, service: &str) -> Telemetry {
         && env("OTEL_METRICS_EXPORTER").is_none_or(|v| v != "none");
     // Logging is not up yet: keep problems and report them once it is.
     let mut problems = Vec::new();
+    if traces || metrics {
+        install_tls_provider();
+    }
     let exporter = if traces {
         opentelemetry_otlp::SpanExporter::builder()
             .with_http()
@@ -119,10 +122,18 @@ pub fn init(log: &LogArgs, service: &str) -> Telemetry {
     telemetry
 }
 
+/// The OTLP exporter's HTTP client is built without a TLS crypto provider
+/// of its own (the workspace picks `ring`): install it process-wide first,
+/// or building the exporter panics. "Already installed" is fine.
+fn install_tls_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// Like [`init`], but traces always go over OTLP/HTTP to `endpoint`
 /// (the loadtest's in-process collector).
 pub fn init_exporting_to(log: &LogArgs, service: &str, endpoint: &str) -> anyhow::Result<Telemetry> {
     use opentelemetry_otlp::WithExportConfig as _;
+    install_tls_provider();
     let exporter = opentelemetry_otlp::SpanExporter::builder().with_http().with_endpoint(endpoint).build()?;
     let tracer = SdkTracerProvider::builder().with_resource(resource(service)).with_batch_exporter(exporter).build();
     Ok(install(log, service, Some(tracer), None))

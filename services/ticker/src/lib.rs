@@ -35,7 +35,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::fire::{Epochs, Stored};
 use crate::lease::{Command, LeaseEvent};
-use crate::plan::{Outgoing, Plan, PlanConfig};
+use crate::plan::{Outgoing, Plan, PlanConfig, Written};
+use crate::spec::Draft;
 
 /// Ticker settings.
 #[derive(Debug, Clone, clap::Args)]
@@ -109,7 +110,8 @@ pub async fn run(
     let epochs = Arc::new(Epochs::default());
     let (fires, mut stored, firer) = fire::spawn(publisher.clone(), epochs.clone(), 16_384);
     let (keeper, mut leases, keeper_task) = lease::spawn(id.clone(), buckets);
-    let mut changes = spawn_kv_watch_stamped(handles.schedules.clone(), shutdown.child_token(), 4096);
+    let watch = spawn_kv_watch_stamped(handles.schedules.clone(), shutdown.child_token(), 4096);
+    let mut changes = spawn_decoder(watch, 4096);
     let plan = Plan::new(PlanConfig { lookahead: config.lookahead, misfire_threshold: config.misfire_threshold });
     let mut t = Ticker {
         plan,
@@ -269,31 +271,50 @@ impl Ticker {
         self.send(out).await;
     }
 
-    async fn change(&mut self, stamped: StampedChange, ready: &Readiness) {
-        let StampedChange { change, written_at } = stamped;
+    async fn change(&mut self, decoded: Decoded, ready: &Readiness) {
+        let Decoded { change: StampedChange { change, written_at, replay }, draft } = decoded;
+        // The watch numbers its replays; a wrap after 65,536 reconnects is harmless.
+        let replay = replay as u16;
         match change {
-            KvChange::Put { key, value, revision } => match self.plan.parse(&key, &value) {
-                Ok(spec) => {
-                    let written = timestamp(written_at);
-                    let mut out = Vec::new();
-                    self.plan.upsert(&key, spec, written, Timestamp::now(), &mut out);
-                    if self.loaded {
-                        tracing::info!(schedule = %key, revision, "schedule loaded");
-                    }
-                    self.send(out).await;
+            KvChange::Put { key, revision, .. } => {
+                if self.plan.seen(&key, revision, replay) {
+                    // A replay after a reconnect repeating what is loaded.
+                    return;
                 }
-                Err(reason) => {
-                    tracing::warn!(schedule = %key, revision, %reason, "invalid schedule");
-                    self.remove(&key);
-                    let event = RunEvent::invalid(&self.bucket, &key, revision, reason);
-                    if let Err(err) = self.publisher.event(&event).await {
-                        tracing::error!(schedule = %key, %err, "cannot report invalid schedule");
+                let draft = draft.unwrap_or_else(|| Err("not decoded".to_string()));
+                match draft.and_then(|d| self.plan.build(&key, d)) {
+                    Ok(spec) => {
+                        let written = Written { revision, time: timestamp(written_at), replay };
+                        let mut out = Vec::new();
+                        self.plan.upsert(&key, spec, written, Timestamp::now(), &mut out);
+                        if self.loaded {
+                            tracing::info!(schedule = %key, revision, "schedule loaded");
+                        }
+                        self.send(out).await;
+                    }
+                    Err(reason) => {
+                        tracing::warn!(schedule = %key, revision, %reason, "invalid schedule");
+                        self.remove(&key);
+                        let event = RunEvent::invalid(&self.bucket, &key, revision, reason);
+                        if let Err(err) = self.publisher.event(&event).await {
+                            tracing::error!(schedule = %key, %err, "cannot report invalid schedule");
+                        }
                     }
                 }
-            },
+            }
             KvChange::Delete { key } => {
                 tracing::info!(schedule = %key, "schedule removed");
                 self.remove(&key);
+            }
+            KvChange::Ready if self.loaded => {
+                // A replay after the watch was re-created: what it did not
+                // mention was deleted meanwhile.
+                for (key, p, counted) in self.plan.sweep(replay) {
+                    tracing::info!(schedule = %key, "schedule removed while the watch was down");
+                    if counted {
+                        self.tell(Command::Forget(p, key));
+                    }
+                }
             }
             KvChange::Ready => {
                 self.loaded = true;
@@ -339,6 +360,31 @@ impl Ticker {
             }
         }
     }
+}
+
+/// A schedules-watch change with its definition already parsed.
+struct Decoded {
+    change: StampedChange,
+    /// For a put: the parsed definition, or why it is invalid.
+    draft: Option<Result<Draft, String>>,
+}
+
+/// Parses definitions in a task of its own, so that loading a million
+/// schedules uses a second core and the watch is drained fast enough.
+fn spawn_decoder(mut watch: mpsc::Receiver<StampedChange>, capacity: usize) -> mpsc::Receiver<Decoded> {
+    let (tx, rx) = mpsc::channel(capacity);
+    tokio::spawn(async move {
+        while let Some(change) = watch.recv().await {
+            let draft = match &change.change {
+                KvChange::Put { key, value, .. } => Some(Draft::decode(key, value)),
+                _ => None,
+            };
+            if tx.send(Decoded { change, draft }).await.is_err() {
+                return;
+            }
+        }
+    });
+    rx
 }
 
 fn timestamp(t: SystemTime) -> Timestamp {

@@ -17,8 +17,11 @@
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 use std::time::Duration;
+
+use hashbrown::HashTable;
 
 use jetsched_calendar::jitter_offset;
 use jetsched_contract::ticker::{FiredCount, PARTITIONS, partition_of};
@@ -26,7 +29,7 @@ use jetsched_contract::{DueFire, RunEvent, RunStatus};
 use jiff::{SignedDuration, Timestamp};
 
 use crate::catchup::replay;
-use crate::spec::{Calendars, Spec};
+use crate::spec::{Draft, Shared, Spec};
 
 /// What a published message is.
 #[derive(Debug, Clone, PartialEq)]
@@ -43,7 +46,7 @@ pub struct Outgoing {
     /// Schedule id.
     pub schedule: Arc<str>,
     /// Task name (subject token).
-    pub task: Box<str>,
+    pub task: Arc<str>,
     /// The schedule's partition.
     pub partition: u16,
     /// The partition's ownership epoch when it was made: stale once the
@@ -69,18 +72,24 @@ pub struct PlanConfig {
 }
 
 struct Sched {
-    id: Arc<str>,
+    id: Box<str>,
     spec: Spec,
-    partition: u16,
+    /// KV revision of the definition.
+    revision: u64,
+    /// When the definition was written (server time), in nanoseconds.
+    written_at: i64,
+    /// While its partition is owned: every occurrence up to here is handled
+    /// (nanoseconds; [`NONE`] otherwise).
+    cursor: i64,
     /// Position in its partition's member list.
     pos: u32,
-    /// When the current definition was written (server time).
-    written_at: Timestamp,
-    /// While its partition is owned: every occurrence up to here is handled.
-    cursor: Option<Timestamp>,
-    /// Fires stored so far (kept for `max_runs`).
-    fired: u64,
+    partition: u16,
+    /// The schedules watch's replay that last mentioned it.
+    replay: u16,
 }
+
+/// No cursor.
+const NONE: i64 = i64::MIN;
 
 #[derive(Default)]
 struct Cell {
@@ -124,10 +133,15 @@ pub struct Plan {
     config: PlanConfig,
     cells: Vec<Cell>,
     free: Vec<u32>,
-    index: HashMap<Arc<str>, u32>,
+    /// Cell index by schedule id (hashed with `hasher`, compared in `cells`),
+    /// so ids are stored once.
+    index: HashTable<u32>,
+    hasher: RandomState,
+    /// Fires so far of the `max_runs` schedules.
+    fired: HashMap<u32, u64>,
     heap: BinaryHeap<Reverse<Slot>>,
     parts: Vec<Part>,
-    calendars: Calendars,
+    shared: Shared,
     /// Every slot released at or before this has been popped.
     processed: Timestamp,
 }
@@ -162,10 +176,12 @@ impl Plan {
             config,
             cells: Vec::new(),
             free: Vec::new(),
-            index: HashMap::new(),
+            index: HashTable::new(),
+            hasher: RandomState::new(),
+            fired: HashMap::new(),
             heap: BinaryHeap::new(),
             parts,
-            calendars: Calendars::default(),
+            shared: Shared::default(),
             processed: Timestamp::MIN,
         }
     }
@@ -195,22 +211,50 @@ impl Plan {
         self.parts.get(usize::from(partition)).map_or(0, |p| p.epoch)
     }
 
-    /// Parses a stored schedule, sharing calendars with loaded ones.
+    /// Parses a stored schedule, sharing calendars and task names with loaded ones.
     pub fn parse(&mut self, id: &str, bytes: &[u8]) -> Result<Spec, String> {
-        Spec::parse(id, bytes, &mut self.calendars)
+        Spec::parse(id, bytes, &mut self.shared)
     }
 
-    /// Loads or replaces `id`, written at `written_at`. In an owned partition
-    /// it fires from the later of what it already handled and `written_at`:
-    /// occurrences from before the current definition are not caught up.
-    pub fn upsert(&mut self, id: &str, spec: Spec, written_at: Timestamp, now: Timestamp, out: &mut Vec<Outgoing>) {
-        let idx = match self.index.get(id) {
-            Some(&idx) => {
+    /// Completes a definition parsed off the loop ([`Draft::decode`]).
+    pub fn build(&mut self, id: &str, draft: Draft) -> Result<Spec, String> {
+        Spec::build(id, draft, &mut self.shared)
+    }
+
+    fn find(&self, id: &str) -> Option<u32> {
+        let cells = &self.cells;
+        let hash = self.hasher.hash_one(id);
+        self.index.find(hash, |&i| cells[i as usize].sched.as_ref().is_some_and(|s| &*s.id == id)).copied()
+    }
+
+    /// Notes that replay `replay` of the schedules watch mentioned `id` at
+    /// `revision`; true when that is the revision already loaded (nothing to do).
+    pub fn seen(&mut self, id: &str, revision: u64, replay: u16) -> bool {
+        let Some(idx) = self.find(id) else { return false };
+        match self.cells[idx as usize].sched.as_mut() {
+            Some(s) if s.revision == revision => {
+                s.replay = replay;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Loads or replaces `id` (KV `revision`, written at `written_at`, seen in
+    /// replay `replay`). In an owned partition it fires from the later of what
+    /// it already handled and `written_at`: occurrences from before the
+    /// current definition are not caught up.
+    pub fn upsert(&mut self, id: &str, spec: Spec, at: Written, now: Timestamp, out: &mut Vec<Outgoing>) {
+        let written_at = nanos(at.time);
+        let idx = match self.find(id) {
+            Some(idx) => {
                 let cell = &mut self.cells[idx as usize];
                 cell.generation = cell.generation.wrapping_add(1);
                 if let Some(s) = cell.sched.as_mut() {
                     s.spec = spec;
+                    s.revision = at.revision;
                     s.written_at = written_at;
+                    s.replay = at.replay;
                 }
                 idx
             }
@@ -223,24 +267,46 @@ impl Plan {
                 let part = &mut self.parts[usize::from(partition)];
                 let pos = part.members.len() as u32;
                 part.members.push(idx);
-                let id: Arc<str> = id.into();
-                self.index.insert(id.clone(), idx);
                 let cell = &mut self.cells[idx as usize];
                 cell.generation = cell.generation.wrapping_add(1);
-                cell.sched = Some(Sched { id, spec, partition, pos, written_at, cursor: None, fired: 0 });
+                cell.sched = Some(Sched {
+                    id: id.into(),
+                    spec,
+                    revision: at.revision,
+                    written_at,
+                    cursor: NONE,
+                    pos,
+                    partition,
+                    replay: at.replay,
+                });
+                let (cells, hasher) = (&self.cells, &self.hasher);
+                let hash = hasher.hash_one(id);
+                self.index.insert_unique(hash, idx, |&i| {
+                    hasher.hash_one(cells[i as usize].sched.as_ref().map_or("", |s| &s.id))
+                });
                 idx
             }
         };
         let Some(s) = self.cells[idx as usize].sched.as_ref() else { return };
+        if s.spec.max_runs().is_none() {
+            self.fired.remove(&idx);
+        }
         if matches!(self.parts[usize::from(s.partition)].state, Ownership::Owned { .. }) {
-            let floor = s.cursor.map_or(written_at, |c| c.max(written_at));
+            let floor = from_nanos(s.cursor.max(written_at));
             self.catch_up(idx, floor, now, out);
         }
     }
 
     /// Forgets `id`; returns its partition and whether it kept a fire count.
     pub fn remove(&mut self, id: &str) -> Option<(u16, bool)> {
-        let idx = self.index.remove(id)?;
+        let idx = self.find(id)?;
+        let cells = &self.cells;
+        let hash = self.hasher.hash_one(id);
+        if let Ok(entry) =
+            self.index.find_entry(hash, |&i| cells[i as usize].sched.as_ref().is_some_and(|s| &*s.id == id))
+        {
+            entry.remove();
+        }
         let cell = &mut self.cells[idx as usize];
         cell.generation = cell.generation.wrapping_add(1);
         let sched = cell.sched.take()?;
@@ -251,8 +317,22 @@ impl Plan {
         {
             m.pos = sched.pos;
         }
+        self.fired.remove(&idx);
         self.free.push(idx);
-        Some((sched.partition, sched.spec.max_runs.is_some()))
+        Some((sched.partition, sched.spec.max_runs().is_some()))
+    }
+
+    /// Forgets every schedule the watch's replay `replay` did not mention
+    /// (deleted while the watch was down); returns them as [`Plan::remove`] does.
+    pub fn sweep(&mut self, replay: u16) -> Vec<(String, u16, bool)> {
+        let gone: Vec<String> = self
+            .cells
+            .iter()
+            .filter_map(|c| c.sched.as_ref())
+            .filter(|s| s.replay != replay)
+            .map(|s| s.id.to_string())
+            .collect();
+        gone.into_iter().filter_map(|id| self.remove(&id).map(|(p, counted)| (id, p, counted))).collect()
     }
 
     /// Takes `partition` over: replays each of its schedules from the
@@ -273,10 +353,13 @@ impl Plan {
         part.inflight.clear();
         part.dirty = true;
         for idx in part.members.clone() {
-            let Some(s) = self.cells[idx as usize].sched.as_mut() else { continue };
+            let Some(s) = self.cells[idx as usize].sched.as_ref() else { continue };
             let count = counts.get(&*s.id);
-            s.fired = count.map_or(0, |c| c.fired);
-            let floor = [watermark, count.map(|c| c.last)].into_iter().flatten().fold(s.written_at, Timestamp::max);
+            if s.spec.max_runs().is_some() {
+                self.fired.insert(idx, count.map_or(0, |c| c.fired));
+            }
+            let floor =
+                [watermark, count.map(|c| c.last)].into_iter().flatten().fold(from_nanos(s.written_at), Timestamp::max);
             self.catch_up(idx, floor, now, out);
         }
     }
@@ -321,7 +404,7 @@ impl Plan {
             let cell = &mut self.cells[idx as usize];
             cell.generation = cell.generation.wrapping_add(1);
             if let Some(s) = cell.sched.as_mut() {
-                s.cursor = None;
+                s.cursor = NONE;
             }
         }
     }
@@ -435,21 +518,25 @@ impl Plan {
             let nominal = from_nanos(slot.nominal);
             self.emit_fire(slot.idx, nominal, now, out);
             if let Some(s) = self.cells[slot.idx as usize].sched.as_mut() {
-                s.cursor = Some(nominal);
+                s.cursor = slot.nominal;
             }
             self.plan_next(slot.idx, nominal);
         }
         expired
     }
 
+    fn fired(&self, idx: u32) -> u64 {
+        self.fired.get(&idx).copied().unwrap_or(0)
+    }
+
     /// Replays `(floor, now]` for one schedule, then plans its next fire.
     fn catch_up(&mut self, idx: u32, floor: Timestamp, now: Timestamp, out: &mut Vec<Outgoing>) {
         let Some(s) = self.cells[idx as usize].sched.as_ref() else { return };
-        let budget = s.spec.max_runs.map_or(u64::MAX, |max| max.saturating_sub(s.fired));
+        let budget = s.spec.max_runs().map_or(u64::MAX, |max| max.saturating_sub(self.fired(idx)));
         let r = if s.spec.paused {
             Default::default()
         } else {
-            replay(&s.spec.calendar, &s.spec.misfire, self.config.misfire_threshold, floor, now, budget)
+            replay(&s.spec.calendar, s.spec.misfire(), self.config.misfire_threshold, floor, now, budget)
         };
         for nominal in r.fire {
             self.emit_fire(idx, nominal, now, out);
@@ -467,18 +554,24 @@ impl Plan {
         }
         let cursor = floor.max(now);
         if let Some(s) = self.cells[idx as usize].sched.as_mut() {
-            s.cursor = Some(cursor);
+            s.cursor = nanos(cursor);
         }
         self.plan_next(idx, cursor);
     }
 
     fn emit_fire(&mut self, idx: u32, nominal: Timestamp, now: Timestamp, out: &mut Vec<Outgoing>) {
-        let Some(s) = self.cells[idx as usize].sched.as_mut() else { return };
-        let jitter = signed(jitter_offset(&s.id, nominal, s.spec.jitter));
+        let Some(s) = self.cells[idx as usize].sched.as_ref() else { return };
+        let jitter = signed(jitter_offset(&s.id, nominal, s.spec.jitter()));
         let fire_at = nominal.checked_add(jitter).unwrap_or(nominal);
         let due = s.spec.due_fire(&s.id, nominal, (fire_at > now).then_some(fire_at));
-        s.fired += 1;
-        let count = s.spec.max_runs.map(|_| FiredCount { fired: s.fired, last: nominal });
+        let count = match s.spec.max_runs() {
+            Some(_) => {
+                let fired = self.fired.entry(idx).or_default();
+                *fired += 1;
+                Some(FiredCount { fired: *fired, last: nominal })
+            }
+            None => None,
+        };
         self.emit(idx, nominal, fire_at, Body::Due(due), count, out);
     }
 
@@ -495,7 +588,7 @@ impl Plan {
         let part = &mut self.parts[usize::from(s.partition)];
         *part.inflight.entry(hold).or_default() += 1;
         out.push(Outgoing {
-            schedule: s.id.clone(),
+            schedule: s.id.as_ref().into(),
             task: s.spec.task.clone(),
             partition: s.partition,
             epoch: part.epoch,
@@ -510,11 +603,11 @@ impl Plan {
     fn plan_next(&mut self, idx: u32, after: Timestamp) {
         let cell = &self.cells[idx as usize];
         let Some(s) = cell.sched.as_ref() else { return };
-        if s.spec.paused || s.spec.max_runs.is_some_and(|max| s.fired >= max) {
+        if s.spec.paused || s.spec.max_runs().is_some_and(|max| self.fired(idx) >= max) {
             return;
         }
         let Some(nominal) = s.spec.calendar.next_after(after) else { return };
-        let jitter = signed(jitter_offset(&s.id, nominal, s.spec.jitter));
+        let jitter = signed(jitter_offset(&s.id, nominal, s.spec.jitter()));
         let fire_at = nominal.checked_add(jitter).unwrap_or(nominal);
         let staged = fire_at.checked_sub(signed(self.config.lookahead)).unwrap_or(Timestamp::MIN);
         let release = staged.min(nominal);
@@ -525,6 +618,18 @@ impl Plan {
             generation: cell.generation,
         }));
     }
+}
+
+/// Where a schedule definition came from: its KV revision, when it was
+/// written, and the watch replay that delivered it.
+#[derive(Debug, Clone, Copy)]
+pub struct Written {
+    /// KV revision.
+    pub revision: u64,
+    /// Server time of the write.
+    pub time: Timestamp,
+    /// The schedules watch's replay number (truncated).
+    pub replay: u16,
 }
 
 #[cfg(test)]

@@ -27,7 +27,7 @@ fn owning_all(lookahead_ms: u64) -> Plan {
 fn put(p: &mut Plan, id: &str, json: &str, written: &str, now: &str) -> Vec<Outgoing> {
     let spec = p.parse(id, json.as_bytes()).unwrap();
     let mut out = Vec::new();
-    p.upsert(id, spec, ts(written), ts(now), &mut out);
+    p.upsert(id, spec, Written { revision: 1, time: ts(written), replay: 1 }, ts(now), &mut out);
     out
 }
 
@@ -301,4 +301,19 @@ fn a_released_partition_hands_over_once_its_fires_are_stored() {
     let other = partition_of("other-partition");
     assert_ne!(other, part);
     assert_eq!(p.release(other), Some(ts("2026-01-01T00:10:00Z")), "nothing in flight: at once");
+}
+
+#[test]
+fn a_replay_after_a_reconnect_keeps_what_it_mentions_and_drops_the_rest() {
+    let mut p = owning_all(0);
+    put(&mut p, "kept", r#"{"every": "10s", "task": "t"}"#, T0, T0);
+    put(&mut p, "gone", r#"{"every": "10s", "task": "t"}"#, T0, T0);
+    // Replay 2 repeats `kept` at the loaded revision and never mentions `gone`.
+    assert!(p.seen("kept", 1, 2));
+    assert!(!p.seen("kept", 2, 2), "a new revision must be loaded");
+    assert!(!p.seen("unknown", 1, 2));
+    let swept = p.sweep(2);
+    assert_eq!(swept, vec![("gone".to_string(), partition_of("gone"), false)]);
+    assert_eq!(p.len(), 1);
+    assert_eq!(fires(&pop(&mut p, "2026-01-01T00:00:10Z")), vec![("kept".into(), "2026-01-01T00:00:10Z".into())]);
 }

@@ -1,10 +1,11 @@
 //! What the ticker keeps of one schedule: only what decides when it fires
 //! and what a fire carries, in a compact form, so that a million schedules
 //! fit in a few hundred megabytes. Calendars (the parsed cron expression and
-//! time zone) are shared between schedules with identical timing fields.
+//! time zone) and task names are shared between schedules; settings most
+//! schedules leave at their defaults live in a box only the others pay for.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Weak};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use jetsched_calendar::Calendar;
@@ -18,40 +19,94 @@ pub struct Spec {
     /// When it fires (shared with schedules of identical timing).
     pub calendar: Arc<Calendar>,
     /// The task runs carry: a task name, or the schedule id for an inline task.
-    pub task: Box<str>,
+    pub task: Arc<str>,
     /// The payload as JSON text (`None`: null).
     pub payload: Option<Box<str>>,
-    /// The inline task definition, if any.
-    pub inline: Option<Box<TaskDef>>,
-    /// Upper bound of the deterministic start delay after the nominal time.
-    pub jitter: Duration,
-    /// What happens to occurrences found late.
-    pub misfire: Misfire,
     /// A paused schedule does not fire.
     pub paused: bool,
-    /// Stop after this many fires.
-    pub max_runs: Option<u64>,
+    /// Settings away from their defaults.
+    extras: Option<Box<Extras>>,
 }
 
-impl Spec {
-    /// Parses and validates the value stored under `id`, sharing calendars through `calendars`.
-    pub fn parse(id: &str, bytes: &[u8], calendars: &mut Calendars) -> Result<Spec, String> {
+/// The settings most schedules leave at their defaults.
+#[derive(Debug, Default)]
+struct Extras {
+    jitter: Duration,
+    misfire: Misfire,
+    max_runs: Option<u64>,
+    inline: Option<TaskDef>,
+}
+
+fn default_misfire() -> &'static Misfire {
+    static DEFAULT: OnceLock<Misfire> = OnceLock::new();
+    DEFAULT.get_or_init(Misfire::default)
+}
+
+/// A stored definition parsed and checked, not yet sharing anything with
+/// loaded schedules: the costly half of [`Spec::parse`], done off the
+/// ticker's loop.
+#[derive(Debug)]
+pub struct Draft {
+    def: ScheduleDef,
+    payload: Option<Box<str>>,
+}
+
+impl Draft {
+    /// Parses and checks the value stored under `id` (all but the calendar).
+    pub fn decode(id: &str, bytes: &[u8]) -> Result<Draft, String> {
         let def = ScheduleDef::from_json_except_calendar(id, bytes)?;
-        let calendar = calendars.get(&def)?;
         let payload = match &def.payload {
             None | Some(serde_json::Value::Null) => None,
             Some(v) => Some(serde_json::to_string(v).map_err(|e| format!("payload: {e}"))?.into_boxed_str()),
         };
-        Ok(Spec {
-            calendar,
-            task: def.task_name(id).into(),
-            payload,
-            inline: def.inline_task().cloned().map(Box::new),
+        Ok(Draft { def, payload })
+    }
+}
+
+impl Spec {
+    /// Parses and validates the value stored under `id`, sharing calendars
+    /// and task names through `shared`.
+    pub fn parse(id: &str, bytes: &[u8], shared: &mut Shared) -> Result<Spec, String> {
+        Spec::build(id, Draft::decode(id, bytes)?, shared)
+    }
+
+    /// Completes a [`Draft`]: its calendar (built and validated unless an
+    /// identical one is loaded) and shared task name.
+    pub fn build(id: &str, draft: Draft, shared: &mut Shared) -> Result<Spec, String> {
+        let Draft { def, payload } = draft;
+        let calendar = shared.calendar(&def)?;
+        let extras = Extras {
             jitter: def.jitter.0,
             misfire: def.misfire.clone(),
-            paused: def.paused,
             max_runs: def.max_runs,
+            inline: def.inline_task().cloned(),
+        };
+        let plain = extras.jitter.is_zero()
+            && extras.misfire == *default_misfire()
+            && extras.max_runs.is_none()
+            && extras.inline.is_none();
+        Ok(Spec {
+            calendar,
+            task: shared.task(def.task_name(id)),
+            payload,
+            paused: def.paused,
+            extras: (!plain).then(|| Box::new(extras)),
         })
+    }
+
+    /// Upper bound of the deterministic start delay after the nominal time.
+    pub fn jitter(&self) -> Duration {
+        self.extras.as_ref().map_or(Duration::ZERO, |e| e.jitter)
+    }
+
+    /// What happens to occurrences found late.
+    pub fn misfire(&self) -> &Misfire {
+        self.extras.as_ref().map_or(default_misfire(), |e| &e.misfire)
+    }
+
+    /// Stop after this many fires.
+    pub fn max_runs(&self) -> Option<u64> {
+        self.extras.as_ref().and_then(|e| e.max_runs)
     }
 
     /// The body of the due fire at `nominal`.
@@ -62,7 +117,7 @@ impl Spec {
             schedule: id.to_string(),
             scheduled_for: nominal,
             payload,
-            task_def: self.inline.as_deref().cloned(),
+            task_def: self.extras.as_ref().and_then(|e| e.inline.clone()),
             not_before,
         }
     }
@@ -81,18 +136,19 @@ struct CalendarKey {
     end_at: Option<Timestamp>,
 }
 
-/// Calendars in use, keyed by the fields they were built from. Entries whose
-/// schedules are all gone are dropped now and then.
+/// Calendars and task names in use. Entries no schedule uses any more are
+/// dropped now and then.
 #[derive(Default)]
-pub struct Calendars {
-    map: HashMap<CalendarKey, Weak<Calendar>>,
+pub struct Shared {
+    calendars: HashMap<CalendarKey, Weak<Calendar>>,
+    tasks: HashSet<Arc<str>>,
     prune_at: usize,
 }
 
-impl Calendars {
+impl Shared {
     /// The calendar of `def`, built (and validated) only the first time its
     /// timing fields are seen.
-    pub fn get(&mut self, def: &ScheduleDef) -> Result<Arc<Calendar>, String> {
+    fn calendar(&mut self, def: &ScheduleDef) -> Result<Arc<Calendar>, String> {
         let key = CalendarKey {
             cron: def.cron.clone(),
             every: def.every,
@@ -103,26 +159,37 @@ impl Calendars {
             start_at: def.start_at,
             end_at: def.end_at,
         };
-        if let Some(calendar) = self.map.get(&key).and_then(Weak::upgrade) {
+        if let Some(calendar) = self.calendars.get(&key).and_then(Weak::upgrade) {
             return Ok(calendar);
         }
         let calendar = Arc::new(def.calendar()?);
-        if self.map.len() >= self.prune_at {
-            self.map.retain(|_, weak| weak.strong_count() > 0);
-            self.prune_at = (self.map.len() * 2).max(1024);
-        }
-        self.map.insert(key, Arc::downgrade(&calendar));
+        self.prune();
+        self.calendars.insert(key, Arc::downgrade(&calendar));
         Ok(calendar)
     }
 
-    /// Distinct calendars tracked (live or not yet pruned).
-    pub fn len(&self) -> usize {
-        self.map.len()
+    fn task(&mut self, name: &str) -> Arc<str> {
+        if let Some(task) = self.tasks.get(name) {
+            return task.clone();
+        }
+        let task: Arc<str> = name.into();
+        self.prune();
+        self.tasks.insert(task.clone());
+        task
     }
 
-    /// True when none is tracked.
-    pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+    fn prune(&mut self) {
+        if self.calendars.len() + self.tasks.len() < self.prune_at {
+            return;
+        }
+        self.calendars.retain(|_, weak| weak.strong_count() > 0);
+        self.tasks.retain(|task| Arc::strong_count(task) > 1);
+        self.prune_at = ((self.calendars.len() + self.tasks.len()) * 2).max(1024);
+    }
+
+    /// Distinct calendars tracked (live or not yet pruned).
+    pub fn calendars(&self) -> usize {
+        self.calendars.len()
     }
 }
 
@@ -131,41 +198,57 @@ mod tests {
     use super::*;
 
     #[test]
-    fn identical_timing_shares_one_calendar() {
-        let mut calendars = Calendars::default();
-        let a =
-            Spec::parse("a", br#"{"cron": "0 30 2 * * *", "timezone": "Europe/Berlin", "task": "t"}"#, &mut calendars)
-                .unwrap();
+    fn identical_timing_shares_one_calendar_and_task_names_are_shared() {
+        let mut shared = Shared::default();
+        let berlin = br#"{"cron": "0 30 2 * * *", "timezone": "Europe/Berlin", "task": "t"}"#;
+        let a = Spec::parse("a", berlin, &mut shared).unwrap();
         let b = Spec::parse(
             "b",
-            br#"{"cron": "0 30 2 * * *", "timezone": "Europe/Berlin", "task": "u", "payload": {"n": 2}}"#,
-            &mut calendars,
+            br#"{"cron": "0 30 2 * * *", "timezone": "Europe/Berlin", "task": "t", "payload": {"n": 2}}"#,
+            &mut shared,
         )
         .unwrap();
-        let c =
-            Spec::parse("c", br#"{"cron": "0 30 2 * * *", "timezone": "UTC", "task": "t"}"#, &mut calendars).unwrap();
+        let c = Spec::parse("c", br#"{"cron": "0 30 2 * * *", "timezone": "UTC", "task": "t"}"#, &mut shared).unwrap();
         assert!(Arc::ptr_eq(&a.calendar, &b.calendar));
         assert!(!Arc::ptr_eq(&a.calendar, &c.calendar));
-        assert_eq!(calendars.len(), 2);
+        assert!(Arc::ptr_eq(&a.task, &c.task));
+        assert_eq!(shared.calendars(), 2);
         assert_eq!(b.payload.as_deref(), Some(r#"{"n":2}"#));
     }
 
     #[test]
+    fn defaults_need_no_extras_and_others_keep_theirs() {
+        let mut shared = Shared::default();
+        let plain = Spec::parse("p", br#"{"every": "1s", "task": "t"}"#, &mut shared).unwrap();
+        assert!(plain.extras.is_none());
+        assert_eq!((plain.jitter(), plain.max_runs()), (Duration::ZERO, None));
+        assert_eq!(plain.misfire(), &Misfire::default());
+        let custom = Spec::parse(
+            "c",
+            br#"{"every": "1s", "task": "t", "jitter": "3s", "max_runs": 4, "misfire": {"policy": "all"}}"#,
+            &mut shared,
+        )
+        .unwrap();
+        assert_eq!((custom.jitter(), custom.max_runs()), (Duration::from_secs(3), Some(4)));
+        assert_eq!(custom.misfire().policy, jetsched_contract::MisfirePolicy::All);
+    }
+
+    #[test]
     fn invalid_calendars_are_refused_even_when_not_shared() {
-        let mut calendars = Calendars::default();
-        let err = Spec::parse("a", br#"{"cron": "61 * * * *", "task": "t"}"#, &mut calendars).unwrap_err();
+        let mut shared = Shared::default();
+        let err = Spec::parse("a", br#"{"cron": "61 * * * *", "task": "t"}"#, &mut shared).unwrap_err();
         assert!(err.contains("minutes"), "{err}");
-        let err = Spec::parse("a", br#"{"every": "1s", "task": "t", "max_runs": 0}"#, &mut calendars).unwrap_err();
+        let err = Spec::parse("a", br#"{"every": "1s", "task": "t", "max_runs": 0}"#, &mut shared).unwrap_err();
         assert!(err.contains("max_runs"), "{err}");
     }
 
     #[test]
     fn due_fire_carries_payload_and_inline_task() {
-        let mut calendars = Calendars::default();
+        let mut shared = Shared::default();
         let spec = Spec::parse(
             "tick",
             br#"{"every": "1s", "task": {"handler": {"type": "nats", "subject": "fn.x"}}, "payload": {"k": [1, 2]}}"#,
-            &mut calendars,
+            &mut shared,
         )
         .unwrap();
         let nominal: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
