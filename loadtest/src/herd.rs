@@ -55,7 +55,14 @@ pub async fn run(env: &BenchEnv, args: Args) -> anyhow::Result<()> {
         nats.summary(),
         nats.len()
     );
-    let (mut ours, early) = jetsched(env, &args).await?;
+    let starts = noop::serve(env).await?;
+    let mut floor = raw_requests(env, &starts, args.schedules).await?;
+    println!(
+        "floor: {} NATS requests sent at once from this process to the no-op function: sent -> received {}",
+        args.schedules,
+        floor.summary()
+    );
+    let (mut ours, early) = jetsched(env, &starts, &args).await?;
     println!(
         "jetsched, {} schedules due at one instant (lookahead {:?}, {} slots): nominal -> handler start {}{}",
         args.schedules,
@@ -143,9 +150,28 @@ async fn nats_cron(env: &BenchEnv, n: usize, seconds: i64) -> anyhow::Result<Sam
     Ok(samples)
 }
 
+/// What no scheduler can beat here: `n` requests to the no-op function
+/// sent at the same instant from `n` tasks of this process.
+async fn raw_requests(env: &BenchEnv, starts: &noop::Starts, n: usize) -> anyhow::Result<Samples> {
+    let sent = Timestamp::now();
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let client = env.client.clone();
+        calls.spawn(async move {
+            let mut h = HeaderMap::new();
+            h.insert(jetsched_contract::headers::RUN_ID, format!("raw-{i}").as_str());
+            h.insert(jetsched_contract::headers::SCHEDULED_FOR, sent.to_string().as_str());
+            client.request_with_headers(noop::SUBJECT, h, "{}".into()).await.map(drop)
+        });
+    }
+    while let Some(done) = calls.join_next().await {
+        done??;
+    }
+    Ok(noop::lateness(starts, |t| t == sent).0)
+}
+
 /// jetsched: `n` one-shot schedules due at the same instant.
-async fn jetsched(env: &BenchEnv, args: &Args) -> anyhow::Result<(Samples, usize)> {
-    let starts = noop::serve(env).await?;
+async fn jetsched(env: &BenchEnv, starts: &noop::Starts, args: &Args) -> anyhow::Result<(Samples, usize)> {
     noop::define_task(env).await?;
     let ticker = jetsched_ticker::TickerConfig { lookahead: args.lookahead, ..Default::default() };
     let worker = jetsched_worker::WorkerConfig {
@@ -159,7 +185,7 @@ async fn jetsched(env: &BenchEnv, args: &Args) -> anyhow::Result<(Samples, usize
     // Warm up: consumers created, one run through every stage.
     let soon = Timestamp::now().checked_add(SignedDuration::from_secs(1))?;
     env.handles.schedules.put("herd-warmup", format!(r#"{{"at": "{soon}", "task": "noop"}}"#).into()).await?;
-    wait_until(Duration::from_secs(30), || noop::count(&starts) >= 1).await?;
+    wait_until(Duration::from_secs(30), || noop::started(starts, "s.herd-warmup.")).await?;
 
     let events = watch_events(env).await?;
     let due = Timestamp::from_second(Timestamp::now().checked_add(SignedDuration::try_from(args.lead)?)?.as_second())?;
@@ -172,8 +198,8 @@ async fn jetsched(env: &BenchEnv, args: &Args) -> anyhow::Result<(Samples, usize
         starts.lock().map(|m| m.values().filter(|s| s.scheduled_for == Some(due)).count()).unwrap_or(0)
     };
     let limit = due.duration_since(Timestamp::now()).unsigned_abs() + Duration::from_secs(120);
-    wait_until(limit, || in_herd(&starts) >= args.schedules).await?;
-    let (samples, early) = noop::lateness(&starts, |t| t == due);
+    wait_until(limit, || in_herd(starts) >= args.schedules).await?;
+    let (samples, early) = noop::lateness(starts, |t| t == due);
     services.stop().await;
     report_stages(&events, due, args.schedules);
     Ok((samples, early))

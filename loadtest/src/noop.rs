@@ -60,9 +60,9 @@ pub async fn define_task(env: &BenchEnv) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// How many runs have started so far.
-pub fn count(starts: &Starts) -> usize {
-    starts.lock().map(|m| m.len()).unwrap_or(0)
+/// True once a run whose id starts with `prefix` has started.
+pub fn started(starts: &Starts, prefix: &str) -> bool {
+    starts.lock().map(|m| m.keys().any(|k| k.starts_with(prefix))).unwrap_or(false)
 }
 
 /// Lateness (start - nominal time) of the runs whose nominal time `pick`
