@@ -36,25 +36,32 @@ pub enum ScheduleCmd {
         /// Schedule id.
         id: String,
     },
-    /// Stop a schedule from firing until resumed: sets "paused": true with
-    /// compare-and-set on the revision (nats kv get jetsched-schedules <id>,
-    /// then nats kv update jetsched-schedules <id> '<json with "paused": true>'
-    /// <revision>). Fires the ticker already staged ahead (--lookahead) still run.
+    /// Stop a schedule from firing (nats kv get, then nats kv update with "paused": true).
+    ///
+    /// Equivalent: `nats kv get jetsched-schedules <id>`, then `nats kv update
+    /// jetsched-schedules <id> '<json with "paused": true>' <revision>` (a
+    /// compare-and-set: a concurrent change makes it retry). Fires the ticker
+    /// already staged ahead of their time (--lookahead) still run.
     Pause {
         /// Schedule id.
         id: String,
     },
-    /// Let a paused schedule fire again from its next occurrence; what was
-    /// due while paused is not caught up (nats kv get, then nats kv update
-    /// jetsched-schedules <id> '<json without "paused">' <revision>).
+    /// Let a paused schedule fire again (nats kv get, then nats kv update without "paused").
+    ///
+    /// Equivalent: `nats kv get jetsched-schedules <id>`, then `nats kv update
+    /// jetsched-schedules <id> '<json without "paused">' <revision>`. It fires
+    /// from its next occurrence; what was due while paused is not caught up.
     Resume {
         /// Schedule id.
         id: String,
     },
-    /// Fire a schedule once now, outside its calendar: publishes a due fire
-    /// with the current time as its nominal time, so it gets its own run id
-    /// (nats pub jetsched.due.<task> '{"schedule":"<id>","scheduled_for":"<now>"}'
-    /// -H Nats-Msg-Id:<id>@<now>).
+    /// Fire a schedule once now, under a run id of its own (nats pub jetsched.due.<task>).
+    ///
+    /// Equivalent: `nats pub jetsched.due.<task>
+    /// '{"schedule":"<id>","scheduled_for":"<now>"}' -H Nats-Msg-Id:<id>@<now>`.
+    /// The nominal time is now to the millisecond, moved on while it is one of
+    /// the schedule's own occurrences, so it never takes a regular fire's run
+    /// id. Works on paused schedules; does not count towards max_runs.
     Trigger {
         /// Schedule id.
         id: String,
@@ -62,9 +69,13 @@ pub enum ScheduleCmd {
         #[arg(long)]
         payload: Option<String>,
     },
-    /// Print the next fire times in UTC and in the schedule's time zone, with
-    /// DST gaps and folds marked; of a stored schedule (nats kv get
-    /// jetsched-schedules <id>, computed locally) or of --spec (no server needed).
+    /// Print the next fire times in UTC and the schedule's zone, DST marked (nats kv get).
+    ///
+    /// Of a stored schedule (read like `nats kv get jetsched-schedules <id>`
+    /// and computed locally with the ticker's calendar code) or of an inline
+    /// --spec (no server needed). Local times show their UTC offset and zone
+    /// abbreviation; times moved out of a DST gap or repeated by a DST fold
+    /// are marked.
     Preview {
         /// Schedule id (or use --spec).
         id: Option<String>,

@@ -22,6 +22,7 @@ use std::sync::OnceLock;
 
 use jetsched_contract::schedule::{Dst, DstFold, DstGap};
 use jetsched_contract::task::{Concurrency, Requires, Step, Trigger};
+use jetsched_contract::ticker::{FiredCount, Watermark};
 use jetsched_contract::{
     DueFire, Handler, HumanDuration, Misfire, MisfirePolicy, Overlap, RetryPolicy, RunEvent, RunRecord, RunStatus,
     ScheduleDef, TaskDef, TaskRef, WorkItem,
@@ -34,8 +35,15 @@ use serde_json::{Map, Value, json};
 /// A Rust parser's verdict on a document: the services accept it, or the reason they do not.
 type Parser = fn(&str) -> Result<(), String>;
 
-const SCHEMA_FILES: [&str; 6] =
-    ["task.json", "schedule.json", "run-event.json", "run-record.json", "due-fire.json", "work-item.json"];
+const SCHEMA_FILES: [&str; 7] = [
+    "task.json",
+    "schedule.json",
+    "run-event.json",
+    "run-record.json",
+    "due-fire.json",
+    "work-item.json",
+    "ticker-state.json",
+];
 
 /// The schemas as JSON and as compiled validators.
 struct Schemas {
@@ -480,6 +488,27 @@ const INVALID_RUN_RECORDS: &[(&str, &str)] = &[
     ),
 ];
 
+/// Either value the ticker keeps in its bucket.
+fn parse_ticker_state(doc: &str) -> Result<(), String> {
+    let watermark = serde_json::from_str::<Watermark>(doc).map(drop).map_err(|e| e.to_string());
+    let count = serde_json::from_str::<FiredCount>(doc)
+        .map_err(|e| e.to_string())
+        .and_then(|c| if c.fired == 0 { Err("a stored count is at least 1".to_string()) } else { Ok(()) });
+    watermark.or(count)
+}
+
+const VALID_TICKER_STATES: &[&str] =
+    &[r#"{"upto": "2026-11-25T02:30:00.204Z", "by": "ticker-1"}"#, r#"{"fired": 1, "last": "2026-11-25T02:30:00Z"}"#];
+
+const INVALID_TICKER_STATES: &[(&str, &str)] = &[
+    ("a watermark without its writer", r#"{"upto": "2026-11-25T02:30:00Z"}"#),
+    ("a malformed instant", r#"{"upto": "yesterday", "by": "ticker-1"}"#),
+    ("an unknown field", r#"{"upto": "2026-11-25T02:30:00Z", "by": "t", "extra": 1}"#),
+    ("a count of zero", r#"{"fired": 0, "last": "2026-11-25T02:30:00Z"}"#),
+    ("a negative count", r#"{"fired": -1, "last": "2026-11-25T02:30:00Z"}"#),
+    ("both kinds mixed", r#"{"fired": 1, "last": "2026-11-25T02:30:00Z", "by": "t"}"#),
+];
+
 const VALID_DUE_FIRES: &[&str] = &[
     r#"{"schedule": "nightly", "scheduled_for": "2026-11-25T02:30:00Z"}"#,
     r#"{"schedule": "nightly", "scheduled_for": "2026-11-25T02:30:00Z", "payload": {"bucket": "photos"},
@@ -567,6 +596,11 @@ fn schema_and_parser_agree_on_due_fires_and_work_items() {
 }
 
 #[test]
+fn schema_and_parser_agree_on_ticker_state() {
+    assert_agreement("ticker-state.json", parse_ticker_state, VALID_TICKER_STATES, INVALID_TICKER_STATES);
+}
+
+#[test]
 fn what_the_schemas_cannot_express_is_rejected_by_the_parser() {
     assert_only_parser_rejects(
         "task.json",
@@ -643,13 +677,14 @@ fn parser_also_accepts_spellings_the_schema_leaves_out() {
 #[test]
 fn schema_examples_are_valid_for_schema_and_parser() {
     let schemas = schemas();
-    let parsers: [(&str, Parser); 6] = [
+    let parsers: [(&str, Parser); 7] = [
         ("task.json", parse_task),
         ("schedule.json", parse_schedule),
         ("run-event.json", parse_serde::<RunEvent>),
         ("run-record.json", parse_serde::<RunRecord>),
         ("due-fire.json", parse_serde::<DueFire>),
         ("work-item.json", parse_serde::<WorkItem>),
+        ("ticker-state.json", parse_ticker_state),
     ];
     for (file, parse) in parsers {
         let examples = schemas.raw(file)["examples"].as_array().unwrap_or_else(|| panic!("{file} has examples"));
@@ -822,6 +857,12 @@ fn values_the_services_write_validate_against_their_schemas() {
         def.calendar().unwrap();
         assert_valid("schedule.json", &serde_json::to_value(&def).unwrap());
     }
+
+    // The ticker's bucket.
+    let watermark = Watermark { upto: t("2026-11-25T02:30:00.204Z"), by: "ticker-1".to_string() };
+    assert_valid("ticker-state.json", &serde_json::to_value(&watermark).unwrap());
+    let count = FiredCount { fired: 3, last: t("2026-11-25T02:30:00Z") };
+    assert_valid("ticker-state.json", &serde_json::to_value(&count).unwrap());
 
     // Internal messages.
     for fire in [

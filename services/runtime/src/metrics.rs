@@ -51,7 +51,10 @@ pub fn metrics() -> &'static Metrics {
             m.f64_histogram(name).with_unit("s").with_description(help).with_boundaries(SECONDS.to_vec()).build()
         };
         Metrics {
-            fire_lateness: secs("jetsched_fire_lateness_seconds", "Nominal fire time to due event stored"),
+            fire_lateness: secs(
+                "jetsched_fire_lateness_seconds",
+                "Fire time to due event stored (0 when staged ahead)",
+            ),
             schedules_loaded: m
                 .u64_gauge("jetsched_schedules_loaded")
                 .with_description("Schedules loaded by the ticker")
