@@ -97,6 +97,11 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let id = config.ticker_id.clone().unwrap_or_else(|| jetsched_runtime::default_instance_id("ticker"));
     validate_name("ticker id", &id)?;
+    anyhow::ensure!(
+        config.lease_ttl >= Duration::from_secs(1),
+        "--lease-ttl must be at least 1s (the server's expiry markers need it), got {:?}",
+        config.lease_ttl
+    );
     let topology = topology_of(&handles).await?;
     let buckets = setup::ensure_ticker(&handles.js, &handles.names, &topology, config.lease_ttl).await?;
     if buckets.lease_ttl != config.lease_ttl {
