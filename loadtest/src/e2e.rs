@@ -56,7 +56,7 @@ pub async fn run(env: &BenchEnv, args: Args, telemetry: &Telemetry, sink: &Count
         .put("noop", r#"{"handler": {"type": "nats", "subject": "loadtest.noop"}, "timeout": "30s"}"#.into())
         .await?;
     let worker = jetsched_worker::WorkerConfig { slots: args.slots, ..Default::default() };
-    let services = env.services(worker);
+    let services = env.services(worker).await?;
     let mut succeeded = env.client.subscribe(env.names.event_subject("noop", "succeeded")).await?;
     env.client.flush().await?;
     // Warm up (consumers created, caches filled) with one run.
@@ -163,8 +163,9 @@ async fn submit(env: &BenchEnv, id: &str) -> anyhow::Result<async_nats::jetstrea
 
 /// Replies at once and notes when each run's request arrived.
 async fn serve_noop(env: &BenchEnv, started_at: Marks) -> anyhow::Result<()> {
-    let mut sub = env.client.subscribe("loadtest.noop").await?;
-    let client = env.client.clone();
+    let client = env.connect("function").await?.js.client();
+    let mut sub = client.subscribe("loadtest.noop").await?;
+    client.flush().await?;
     tokio::spawn(async move {
         while let Some(msg) = sub.next().await {
             let now = Instant::now();

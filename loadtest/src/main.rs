@@ -37,6 +37,9 @@ enum Command {
     Baseline(baseline::Args),
 }
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let log = jetsched_runtime::LogArgs {

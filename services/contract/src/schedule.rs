@@ -60,6 +60,9 @@ pub struct ScheduleDef {
     /// Stop after this many fires.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_runs: Option<u64>,
+    /// Run only after another schedule's run for the same date succeeded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub depends_on: Option<ScheduleDependency>,
     /// Free text for humans.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
@@ -139,6 +142,27 @@ pub enum MisfirePolicy {
     Latest,
     /// All within the window, up to `max`.
     All,
+}
+
+/// "Run only after `schedule`'s run for the same date (in this schedule's
+/// zone) succeeded; give up `wait` after the nominal time."
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleDependency {
+    /// The other schedule's id.
+    pub schedule: String,
+    /// How long past the nominal time to wait for it.
+    #[serde(default = "default_dependency_wait")]
+    pub wait: HumanDuration,
+}
+
+fn default_dependency_wait() -> HumanDuration {
+    HumanDuration::from_secs(3600)
+}
+
+/// For serde: skip the default overlap policy.
+pub fn is_allow(o: &Overlap) -> bool {
+    *o == Overlap::Allow
 }
 
 /// Behaviour when the previous run of the schedule is still going.
@@ -263,6 +287,9 @@ impl ScheduleDef {
         }
         if self.max_runs == Some(0) {
             return Err("max_runs must be at least 1".to_string());
+        }
+        if let Some(dep) = &self.depends_on {
+            validate_name("schedule", &dep.schedule).map_err(|e| format!("depends_on: {e}"))?;
         }
         let dst = DstPolicy {
             gap: match self.dst.gap {

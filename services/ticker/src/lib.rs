@@ -121,6 +121,9 @@ async fn publish_fire_traced(publisher: &Publisher, fire: &Fire, run_id: &str, s
         payload: fire.def.payload.clone().unwrap_or_default(),
         task_def: fire.def.inline_task().cloned(),
         not_before: None,
+        overlap: fire.def.overlap,
+        depends_on: fire.def.depends_on.clone(),
+        timezone: fire.def.timezone.clone(),
     };
     let payload = match serde_json::to_vec(&body) {
         Ok(p) => p,
