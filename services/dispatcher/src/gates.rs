@@ -151,7 +151,7 @@ pub async fn dependency(
         )));
     }
     let left = deadline.duration_since(now).unsigned_abs();
-    Ok(Gate::Wait(left.min(Duration::from_secs(5))))
+    Ok(Gate::Wait(left.min(Duration::from_secs(1))))
 }
 
 /// The task's time window at `at`.

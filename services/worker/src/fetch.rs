@@ -18,7 +18,7 @@
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_nats::jetstream::Message;
 use async_nats::jetstream::consumer::{PullConsumer, pull};
@@ -47,12 +47,14 @@ pub struct Lane {
     pending: AtomicU64,
     /// Messages delivered and not acked, including retries waiting out a delay (last poll).
     in_flight: AtomicU64,
-    /// Since when the lane has had undelivered work.
-    waiting_since: Mutex<Option<Instant>>,
+    /// When the oldest undelivered message was stored (last poll).
+    head_at: Mutex<Option<jiff::Timestamp>>,
+    /// The lane's subject.
+    subject: String,
 }
 
 impl Lane {
-    fn new(queue: &str, band: u8, consumer: PullConsumer) -> Lane {
+    fn new(queue: &str, band: u8, consumer: PullConsumer, subject: String) -> Lane {
         Lane {
             queue: queue.to_string(),
             band,
@@ -60,13 +62,16 @@ impl Lane {
             // Unknown until the first poll: assume there is work.
             pending: AtomicU64::new(1),
             in_flight: AtomicU64::new(0),
-            waiting_since: Mutex::new(None),
+            head_at: Mutex::new(None),
+            subject,
         }
     }
 
-    /// Effective band: the band, minus one per aging step of waiting.
-    fn urgency(&self, now: Instant, aging_step: Duration) -> f64 {
-        let waited = self.waiting_since.lock().ok().and_then(|w| *w).map_or(0.0, |t| (now - t).as_secs_f64());
+    /// Effective band: the band, minus one per aging step its oldest
+    /// waiting message has waited.
+    fn urgency(&self, now: jiff::Timestamp, aging_step: Duration) -> f64 {
+        let waited =
+            self.head_at.lock().ok().and_then(|h| *h).map_or(0.0, |t| now.duration_since(t).as_secs_f64().max(0.0));
         f64::from(self.band) - waited / aging_step.as_secs_f64().max(0.001)
     }
 
@@ -111,7 +116,7 @@ impl Lanes {
         for band in 0..bands {
             let config: pull::Config = setup::worker_consumer(&self.names, queue, band, self.ack_wait);
             let consumer = self.stream.create_consumer(config).await?;
-            added.push(Arc::new(Lane::new(queue, band, consumer)));
+            added.push(Arc::new(Lane::new(queue, band, consumer, self.names.task_subject(queue, band))));
         }
         tracing::info!(%queue, "serving queue");
         let mut lanes = self.lanes.write().unwrap_or_else(|e| e.into_inner());
@@ -132,7 +137,7 @@ impl Lanes {
     /// Lanes to ask, in order: the hinted lane first, then by urgency;
     /// lanes seen empty at the last poll are left out.
     fn order(&self, hint: Option<(String, u8)>) -> Vec<Arc<Lane>> {
-        let now = Instant::now();
+        let now = jiff::Timestamp::now();
         let mut lanes: Vec<Arc<Lane>> = self.read().clone();
         let hinted = |l: &Lane| hint.as_ref().is_some_and(|(q, b)| *q == l.queue && *b == l.band);
         lanes.retain(|l| hinted(l) || !l.idle());
@@ -201,8 +206,8 @@ pub async fn subscribe_wake(
     Ok(futures::stream::select_all(subs))
 }
 
-/// Polls every lane's consumer: what waits (for ordering and aging), and
-/// the backlog gauge.
+/// Polls every lane's consumer: what waits and since when (for ordering
+/// and aging), and the backlog gauge.
 pub async fn monitor(lanes: Arc<Lanes>, every: Duration, shutdown: CancellationToken) {
     loop {
         let snapshot: Vec<Arc<Lane>> = lanes.read().clone();
@@ -211,12 +216,20 @@ pub async fn monitor(lanes: Arc<Lanes>, every: Duration, shutdown: CancellationT
             let Ok(info) = consumer.info().await else { continue };
             lane.pending.store(info.num_pending, Ordering::Relaxed);
             lane.in_flight.store(info.num_ack_pending as u64, Ordering::Relaxed);
-            if let Ok(mut since) = lane.waiting_since.lock() {
-                match (info.num_pending > 0, since.is_some()) {
-                    (true, false) => *since = Some(Instant::now()),
-                    (false, true) => *since = None,
-                    _ => {}
-                }
+            // The next undelivered message is the lane's head; its store
+            // time is how long the lane's oldest work has waited.
+            let head = if info.num_pending > 0 {
+                lanes
+                    .stream
+                    .direct_get_next_for_subject(lane.subject.clone(), Some(info.delivered.stream_sequence + 1))
+                    .await
+                    .ok()
+                    .and_then(|m| jiff::Timestamp::from_nanosecond(m.time.unix_timestamp_nanos()).ok())
+            } else {
+                None
+            };
+            if let Ok(mut h) = lane.head_at.lock() {
+                *h = head;
             }
             let waiting = info.num_pending + info.num_ack_pending as u64;
             metrics().backlog.record(waiting, &[kv("queue", lane.queue.clone()), kv("band", i64::from(lane.band))]);
