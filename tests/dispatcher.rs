@@ -371,7 +371,7 @@ async fn overlap_skip_skips_fires_while_a_run_is_in_progress() {
 
     events.wait_for(20, "a run to succeed", is("slow", RunStatus::Succeeded)).await;
     let skipped = events.seen_with("slow", RunStatus::Skipped);
-    assert!(skipped.len() >= 1, "fires during the run were skipped");
+    assert!(!skipped.is_empty(), "fires during the run were skipped");
     assert!(skipped[0].error.as_deref().unwrap().contains("still running"), "{skipped:?}");
     let started = events.seen_with("slow", RunStatus::Started);
     assert_eq!(started.len(), 1, "never two runs at once");
