@@ -43,7 +43,7 @@ pub enum InboxKind {
     Due,
     /// `<prefix>.step.<task>`: a dispatcher starting a workflow step.
     Step,
-    /// `<prefix>.advance.<workflow>`: a step of a workflow run reached an outcome.
+    /// `<prefix>.advance.<task>`: a workflow step running `task` reached an outcome.
     Advance,
 }
 

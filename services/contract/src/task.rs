@@ -301,7 +301,9 @@ impl TaskDef {
             crate::routing::validate_template(&c.key).map_err(|e| format!("concurrency.key: {e}"))?;
         }
         if let Some(r) = &self.rate_limit {
-            if r.limit == 0 || r.per.0.is_zero() || r.per.0 > std::time::Duration::from_secs(86_400) {
+            let per = r.per.0;
+            if r.limit == 0 || per < std::time::Duration::from_millis(1) || per > std::time::Duration::from_secs(86_400)
+            {
                 return Err("rate_limit needs a limit of at least 1 and a period between 1ms and 1d".to_string());
             }
             if let Some(k) = &r.key {

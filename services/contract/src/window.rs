@@ -56,8 +56,10 @@ const DAYS: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
 #[derive(Debug, Clone)]
 pub struct Window {
     tz: TimeZone,
-    /// Per weekday (Monday first): open ranges as seconds of the day.
-    days: [Vec<(u32, u32)>; 7],
+    /// Per weekday (Monday first): open ranges as seconds of the day, and
+    /// whether the range is the after-midnight part of the previous day's
+    /// (a blackout of that previous day closes it too).
+    days: [Vec<(u32, u32, bool)>; 7],
     blackout: Vec<Date>,
     /// What happens outside.
     pub outside: Outside,
@@ -93,7 +95,7 @@ impl WindowDef {
             None | Some("UTC") => TimeZone::UTC,
             Some(n) => TimeZone::get(n).map_err(|_| format!("unknown time zone {n:?}"))?,
         };
-        let mut days: [Vec<(u32, u32)>; 7] = Default::default();
+        let mut days: [Vec<(u32, u32, bool)>; 7] = Default::default();
         for (day, ranges) in &self.weekly {
             let i = DAYS
                 .iter()
@@ -102,16 +104,19 @@ impl WindowDef {
             for range in ranges {
                 let (a, b) = range.split_once('-').ok_or_else(|| format!("range {range:?} is not START-END"))?;
                 let (start, end) = (parse_time(a)?, parse_time(b)?);
+                if start == 86_400 {
+                    return Err(format!("range {range:?}: 24:00 can only end a range"));
+                }
                 if start == end {
                     return Err(format!("range {range:?} is empty"));
                 }
                 if start < end {
-                    days[i].push((start, end));
+                    days[i].push((start, end, false));
                 } else {
                     // Past midnight: the rest of this day, then the next morning.
-                    days[i].push((start, 86_400));
+                    days[i].push((start, 86_400, false));
                     if end > 0 {
-                        days[(i + 1) % 7].push((0, end));
+                        days[(i + 1) % 7].push((0, end, true));
                     }
                 }
             }
@@ -127,11 +132,16 @@ impl WindowDef {
 }
 
 impl Window {
-    fn ranges(&self, date: Date) -> &[(u32, u32)] {
-        if self.blackout.contains(&date) {
-            return &[];
-        }
-        &self.days[date.weekday().to_monday_zero_offset() as usize]
+    /// The open ranges of `date`, blackouts applied (a range carried over
+    /// from a blacked-out previous day is closed too).
+    fn ranges(&self, date: Date) -> Vec<(u32, u32)> {
+        let blocked = |d: Option<Date>| d.is_some_and(|d| self.blackout.contains(&d));
+        let (today, yesterday) = (blocked(Some(date)), blocked(date.yesterday().ok()));
+        self.days[date.weekday().to_monday_zero_offset() as usize]
+            .iter()
+            .filter(|(_, _, carried)| if *carried { !yesterday } else { !today })
+            .map(|(a, b, _)| (*a, *b))
+            .collect()
     }
 
     /// True when `t` is inside the window.
@@ -151,7 +161,7 @@ impl Window {
         let mut date = start.date();
         for _ in 0..400 {
             for (a, _) in self.ranges(date) {
-                let civil = date.to_datetime(time_of(*a));
+                let civil = date.to_datetime(time_of(a));
                 // A start in a DST gap opens when the gap ends.
                 let instant = self.tz.to_ambiguous_timestamp(civil).compatible().ok()?;
                 if instant > t {
@@ -227,6 +237,7 @@ mod tests {
             (r#"{"weekly": {"mon": ["9-10"]}}"#, "HH:MM"),
             (r#"{"weekly": {"mon": ["09:00-09:00"]}}"#, "empty"),
             (r#"{"weekly": {"mon": ["09:00-25:00"]}}"#, "time of day"),
+            (r#"{"weekly": {"mon": ["24:00-00:00"]}}"#, "only end"),
             (r#"{"weekly": {"mon": ["09:00-10:00"]}, "timezone": "Nowhere/Land"}"#, "unknown time zone"),
             (r#"{"weekly": {"mon": ["09:00-10:00"]}, "colour": 1}"#, "unknown field"),
         ] {

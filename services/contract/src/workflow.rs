@@ -64,7 +64,7 @@ pub struct StepStart {
     pub scheduled_for: Option<Timestamp>,
 }
 
-/// Body of `<prefix>.advance.<workflow task>`: a step reached an outcome.
+/// Body of `<prefix>.advance.<task>` (the step's task): a step reached an outcome.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StepOutcome {

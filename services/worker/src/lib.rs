@@ -110,7 +110,10 @@ pub fn default_worker_id() -> String {
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "worker".to_string());
     let clean: String = host.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '-' }).collect();
-    format!("{clean}-{}", std::process::id())
+    // Ids are subject tokens and consumer names: keep them to 64 characters.
+    let pid = std::process::id().to_string();
+    let keep = 63usize.saturating_sub(pid.len()).min(clean.len());
+    format!("{}-{pid}", &clean[..keep])
 }
 
 /// Runs a worker with Rust handlers `builtins` until `shutdown`, then
@@ -127,6 +130,7 @@ pub async fn run(
     }
     let names = handles.names.clone();
     let worker_id = config.worker_id.clone().unwrap_or_else(default_worker_id);
+    validate_name("worker id", &worker_id)?;
     let slots = Arc::new(Semaphore::new(config.slots.max(1)));
     let cancels = Cancels::default();
     let client = handles.js.client();
