@@ -7,6 +7,7 @@
 
 mod baseline;
 mod bench;
+mod dispatch;
 mod e2e;
 mod otlp_sink;
 mod stats;
@@ -33,6 +34,9 @@ enum Command {
     /// and on), against raw JetStream async publish (with Nats-Msg-Id); then
     /// latency percentiles at moderate load.
     E2e(e2e::Args),
+    /// Dispatcher throughput (submit -> queued) against raw JetStream publish,
+    /// then the start order of a backlog of mixed importance.
+    Dispatch(dispatch::Args),
     /// Only the raw JetStream async publish baseline.
     Baseline(baseline::Args),
 }
@@ -55,6 +59,7 @@ fn main() -> anyhow::Result<()> {
         let env = bench::BenchEnv::start(cli.nats_url.as_deref()).await?;
         let result = match cli.command {
             Command::E2e(args) => e2e::run(&env, args, &telemetry, &sink).await,
+            Command::Dispatch(args) => dispatch::run(&env, args).await,
             Command::Baseline(args) => baseline::publish_rate(&env, &args).await.map(|rate| {
                 println!(
                     "raw JetStream async publish (Nats-Msg-Id, {} B, {} in flight): {rate:.0} msg/s",
