@@ -292,7 +292,7 @@ async fn run_attempt(
 ) -> Disposition {
     let attempt = record.attempt;
     tracing::Span::current().record("attempt", attempt);
-    tracing::info!(run_id = %item.run_id, task = %item.task, attempt, "run started");
+    tracing::debug!(run_id = %item.run_id, task = %item.task, attempt, "run started");
     let started = RunEvent { worker: Some(ctx.worker_id.clone()), ..event_for(item, record, RunStatus::Started, None) };
     // The handler does not wait for the event to be stored; the terminal
     // event is published only after it is, so the stream keeps their order.
@@ -335,7 +335,7 @@ async fn run_attempt(
     );
     match outcome {
         Outcome::Success { output, result } => {
-            tracing::info!(run_id = %item.run_id, task = %item.task, attempt, duration_ms, "run succeeded");
+            tracing::debug!(run_id = %item.run_id, task = %item.task, attempt, duration_ms, "run succeeded");
             let event = RunEvent {
                 duration_ms: Some(duration_ms),
                 output,
@@ -355,7 +355,7 @@ async fn run_attempt(
         {
             let spread = runid::unit_hash(&format!("{}:{attempt}", item.run_id));
             let delay = retry_after.unwrap_or_else(|| item.def.retry.backoff(attempt + 1, spread));
-            tracing::warn!(run_id = %item.run_id, task = %item.task, attempt, %error, ?delay, "run failed; will retry");
+            tracing::info!(run_id = %item.run_id, task = %item.task, attempt, %error, ?delay, "run failed; will retry");
             let event = RunEvent {
                 duration_ms: Some(duration_ms),
                 output,
