@@ -267,7 +267,7 @@ async fn passes_gates(ctx: &Ctx, a: &Accepted) -> anyhow::Result<Gate> {
 }
 
 /// A new record for `a` (or one of its shares).
-fn new_record(a: &Accepted, run_id: &str, queue: &str, band: u8, seq: u64, status: RunStatus) -> RunRecord {
+pub(crate) fn new_record(a: &Accepted, run_id: &str, queue: &str, band: u8, seq: u64, status: RunStatus) -> RunRecord {
     let now = Timestamp::now();
     RunRecord {
         run_id: run_id.to_string(),

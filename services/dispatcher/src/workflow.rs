@@ -16,7 +16,7 @@ use jetsched_contract::workflow::{Decision, StepState, WorkflowState, decide, ou
 use jetsched_contract::{RunRecord, RunStatus, StepOutcome, StepStart};
 use jiff::Timestamp;
 
-use crate::dispatch::{Accepted, Ctx, Disposition, Inbox, RETRY, create_record, event_for, report_step};
+use crate::dispatch::{Accepted, Ctx, Disposition, Inbox, RETRY, create_record, event_for, new_record, report_step};
 
 /// Starts workflow run `a`: its record, a `started` event, its root steps.
 pub async fn start(ctx: &Ctx, msg: &Inbox<'_>, a: Accepted) -> Disposition {
@@ -25,30 +25,11 @@ pub async fn start(ctx: &Ctx, msg: &Inbox<'_>, a: Accepted) -> Disposition {
         payload: a.payload.clone(),
         steps: steps.keys().map(|k| (k.clone(), StepState::default())).collect(),
     };
-    let now = Timestamp::now();
     let record = RunRecord {
-        run_id: a.run_id.clone(),
-        task: a.task.clone(),
-        schedule: a.schedule.clone(),
-        status: RunStatus::Started,
         attempt: 1,
-        queue: a.def.queue.clone(),
-        band: 0,
-        scheduled_for: a.scheduled_for,
-        created_at: now,
-        updated_at: now,
-        started_at: Some(now),
-        finished_at: None,
-        error: None,
-        source_seq: msg.seq,
-        task_seq: None,
-        worker: None,
-        cancel_requested: false,
-        replay_of: a.replay_of.clone(),
-        parent: a.parent.clone(),
-        step: a.step.clone(),
+        started_at: Some(Timestamp::now()),
         workflow: Some(state),
-        result: None,
+        ..new_record(&a, &a.run_id, &a.def.queue, 0, msg.seq, RunStatus::Started)
     };
     let revision = match create_record(ctx, &record).await {
         Ok(Some(rev)) => rev,
