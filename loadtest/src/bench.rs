@@ -34,41 +34,47 @@ impl BenchEnv {
                 (server.url(), Some((server, dir)))
             }
         };
-        let client = async_nats::ConnectOptions::new().name("jetsched-loadtest").connect(&url).await?;
-        let server_version = client.server_info().version;
-        let js = jetsched_runtime::jetstream(client.clone());
         let names = Names::default();
-        jetsched_contract::setup::ensure(&js, &names, &Topology::default()).await?;
-        let handles = Handles::open(js, names.clone()).await?;
+        let handles = connect(&url, "jetsched-loadtest", &names).await?;
+        let client = handles.js.client();
+        let server_version = client.server_info().version;
         Ok(BenchEnv { url, client, handles, names, server_version, _server: server })
     }
 
-    /// Runs ticker, dispatcher and worker in this process until the returned guard drops.
-    pub fn services(&self, worker: jetsched_worker::WorkerConfig) -> Services {
-        self.services_with(Default::default(), worker)
+    /// A separate connection (as a separate process would have).
+    pub async fn connect(&self, name: &str) -> anyhow::Result<Handles> {
+        connect(&self.url, name, &self.names).await
+    }
+
+    /// Runs ticker, dispatcher and worker in this process, each on its own
+    /// connection as in a real deployment, until stopped.
+    pub async fn services(&self, worker: jetsched_worker::WorkerConfig) -> anyhow::Result<Services> {
+        self.services_with(Default::default(), worker).await
     }
 
     /// [`BenchEnv::services`] with ticker settings.
-    pub fn services_with(
+    pub async fn services_with(
         &self,
         ticker: jetsched_ticker::TickerConfig,
         worker: jetsched_worker::WorkerConfig,
-    ) -> Services {
+    ) -> anyhow::Result<Services> {
         let token = CancellationToken::new();
-        let h = &self.handles;
+        let (t, d, w) =
+            (self.connect("ticker").await?, self.connect("dispatcher").await?, self.connect("worker").await?);
         let tasks = vec![
-            tokio::spawn(jetsched_ticker::run(ticker, h.clone(), Default::default(), token.clone())),
-            tokio::spawn(jetsched_dispatcher::run(Default::default(), h.clone(), Default::default(), token.clone())),
-            tokio::spawn(jetsched_worker::run(
-                worker,
-                h.clone(),
-                Default::default(),
-                Default::default(),
-                token.clone(),
-            )),
+            tokio::spawn(jetsched_ticker::run(ticker, t, Default::default(), token.clone())),
+            tokio::spawn(jetsched_dispatcher::run(Default::default(), d, Default::default(), token.clone())),
+            tokio::spawn(jetsched_worker::run(worker, w, Default::default(), Default::default(), token.clone())),
         ];
-        Services { token, tasks }
+        Ok(Services { token, tasks })
     }
+}
+
+async fn connect(url: &str, name: &str, names: &Names) -> anyhow::Result<Handles> {
+    let client = async_nats::ConnectOptions::new().name(name).connect(url).await?;
+    let js = jetsched_runtime::jetstream(client);
+    jetsched_contract::setup::ensure(&js, names, &Topology::default()).await?;
+    Ok(Handles::open(js, names.clone()).await?)
 }
 
 pub struct Services {

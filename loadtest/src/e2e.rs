@@ -53,7 +53,7 @@ pub async fn run(env: &BenchEnv, args: Args, telemetry: &Telemetry, sink: &Count
     let started_at = noop::serve(env).await?;
     noop::define_task(env).await?;
     let worker = jetsched_worker::WorkerConfig { slots: args.slots, ..Default::default() };
-    let services = env.services(worker);
+    let services = env.services(worker).await?;
     let mut succeeded = env.client.subscribe(env.names.event_subject("noop", "succeeded")).await?;
     env.client.flush().await?;
     // Warm up (consumers created, caches filled) with one run.

@@ -180,7 +180,7 @@ async fn jetsched(env: &BenchEnv, starts: &noop::Starts, args: &Args) -> anyhow:
         stage_horizon: args.lookahead + Duration::from_secs(5),
         ..Default::default()
     };
-    let services = env.services_with(ticker, worker);
+    let services = env.services_with(ticker, worker).await?;
     env.wait_for_leases(Duration::from_secs(60)).await?;
     // Warm up: consumers created, one run through every stage.
     let soon = Timestamp::now().checked_add(SignedDuration::from_secs(1))?;

@@ -7,6 +7,7 @@
 
 mod baseline;
 mod bench;
+mod dispatch;
 mod e2e;
 mod herd;
 mod million;
@@ -37,6 +38,9 @@ enum Command {
     /// and on), against raw JetStream async publish (with Nats-Msg-Id); then
     /// latency percentiles at moderate load.
     E2e(e2e::Args),
+    /// Dispatcher throughput (submit -> queued) against raw JetStream publish,
+    /// then the start order of a backlog of mixed importance.
+    Dispatch(dispatch::Args),
     /// Only the raw JetStream async publish baseline.
     Baseline(baseline::Args),
     /// N schedules due in the same second, against NATS's own cron message
@@ -48,6 +52,9 @@ enum Command {
     /// A million schedules: ticker load time and resident memory.
     Million(million::Args),
 }
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -67,6 +74,7 @@ fn main() -> anyhow::Result<()> {
             Command::Herd(args) => herd::run(&env, args).await,
             Command::Steady(args) => steady::run(&env, args).await,
             Command::Million(args) => million::run(&env, args).await,
+            Command::Dispatch(args) => dispatch::run(&env, args).await,
             Command::Baseline(args) => baseline::publish_rate(&env, &args).await.map(|rate| {
                 println!(
                     "raw JetStream async publish (Nats-Msg-Id, {} B, {} in flight): {rate:.0} msg/s",

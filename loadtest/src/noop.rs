@@ -32,14 +32,17 @@ pub const SUBJECT: &str = "loadtest.noop";
 /// Answers requests on [`SUBJECT`] until the process ends.
 pub async fn serve(env: &BenchEnv) -> anyhow::Result<Starts> {
     let starts: Starts = Arc::default();
-    let mut sub = env.client.subscribe(SUBJECT).await?;
-    let client = env.client.clone();
+    // Its own connection, as a function in another process would have.
+    let client = env.connect("function").await?.js.client();
+    let mut sub = client.subscribe(SUBJECT).await?;
+    client.flush().await?;
     let marks = starts.clone();
+    let replies = client.clone();
     tokio::spawn(async move {
         while let Some(msg) = sub.next().await {
             let (instant, at) = (Instant::now(), Timestamp::now());
             if let Some(reply) = msg.reply {
-                let _ = client.publish(reply, bytes::Bytes::new()).await;
+                let _ = replies.publish(reply, bytes::Bytes::new()).await;
             }
             let header = |name: &str| msg.headers.as_ref().and_then(|h| h.get(name)).map(|v| v.as_str().to_string());
             let Some(run) = header(headers::RUN_ID) else { continue };

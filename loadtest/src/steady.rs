@@ -36,7 +36,7 @@ pub async fn run(env: &BenchEnv, args: Args) -> anyhow::Result<()> {
     noop::define_task(env).await?;
     let ticker = jetsched_ticker::TickerConfig { lookahead: args.lookahead, ..Default::default() };
     let worker = jetsched_worker::WorkerConfig { slots: args.slots, ..Default::default() };
-    let services = env.services_with(ticker, worker);
+    let services = env.services_with(ticker, worker).await?;
     env.wait_for_leases(Duration::from_secs(60)).await?;
     let step = 1_000_000 / u64::from(args.rate.max(1));
     let schedules = (0..args.rate).map(|i| {

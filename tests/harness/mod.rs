@@ -187,6 +187,14 @@ impl Env {
                 if let Some(to) = msg.reply {
                     match answer {
                         Reply::Ok(v) => client.publish(to, v.to_string().into()).await.unwrap(),
+                        Reply::After(d, v) => {
+                            let client = client.clone();
+                            // Simulated work: the function answers later.
+                            tokio::spawn(async move {
+                                tokio::time::sleep_until(tokio::time::Instant::now() + d).await;
+                                let _ = client.publish(to, v.to_string().into()).await;
+                            });
+                        }
                         Reply::Fail { error, retryable } => {
                             let mut h = HeaderMap::new();
                             h.insert(jetsched_contract::headers::ERROR, error.as_str());
@@ -278,7 +286,12 @@ impl Call {
 /// What a test function answers.
 pub enum Reply {
     Ok(Value),
-    Fail { error: String, retryable: bool },
+    /// Answers `Ok` after the given time, like a function doing slow work.
+    After(Duration, Value),
+    Fail {
+        error: String,
+        retryable: bool,
+    },
     Silent,
 }
 

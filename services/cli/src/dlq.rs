@@ -125,7 +125,8 @@ pub async fn replay(h: &Handles, seq: u64) -> anyhow::Result<String> {
             h.js.publish_with_headers(original.clone(), out, msg.payload.clone()).await?.await?;
             Ok(match kind {
                 InboxKind::Submit => run::submitted_run_id(task, Some(&msg_id), 0),
-                InboxKind::Due => format!("a re-fire of {task} (run id from the fire)"),
+                InboxKind::Due | InboxKind::Step => format!("a re-run of {task} (same run id as before)"),
+                InboxKind::Advance => format!("a step outcome of {task}"),
             })
         }
         None => Err(BadInput(format!(

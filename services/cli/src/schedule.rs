@@ -61,7 +61,8 @@ pub enum ScheduleCmd {
     /// '{"schedule":"<id>","scheduled_for":"<now>"}' -H Nats-Msg-Id:<id>@<now>`.
     /// The nominal time is now to the millisecond, moved on while it is one of
     /// the schedule's own occurrences, so it never takes a regular fire's run
-    /// id. Works on paused schedules; does not count towards max_runs.
+    /// id. Works on paused schedules, does not count towards max_runs, follows
+    /// the overlap policy and ignores depends_on.
     Trigger {
         /// Schedule id.
         id: String,
@@ -188,6 +189,11 @@ async fn trigger(h: &Handles, id: &str, payload: Option<&str>) -> anyhow::Result
         payload,
         task_def: def.inline_task().cloned(),
         not_before: None,
+        // A run by hand follows the overlap policy but waits for no other
+        // schedule (depends_on is about runs of the same calendar date).
+        overlap: def.overlap,
+        depends_on: None,
+        timezone: calendar.time_zone().iana_name().map(str::to_string),
     };
     let run_id = run::scheduled_run_id(id, nominal);
     let mut hdrs = HeaderMap::new();

@@ -91,18 +91,30 @@ pub async fn run(
         let events = client.subscribe(handles.names.event_filter()).await?;
         tokio::spawn(print_events(events, shutdown.clone()));
     }
+    // One connection per service, as when they run as separate processes.
+    let ticker_handles = crate::open(&nats, topology, "jetsched-ticker", true).await?;
+    let dispatcher_handles = crate::open(&nats, topology, "jetsched-dispatcher", true).await?;
+    let worker_handles = crate::open(&nats, topology, "jetsched-worker", true).await?;
     eprintln!("jetsched: ticker, dispatcher and worker running; Ctrl-C stops");
     let (ticker, dispatcher, worker) = tokio::join!(
-        jetsched_ticker::run(args.ticker, handles.clone(), health.component("ticker"), shutdown.clone()),
-        jetsched_dispatcher::run(args.dispatcher, handles.clone(), health.component("dispatcher"), shutdown.clone()),
+        jetsched_ticker::run(args.ticker, ticker_handles.clone(), health.component("ticker"), shutdown.clone()),
+        jetsched_dispatcher::run(
+            args.dispatcher,
+            dispatcher_handles.clone(),
+            health.component("dispatcher"),
+            shutdown.clone()
+        ),
         jetsched_worker::run(
             args.worker,
-            handles.clone(),
+            worker_handles.clone(),
             Builtins::default(),
             health.component("worker"),
             shutdown.clone()
         ),
     );
+    for h in [&ticker_handles, &dispatcher_handles, &worker_handles] {
+        let _ = h.js.client().drain().await;
+    }
     let _ = client.drain().await;
     if let Some(mut server) = server {
         tokio::task::spawn_blocking(move || server.stop()).await?;

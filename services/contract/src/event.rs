@@ -131,6 +131,12 @@ pub struct RunEvent {
     /// Captured handler output (exec), truncated.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output: Option<String>,
+    /// For a step run: the workflow run it belongs to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workflow_run: Option<String>,
+    /// For a step run: its step name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<String>,
 }
 
 impl RunEvent {
@@ -153,6 +159,8 @@ impl RunEvent {
             queue: None,
             worker: None,
             output: None,
+            workflow_run: None,
+            step: None,
         }
     }
 

@@ -32,6 +32,10 @@ pub const CHECKPOINT: &str = "Jetsched-Checkpoint";
 pub const CANCEL_SUBJECT: &str = "Jetsched-Cancel-Subject";
 /// Submission: the run this one replays (set by `jetsched dlq replay`).
 pub const REPLAY_OF: &str = "Jetsched-Replay-Of";
+/// To a handler of a broadcast run: this worker's 0-based share index.
+pub const SHARD_INDEX: &str = "Jetsched-Shard-Index";
+/// To a handler of a broadcast run: how many workers got a share.
+pub const SHARD_TOTAL: &str = "Jetsched-Shard-Total";
 /// W3C trace context.
 pub const TRACEPARENT: &str = "traceparent";
 /// W3C trace state.

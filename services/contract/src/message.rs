@@ -25,6 +25,15 @@ pub struct DueFire {
     /// Do not start before this instant (a fire staged ahead of time).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub not_before: Option<Timestamp>,
+    /// The schedule's overlap policy.
+    #[serde(default, skip_serializing_if = "crate::schedule::is_allow")]
+    pub overlap: crate::schedule::Overlap,
+    /// Another schedule's run for the same date that must succeed first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub depends_on: Option<crate::schedule::ScheduleDependency>,
+    /// The schedule's time zone (dates for `depends_on` are in it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timezone: Option<String>,
 }
 
 /// Body of `<prefix>.task.<queue>.<band>`: one run for a worker.
@@ -59,6 +68,25 @@ pub struct WorkItem {
     /// The dead run this one replays.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replay_of: Option<String>,
+    /// For a step run: the workflow run it belongs to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
+    /// For a step run: its step name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<String>,
+    /// For a broadcast run: this worker's share.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<Shard>,
+}
+
+/// One worker's share of a broadcast run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Shard {
+    /// 0-based index of this worker among the matching workers.
+    pub index: u32,
+    /// How many workers got a share.
+    pub total: u32,
 }
 
 /// Value under a worker id in `jetsched-workers`, refreshed while the worker

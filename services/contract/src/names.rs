@@ -41,6 +41,10 @@ pub enum InboxKind {
     Submit,
     /// `<prefix>.due.<task>`: a schedule fired by the ticker.
     Due,
+    /// `<prefix>.step.<task>`: a dispatcher starting a workflow step.
+    Step,
+    /// `<prefix>.advance.<task>`: a workflow step running `task` reached an outcome.
+    Advance,
 }
 
 /// The name set for one prefix.
@@ -143,6 +147,8 @@ impl Names {
         let kind = match kind {
             "submit" => InboxKind::Submit,
             "due" => InboxKind::Due,
+            "step" => InboxKind::Step,
+            "advance" => InboxKind::Advance,
             _ => return None,
         };
         Some((kind, task))
@@ -170,7 +176,36 @@ impl Names {
 
     /// Subjects of the inbox stream.
     pub fn inbox_subjects(&self) -> Vec<String> {
-        vec![format!("{}.submit.>", self.prefix), format!("{}.due.>", self.prefix)]
+        ["submit", "due", "step", "advance"].iter().map(|k| format!("{}.{k}.>", self.prefix)).collect()
+    }
+
+    /// Where a dispatcher starts step `task` of a workflow run.
+    pub fn step_subject(&self, task: &str) -> String {
+        format!("{}.step.{task}", self.prefix)
+    }
+
+    /// Where the outcome of a workflow step running `task` is reported.
+    pub fn advance_subject(&self, task: &str) -> String {
+        format!("{}.advance.{task}", self.prefix)
+    }
+
+    /// The queue of runs addressed to one worker (routing round_robin,
+    /// consistent_hash, broadcast). Names starting with `_` are reserved.
+    pub fn worker_queue(&self, worker_id: &str) -> String {
+        format!("_w-{worker_id}")
+    }
+
+    /// The shared queue of runs of `queue` that require `labels`: served
+    /// only by workers of that queue carrying all those labels.
+    pub fn labelled_queue(&self, queue: &str, labels: &std::collections::BTreeMap<String, String>) -> String {
+        let mut key = queue.to_string();
+        for (k, v) in labels {
+            key.push('\u{1f}');
+            key.push_str(k);
+            key.push('=');
+            key.push_str(v);
+        }
+        format!("_l-{:08x}", crate::run::fnv1a(key.as_bytes()) as u32)
     }
 
     /// Dispatched work, consumed by workers.
@@ -228,6 +263,21 @@ impl Names {
     /// The ticker's partition leases and live members (entries expire unless refreshed).
     pub fn ticker_leases_bucket(&self) -> String {
         format!("{}-ticker-leases", self.prefix)
+    }
+
+    /// Time windows, keyed by window name.
+    pub fn windows_bucket(&self) -> String {
+        format!("{}-windows", self.prefix)
+    }
+
+    /// Concurrency slots held by running runs (entries expire unless refreshed).
+    pub fn slots_bucket(&self) -> String {
+        format!("{}-slots", self.prefix)
+    }
+
+    /// Rate-limit counters per period.
+    pub fn rates_bucket(&self) -> String {
+        format!("{}-rates", self.prefix)
     }
 
     // ---- consumers ----

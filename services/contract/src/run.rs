@@ -120,6 +120,19 @@ pub struct RunRecord {
     /// The dead run this one replays (`jetsched dlq replay`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replay_of: Option<String>,
+    /// For a step run: the workflow run it belongs to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
+    /// For a step run: its step name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<String>,
+    /// For a workflow run: where each step stands.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workflow: Option<crate::workflow::WorkflowState>,
+    /// For a step run that succeeded: the handler's result (JSON), for the
+    /// workflow's later steps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<serde_json::Value>,
 }
 
 #[cfg(test)]

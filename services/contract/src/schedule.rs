@@ -60,6 +60,9 @@ pub struct ScheduleDef {
     /// Stop after this many fires.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_runs: Option<u64>,
+    /// Run only after another schedule's run for the same date succeeded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub depends_on: Option<ScheduleDependency>,
     /// Free text for humans.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
@@ -141,6 +144,27 @@ pub enum MisfirePolicy {
     All,
 }
 
+/// "Run only after `schedule`'s run for the same date (in this schedule's
+/// zone) succeeded; give up `wait` after the nominal time."
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleDependency {
+    /// The other schedule's id.
+    pub schedule: String,
+    /// How long past the nominal time to wait for it.
+    #[serde(default = "default_dependency_wait")]
+    pub wait: HumanDuration,
+}
+
+fn default_dependency_wait() -> HumanDuration {
+    HumanDuration::from_secs(3600)
+}
+
+/// For serde: skip the default overlap policy.
+pub fn is_allow(o: &Overlap) -> bool {
+    *o == Overlap::Allow
+}
+
 /// Behaviour when the previous run of the schedule is still going.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
@@ -209,6 +233,9 @@ impl ScheduleDef {
         let def: ScheduleDef = serde_json::from_slice(bytes).map_err(|e| format!("malformed schedule: {e}"))?;
         if def.max_runs == Some(0) {
             return Err("max_runs must be at least 1".to_string());
+        }
+        if let Some(dep) = &def.depends_on {
+            validate_name("schedule", &dep.schedule).map_err(|e| format!("depends_on: {e}"))?;
         }
         def.validate_task()?;
         Ok(def)

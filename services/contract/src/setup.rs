@@ -49,6 +49,9 @@ impl Default for Topology {
     }
 }
 
+/// How long a concurrency slot outlives its last refresh.
+pub const SLOT_TTL: Duration = Duration::from_secs(30);
+
 /// The four streams.
 pub fn stream_configs(names: &Names, topo: &Topology) -> Vec<stream::Config> {
     let base = |name: String, subjects: Vec<String>, description: &str| stream::Config {
@@ -105,6 +108,10 @@ pub fn bucket_configs(names: &Names, topo: &Topology) -> Vec<kv::Config> {
         // Entries expire unless refreshed: a silent worker drops out.
         base(names.workers_bucket(), "jetsched: live workers", 1, topo.worker_ttl),
         base(names.checkpoints_bucket(), "jetsched: handler checkpoints", 1, topo.runs_max_age),
+        base(names.windows_bucket(), "jetsched: time windows", 10, Duration::ZERO),
+        // A slot whose holder stops refreshing it (a dead worker) frees itself.
+        base(names.slots_bucket(), "jetsched: concurrency slots", 1, SLOT_TTL),
+        base(names.rates_bucket(), "jetsched: rate-limit counters", 1, Duration::from_secs(86_400)),
     ]
 }
 
@@ -249,6 +256,12 @@ pub struct Handles {
     pub workers: kv::Store,
     /// `jetsched-checkpoints`.
     pub checkpoints: kv::Store,
+    /// `jetsched-windows`.
+    pub windows: kv::Store,
+    /// `jetsched-slots`.
+    pub slots: kv::Store,
+    /// `jetsched-rates`.
+    pub rates: kv::Store,
 }
 
 impl Handles {
@@ -264,6 +277,9 @@ impl Handles {
             runs: open(names.runs_bucket()).await?,
             workers: open(names.workers_bucket()).await?,
             checkpoints: open(names.checkpoints_bucket()).await?,
+            windows: open(names.windows_bucket()).await?,
+            slots: open(names.slots_bucket()).await?,
+            rates: open(names.rates_bucket()).await?,
             js,
             names,
         })

@@ -45,6 +45,13 @@ pub struct TaskDef {
     /// Worker requirements (slots, labels).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requires: Option<Requires>,
+    /// Which matching worker runs it: any (default), round_robin,
+    /// {"consistent_hash": "<template>"}, broadcast.
+    #[serde(default, skip_serializing_if = "crate::routing::Routing::is_any")]
+    pub routing: crate::routing::Routing,
+    /// Starts per period, keyed by a template over the payload.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<crate::routing::RateLimit>,
     /// Workflow steps; a task with steps is a DAG of other tasks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub steps: Option<BTreeMap<String, Step>>,
@@ -251,6 +258,8 @@ impl TaskDef {
             concurrency: None,
             window: None,
             requires: None,
+            routing: crate::routing::Routing::Any,
+            rate_limit: None,
             steps: None,
             description: None,
         }
@@ -285,10 +294,27 @@ impl TaskDef {
         if r.initial_backoff > r.max_backoff {
             return Err("retry.initial_backoff must not exceed retry.max_backoff".to_string());
         }
-        if let Some(c) = &self.concurrency
-            && (c.limit == 0 || c.key.trim().is_empty())
-        {
-            return Err("concurrency needs a non-empty key and a limit of at least 1".to_string());
+        if let Some(c) = &self.concurrency {
+            if c.limit == 0 || c.key.trim().is_empty() {
+                return Err("concurrency needs a non-empty key and a limit of at least 1".to_string());
+            }
+            crate::routing::validate_template(&c.key).map_err(|e| format!("concurrency.key: {e}"))?;
+        }
+        if let Some(r) = &self.rate_limit {
+            let per = r.per.0;
+            if r.limit == 0 || per < std::time::Duration::from_millis(1) || per > std::time::Duration::from_secs(86_400)
+            {
+                return Err("rate_limit needs a limit of at least 1 and a period between 1ms and 1d".to_string());
+            }
+            if let Some(k) = &r.key {
+                crate::routing::validate_template(k).map_err(|e| format!("rate_limit.key: {e}"))?;
+            }
+        }
+        if let crate::routing::Routing::ConsistentHash(k) = &self.routing {
+            crate::routing::validate_template(k).map_err(|e| format!("routing.consistent_hash: {e}"))?;
+        }
+        if self.queue.starts_with('_') {
+            return Err(format!("queue {:?}: names starting with '_' are reserved", self.queue));
         }
         if let Some(w) = &self.window {
             validate_name("window", w).map_err(|e| e.to_string())?;

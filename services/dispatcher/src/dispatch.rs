@@ -1,42 +1,58 @@
-//! Handling of one inbox message: validate it, resolve the task, create the
-//! run record (the exactly-once gate), publish the work and a `queued` event.
-//! Bad input is rejected into the DLQ and acked, never retried.
+//! Handling of one inbox message: validate it, resolve the task, pass the
+//! gates (overlap, dependency, window), route it, create the run record (the
+//! exactly-once gate) and publish the work and a `queued` event. Workflows
+//! and step outcomes go to `crate::workflow`. Bad input is rejected into the
+//! DLQ and acked, never retried.
 
 use std::future::IntoFuture;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::HeaderMap;
-use async_nats::jetstream::kv::CreateErrorKind;
+use async_nats::jetstream::kv::{CreateErrorKind, Store};
 use bytes::Bytes;
+use jetsched_contract::message::Shard;
 use jetsched_contract::{
-    DueFire, InboxKind, RunEvent, RunRecord, RunStatus, TaskDef, WorkItem, headers, run, validate_name,
+    DueFire, InboxKind, RunEvent, RunRecord, RunStatus, StepOutcome, StepStart, TaskDef, Window, WorkItem, headers,
+    run, validate_name,
 };
 use jetsched_runtime::Publisher;
 use jiff::Timestamp;
 use serde_json::Value;
 
-use crate::priority::band_for;
-use crate::taskcache::TaskCache;
+use crate::cache::DefCache;
+use crate::gates::{self, Gate};
+use crate::priority::{Weights, band, effective_priority};
+use crate::registry::Registry;
+use crate::route::{self, RoundRobin, Target};
 
 /// What to do with the inbox message.
 #[derive(Debug, PartialEq)]
 pub enum Disposition {
     /// Done (dispatched, rejected or a duplicate).
     Ack,
-    /// A transient failure: redeliver after the delay.
+    /// Not yet, or a transient failure: redeliver after the delay.
     Retry(Duration),
 }
 
 /// Everything a handler needs.
-#[derive(Clone)]
 pub struct Ctx {
     /// Publishes work, events and dead letters.
     pub publisher: Publisher,
     /// Run records.
-    pub runs: async_nats::jetstream::kv::Store,
+    pub runs: Store,
+    /// Schedules (for dependencies between schedules).
+    pub schedules: Store,
     /// Task definitions.
-    pub tasks: TaskCache,
+    pub tasks: DefCache<TaskDef>,
+    /// Time windows.
+    pub windows: DefCache<Window>,
+    /// Live workers.
+    pub registry: Registry,
+    /// Priority formula.
+    pub weights: Weights,
+    /// Round-robin positions.
+    pub rr: RoundRobin,
 }
 
 /// The parts of an inbox message the handler reads.
@@ -51,51 +67,67 @@ pub struct Inbox<'a> {
     pub seq: u64,
 }
 
-const RETRY: Disposition = Disposition::Retry(Duration::from_secs(1));
+pub(crate) const RETRY: Disposition = Disposition::Retry(Duration::from_secs(1));
 
 /// A run about to be dispatched.
-struct Accepted {
-    run_id: String,
+pub struct Accepted {
+    /// Its run id.
+    pub run_id: String,
+    /// Task name.
+    pub task: String,
+    /// Its definition.
+    pub def: Arc<TaskDef>,
+    /// Its input.
+    pub payload: Value,
+    /// Schedule that fired it.
+    pub schedule: Option<String>,
+    /// Nominal fire time.
+    pub scheduled_for: Option<Timestamp>,
+    /// 0-10.
+    pub importance: u8,
+    /// Earliest start.
+    pub not_before: Option<Timestamp>,
+    /// Replay link.
+    pub replay_of: Option<String>,
+    /// Workflow run it is a step of.
+    pub parent: Option<String>,
+    /// Its step name.
+    pub step: Option<String>,
+    /// The fire, when a schedule fired it.
+    pub due: Option<DueFire>,
+}
+
+/// Why a message cannot become a run.
+pub struct Rejection {
     task: String,
-    def: Arc<TaskDef>,
-    payload: Value,
-    schedule: Option<String>,
-    scheduled_for: Option<Timestamp>,
-    importance: u8,
-    not_before: Option<Timestamp>,
-    replay_of: Option<String>,
+    run_id: Option<String>,
+    reason: String,
+    step: Option<StepStart>,
 }
 
 /// Handles one inbox message.
 pub async fn handle(ctx: &Ctx, msg: Inbox<'_>) -> Disposition {
+    if let Some((InboxKind::Advance, _)) = ctx.publisher.names().parse_inbox_subject(msg.subject) {
+        return crate::workflow::advance(ctx, &msg).await;
+    }
     let accepted = match accept(ctx, &msg).await {
-        Ok(Some(a)) => {
-            let span = tracing::Span::current();
-            span.record("run_id", a.run_id.as_str());
-            span.record("task", a.task.as_str());
-            Ok(Some(a))
-        }
-        other => other,
-    };
-    let accepted = match accepted {
         Ok(Some(a)) => a,
         Ok(None) => return RETRY,
         Err(rejection) => return reject(ctx, &msg, rejection).await,
     };
+    let span = tracing::Span::current();
+    span.record("run_id", accepted.run_id.as_str());
+    span.record("task", accepted.task.as_str());
+    if accepted.def.steps.is_some() {
+        return crate::workflow::start(ctx, &msg, accepted).await;
+    }
     dispatch(ctx, &msg, accepted).await
-}
-
-/// Why a message cannot become a run.
-struct Rejection {
-    task: String,
-    run_id: Option<String>,
-    reason: String,
 }
 
 /// Validates the message and resolves its task. `Ok(None)`: transient failure.
 async fn accept(ctx: &Ctx, msg: &Inbox<'_>) -> Result<Option<Accepted>, Rejection> {
     let names = ctx.publisher.names();
-    let reject = |task: &str, reason: String| Rejection { task: task.to_string(), run_id: None, reason };
+    let reject = |task: &str, reason: String| Rejection { task: task.to_string(), run_id: None, reason, step: None };
     let Some((kind, task)) = names.parse_inbox_subject(msg.subject) else {
         return Err(reject("_", format!("unexpected subject {}", msg.subject)));
     };
@@ -103,7 +135,7 @@ async fn accept(ctx: &Ctx, msg: &Inbox<'_>) -> Result<Option<Accepted>, Rejectio
         return Err(reject("_", e.to_string()));
     }
     let header = |name: &str| msg.headers.and_then(|h| h.get(name)).map(|v| v.as_str().to_string());
-    let (payload, due) = match kind {
+    let (payload, due, step) = match kind {
         InboxKind::Submit => {
             let payload = if msg.payload.iter().all(u8::is_ascii_whitespace) {
                 Value::Null
@@ -111,19 +143,27 @@ async fn accept(ctx: &Ctx, msg: &Inbox<'_>) -> Result<Option<Accepted>, Rejectio
                 serde_json::from_slice(msg.payload)
                     .map_err(|e| reject(task, format!("malformed body: not JSON ({e})")))?
             };
-            (payload, None)
+            (payload, None, None)
         }
         InboxKind::Due => {
             let due: DueFire =
                 serde_json::from_slice(msg.payload).map_err(|e| reject(task, format!("malformed due fire: {e}")))?;
-            (due.payload.clone(), Some(due))
+            (due.payload.clone(), Some(due), None)
         }
+        InboxKind::Step => {
+            let step: StepStart =
+                serde_json::from_slice(msg.payload).map_err(|e| reject(task, format!("malformed step start: {e}")))?;
+            (step.payload.clone(), None, Some(step))
+        }
+        InboxKind::Advance => return Err(reject(task, "step outcomes are not runs".to_string())),
     };
-    let run_id = match &due {
-        Some(d) => run::scheduled_run_id(&d.schedule, d.scheduled_for),
-        None => run::submitted_run_id(task, header(headers::NATS_MSG_ID).as_deref(), msg.seq),
+    let run_id = match (&due, &step) {
+        (Some(d), _) => run::scheduled_run_id(&d.schedule, d.scheduled_for),
+        (None, Some(s)) => jetsched_contract::workflow::step_run_id(&s.workflow_run, &s.step),
+        (None, None) => run::submitted_run_id(task, header(headers::NATS_MSG_ID).as_deref(), msg.seq),
     };
-    let with_run = |reason: String| Rejection { task: task.to_string(), run_id: Some(run_id.clone()), reason };
+    let with_run =
+        |reason: String| Rejection { task: task.to_string(), run_id: Some(run_id.clone()), reason, step: step.clone() };
     let def = match due.as_ref().and_then(|d| d.task_def.clone()) {
         Some(inline) => Arc::new(inline),
         None => match ctx.tasks.get(task).await {
@@ -136,9 +176,6 @@ async fn accept(ctx: &Ctx, msg: &Inbox<'_>) -> Result<Option<Accepted>, Rejectio
             }
         },
     };
-    if def.steps.is_some() {
-        return Err(with_run(format!("task {task} is a workflow; workflows are dispatched from issue #4 onwards")));
-    }
     let importance = match header(headers::IMPORTANCE) {
         None => def.importance,
         Some(v) => match v.trim().parse::<u8>() {
@@ -153,95 +190,154 @@ async fn accept(ctx: &Ctx, msg: &Inbox<'_>) -> Result<Option<Accepted>, Rejectio
             })?),
             (None, staged) => staged,
         };
+    let (schedule, scheduled_for) = match (&due, &step) {
+        (Some(d), _) => (Some(d.schedule.clone()), Some(d.scheduled_for)),
+        (None, Some(s)) => (s.schedule.clone(), s.scheduled_for),
+        _ => (None, None),
+    };
     Ok(Some(Accepted {
         run_id,
         task: task.to_string(),
         def,
         payload,
-        schedule: due.as_ref().map(|d| d.schedule.clone()),
-        scheduled_for: due.as_ref().map(|d| d.scheduled_for),
+        schedule,
+        scheduled_for,
         importance,
         not_before,
         replay_of: header(headers::REPLAY_OF),
+        parent: step.as_ref().map(|s| s.workflow_run.clone()),
+        step: step.as_ref().map(|s| s.step.clone()),
+        due,
     }))
 }
 
-/// Creates the run record and publishes the work and the `queued` event.
-async fn dispatch(ctx: &Ctx, msg: &Inbox<'_>, a: Accepted) -> Disposition {
+/// Passes the gates, then queues the run (or its shares).
+async fn dispatch(ctx: &Ctx, msg: &Inbox<'_>, mut a: Accepted) -> Disposition {
+    match passes_gates(ctx, &a).await {
+        Ok(Gate::Go) => {}
+        Ok(Gate::NotBefore(t)) => a.not_before = Some(a.not_before.map_or(t, |nb| nb.max(t))),
+        Ok(Gate::Wait(d)) => return Disposition::Retry(d),
+        Ok(Gate::Skip(reason)) => return finish_unrun(ctx, msg, &a, RunStatus::Skipped, reason).await,
+        Ok(Gate::Fail(reason)) => return finish_unrun(ctx, msg, &a, RunStatus::Dead, reason).await,
+        Err(err) => {
+            tracing::warn!(run_id = %a.run_id, %err, "cannot check the run's gates; will retry");
+            return RETRY;
+        }
+    }
+    let band = band(effective_priority(a.importance, a.def.expected_duration.map(|d| d.0), &ctx.weights));
     let names = ctx.publisher.names();
-    let band = band_for(a.importance);
+    let targets = match route::plan(names, &a.task, &a.def, &a.payload, &a.run_id, band, &ctx.registry, &ctx.rr) {
+        Ok(t) => t,
+        Err(why) => {
+            tracing::info!(run_id = %a.run_id, %why, "waiting for a worker to route to");
+            return Disposition::Retry(Duration::from_secs(2));
+        }
+    };
+    for target in &targets {
+        if let Err(d) = enqueue(ctx, msg, &a, target).await {
+            return d;
+        }
+    }
+    if let (Some(schedule), Some(due)) = (&a.schedule, &a.due)
+        && due.overlap != jetsched_contract::schedule::Overlap::Allow
+        && let Err(err) = gates::mark_active(ctx, schedule, &a.run_id).await
+    {
+        tracing::warn!(%schedule, %err, "cannot record the schedule's active run");
+    }
+    Disposition::Ack
+}
+
+async fn passes_gates(ctx: &Ctx, a: &Accepted) -> anyhow::Result<Gate> {
+    if let Some(due) = &a.due {
+        let gate = gates::overlap(ctx, &due.schedule, due.overlap, &a.run_id).await?;
+        if gate != Gate::Go {
+            return Ok(gate);
+        }
+        if let Some(dep) = &due.depends_on {
+            let gate = gates::dependency(ctx, dep, due.timezone.as_deref(), due.scheduled_for).await?;
+            if gate != Gate::Go {
+                return Ok(gate);
+            }
+        }
+    }
+    match &a.def.window {
+        Some(w) => gates::window(ctx, w, a.not_before.unwrap_or_else(Timestamp::now)).await,
+        None => Ok(Gate::Go),
+    }
+}
+
+/// A new record for `a` (or one of its shares).
+pub(crate) fn new_record(a: &Accepted, run_id: &str, queue: &str, band: u8, seq: u64, status: RunStatus) -> RunRecord {
     let now = Timestamp::now();
-    let record = RunRecord {
-        run_id: a.run_id.clone(),
+    RunRecord {
+        run_id: run_id.to_string(),
         task: a.task.clone(),
         schedule: a.schedule.clone(),
-        status: RunStatus::Queued,
+        status,
         attempt: 0,
-        queue: a.def.queue.clone(),
+        queue: queue.to_string(),
         band,
         scheduled_for: a.scheduled_for,
         created_at: now,
         updated_at: now,
         started_at: None,
-        finished_at: None,
+        finished_at: status.is_terminal().then_some(now),
         error: None,
-        source_seq: msg.seq,
+        source_seq: seq,
         task_seq: None,
         worker: None,
         cancel_requested: false,
         replay_of: a.replay_of.clone(),
-    };
-    let Ok(encoded) = serde_json::to_vec(&record) else { return RETRY };
-    let revision = match ctx.runs.create(&a.run_id, encoded.into()).await {
-        Ok(rev) => rev,
-        Err(err) if err.kind() == CreateErrorKind::AlreadyExists => match ctx.runs.entry(&a.run_id).await {
-            // Our own earlier attempt at this very message (a dispatcher died
-            // before acking): finish it. The work message's Msg-Id makes the
-            // re-publish a no-op if it got out before.
-            Ok(Some(entry))
+        parent: a.parent.clone(),
+        step: a.step.clone(),
+        workflow: None,
+        result: None,
+    }
+}
+
+/// Creates the record with KV `create`. `Ok(Some(rev))`: go on (new, or
+/// our own earlier attempt at this very message); `Ok(None)`: a duplicate.
+pub(crate) async fn create_record(ctx: &Ctx, record: &RunRecord) -> anyhow::Result<Option<u64>> {
+    let encoded = serde_json::to_vec(record)?;
+    match ctx.runs.create(&record.run_id, encoded.into()).await {
+        Ok(rev) => Ok(Some(rev)),
+        Err(err) if err.kind() == CreateErrorKind::AlreadyExists => match ctx.runs.entry(&record.run_id).await? {
+            // A dispatcher died before acking: finish its job. Publishing
+            // again is harmless (the work message's Msg-Id is the run id).
+            Some(entry)
                 if serde_json::from_slice::<RunRecord>(&entry.value)
-                    .is_ok_and(|r| r.source_seq == msg.seq && r.status == RunStatus::Queued) =>
+                    .is_ok_and(|r| r.source_seq == record.source_seq && r.status == record.status) =>
             {
-                entry.revision
+                Ok(Some(entry.revision))
             }
-            Ok(_) => {
-                tracing::debug!(run_id = %a.run_id, "duplicate of an existing run; dropped");
-                return Disposition::Ack;
-            }
-            Err(err) => {
-                tracing::warn!(run_id = %a.run_id, %err, "cannot read run record; will retry");
-                return RETRY;
-            }
+            _ => Ok(None),
         },
+        Err(err) => Err(err.into()),
+    }
+}
+
+/// Creates the run record for `target` and publishes its work and `queued` event.
+async fn enqueue(ctx: &Ctx, msg: &Inbox<'_>, a: &Accepted, target: &Target) -> Result<(), Disposition> {
+    let names = ctx.publisher.names();
+    let record = new_record(a, &target.run_id, &target.queue, target.band, msg.seq, RunStatus::Queued);
+    let revision = match create_record(ctx, &record).await {
+        Ok(Some(rev)) => rev,
+        Ok(None) => {
+            tracing::debug!(run_id = %target.run_id, "duplicate of an existing run; dropped");
+            return Ok(());
+        }
         Err(err) => {
-            tracing::warn!(run_id = %a.run_id, %err, "cannot create run record; will retry");
-            return RETRY;
+            tracing::warn!(run_id = %target.run_id, %err, "cannot create run record; will retry");
+            return Err(RETRY);
         }
     };
-    let item = WorkItem {
-        run_id: a.run_id.clone(),
-        task: a.task.clone(),
-        def: (*a.def).clone(),
-        payload: a.payload,
-        schedule: a.schedule.clone(),
-        scheduled_for: a.scheduled_for,
-        queued_at: now,
-        not_before: a.not_before,
-        record_revision: revision,
-        source_seq: msg.seq,
-        replay_of: a.replay_of,
-    };
-    let Ok(body) = serde_json::to_vec(&item) else { return RETRY };
+    let item = work_item(a, target.run_id.clone(), target.shard, record.created_at, revision, msg.seq);
+    let Ok(body) = serde_json::to_vec(&item) else { return Err(RETRY) };
     let mut h = HeaderMap::new();
-    h.insert(headers::RUN_ID, a.run_id.as_str());
+    h.insert(headers::RUN_ID, target.run_id.as_str());
     h.insert(headers::TASK, a.task.as_str());
-    let work = ctx.publisher.send(names.task_subject(&a.def.queue, band), h, &a.run_id, body.into());
-    let event = RunEvent {
-        schedule: a.schedule,
-        scheduled_for: a.scheduled_for,
-        queue: Some(a.def.queue.clone()),
-        ..RunEvent::new(RunStatus::Queued, &a.task, Some(a.run_id.clone()))
-    };
+    let work = ctx.publisher.send(names.task_subject(&target.queue, target.band), h, &target.run_id, body.into());
+    let event = RunEvent { queue: Some(target.queue.clone()), ..event_for(a, &target.run_id, RunStatus::Queued, None) };
     let queued = ctx.publisher.send_event(&event);
     let (work, queued) = futures::join!(work, queued);
     let acked = match (work, queued) {
@@ -252,30 +348,159 @@ async fn dispatch(ctx: &Ctx, msg: &Inbox<'_>, a: Accepted) -> Disposition {
     };
     match acked {
         Ok(()) => {
-            tracing::debug!(run_id = %a.run_id, task = %a.task, band, "queued");
-            Disposition::Ack
+            tracing::debug!(run_id = %target.run_id, task = %a.task, queue = %target.queue, band = target.band, "queued");
+            Ok(())
         }
         Err(err) => {
-            tracing::warn!(run_id = %a.run_id, %err, "cannot publish work; will retry");
-            RETRY
+            tracing::warn!(run_id = %target.run_id, %err, "cannot publish work; will retry");
+            Err(RETRY)
         }
     }
+}
+
+fn work_item(a: &Accepted, run_id: String, shard: Option<Shard>, queued_at: Timestamp, rev: u64, seq: u64) -> WorkItem {
+    WorkItem {
+        run_id,
+        task: a.task.clone(),
+        def: (*a.def).clone(),
+        payload: a.payload.clone(),
+        schedule: a.schedule.clone(),
+        scheduled_for: a.scheduled_for,
+        queued_at,
+        not_before: a.not_before,
+        record_revision: rev,
+        source_seq: seq,
+        replay_of: a.replay_of.clone(),
+        parent: a.parent.clone(),
+        step: a.step.clone(),
+        shard,
+    }
+}
+
+/// An event about run `run_id` of `a`.
+pub(crate) fn event_for(a: &Accepted, run_id: &str, status: RunStatus, error: Option<String>) -> RunEvent {
+    RunEvent {
+        schedule: a.schedule.clone(),
+        scheduled_for: a.scheduled_for,
+        error,
+        workflow_run: a.parent.clone(),
+        step: a.step.clone(),
+        ..RunEvent::new(status, &a.task, Some(run_id.to_string()))
+    }
+}
+
+/// Ends a run that never reaches a worker (`skipped` by a gate, or `dead`
+/// when a gate gives up): record, event, a DLQ copy for dead ones, and the
+/// outcome to its workflow if it is a step.
+pub(crate) async fn finish_unrun(
+    ctx: &Ctx,
+    msg: &Inbox<'_>,
+    a: &Accepted,
+    status: RunStatus,
+    reason: String,
+) -> Disposition {
+    tracing::info!(run_id = %a.run_id, task = %a.task, %status, %reason, "run ends without running");
+    let mut record = new_record(a, &a.run_id, &a.def.queue, 0, msg.seq, status);
+    record.error = Some(reason.clone());
+    match create_record(ctx, &record).await {
+        Ok(Some(_)) => {}
+        Ok(None) => return Disposition::Ack,
+        Err(err) => {
+            tracing::warn!(run_id = %a.run_id, %err, "cannot create run record; will retry");
+            return RETRY;
+        }
+    }
+    if status == RunStatus::Dead {
+        let h = msg.headers.cloned().unwrap_or_default();
+        if ctx.publisher.dead_letter(&a.task, &a.run_id, &reason, msg.subject, h, msg.payload.clone()).await.is_err() {
+            return RETRY;
+        }
+    }
+    let event = event_for(a, &a.run_id, status, Some(reason.clone()));
+    if ctx.publisher.event(&event).await.is_err() {
+        return RETRY;
+    }
+    if let (Some(parent), Some(step)) = (&a.parent, &a.step)
+        && report_step(ctx, &a.task, parent, step, &a.run_id, status, None, Some(reason)).await.is_err()
+    {
+        return RETRY;
+    }
+    Disposition::Ack
+}
+
+/// Tells workflow run `parent` that its `step` reached `status`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn report_step(
+    ctx: &Ctx,
+    task: &str,
+    parent: &str,
+    step: &str,
+    run_id: &str,
+    status: RunStatus,
+    result: Option<Value>,
+    error: Option<String>,
+) -> anyhow::Result<()> {
+    let outcome = StepOutcome {
+        workflow_run: parent.to_string(),
+        step: step.to_string(),
+        run_id: run_id.to_string(),
+        status,
+        result,
+        error,
+    };
+    let names = ctx.publisher.names();
+    let id = format!("advance:{run_id}:{status}");
+    ctx.publisher
+        .publish(names.advance_subject(task), HeaderMap::new(), &id, serde_json::to_vec(&outcome)?.into())
+        .await?;
+    Ok(())
+}
+
+/// Marks `run_id` cancel-requested and tells whichever worker holds it.
+pub(crate) async fn request_cancel(ctx: &Ctx, run_id: &str) -> anyhow::Result<()> {
+    for _ in 0..8 {
+        let Some(entry) = ctx.runs.entry(run_id).await? else { return Ok(()) };
+        let mut record: RunRecord = serde_json::from_slice(&entry.value)?;
+        if record.status.is_terminal() || record.cancel_requested {
+            return Ok(());
+        }
+        record.cancel_requested = true;
+        if ctx.runs.update(run_id, serde_json::to_vec(&record)?.into(), entry.revision).await.is_ok() {
+            let client = ctx.publisher.js().client();
+            client.publish(ctx.publisher.names().cancel_subject(run_id), Bytes::new()).await?;
+            return Ok(());
+        }
+    }
+    Ok(())
 }
 
 /// Reports a rejection and keeps the original in the DLQ.
 async fn reject(ctx: &Ctx, msg: &Inbox<'_>, r: Rejection) -> Disposition {
     tracing::warn!(task = %r.task, subject = msg.subject, reason = %r.reason, "submission rejected");
-    let event =
-        RunEvent { error: Some(r.reason.clone()), ..RunEvent::new(RunStatus::Rejected, &r.task, r.run_id.clone()) };
+    let event = RunEvent {
+        error: Some(r.reason.clone()),
+        workflow_run: r.step.as_ref().map(|s| s.workflow_run.clone()),
+        step: r.step.as_ref().map(|s| s.step.clone()),
+        ..RunEvent::new(RunStatus::Rejected, &r.task, r.run_id.clone())
+    };
     // The original headers travel along; its Nats-Msg-Id is replaced by the DLQ's own.
     let keep = msg.headers.cloned().unwrap_or_default();
-    let id = r.run_id.unwrap_or_else(|| format!("inbox-{}", msg.seq));
+    let id = r.run_id.clone().unwrap_or_else(|| format!("inbox-{}", msg.seq));
     let dead = ctx.publisher.dead_letter(&r.task, &id, &r.reason, msg.subject, keep, msg.payload.clone());
     match futures::join!(dead, ctx.publisher.event(&event)) {
-        (Ok(()), Ok(())) => Disposition::Ack,
+        (Ok(()), Ok(())) => {}
         (Err(err), _) | (_, Err(err)) => {
             tracing::warn!(%err, "cannot record rejection; will retry");
-            RETRY
+            return RETRY;
         }
     }
+    if let (Some(step), Some(run_id)) = (&r.step, &r.run_id)
+        && let Err(err) =
+            report_step(ctx, &r.task, &step.workflow_run, &step.step, run_id, RunStatus::Rejected, None, Some(r.reason))
+                .await
+    {
+        tracing::warn!(%err, "cannot report the rejected step to its workflow; will retry");
+        return RETRY;
+    }
+    Disposition::Ack
 }

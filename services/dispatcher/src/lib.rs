@@ -4,9 +4,14 @@
 //! instant loses nothing; the run-id gate in `jetsched-runs` makes sure the
 //! redelivered copy does not run twice.
 
+pub mod cache;
 pub mod dispatch;
+pub mod gates;
 pub mod priority;
-pub mod taskcache;
+pub mod registry;
+pub mod reroute;
+pub mod route;
+pub mod workflow;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,8 +26,10 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
+use crate::cache::DefCache;
 use crate::dispatch::{Ctx, Disposition, Inbox};
-use crate::taskcache::TaskCache;
+use crate::priority::Weights;
+use crate::registry::Registry;
 
 /// Dispatcher settings.
 #[derive(Debug, Clone, clap::Args)]
@@ -33,12 +40,36 @@ pub struct DispatcherConfig {
     /// How long in-flight messages may take to finish on shutdown.
     #[arg(long = "dispatch-drain", env = "JETSCHED_DISPATCH_DRAIN", default_value = "10s", value_parser = parse_duration)]
     pub dispatch_drain: Duration,
+    /// Weight of importance in the priority formula.
+    #[arg(long = "weight-importance", env = "JETSCHED_WEIGHT_IMPORTANCE", default_value_t = 0.8)]
+    pub weight_importance: f64,
+    /// Weight of shortness (expected_duration) in the priority formula.
+    #[arg(long = "weight-duration", env = "JETSCHED_WEIGHT_DURATION", default_value_t = 0.2)]
+    pub weight_duration: f64,
+    /// The expected duration that scores one half on shortness.
+    #[arg(long = "duration-reference", env = "JETSCHED_DURATION_REFERENCE", default_value = "1m", value_parser = parse_duration)]
+    pub duration_reference: Duration,
+    /// A worker whose heartbeat is older than this no longer gets runs routed to it.
+    #[arg(long = "worker-ttl", env = "JETSCHED_WORKER_TTL", default_value = "15s", value_parser = parse_duration)]
+    pub worker_ttl: Duration,
 }
 
 impl Default for DispatcherConfig {
     fn default() -> Self {
-        DispatcherConfig { dispatch_concurrency: 256, dispatch_drain: Duration::from_secs(10) }
+        let w = Weights::default();
+        DispatcherConfig {
+            dispatch_concurrency: 256,
+            dispatch_drain: Duration::from_secs(10),
+            weight_importance: w.importance,
+            weight_duration: w.duration,
+            duration_reference: w.reference,
+            worker_ttl: Duration::from_secs(15),
+        }
     }
+}
+
+fn parse_task(_: &str, bytes: &[u8]) -> Result<jetsched_contract::TaskDef, String> {
+    jetsched_contract::TaskDef::from_json(bytes)
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -54,15 +85,31 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let publisher = Publisher::new(handles.js.clone(), handles.names.clone());
+    let background = shutdown.child_token();
     let ctx = Arc::new(Ctx {
-        tasks: TaskCache::spawn(handles.tasks.clone(), publisher.clone(), shutdown.child_token()),
+        tasks: DefCache::spawn(handles.tasks.clone(), parse_task, publisher.clone(), background.clone()),
+        windows: DefCache::spawn(
+            handles.windows.clone(),
+            jetsched_contract::WindowDef::from_json,
+            publisher.clone(),
+            background.clone(),
+        ),
+        registry: Registry::spawn(handles.workers.clone(), config.worker_ttl, background.clone()),
         runs: handles.runs.clone(),
+        schedules: handles.schedules.clone(),
+        weights: Weights {
+            importance: config.weight_importance,
+            duration: config.weight_duration,
+            reference: config.duration_reference,
+        },
+        rr: Default::default(),
         publisher,
     });
     let permits = Arc::new(Semaphore::new(config.dispatch_concurrency.max(1)));
     let mut inflight = JoinSet::new();
     let mut backoff = Duration::from_millis(100);
-    tokio::spawn(poll_backlog(handles.clone(), shutdown.child_token()));
+    tokio::spawn(poll_backlog(handles.clone(), background.clone()));
+    tokio::spawn(reroute::sweep(ctx.clone(), handles.clone(), Duration::from_secs(5), background.clone()));
     tracing::info!(concurrency = config.dispatch_concurrency, "dispatcher started");
     'outer: while !shutdown.is_cancelled() {
         let consumer = match consumer(&handles).await {

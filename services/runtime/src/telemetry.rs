@@ -82,6 +82,7 @@ fn resource(default_service: &str) -> Resource {
 /// Sets up logging, tracing and metrics for `service` (e.g. `jetsched-ticker`),
 /// exporting over OTLP when the standard environment variables ask for it.
 pub fn init(log: &LogArgs, service: &str) -> Telemetry {
+    install_crypto_provider();
     let otlp = env("OTEL_EXPORTER_OTLP_ENDPOINT").is_some();
     let traces = (otlp || env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").is_some())
         && env("OTEL_TRACES_EXPORTER").is_none_or(|v| v != "none");
@@ -89,9 +90,6 @@ pub fn init(log: &LogArgs, service: &str) -> Telemetry {
         && env("OTEL_METRICS_EXPORTER").is_none_or(|v| v != "none");
     // Logging is not up yet: keep problems and report them once it is.
     let mut problems = Vec::new();
-    if traces || metrics {
-        install_tls_provider();
-    }
     let exporter = if traces {
         opentelemetry_otlp::SpanExporter::builder()
             .with_http()
@@ -122,18 +120,11 @@ pub fn init(log: &LogArgs, service: &str) -> Telemetry {
     telemetry
 }
 
-/// The OTLP exporter's HTTP client is built without a TLS crypto provider
-/// of its own (the workspace picks `ring`): install it process-wide first,
-/// or building the exporter panics. "Already installed" is fine.
-fn install_tls_provider() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}
-
 /// Like [`init`], but traces always go over OTLP/HTTP to `endpoint`
 /// (the loadtest's in-process collector).
 pub fn init_exporting_to(log: &LogArgs, service: &str, endpoint: &str) -> anyhow::Result<Telemetry> {
     use opentelemetry_otlp::WithExportConfig as _;
-    install_tls_provider();
+    install_crypto_provider();
     let exporter = opentelemetry_otlp::SpanExporter::builder().with_http().with_endpoint(endpoint).build()?;
     let tracer = SdkTracerProvider::builder().with_resource(resource(service)).with_batch_exporter(exporter).build();
     Ok(install(log, service, Some(tracer), None))
@@ -143,6 +134,12 @@ pub fn init_exporting_to(log: &LogArgs, service: &str, endpoint: &str) -> anyhow
 pub fn init_with_exporter(log: &LogArgs, service: &str, exporter: impl SpanExporter + 'static) -> Telemetry {
     let tracer = SdkTracerProvider::builder().with_resource(resource(service)).with_simple_exporter(exporter).build();
     install(log, service, Some(tracer), None)
+}
+
+/// One TLS crypto provider for the whole process (HTTP clients need it).
+pub fn install_crypto_provider() {
+    // An error only means one is installed already.
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
 fn install(

@@ -52,7 +52,7 @@ pub struct TickerConfig {
     /// Publish fires up to this long before their time, marked not to start
     /// before it, so that a herd is already queued when it is due; 0
     /// publishes each fire at its time. Edits, pauses and deletes affect
-    /// fires not yet published.
+    /// fires not yet published. Schedules with an overlap policy are not staged.
     #[arg(long, env = "JETSCHED_LOOKAHEAD", default_value = "2s", value_parser = parse_duration)]
     pub lookahead: Duration,
     /// An occurrence found late by at most this much (a partition taken

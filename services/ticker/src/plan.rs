@@ -35,9 +35,9 @@ use crate::spec::{Draft, Shared, Spec};
 #[derive(Debug, Clone, PartialEq)]
 pub enum Body {
     /// A fire, to `<prefix>.due.<task>`.
-    Due(DueFire),
+    Due(Box<DueFire>),
     /// A `missed` report.
-    Missed(RunEvent),
+    Missed(Box<RunEvent>),
 }
 
 /// A message the ticker must get stored, and what it stands for.
@@ -550,7 +550,7 @@ impl Plan {
                 ..RunEvent::new(RunStatus::Missed, &*s.spec.task, None)
             };
             let hold = floor.checked_add(NANO).unwrap_or(floor);
-            self.emit(idx, hold, last, Body::Missed(event), None, out);
+            self.emit(idx, hold, last, Body::Missed(Box::new(event)), None, out);
         }
         let cursor = floor.max(now);
         if let Some(s) = self.cells[idx as usize].sched.as_mut() {
@@ -572,7 +572,7 @@ impl Plan {
             }
             None => None,
         };
-        self.emit(idx, nominal, fire_at, Body::Due(due), count, out);
+        self.emit(idx, nominal, fire_at, Body::Due(Box::new(due)), count, out);
     }
 
     fn emit(
@@ -609,7 +609,8 @@ impl Plan {
         let Some(nominal) = s.spec.calendar.next_after(after) else { return };
         let jitter = signed(jitter_offset(&s.id, nominal, s.spec.jitter()));
         let fire_at = nominal.checked_add(jitter).unwrap_or(nominal);
-        let staged = fire_at.checked_sub(signed(self.config.lookahead)).unwrap_or(Timestamp::MIN);
+        let lookahead = if s.spec.may_stage() { signed(self.config.lookahead) } else { SignedDuration::ZERO };
+        let staged = fire_at.checked_sub(lookahead).unwrap_or(Timestamp::MIN);
         let release = staged.min(nominal);
         self.heap.push(Reverse(Slot {
             release: nanos(release),

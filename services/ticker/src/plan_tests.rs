@@ -317,3 +317,14 @@ fn a_replay_after_a_reconnect_keeps_what_it_mentions_and_drops_the_rest() {
     assert_eq!(p.len(), 1);
     assert_eq!(fires(&pop(&mut p, "2026-01-01T00:00:10Z")), vec![("kept".into(), "2026-01-01T00:00:10Z".into())]);
 }
+
+#[test]
+fn schedules_with_an_overlap_policy_are_not_staged() {
+    let mut p = owning_all(2000);
+    put(&mut p, "gated", r#"{"every": "10s", "task": "t", "overlap": "skip"}"#, T0, T0);
+    // Published at its time: the dispatcher decides overlap when it sees the fire.
+    assert_eq!(p.next_release(), Some(ts("2026-01-01T00:00:10Z")));
+    let out = pop(&mut p, "2026-01-01T00:00:10Z");
+    let Body::Due(due) = &out[0].body else { panic!("{out:?}") };
+    assert_eq!(due.not_before, None);
+}

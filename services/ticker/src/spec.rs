@@ -9,8 +9,8 @@ use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use jetsched_calendar::Calendar;
-use jetsched_contract::schedule::Dst;
-use jetsched_contract::{DueFire, HumanDuration, Misfire, ScheduleDef, TaskDef};
+use jetsched_contract::schedule::{Dst, ScheduleDependency};
+use jetsched_contract::{DueFire, HumanDuration, Misfire, Overlap, ScheduleDef, TaskDef};
 use jiff::Timestamp;
 
 /// One loaded schedule, without its id.
@@ -35,6 +35,8 @@ struct Extras {
     misfire: Misfire,
     max_runs: Option<u64>,
     inline: Option<TaskDef>,
+    overlap: Overlap,
+    depends_on: Option<ScheduleDependency>,
 }
 
 fn default_misfire() -> &'static Misfire {
@@ -80,11 +82,15 @@ impl Spec {
             misfire: def.misfire.clone(),
             max_runs: def.max_runs,
             inline: def.inline_task().cloned(),
+            overlap: def.overlap,
+            depends_on: def.depends_on.clone(),
         };
         let plain = extras.jitter.is_zero()
             && extras.misfire == *default_misfire()
             && extras.max_runs.is_none()
-            && extras.inline.is_none();
+            && extras.inline.is_none()
+            && extras.overlap == Overlap::Allow
+            && extras.depends_on.is_none();
         Ok(Spec {
             calendar,
             task: shared.task(def.task_name(id)),
@@ -104,6 +110,13 @@ impl Spec {
         self.extras.as_ref().map_or(default_misfire(), |e| &e.misfire)
     }
 
+    /// Whether fires may be published ahead of their time. Not when an
+    /// overlap policy applies: the dispatcher decides overlap when it
+    /// handles a fire, which must then be at the fire's time.
+    pub fn may_stage(&self) -> bool {
+        self.extras.as_ref().is_none_or(|e| e.overlap == Overlap::Allow)
+    }
+
     /// Stop after this many fires.
     pub fn max_runs(&self) -> Option<u64> {
         self.extras.as_ref().and_then(|e| e.max_runs)
@@ -113,12 +126,17 @@ impl Spec {
     pub fn due_fire(&self, id: &str, nominal: Timestamp, not_before: Option<Timestamp>) -> DueFire {
         // The payload was serialised from a JSON value, so it parses back.
         let payload = self.payload.as_deref().and_then(|p| serde_json::from_str(p).ok()).unwrap_or_default();
+        let extras = self.extras.as_deref();
         DueFire {
             schedule: id.to_string(),
             scheduled_for: nominal,
             payload,
-            task_def: self.extras.as_ref().and_then(|e| e.inline.clone()),
+            task_def: extras.and_then(|e| e.inline.clone()),
             not_before,
+            overlap: extras.map_or(Overlap::Allow, |e| e.overlap),
+            depends_on: extras.and_then(|e| e.depends_on.clone()),
+            // The zone of the calendar (UTC when the schedule names none).
+            timezone: self.calendar.time_zone().iana_name().map(str::to_string),
         }
     }
 }
@@ -257,5 +275,17 @@ mod tests {
         assert_eq!(fire.payload, serde_json::json!({"k": [1, 2]}));
         assert!(fire.task_def.is_some());
         assert_eq!(fire.not_before, Some(nominal));
+        assert_eq!((fire.overlap, fire.depends_on, fire.timezone.as_deref()), (Overlap::Allow, None, Some("UTC")));
+        let gated = Spec::parse(
+            "report",
+            br#"{"cron": "0 6 * * *", "timezone": "Europe/Berlin", "task": "t", "overlap": "skip",
+                "depends_on": {"schedule": "nightly"}}"#,
+            &mut shared,
+        )
+        .unwrap();
+        let fire = gated.due_fire("report", nominal, None);
+        assert_eq!(fire.overlap, Overlap::Skip);
+        assert_eq!(fire.depends_on.map(|d| d.schedule).as_deref(), Some("nightly"));
+        assert_eq!(fire.timezone.as_deref(), Some("Europe/Berlin"));
     }
 }

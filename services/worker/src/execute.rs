@@ -6,9 +6,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use async_nats::Client;
 use async_nats::jetstream::{AckKind, Message};
-use async_nats::{Client, HeaderMap};
-use jetsched_contract::{RunEvent, RunRecord, RunStatus, WorkItem, headers, run as runid};
+use jetsched_contract::{RunEvent, RunRecord, RunStatus, WorkItem, run as runid};
 use jetsched_runtime::Publisher;
 use jetsched_runtime::metrics::{kv, metrics};
 use jiff::Timestamp;
@@ -19,7 +19,9 @@ use crate::cancel::Cancels;
 use crate::handlers::exec::ExecPolicy;
 use crate::handlers::{Builtins, Outcome};
 use crate::invoke::{Attempt, invoke};
+use crate::limits::{self, Admission, SlotHold};
 use crate::record::{self, Claim};
+use crate::settle::{self, event_for, give_up, settle};
 
 /// What a worker shares between runs.
 pub struct WorkerCtx {
@@ -48,6 +50,12 @@ pub struct WorkerCtx {
     pub stage_horizon: Duration,
     /// Runs on this worker that a cancel request can reach.
     pub cancels: Cancels,
+    /// Slot capacity (the most a run may require).
+    pub capacity: usize,
+    /// `jetsched-slots`.
+    pub slots_kv: async_nats::jetstream::kv::Store,
+    /// `jetsched-rates`.
+    pub rates_kv: async_nats::jetstream::kv::Store,
 }
 
 /// The single decision about a message.
@@ -59,7 +67,7 @@ pub enum Disposition {
     Nak(Duration),
 }
 
-const TRANSIENT: Disposition = Disposition::Nak(Duration::from_secs(1));
+pub const TRANSIENT: Disposition = Disposition::Nak(Duration::from_secs(1));
 
 /// Handles one work message, holding `permit` (a slot) while it runs, in a
 /// span that continues the run's trace.
@@ -111,6 +119,11 @@ async fn process(ctx: &WorkerCtx, msg: &Message, permit: OwnedSemaphorePermit) -
     let span = tracing::Span::current();
     span.record("run_id", item.run_id.as_str());
     span.record("task", item.task.as_str());
+    let needed = item.def.requires.as_ref().map_or(1, |r| r.slots.max(1)) as usize;
+    if needed > ctx.capacity {
+        tracing::warn!(run_id = %item.run_id, needed, capacity = ctx.capacity, "run needs more slots than this worker has");
+        return Disposition::Nak(Duration::from_secs(5));
+    }
     let release = item.not_before.filter(|t| *t > Timestamp::now());
     if let Some(at) = release {
         let wait = at.duration_since(Timestamp::now()).unsigned_abs();
@@ -120,36 +133,105 @@ async fn process(ctx: &WorkerCtx, msg: &Message, permit: OwnedSemaphorePermit) -
         }
     }
     let registration = ctx.cancels.register(&item.run_id);
-    let claim = match record::claim(&ctx.runs, &item, queue, band, task_seq, &ctx.worker_id, Timestamp::now()).await {
+    let limited = item.def.concurrency.is_some() || item.def.rate_limit.is_some();
+    // A staged run is claimed before it waits, so that a herd's claims do
+    // not pile up at its start time (unless limits must be checked first).
+    let mut claimed = None;
+    if release.is_some() && !limited {
+        match claim(ctx, msg, &item, queue, band, task_seq).await {
+            Ok(c) => claimed = Some(c),
+            Err(d) => return d,
+        }
+    }
+    // A run staged ahead of its time gives its slot back while it waits.
+    let permit = match release {
+        Some(at) => match hold_until(ctx, msg, at, permit, &registration.token).await {
+            Some(p) => p,
+            None => {
+                let Some((mut record, mut revision)) = claimed else {
+                    // Not claimed yet: the claim below finds the cancel request.
+                    return TRANSIENT;
+                };
+                let event = event_for(&item, &record, RunStatus::Cancelled, Some("cancelled before it started".into()));
+                let change = record::finish(RunStatus::Cancelled, event.error.clone());
+                return settle(ctx, &mut record, &mut revision, change, &event).await;
+            }
+        },
+        None => permit,
+    };
+    let mut slot = None;
+    if limited {
+        match limits::admit(&ctx.slots_kv, &ctx.rates_kv, &item.task, &item.def, &item.payload, &item.run_id).await {
+            Ok(Admission::Go(hold)) => slot = hold,
+            Ok(Admission::Wait(d)) => return Disposition::Nak(d),
+            Err(err) => {
+                tracing::warn!(run_id = %item.run_id, %err, "cannot check limits; will retry");
+                return TRANSIENT;
+            }
+        }
+    }
+    let (mut record, mut revision) = match claimed {
+        Some(c) => c,
+        None => match claim(ctx, msg, &item, queue, band, task_seq).await {
+            Ok(c) => c,
+            Err(d) => {
+                if let Some(s) = slot {
+                    s.release().await;
+                }
+                return d;
+            }
+        },
+    };
+    // A run that needs several slots waits here until they are free.
+    let extra = if needed > 1 { ctx.slots.clone().acquire_many_owned(needed as u32 - 1).await.ok() } else { None };
+    let result =
+        run_attempt(ctx, msg, &item, &mut record, &mut revision, &registration.token, slot.as_deref_mut()).await;
+    if let Some(s) = slot {
+        s.release().await;
+    }
+    drop(extra);
+    drop(permit);
+    result
+}
+
+/// Claims the next attempt; `Err` carries what to do when there is none to run.
+async fn claim(
+    ctx: &WorkerCtx,
+    msg: &Message,
+    item: &WorkItem,
+    queue: &str,
+    band: u8,
+    task_seq: u64,
+) -> Result<(RunRecord, u64), Disposition> {
+    let claim = match record::claim(&ctx.runs, item, queue, band, task_seq, &ctx.worker_id, Timestamp::now()).await {
         Ok(c) => c,
         Err(err) => {
             tracing::warn!(run_id = %item.run_id, %err, "cannot claim run; will retry");
-            return TRANSIENT;
+            return Err(TRANSIENT);
         }
     };
-    let (mut record, mut revision) = match claim {
-        Claim::Run { record, revision } => (record, revision),
+    match claim {
+        Claim::Run { record, revision } => Ok((record, revision)),
         Claim::Skip(reason) => {
             tracing::debug!(run_id = %item.run_id, %reason, "skipping work message");
-            return Disposition::Ack;
+            Err(Disposition::Ack)
         }
+        // A finished run delivered again: make sure its workflow heard of it.
+        Claim::Finished(record) => match settle::report_step(ctx, &record).await {
+            Ok(()) => Err(Disposition::Ack),
+            Err(_) => Err(TRANSIENT),
+        },
         Claim::Cancelled { mut record, mut revision } => {
-            let event = event_for(&item, &record, RunStatus::Cancelled, Some("cancelled before it started".into()));
-            return settle(
-                ctx,
-                &mut record,
-                &mut revision,
-                record::finish(RunStatus::Cancelled, event.error.clone()),
-                &event,
-            )
-            .await;
+            let event = event_for(item, &record, RunStatus::Cancelled, Some("cancelled before it started".into()));
+            let change = record::finish(RunStatus::Cancelled, event.error.clone());
+            Err(settle(ctx, &mut record, &mut revision, change, &event).await)
         }
         Claim::Expired { mut record, mut revision } => {
             let reason = format!(
                 "not started within schedule_to_start ({}) of being queued",
                 item.def.schedule_to_start.unwrap_or_default()
             );
-            return give_up(ctx, msg, &item, &mut record, &mut revision, RunStatus::Expired, reason, None, None).await;
+            Err(give_up(ctx, msg, item, &mut record, &mut revision, RunStatus::Expired, reason, None, None).await)
         }
         Claim::Exhausted { mut record, mut revision } => {
             let reason = format!(
@@ -157,30 +239,9 @@ async fn process(ctx: &WorkerCtx, msg: &Message, permit: OwnedSemaphorePermit) -
                 record.attempt,
                 record.error.as_deref().map(|e| format!(" (last error: {e})")).unwrap_or_default()
             );
-            return give_up(ctx, msg, &item, &mut record, &mut revision, RunStatus::Dead, reason, None, None).await;
+            Err(give_up(ctx, msg, item, &mut record, &mut revision, RunStatus::Dead, reason, None, None).await)
         }
-    };
-    // A run staged ahead of its time gives its slot back while it waits.
-    let permit = match release {
-        Some(at) => match hold_until(ctx, msg, at, permit, &registration.token).await {
-            Some(p) => p,
-            None => {
-                let event = event_for(&item, &record, RunStatus::Cancelled, Some("cancelled before it started".into()));
-                return settle(
-                    ctx,
-                    &mut record,
-                    &mut revision,
-                    record::finish(RunStatus::Cancelled, event.error.clone()),
-                    &event,
-                )
-                .await;
-            }
-        },
-        None => permit,
-    };
-    let result = run_attempt(ctx, msg, &item, &mut record, &mut revision, &registration.token).await;
-    drop(permit);
-    result
+    }
 }
 
 /// Waits until `at` without holding a slot (bounded by the staging room),
@@ -227,10 +288,11 @@ async fn run_attempt(
     record: &mut RunRecord,
     revision: &mut u64,
     cancel: &tokio_util::sync::CancellationToken,
+    slot: Option<&mut SlotHold>,
 ) -> Disposition {
     let attempt = record.attempt;
     tracing::Span::current().record("attempt", attempt);
-    tracing::info!(run_id = %item.run_id, task = %item.task, attempt, "run started");
+    tracing::debug!(run_id = %item.run_id, task = %item.task, attempt, "run started");
     let started = RunEvent { worker: Some(ctx.worker_id.clone()), ..event_for(item, record, RunStatus::Started, None) };
     // The handler does not wait for the event to be stored; the terminal
     // event is published only after it is, so the stream keeps their order.
@@ -244,7 +306,7 @@ async fn run_attempt(
         task = %item.task,
         attempt
     );
-    let attempt_result = invoke(ctx, msg, item, attempt, cancel).instrument(handler).await;
+    let attempt_result = invoke(ctx, msg, item, attempt, cancel, slot).instrument(handler).await;
     let duration_ms = clock.elapsed().as_millis() as u64;
     match started_ack {
         Ok(ack) => match ack.await {
@@ -272,22 +334,28 @@ async fn run_attempt(
         &[kv("task", item.task.clone()), kv("outcome", if success { "success" } else { "failure" })],
     );
     match outcome {
-        Outcome::Success { output, .. } => {
-            tracing::info!(run_id = %item.run_id, task = %item.task, attempt, duration_ms, "run succeeded");
+        Outcome::Success { output, result } => {
+            tracing::debug!(run_id = %item.run_id, task = %item.task, attempt, duration_ms, "run succeeded");
             let event = RunEvent {
                 duration_ms: Some(duration_ms),
                 output,
                 worker: Some(ctx.worker_id.clone()),
                 ..event_for(item, record, RunStatus::Succeeded, None)
             };
-            settle(ctx, record, revision, record::finish(RunStatus::Succeeded, None), &event).await
+            // A step's result travels to the workflow's later steps.
+            let result = item.parent.as_ref().and_then(|_| settle::result_json(&result));
+            let change = move |r: &mut RunRecord| {
+                record::finish(RunStatus::Succeeded, None)(r);
+                r.result = result.clone();
+            };
+            settle(ctx, record, revision, change, &event).await
         }
         Outcome::Failure { error, retryable, retry_after, output }
             if retryable && attempt < item.def.retry.max_attempts =>
         {
             let spread = runid::unit_hash(&format!("{}:{attempt}", item.run_id));
             let delay = retry_after.unwrap_or_else(|| item.def.retry.backoff(attempt + 1, spread));
-            tracing::warn!(run_id = %item.run_id, task = %item.task, attempt, %error, ?delay, "run failed; will retry");
+            tracing::info!(run_id = %item.run_id, task = %item.task, attempt, %error, ?delay, "run failed; will retry");
             let event = RunEvent {
                 duration_ms: Some(duration_ms),
                 output,
@@ -310,69 +378,5 @@ async fn run_attempt(
             };
             give_up(ctx, msg, item, record, revision, RunStatus::Dead, reason, output, Some(duration_ms)).await
         }
-    }
-}
-
-/// Gives up on a run (`dead` or `expired`): record, DLQ copy, event.
-#[allow(clippy::too_many_arguments)]
-async fn give_up(
-    ctx: &WorkerCtx,
-    msg: &Message,
-    item: &WorkItem,
-    record: &mut RunRecord,
-    revision: &mut u64,
-    status: RunStatus,
-    reason: String,
-    output: Option<String>,
-    duration_ms: Option<u64>,
-) -> Disposition {
-    tracing::warn!(run_id = %item.run_id, task = %item.task, attempt = record.attempt, %status, %reason, "run given up");
-    let mut h = HeaderMap::new();
-    h.insert(headers::RUN_ID, item.run_id.as_str());
-    h.insert(headers::ATTEMPT, record.attempt.to_string().as_str());
-    let dead =
-        ctx.publisher.dead_letter(&item.task, &item.run_id, &reason, msg.subject.as_str(), h, msg.payload.clone());
-    if let Err(err) = dead.await {
-        tracing::warn!(run_id = %item.run_id, %err, "cannot store dead letter; will retry");
-        return TRANSIENT;
-    }
-    let event = RunEvent {
-        duration_ms,
-        output,
-        worker: Some(ctx.worker_id.clone()),
-        ..event_for(item, record, status, Some(reason.clone()))
-    };
-    settle(ctx, record, revision, record::finish(status, Some(reason)), &event).await
-}
-
-/// Writes the record, then the event; `Ack` only if both are stored.
-async fn settle(
-    ctx: &WorkerCtx,
-    record: &mut RunRecord,
-    revision: &mut u64,
-    change: impl Fn(&mut RunRecord),
-    event: &RunEvent,
-) -> Disposition {
-    if let Err(err) = record::transition(&ctx.runs, record, revision, change).await {
-        tracing::warn!(run_id = %record.run_id, %err, "cannot update run record; will retry");
-        return TRANSIENT;
-    }
-    match ctx.publisher.event(event).await {
-        Ok(()) => Disposition::Ack,
-        Err(err) => {
-            tracing::warn!(run_id = %record.run_id, %err, "cannot publish run event; will retry");
-            TRANSIENT
-        }
-    }
-}
-
-fn event_for(item: &WorkItem, record: &RunRecord, status: RunStatus, error: Option<String>) -> RunEvent {
-    RunEvent {
-        schedule: item.schedule.clone(),
-        scheduled_for: item.scheduled_for,
-        attempt: record.attempt,
-        error,
-        queue: Some(record.queue.clone()),
-        ..RunEvent::new(status, &item.task, Some(item.run_id.clone()))
     }
 }

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::checkpoint::{CheckpointFile, Checkpoints};
 use crate::execute::WorkerCtx;
 use crate::handlers::{Invocation, Outcome, exec, http, nats};
+use crate::limits::SlotHold;
 
 /// How an attempt ended.
 #[derive(Debug)]
@@ -31,6 +32,7 @@ pub async fn invoke(
     item: &WorkItem,
     attempt: u32,
     cancel: &CancellationToken,
+    mut slot: Option<&mut SlotHold>,
 ) -> Attempt {
     let timeout = item.def.timeout.0;
     let deadline =
@@ -57,6 +59,7 @@ pub async fn invoke(
         checkpoint,
         cancel_subject: ctx.publisher.names().cancel_subject(&item.run_id),
         checkpoints: Some(checkpoints.clone()),
+        shard: item.shard,
     };
     let mut file =
         matches!(item.def.handler, Some(Handler::Exec { .. })).then(|| CheckpointFile::new(&item.run_id, attempt));
@@ -81,6 +84,9 @@ pub async fn invoke(
                 }
                 if let Some(f) = file.as_mut() {
                     f.sync(&checkpoints).await;
+                }
+                if let Some(s) = slot.as_mut() {
+                    s.refresh().await;
                 }
             }
             _ = &mut expiry => break false,

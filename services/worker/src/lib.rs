@@ -11,8 +11,10 @@ pub mod execute;
 pub mod fetch;
 pub mod handlers;
 pub mod invoke;
+pub mod limits;
 pub mod presence;
 pub mod record;
+pub mod settle;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -62,6 +64,9 @@ pub struct WorkerConfig {
     /// Most runs held for their start time at once.
     #[arg(long = "max-staged", env = "JETSCHED_MAX_STAGED", default_value_t = 20_000)]
     pub max_staged: usize,
+    /// Waiting work rises one priority band per this much waiting.
+    #[arg(long = "aging-step", env = "JETSCHED_AGING_STEP", default_value = "10s", value_parser = parse_duration)]
+    pub aging_step: Duration,
     /// How often an idle worker re-checks for redelivered work.
     #[arg(long = "idle-poll", env = "JETSCHED_IDLE_POLL", default_value = "250ms", value_parser = parse_duration)]
     pub idle_poll: Duration,
@@ -79,6 +84,7 @@ impl Default for WorkerConfig {
             idle_poll: Duration::from_millis(250),
             labels: Vec::new(),
             stage_horizon: Duration::from_secs(5),
+            aging_step: Duration::from_secs(10),
             max_staged: 20_000,
         }
     }
@@ -104,7 +110,10 @@ pub fn default_worker_id() -> String {
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "worker".to_string());
     let clean: String = host.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '-' }).collect();
-    format!("{clean}-{}", std::process::id())
+    // Ids are subject tokens and consumer names: keep them to 64 characters.
+    let pid = std::process::id().to_string();
+    let keep = 63usize.saturating_sub(pid.len()).min(clean.len());
+    format!("{}-{pid}", &clean[..keep])
 }
 
 /// Runs a worker with Rust handlers `builtins` until `shutdown`, then
@@ -121,6 +130,7 @@ pub async fn run(
     }
     let names = handles.names.clone();
     let worker_id = config.worker_id.clone().unwrap_or_else(default_worker_id);
+    validate_name("worker id", &worker_id)?;
     let slots = Arc::new(Semaphore::new(config.slots.max(1)));
     let cancels = Cancels::default();
     let client = handles.js.client();
@@ -137,8 +147,11 @@ pub async fn run(
         staged: Arc::new(Semaphore::new(config.max_staged.max(1))),
         stage_horizon: config.stage_horizon,
         cancels: cancels.clone(),
+        capacity: config.slots.max(1),
+        slots_kv: handles.slots.clone(),
+        rates_kv: handles.rates.clone(),
     });
-    let lanes = fetch::open_lanes(&handles, &config).await?;
+    let lanes = Arc::new(fetch::Lanes::open(&handles, &config, &worker_id).await?);
     let background = shutdown.child_token();
     tokio::spawn(cancels.listen(client.clone(), names.clone(), background.clone()));
     tokio::spawn(presence::heartbeat(
@@ -148,14 +161,13 @@ pub async fn run(
         slots.clone(),
         background.clone(),
     ));
-    tokio::spawn(presence::poll_backlog(
-        lanes.iter().map(|l| (l.queue.clone(), l.band, l.consumer.clone())).collect(),
-        background.clone(),
-    ));
+    tokio::spawn(fetch::monitor(lanes.clone(), Duration::from_millis(250), background.clone()));
+    tokio::spawn(fetch::watch_label_queues(lanes.clone(), handles.clone(), config.clone(), background.clone()));
     ready.set(true);
     let mut running = JoinSet::new();
     let mut wake: Option<futures::stream::SelectAll<async_nats::Subscriber>> = None;
     let mut hint = None;
+    let mut backlog = false;
     tracing::info!(worker = %worker_id, queues = ?config.queues, slots = config.slots, "worker started");
     loop {
         // Wait for a free slot, reaping finished runs meanwhile.
@@ -165,13 +177,23 @@ pub async fn run(
             p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
         };
         let mut permits = vec![first];
-        while permits.len() < 64 {
+        let cap = config.slots.clamp(1, 256);
+        // Under a backlog, gather a few free slots (for at most a
+        // millisecond) so that one fetch serves several runs.
+        let want = if backlog { (config.slots / 4).clamp(1, 32) } else { 1 };
+        let gather_until = tokio::time::Instant::now() + Duration::from_millis(1);
+        while permits.len() < cap {
             match slots.clone().try_acquire_owned() {
                 Ok(p) => permits.push(p),
-                Err(_) => break,
+                Err(_) if permits.len() >= want => break,
+                Err(_) => match tokio::time::timeout_at(gather_until, slots.clone().acquire_owned()).await {
+                    Ok(Ok(p)) => permits.push(p),
+                    _ => break,
+                },
             }
         }
         let found = fetch::probe(&lanes, &mut permits, hint.take()).await;
+        backlog = !found.is_empty() && permits.is_empty();
         if !found.is_empty() {
             for (msg, permit) in found {
                 let ctx = ctx.clone();
@@ -187,7 +209,7 @@ pub async fn run(
         // Nothing to do. Join the wake group first, then look once more, so
         // that work published in between is not missed.
         if wake.is_none() {
-            match fetch::subscribe_wake(&client, &config.queues, &names).await {
+            match fetch::subscribe_wake(&client, &lanes).await {
                 Ok(subs) => {
                     wake = Some(subs);
                     continue;

@@ -1,12 +1,10 @@
 //! This worker's presence: its entry in `jetsched-workers` (queues, slots,
-//! labels, busy count), refreshed while it lives, and the backlog gauges.
+//! labels, busy count), refreshed while it lives.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::consumer::PullConsumer;
 use jetsched_contract::Handles;
-use jetsched_runtime::metrics::{kv, metrics};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
@@ -44,21 +42,4 @@ pub async fn heartbeat(
         }
     }
     let _ = handles.workers.delete(&id).await;
-}
-
-/// Reports the backlog of each (queue, band) every few seconds.
-pub async fn poll_backlog(lanes: Vec<(String, u8, PullConsumer)>, shutdown: CancellationToken) {
-    loop {
-        for (queue, band, consumer) in &lanes {
-            let mut consumer = consumer.clone();
-            if let Ok(info) = consumer.info().await {
-                let waiting = info.num_pending + info.num_ack_pending as u64;
-                metrics().backlog.record(waiting, &[kv("queue", queue.clone()), kv("band", i64::from(*band))]);
-            }
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
-        }
-    }
 }

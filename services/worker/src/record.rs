@@ -12,8 +12,10 @@ use jiff::Timestamp;
 pub enum Claim {
     /// Run attempt `record.attempt`; `revision` is the record's KV revision.
     Run { record: RunRecord, revision: u64 },
-    /// Nothing to do: the run is finished, or another copy owns it.
+    /// Nothing to do: another copy of the run owns it.
     Skip(String),
+    /// Nothing to do: the run already finished (a redelivered copy).
+    Finished(RunRecord),
     /// The run was cancelled before this attempt.
     Cancelled { record: RunRecord, revision: u64 },
     /// Every attempt has been used (the last one died with its worker).
@@ -43,6 +45,10 @@ fn as_queued(item: &WorkItem, queue: &str, band: u8) -> RunRecord {
         worker: None,
         cancel_requested: false,
         replay_of: item.replay_of.clone(),
+        parent: item.parent.clone(),
+        step: item.step.clone(),
+        workflow: None,
+        result: None,
     }
 }
 
@@ -61,7 +67,7 @@ pub async fn claim(
     let mut revision = item.record_revision;
     for _ in 0..8 {
         if current.status.is_terminal() {
-            return Ok(Claim::Skip(format!("run already {}", current.status)));
+            return Ok(Claim::Finished(current));
         }
         if current.cancel_requested {
             return Ok(Claim::Cancelled { record: current, revision });

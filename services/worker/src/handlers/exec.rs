@@ -61,6 +61,8 @@ pub async fn run(
         .env("JETSCHED_ATTEMPT", inv.attempt.to_string())
         .env("JETSCHED_DEADLINE", inv.deadline.to_string())
         .env("JETSCHED_CHECKPOINT", inv.checkpoint.as_ref().map(|c| c.to_string()).unwrap_or_default())
+        .env("JETSCHED_SHARD_INDEX", inv.shard.map(|s| s.index.to_string()).unwrap_or_default())
+        .env("JETSCHED_SHARD_TOTAL", inv.shard.map(|s| s.total.to_string()).unwrap_or_default())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -185,6 +187,7 @@ mod tests {
             checkpoint: Some(serde_json::json!({"step": 2})),
             cancel_subject: "jetsched.cancel.r1".into(),
             checkpoints: None,
+            shard: None,
         }
     }
 

@@ -19,8 +19,7 @@ fn client() -> Result<&'static reqwest::Client, String> {
     static CLIENT: OnceLock<Result<reqwest::Client, String>> = OnceLock::new();
     CLIENT
         .get_or_init(|| {
-            // One process-wide TLS provider; ignore "already installed".
-            let _ = rustls::crypto::ring::default_provider().install_default();
+            jetsched_runtime::telemetry::install_crypto_provider();
             reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
                 .user_agent(concat!("jetsched-worker/", env!("CARGO_PKG_VERSION")))
@@ -52,6 +51,11 @@ pub async fn call(url: &str, method: &str, extra: &BTreeMap<String, String>, inv
         // Idempotency-Key is the common convention for webhooks.
         .header("idempotency-key", &inv.run_id)
         .body(serde_json::to_vec(&inv.payload).unwrap_or_default());
+    if let Some(shard) = inv.shard {
+        req = req
+            .header(headers::SHARD_INDEX, shard.index.to_string())
+            .header(headers::SHARD_TOTAL, shard.total.to_string());
+    }
     for (k, v) in jetsched_runtime::trace::current_pairs() {
         req = req.header(k, v);
     }

@@ -79,6 +79,8 @@ pub struct Invocation {
     pub cancel_subject: String,
     /// Saves checkpoints (absent in unit tests).
     pub checkpoints: Option<crate::checkpoint::Checkpoints>,
+    /// For a broadcast run: this worker's share.
+    pub shard: Option<jetsched_contract::message::Shard>,
 }
 
 impl Invocation {

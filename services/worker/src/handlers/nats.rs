@@ -22,6 +22,10 @@ pub async fn call(client: &Client, subject: &str, inv: &Invocation, mut extra: H
         extra.insert(headers::SCHEDULED_FOR, t.to_string().as_str());
     }
     extra.insert(headers::CANCEL_SUBJECT, inv.cancel_subject.as_str());
+    if let Some(shard) = inv.shard {
+        extra.insert(headers::SHARD_INDEX, shard.index.to_string().as_str());
+        extra.insert(headers::SHARD_TOTAL, shard.total.to_string().as_str());
+    }
     if let Some(cp) = &inv.checkpoint {
         let text = cp.to_string();
         // Header values are single lines of limited size; larger checkpoints

@@ -1,0 +1,111 @@
+//! Ending an attempt: the run record first (compare-and-set), then the run
+//! event, then, for a step of a workflow, its outcome to the workflow. The
+//! work message is acked only when all of them are stored.
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::Message;
+use jetsched_contract::{RunEvent, RunRecord, RunStatus, StepOutcome, WorkItem, headers};
+use serde_json::Value;
+
+use crate::execute::{Disposition, TRANSIENT, WorkerCtx};
+use crate::record;
+
+/// Gives up on a run (`dead` or `expired`): record, DLQ copy, event.
+#[allow(clippy::too_many_arguments)]
+pub async fn give_up(
+    ctx: &WorkerCtx,
+    msg: &Message,
+    item: &WorkItem,
+    record: &mut RunRecord,
+    revision: &mut u64,
+    status: RunStatus,
+    reason: String,
+    output: Option<String>,
+    duration_ms: Option<u64>,
+) -> Disposition {
+    tracing::warn!(run_id = %item.run_id, task = %item.task, attempt = record.attempt, %status, %reason, "run given up");
+    let mut h = HeaderMap::new();
+    h.insert(headers::RUN_ID, item.run_id.as_str());
+    h.insert(headers::ATTEMPT, record.attempt.to_string().as_str());
+    let dead =
+        ctx.publisher.dead_letter(&item.task, &item.run_id, &reason, msg.subject.as_str(), h, msg.payload.clone());
+    if let Err(err) = dead.await {
+        tracing::warn!(run_id = %item.run_id, %err, "cannot store dead letter; will retry");
+        return TRANSIENT;
+    }
+    let event = RunEvent {
+        duration_ms,
+        output,
+        worker: Some(ctx.worker_id.clone()),
+        ..event_for(item, record, status, Some(reason.clone()))
+    };
+    settle(ctx, record, revision, record::finish(status, Some(reason)), &event).await
+}
+
+/// Writes the record, then the event, then (for a finished step) the
+/// outcome to its workflow; `Ack` only if all are stored.
+pub async fn settle(
+    ctx: &WorkerCtx,
+    record: &mut RunRecord,
+    revision: &mut u64,
+    change: impl Fn(&mut RunRecord),
+    event: &RunEvent,
+) -> Disposition {
+    if let Err(err) = record::transition(&ctx.runs, record, revision, change).await {
+        tracing::warn!(run_id = %record.run_id, %err, "cannot update run record; will retry");
+        return TRANSIENT;
+    }
+    if let Err(err) = ctx.publisher.event(event).await {
+        tracing::warn!(run_id = %record.run_id, %err, "cannot publish run event; will retry");
+        return TRANSIENT;
+    }
+    if record.status.is_terminal()
+        && let Err(err) = report_step(ctx, record).await
+    {
+        tracing::warn!(run_id = %record.run_id, %err, "cannot report the step to its workflow; will retry");
+        return TRANSIENT;
+    }
+    Disposition::Ack
+}
+
+/// For a finished step run: tells its workflow (idempotent: the message id
+/// is the run id and status, and the workflow ignores repeats).
+pub async fn report_step(ctx: &WorkerCtx, record: &RunRecord) -> anyhow::Result<()> {
+    let (Some(parent), Some(step)) = (&record.parent, &record.step) else { return Ok(()) };
+    let outcome = StepOutcome {
+        workflow_run: parent.clone(),
+        step: step.clone(),
+        run_id: record.run_id.clone(),
+        status: record.status,
+        result: record.result.clone(),
+        error: record.error.clone(),
+    };
+    let names = ctx.publisher.names();
+    let id = format!("advance:{}:{}", record.run_id, record.status);
+    ctx.publisher
+        .publish(names.advance_subject(&record.task), HeaderMap::new(), &id, serde_json::to_vec(&outcome)?.into())
+        .await?;
+    Ok(())
+}
+
+/// A handler's result as JSON for a workflow's later steps: its JSON if it
+/// is JSON, else its text; nothing past 64 KiB.
+pub fn result_json(result: &[u8]) -> Option<Value> {
+    if result.is_empty() || result.len() > 64 * 1024 {
+        return None;
+    }
+    serde_json::from_slice(result).ok().or_else(|| Some(Value::String(String::from_utf8_lossy(result).into_owned())))
+}
+
+pub fn event_for(item: &WorkItem, record: &RunRecord, status: RunStatus, error: Option<String>) -> RunEvent {
+    RunEvent {
+        schedule: item.schedule.clone(),
+        scheduled_for: item.scheduled_for,
+        attempt: record.attempt,
+        error,
+        queue: Some(record.queue.clone()),
+        workflow_run: item.parent.clone(),
+        step: item.step.clone(),
+        ..RunEvent::new(status, &item.task, Some(item.run_id.clone()))
+    }
+}
