@@ -69,6 +69,10 @@ impl Health {
             problems.push("NATS disconnected".to_string());
         }
         if let Ok(cs) = self.inner.components.lock() {
+            // Served before the service is connected and registered: not ready yet.
+            if cs.is_empty() {
+                problems.push("starting".to_string());
+            }
             problems.extend(cs.iter().filter(|(_, r)| !r.get()).map(|(n, _)| format!("{n} not consuming")));
         }
         if problems.is_empty() {
@@ -139,4 +143,19 @@ async fn respond(mut stream: TcpStream, health: &Health, metrics: Option<&Manual
     stream.write_all(head.as_bytes()).await?;
     stream.write_all(body.as_bytes()).await?;
     stream.shutdown().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn not_ready_until_a_component_registers_and_says_so() {
+        let health = Health::default();
+        assert!(!health.check().0, "nothing registered yet: still starting");
+        let ticker = health.component("ticker");
+        assert!(!health.check().0);
+        ticker.set(true);
+        assert_eq!(health.check(), (true, "ready\n".to_string()));
+    }
 }

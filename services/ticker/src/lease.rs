@@ -69,6 +69,8 @@ pub enum LeaseEvent {
 pub enum Command {
     /// Every schedule is loaded: start taking partitions.
     Ready,
+    /// Shutting down: take nothing more; every partition is being handed back.
+    Stop,
     /// A partition's watermark moved.
     Progress(u16, Timestamp),
     /// A `max_runs` schedule's fire was stored.
@@ -101,6 +103,7 @@ pub fn spawn(
         state: buckets.state,
         events: event_tx,
         ready: false,
+        stopping: false,
         held: BTreeMap::new(),
         releasing: BTreeSet::new(),
         marks: HashMap::new(),
@@ -119,6 +122,8 @@ struct Keeper {
     state: Store,
     events: mpsc::UnboundedSender<LeaseEvent>,
     ready: bool,
+    /// Shutting down: no more balancing.
+    stopping: bool,
     /// Leases held, with the revision to refresh on.
     held: BTreeMap<u16, u64>,
     /// Held leases being handed back.
@@ -179,6 +184,7 @@ impl Keeper {
     async fn command(&mut self, command: Command) {
         match command {
             Command::Ready => {}
+            Command::Stop => self.stopping = true,
             Command::Progress(p, w) => {
                 if let Some(mark) = self.marks.get_mut(&p) {
                     mark.pending = mark.pending.max(Some(w)).filter(|w| mark.stored < Some(*w));
@@ -278,7 +284,7 @@ impl Keeper {
 
     /// Takes free partitions up to this ticker's share, or hands extras back.
     async fn balance(&mut self) {
-        if !self.ready {
+        if !self.ready || self.stopping {
             return;
         }
         let keys: Result<Vec<String>, String> = match tokio::time::timeout(self.op_timeout, async {

@@ -344,6 +344,7 @@ impl Ticker {
     /// Stops firing and hands every partition back once its fires in flight
     /// are stored (or the drain time is up).
     async fn drain(&mut self, stored: &mut mpsc::UnboundedReceiver<Stored>) {
+        self.tell(Command::Stop);
         for p in 0..PARTITIONS {
             if let Some(watermark) = self.plan.release(p) {
                 self.tell(Command::Released(p, watermark));
