@@ -14,7 +14,7 @@ use serde_json::Value;
 /// Saves checkpoints of one run.
 #[derive(Clone)]
 pub struct Checkpoints {
-    store: Store,
+    store: std::sync::Arc<Store>,
     run_id: String,
 }
 
@@ -26,7 +26,7 @@ impl std::fmt::Debug for Checkpoints {
 
 impl Checkpoints {
     /// Checkpoints of `run_id`.
-    pub fn new(store: Store, run_id: &str) -> Self {
+    pub fn new(store: std::sync::Arc<Store>, run_id: &str) -> Self {
         Checkpoints { store, run_id: run_id.to_string() }
     }
 

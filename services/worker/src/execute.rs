@@ -31,8 +31,8 @@ pub struct WorkerCtx {
     pub publisher: Publisher,
     /// `jetsched-runs`.
     pub runs: async_nats::jetstream::kv::Store,
-    /// `jetsched-checkpoints`.
-    pub checkpoints: async_nats::jetstream::kv::Store,
+    /// `jetsched-checkpoints` (shared: a `Store` is costly to clone).
+    pub checkpoints: std::sync::Arc<async_nats::jetstream::kv::Store>,
     /// This worker's id.
     pub worker_id: String,
     /// Exec allow-list.
@@ -56,6 +56,48 @@ pub struct WorkerCtx {
     pub slots_kv: async_nats::jetstream::kv::Store,
     /// `jetsched-rates`.
     pub rates_kv: async_nats::jetstream::kv::Store,
+    /// Staged runs per release instant (ms): how big a burst each release is.
+    pub bursts: std::sync::Mutex<std::collections::HashMap<i64, usize>>,
+}
+
+/// Per run of a burst released at one instant, how long its bookkeeping
+/// (events, record) waits so that every handler call of the burst goes out
+/// first: about what one request costs on this kind of machine.
+const BURST_SHARE: Duration = Duration::from_micros(25);
+
+/// Counts a staged run in its instant's burst; uncounts it when dropped.
+struct BurstTicket<'a> {
+    ctx: &'a WorkerCtx,
+    at: i64,
+}
+
+impl<'a> BurstTicket<'a> {
+    fn new(ctx: &'a WorkerCtx, at: Timestamp) -> Self {
+        let at = at.as_millisecond();
+        if let Ok(mut b) = ctx.bursts.lock() {
+            *b.entry(at).or_default() += 1;
+        }
+        BurstTicket { ctx, at }
+    }
+
+    /// When the burst's handler calls should all be out.
+    fn settle_after(&self) -> tokio::time::Instant {
+        let size = self.ctx.bursts.lock().ok().and_then(|b| b.get(&self.at).copied()).unwrap_or(1);
+        tokio::time::Instant::now() + (BURST_SHARE * size as u32).min(Duration::from_secs(2))
+    }
+}
+
+impl Drop for BurstTicket<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut b) = self.ctx.bursts.lock()
+            && let Some(n) = b.get_mut(&self.at)
+        {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                b.remove(&self.at);
+            }
+        }
+    }
 }
 
 /// The single decision about a message.
@@ -144,6 +186,7 @@ async fn process(ctx: &WorkerCtx, msg: &Message, permit: OwnedSemaphorePermit) -
         }
     }
     // A run staged ahead of its time gives its slot back while it waits.
+    let ticket = release.map(|at| BurstTicket::new(ctx, at));
     let permit = match release {
         Some(at) => match hold_until(ctx, msg, at, permit, &registration.token).await {
             Some(p) => p,
@@ -184,8 +227,17 @@ async fn process(ctx: &WorkerCtx, msg: &Message, permit: OwnedSemaphorePermit) -
     };
     // A run that needs several slots waits here until they are free.
     let extra = if needed > 1 { ctx.slots.clone().acquire_many_owned(needed as u32 - 1).await.ok() } else { None };
-    let result =
-        run_attempt(ctx, msg, &item, &mut record, &mut revision, &registration.token, slot.as_deref_mut()).await;
+    let settle_after = ticket.as_ref().map(BurstTicket::settle_after);
+    let result = run_attempt(
+        ctx,
+        msg,
+        &item,
+        &mut record,
+        &mut revision,
+        Controls { cancel: &registration.token, slot: slot.as_deref_mut(), settle_after },
+    )
+    .await;
+    drop(ticket);
     if let Some(s) = slot {
         s.release().await;
     }
@@ -281,22 +333,29 @@ async fn hold_until(
     Some(permit)
 }
 
+/// What steers one attempt from outside its handler.
+struct Controls<'a> {
+    /// Cancels the handler (the `cancel` subject, a drain).
+    cancel: &'a tokio_util::sync::CancellationToken,
+    /// The concurrency slot held for the run, renewed while it runs.
+    slot: Option<&'a mut SlotHold>,
+    /// For a staged run: not before this instant is its bookkeeping sent.
+    settle_after: Option<tokio::time::Instant>,
+}
+
 async fn run_attempt(
     ctx: &WorkerCtx,
     msg: &Message,
     item: &WorkItem,
     record: &mut RunRecord,
     revision: &mut u64,
-    cancel: &tokio_util::sync::CancellationToken,
-    slot: Option<&mut SlotHold>,
+    controls: Controls<'_>,
 ) -> Disposition {
+    let Controls { cancel, slot, settle_after } = controls;
     let attempt = record.attempt;
     tracing::Span::current().record("attempt", attempt);
     tracing::debug!(run_id = %item.run_id, task = %item.task, attempt, "run started");
     let started = RunEvent { worker: Some(ctx.worker_id.clone()), ..event_for(item, record, RunStatus::Started, None) };
-    // The handler does not wait for the event to be stored; the terminal
-    // event is published only after it is, so the stream keeps their order.
-    let started_ack = ctx.publisher.send_event(&started).await;
     let clock = Instant::now();
     let handler = tracing::info_span!(
         "handler",
@@ -306,8 +365,23 @@ async fn run_attempt(
         task = %item.task,
         attempt
     );
-    let attempt_result = invoke(ctx, msg, item, attempt, cancel, slot).instrument(handler).await;
+    // The handler is called first and the `started` event sent right after,
+    // without waiting for it to be stored: when many runs start at the same
+    // instant (a staged herd), their requests are not queued behind their
+    // events. The terminal event goes out only after the `started` one is
+    // stored, so the stream keeps their order.
+    let (attempt_result, started_ack) =
+        tokio::join!(invoke(ctx, msg, item, attempt, cancel, slot).instrument(handler), async {
+            match settle_after {
+                Some(t) => tokio::time::sleep_until(t).await,
+                None => tokio::task::yield_now().await,
+            }
+            ctx.publisher.send_event(&started).await
+        });
     let duration_ms = clock.elapsed().as_millis() as u64;
+    if let Some(t) = settle_after {
+        tokio::time::sleep_until(t).await;
+    }
     match started_ack {
         Ok(ack) => match ack.await {
             Ok(_) => jetsched_runtime::publish::count_event(&started),

@@ -138,7 +138,7 @@ pub async fn run(
         client: client.clone(),
         publisher: Publisher::new(handles.js.clone(), names.clone()),
         runs: handles.runs.clone(),
-        checkpoints: handles.checkpoints.clone(),
+        checkpoints: Arc::new(handles.checkpoints.clone()),
         worker_id: worker_id.clone(),
         exec: ExecPolicy { allowed: config.allow_exec.clone(), ..ExecPolicy::default() },
         builtins,
@@ -150,6 +150,7 @@ pub async fn run(
         capacity: config.slots.max(1),
         slots_kv: handles.slots.clone(),
         rates_kv: handles.rates.clone(),
+        bursts: Default::default(),
     });
     let lanes = Arc::new(fetch::Lanes::open(&handles, &config, &worker_id).await?);
     let background = shutdown.child_token();
