@@ -81,8 +81,12 @@ pub async fn run(env: &BenchEnv, args: Args, telemetry: &Telemetry, sink: &Count
     }
     jetsched_runtime::telemetry::set_tracing_enabled(false);
 
-    // Latency at moderate load.
+    // Latency at moderate load, and where it goes: the `queued` event's time
+    // (the dispatcher has created the record) and the `started` event's time
+    // (the worker has claimed the run).
     let submitted_at: Marks = Arc::default();
+    let submitted_wall: Arc<Mutex<HashMap<String, jiff::Timestamp>>> = Arc::default();
+    let stamps = stage_stamps(env).await?;
     let mut to_start = Samples::default();
     let mut to_done = Samples::default();
     let interval = Duration::from_secs_f64(1.0 / args.rate.max(1) as f64);
@@ -94,6 +98,7 @@ pub async fn run(env: &BenchEnv, args: Args, telemetry: &Telemetry, sink: &Count
             _ = ticker.tick(), if i < args.paced_runs => {
                 let id = format!("lat-{i}");
                 lock(&submitted_at)?.insert(format!("t.noop.m-{id}"), Instant::now());
+                lock(&submitted_wall)?.insert(format!("t.noop.m-{id}"), jiff::Timestamp::now());
                 let ack = submit(env, &id).await?;
                 tokio::spawn(async move { let _ = ack.await; });
                 i += 1;
@@ -120,6 +125,28 @@ pub async fn run(env: &BenchEnv, args: Args, telemetry: &Telemetry, sink: &Count
         ms(to_start.percentile(99.0)),
         ms(to_done.percentile(50.0)),
         ms(to_done.percentile(99.0)),
+    );
+    let (mut dispatch, mut claim, mut call) = (Samples::default(), Samples::default(), Samples::default());
+    let elapsed = |a: jiff::Timestamp, b: jiff::Timestamp| b.duration_since(a).unsigned_abs();
+    {
+        let (walls, stamps, starts) = (lock(&submitted_wall)?, lock(&stamps)?, lock(&started_at)?);
+        for (run, t_submit) in walls.iter() {
+            let (Some((Some(queued), Some(started))), Some(start)) = (stamps.get(run), starts.get(run)) else {
+                continue;
+            };
+            dispatch.push(elapsed(*t_submit, *queued));
+            claim.push(elapsed(*queued, *started));
+            call.push(elapsed(*started, start.at));
+        }
+    }
+    println!(
+        "  stages p50 / p99: submit -> queued (record created) {} / {}; queued -> started (delivered, claimed) {} / {}; started -> handler receives the request {} / {}",
+        ms(dispatch.percentile(50.0)),
+        ms(dispatch.percentile(99.0)),
+        ms(claim.percentile(50.0)),
+        ms(claim.percentile(99.0)),
+        ms(call.percentile(50.0)),
+        ms(call.percentile(99.0)),
     );
     services.stop().await;
     Ok(())
@@ -150,6 +177,30 @@ async fn throughput(
     }
     wait_for(succeeded, n, Duration::from_secs(600)).await?;
     Ok(n as f64 / t0.elapsed().as_secs_f64())
+}
+
+/// Per run, the times of its `queued` and `started` events.
+type Stamps = Arc<Mutex<HashMap<String, (Option<jiff::Timestamp>, Option<jiff::Timestamp>)>>>;
+
+async fn stage_stamps(env: &BenchEnv) -> anyhow::Result<Stamps> {
+    let stamps: Stamps = Arc::default();
+    let mut sub = env.client.subscribe(env.names.event_subject("noop", "*")).await?;
+    env.client.flush().await?;
+    let marks = stamps.clone();
+    tokio::spawn(async move {
+        while let Some(msg) = sub.next().await {
+            let Ok(event) = serde_json::from_slice::<RunEvent>(&msg.payload) else { continue };
+            let Some(run) = event.run_id else { continue };
+            let Ok(mut map) = marks.lock() else { return };
+            let entry = map.entry(run).or_default();
+            match event.status {
+                jetsched_contract::RunStatus::Queued => entry.0 = Some(event.at),
+                jetsched_contract::RunStatus::Started => entry.1 = Some(event.at),
+                _ => {}
+            }
+        }
+    });
+    Ok(stamps)
 }
 
 async fn submit(env: &BenchEnv, id: &str) -> anyhow::Result<async_nats::jetstream::context::PublishAckFuture> {
