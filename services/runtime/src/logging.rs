@@ -19,9 +19,17 @@ pub struct LogArgs {
     /// Log format.
     #[arg(long, env = "JETSCHED_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human, global = true)]
     pub log_format: LogFormat,
-    /// Log filter, RUST_LOG syntax (e.g. `info`, `jetsched_worker=debug`).
-    #[arg(long = "log", env = "JETSCHED_LOG", default_value = "info", global = true)]
+    /// Log filter, RUST_LOG syntax (e.g. `info`, `info,jetsched_worker=debug`).
+    #[arg(long = "log", env = "JETSCHED_LOG", default_value = "info,async_nats=warn", global = true, value_parser = parse_filter)]
     pub log_filter: String,
+}
+
+/// Checks a log filter when the command line is parsed, so that a typo is an
+/// error rather than a silent fallback.
+fn parse_filter(s: &str) -> Result<String, String> {
+    EnvFilter::try_new(s)
+        .map(|_| s.to_string())
+        .map_err(|e| format!("not a log filter ({e}); example: info,jetsched_worker=debug"))
 }
 
 /// Installs the global subscriber; call once, first thing.

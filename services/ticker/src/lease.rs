@@ -213,7 +213,7 @@ impl Keeper {
                 }
                 self.flush(Some(p)).await;
                 self.drop_lease(p, true).await;
-                tracing::info!(partition = p, "partition handed back");
+                tracing::debug!(partition = p, "partition handed back");
             }
             Command::Expired(p) => {
                 tracing::warn!(partition = p, "lease ran out before it could be renewed");
@@ -322,8 +322,12 @@ impl Keeper {
             self.releasing.insert(p);
             self.send(LeaseEvent::Release(p));
         }
+        let (wanted, tickers) = (plan.acquire.len(), members.len());
         for p in plan.acquire {
             self.acquire(p).await;
+        }
+        if wanted > 0 {
+            tracing::info!(held = self.held.len(), tickers, "partitions acquired");
         }
     }
 
@@ -349,7 +353,7 @@ impl Keeper {
         let stored = watermark.stored;
         self.marks.insert(p, watermark);
         self.counts.extend(counts.into_iter().map(|(k, v)| ((p, k), v)));
-        tracing::info!(partition = p, watermark = ?stored, "partition acquired");
+        tracing::debug!(partition = p, watermark = ?stored, "partition acquired");
         self.send(LeaseEvent::Acquired {
             partition: p,
             valid_until: self.valid_from(started),
@@ -422,6 +426,7 @@ impl Keeper {
     async fn give_back(&mut self) {
         self.flush(None).await;
         let held: Vec<u16> = self.held.keys().copied().collect();
+        let count = held.len();
         for p in held {
             self.drop_lease(p, true).await;
         }
@@ -429,7 +434,7 @@ impl Keeper {
             let member = self.leases.delete(ticker::member_key(&self.id));
             let _ = tokio::time::timeout(self.op_timeout, member).await;
         }
-        tracing::info!("leases given back");
+        tracing::info!(partitions = count, "leases given back");
     }
 
     fn send(&self, event: LeaseEvent) {
