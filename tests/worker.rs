@@ -281,3 +281,60 @@ async fn dlq_replay_of_a_dead_run_succeeds_once_the_function_is_fixed() {
     assert_eq!(replayed.replay_of.as_deref(), Some(dead_run.as_str()));
     assert!(out.contains(done.run_id.as_deref().unwrap()), "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn staged_run_cancelled_before_its_time_never_reaches_its_function() {
+    let env = Env::start().await;
+    let mut calls = env.function("fn.later", |_| Reply::Ok(json!({}))).await;
+    env.put_task("later", json!({"handler": {"type": "nats", "subject": "fn.later"}})).await;
+    let _services = env.services();
+    let mut events = env.events().await;
+    let not_before = jiff::Timestamp::now().checked_add(jiff::SignedDuration::from_secs(4)).unwrap();
+    env.publish(env.names.submit_subject("later"), &[(headers::NOT_BEFORE, &not_before.to_string())], "{}").await;
+    let queued = events.wait_for(20, "the run to be queued", is("later", RunStatus::Queued)).await;
+    let run_id = queued.run_id.unwrap();
+    // The worker claims a run when it stages it, before its time.
+    eventually(10, "the run to be staged", || {
+        let env = &env;
+        let run_id = run_id.clone();
+        async move { record(env, &run_id).await.worker.map(|_| ()) }
+    })
+    .await;
+
+    let (code, out, err) = env.jetsched(&["runs", "cancel", &run_id]).await;
+    assert_eq!(code, 0, "{out}{err}");
+
+    let cancelled = events.wait_for(15, "the run to be cancelled", is("later", RunStatus::Cancelled)).await;
+    assert_eq!(cancelled.error.as_deref(), Some("cancelled before it started"));
+    assert!(jiff::Timestamp::now() < not_before, "cancelled before its release time");
+    // A run staged for just after it is released; by its call the
+    // cancelled run's time has passed without a call.
+    let after = not_before.checked_add(jiff::SignedDuration::from_secs(1)).unwrap();
+    env.publish(env.names.submit_subject("later"), &[(headers::NOT_BEFORE, &after.to_string())], "{}").await;
+    let call = calls.next_call(20).await;
+    assert_ne!(
+        call.header(headers::RUN_ID).as_deref(),
+        Some(run_id.as_str()),
+        "a cancelled staged run is not released"
+    );
+    assert!(call.at >= after);
+    assert!(calls.drain().is_empty());
+    assert_eq!(record(&env, &run_id).await.status, RunStatus::Cancelled);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_handler_with_no_function_listening_fails_saying_so() {
+    let env = Env::start().await;
+    env.put_task(
+        "orphan",
+        json!({"handler": {"type": "nats", "subject": "fn.nobody"}, "retry": {"max_attempts": 2, "initial_backoff": "100ms"}}),
+    )
+    .await;
+    let _services = env.services();
+    let mut events = env.events().await;
+    env.submit("orphan", "{}").await;
+    let failed = events.wait_for(20, "the first attempt to fail", is("orphan", RunStatus::Failed)).await;
+    assert_eq!(failed.error.as_deref(), Some("no function is listening on fn.nobody"));
+    let dead = events.wait_for(20, "the run to die", is("orphan", RunStatus::Dead)).await;
+    assert_eq!(dead.attempt, 2, "no responders is a retryable failure");
+}

@@ -30,9 +30,18 @@ use crate::metrics::SharedReader;
 /// compare throughput with tracing on and off in one run).
 static TRACING_ENABLED: AtomicBool = AtomicBool::new(true);
 
+/// Whether a span exporter is installed.
+static EXPORTING: AtomicBool = AtomicBool::new(false);
+
 /// Turns trace recording (and so trace-context propagation) on or off.
 pub fn set_tracing_enabled(on: bool) {
     TRACING_ENABLED.store(on, Ordering::Relaxed);
+}
+
+/// True when spans are recorded and exported: only then does a span carry
+/// trace context worth propagating.
+pub fn tracing_recorded() -> bool {
+    EXPORTING.load(Ordering::Relaxed) && TRACING_ENABLED.load(Ordering::Relaxed)
 }
 
 /// What `init` set up; shut it down to flush exporters.
@@ -168,6 +177,7 @@ fn install(
             Box::new(tracing_subscriber::fmt::layer().with_writer(std::io::stderr).json().flatten_event(true))
         }
     };
+    EXPORTING.store(tracer.is_some(), Ordering::Relaxed);
     let otel = tracer.as_ref().map(|t| {
         // Spans are recorded for OpenTelemetry regardless of the log level,
         // but only jetsched's own (and only while tracing is enabled).

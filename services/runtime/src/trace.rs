@@ -30,7 +30,13 @@ impl Extractor for HeaderExtractor<'_> {
 /// Writes the current span's trace context (`traceparent`, `tracestate`)
 /// into `headers`; nothing when the span is not being traced.
 pub fn inject(headers: &mut HeaderMap) {
-    let cx = tracing::Span::current().context();
+    inject_for(&tracing::Span::current(), headers);
+}
+
+/// Writes `span`'s trace context into `headers`; nothing when the span is
+/// not being traced.
+pub fn inject_for(span: &tracing::Span, headers: &mut HeaderMap) {
+    let cx = span.context();
     if !cx.span().span_context().is_valid() {
         return;
     }

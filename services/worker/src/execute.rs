@@ -8,19 +8,21 @@ use std::time::{Duration, Instant};
 
 use async_nats::Client;
 use async_nats::jetstream::{AckKind, Message};
-use jetsched_contract::{RunEvent, RunRecord, RunStatus, WorkItem, run as runid};
+use jetsched_contract::{Handler, RunEvent, RunRecord, RunStatus, WorkItem, run as runid};
 use jetsched_runtime::Publisher;
 use jetsched_runtime::metrics::{kv, metrics};
 use jiff::Timestamp;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use tracing::Instrument as _;
 
 use crate::cancel::Cancels;
 use crate::handlers::exec::ExecPolicy;
+use crate::handlers::nats::Functions;
 use crate::handlers::{Builtins, Outcome};
-use crate::invoke::{Attempt, invoke};
+use crate::invoke::{Ahead, Attempt, Sent, invocation, invoke};
 use crate::limits::{self, Admission, SlotHold};
 use crate::record::{self, Claim};
+use crate::release::{Call, Hold, Prepared, Released, Releaser, Staged};
 use crate::settle::{self, event_for, give_up, settle};
 
 /// What a worker shares between runs.
@@ -56,48 +58,10 @@ pub struct WorkerCtx {
     pub slots_kv: async_nats::jetstream::kv::Store,
     /// `jetsched-rates`.
     pub rates_kv: async_nats::jetstream::kv::Store,
-    /// Staged runs per release instant (ms): how big a burst each release is.
-    pub bursts: std::sync::Mutex<std::collections::HashMap<i64, usize>>,
-}
-
-/// Per run of a burst released at one instant, how long its bookkeeping
-/// (events, record) waits so that every handler call of the burst goes out
-/// first: about what one request costs on this kind of machine.
-const BURST_SHARE: Duration = Duration::from_micros(25);
-
-/// Counts a staged run in its instant's burst; uncounts it when dropped.
-struct BurstTicket<'a> {
-    ctx: &'a WorkerCtx,
-    at: i64,
-}
-
-impl<'a> BurstTicket<'a> {
-    fn new(ctx: &'a WorkerCtx, at: Timestamp) -> Self {
-        let at = at.as_millisecond();
-        if let Ok(mut b) = ctx.bursts.lock() {
-            *b.entry(at).or_default() += 1;
-        }
-        BurstTicket { ctx, at }
-    }
-
-    /// When the burst's handler calls should all be out.
-    fn settle_after(&self) -> tokio::time::Instant {
-        let size = self.ctx.bursts.lock().ok().and_then(|b| b.get(&self.at).copied()).unwrap_or(1);
-        tokio::time::Instant::now() + (BURST_SHARE * size as u32).min(Duration::from_secs(2))
-    }
-}
-
-impl Drop for BurstTicket<'_> {
-    fn drop(&mut self) {
-        if let Ok(mut b) = self.ctx.bursts.lock()
-            && let Some(n) = b.get_mut(&self.at)
-        {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                b.remove(&self.at);
-            }
-        }
-    }
+    /// Calls NATS functions.
+    pub functions: Arc<Functions>,
+    /// Releases staged runs at their time.
+    pub releaser: Releaser,
 }
 
 /// The single decision about a message.
@@ -177,20 +141,31 @@ async fn process(ctx: &WorkerCtx, msg: &Message, permit: OwnedSemaphorePermit) -
     let registration = ctx.cancels.register(&item.run_id);
     let limited = item.def.concurrency.is_some() || item.def.rate_limit.is_some();
     // A staged run is claimed before it waits, so that a herd's claims do
-    // not pile up at its start time (unless limits must be checked first).
+    // not pile up at its start time (unless limits must be checked first),
+    // and a NATS function's request is built then too.
     let mut claimed = None;
-    if release.is_some() && !limited {
-        match claim(ctx, msg, &item, queue, band, task_seq).await {
-            Ok(c) => claimed = Some(c),
-            Err(d) => return d,
-        }
-    }
-    // A run staged ahead of its time gives its slot back while it waits.
-    let ticket = release.map(|at| BurstTicket::new(ctx, at));
-    let permit = match release {
-        Some(at) => match hold_until(ctx, msg, at, permit, &registration.token).await {
-            Some(p) => p,
-            None => {
+    let mut ahead = None;
+    let (permit, settle_after, call) = match release {
+        None => (permit, None, None),
+        Some(at) => {
+            let mut prepared = None;
+            if !limited {
+                let (record, revision) = match claim(ctx, msg, &item, queue, band, task_seq).await {
+                    Ok(c) => c,
+                    Err(d) => return d,
+                };
+                if let Some(Handler::Nats { subject }) = &item.def.handler {
+                    let inv = invocation(ctx, &item, record.attempt, at).await;
+                    let (outbound, pending) = ctx.functions.prepare(subject, &inv);
+                    let span = handler_span(&tracing::Span::current(), &item, record.attempt);
+                    prepared = Some(Prepared { outbound, span: Box::new(span) });
+                    ahead = Some((inv, pending));
+                }
+                claimed = Some((record, revision));
+            }
+            let Some(Released { slot, call, settle_after }) =
+                stage(ctx, msg, at, permit, &registration.token, prepared).await
+            else {
                 let Some((mut record, mut revision)) = claimed else {
                     // Not claimed yet: the claim below finds the cancel request.
                     return TRANSIENT;
@@ -198,9 +173,17 @@ async fn process(ctx: &WorkerCtx, msg: &Message, permit: OwnedSemaphorePermit) -
                 let event = event_for(&item, &record, RunStatus::Cancelled, Some("cancelled before it started".into()));
                 let change = record::finish(RunStatus::Cancelled, event.error.clone());
                 return settle(ctx, &mut record, &mut revision, change, &event).await;
-            }
-        },
-        None => permit,
+            };
+            let permit = match slot {
+                Some(p) => p,
+                // No slot was free at the instant: wait for one.
+                None => match ctx.slots.clone().acquire_owned().await {
+                    Ok(p) => p,
+                    Err(_) => return TRANSIENT,
+                },
+            };
+            (permit, Some(settle_after), call)
+        }
     };
     let mut slot = None;
     if limited {
@@ -227,23 +210,53 @@ async fn process(ctx: &WorkerCtx, msg: &Message, permit: OwnedSemaphorePermit) -
     };
     // A run that needs several slots waits here until they are free.
     let extra = if needed > 1 { ctx.slots.clone().acquire_many_owned(needed as u32 - 1).await.ok() } else { None };
-    let settle_after = ticket.as_ref().map(BurstTicket::settle_after);
+    let (ahead, span) = match (ahead, call) {
+        (Some((inv, pending)), Some(Call::Sent { span, result })) => {
+            (Some(Ahead { inv, pending, sent: Sent::Yes(result) }), span)
+        }
+        (Some((inv, pending)), Some(Call::Unsent(outbound))) => {
+            (Some(Ahead { inv, pending, sent: Sent::No(outbound) }), None)
+        }
+        _ => (None, None),
+    };
     let result = run_attempt(
         ctx,
         msg,
         &item,
         &mut record,
         &mut revision,
-        Controls { cancel: &registration.token, slot: slot.as_deref_mut(), settle_after },
+        Controls { cancel: &registration.token, slot: slot.as_deref_mut(), settle_after, ahead, span },
     )
     .await;
-    drop(ticket);
     if let Some(s) = slot {
         s.release().await;
     }
     drop(extra);
     drop(permit);
     result
+}
+
+/// The span of one handler call, a child of `parent` (the run's `execute`
+/// span), opened when it is called.
+fn handler_span(
+    parent: &tracing::Span,
+    item: &WorkItem,
+    attempt: u32,
+) -> impl FnOnce() -> tracing::Span + Send + use<> {
+    let parent = parent.clone();
+    let kind = item.def.handler.as_ref().map(|h| h.kind()).unwrap_or("none");
+    let (run_id, task) = (item.run_id.clone(), item.task.clone());
+    move || {
+        tracing::info_span!(
+            parent: &parent,
+            "handler",
+            otel.kind = "client",
+            handler = kind,
+            run_id = %run_id,
+            task = %task,
+            attempt
+        )
+    }
 }
 
 /// Claims the next attempt; `Err` carries what to do when there is none to run.
@@ -296,41 +309,50 @@ async fn claim(
     }
 }
 
-/// Waits until `at` without holding a slot (bounded by the staging room),
-/// keeping the message in progress; `None` if the run is cancelled meanwhile.
-async fn hold_until(
+/// Hands a run to the releaser and waits for its instant without holding a
+/// slot (within the staging room), keeping the message in progress; `None`
+/// if the run is cancelled meanwhile.
+async fn stage(
     ctx: &WorkerCtx,
     msg: &Message,
     at: Timestamp,
     permit: OwnedSemaphorePermit,
     cancel: &tokio_util::sync::CancellationToken,
-) -> Option<OwnedSemaphorePermit> {
-    let staged = ctx.staged.clone().try_acquire_owned().ok();
-    let permit = if staged.is_some() {
+    call: Option<Prepared>,
+) -> Option<Released> {
+    let room = ctx.staged.clone().try_acquire_owned().ok();
+    // No room to stage: it waits holding its slot.
+    let slot = if room.is_some() {
         drop(permit);
         None
     } else {
-        // No room to stage: wait holding the slot.
         Some(permit)
     };
-    let wait = at.duration_since(Timestamp::now()).unsigned_abs();
-    let deadline = tokio::time::Instant::now() + wait;
+    let (done, mut released) = oneshot::channel();
+    let hold = Hold::default();
+    if !ctx.releaser.stage(Staged { at, call, hold: hold.clone(), slot, done }) {
+        return None;
+    }
     let beat = (ctx.ack_wait / 3).max(Duration::from_millis(100));
-    loop {
+    let mut cancel_seen = false;
+    let released = loop {
         tokio::select! {
-            _ = cancel.cancelled() => return None,
-            _ = tokio::time::sleep_until(deadline) => break,
+            // Cancelled before its release: it never starts. Cancelled after:
+            // it goes on and its handler is stopped like a running one's.
+            _ = cancel.cancelled(), if !cancel_seen => {
+                if hold.withdraw() {
+                    return None;
+                }
+                cancel_seen = true;
+            }
+            r = &mut released => break r.ok()?,
             _ = tokio::time::sleep(beat) => {
                 let _ = msg.ack_with(AckKind::Progress).await;
             }
         }
-    }
-    let permit = match permit {
-        Some(p) => p,
-        None => ctx.slots.clone().acquire_owned().await.ok()?,
     };
-    drop(staged);
-    Some(permit)
+    drop(room);
+    Some(released)
 }
 
 /// What steers one attempt from outside its handler.
@@ -341,6 +363,10 @@ struct Controls<'a> {
     slot: Option<&'a mut SlotHold>,
     /// For a staged run: not before this instant is its bookkeeping sent.
     settle_after: Option<tokio::time::Instant>,
+    /// For a staged run: its NATS function call, built ahead.
+    ahead: Option<Ahead>,
+    /// The handler span, when the call went out already under it.
+    span: Option<tracing::Span>,
 }
 
 async fn run_attempt(
@@ -351,27 +377,20 @@ async fn run_attempt(
     revision: &mut u64,
     controls: Controls<'_>,
 ) -> Disposition {
-    let Controls { cancel, slot, settle_after } = controls;
+    let Controls { cancel, slot, settle_after, ahead, span } = controls;
     let attempt = record.attempt;
     tracing::Span::current().record("attempt", attempt);
     tracing::debug!(run_id = %item.run_id, task = %item.task, attempt, "run started");
     let started = RunEvent { worker: Some(ctx.worker_id.clone()), ..event_for(item, record, RunStatus::Started, None) };
     let clock = Instant::now();
-    let handler = tracing::info_span!(
-        "handler",
-        otel.kind = "client",
-        handler = item.def.handler.as_ref().map(|h| h.kind()).unwrap_or("none"),
-        run_id = %item.run_id,
-        task = %item.task,
-        attempt
-    );
+    let handler = span.unwrap_or_else(|| handler_span(&tracing::Span::current(), item, attempt)());
     // The handler is called first and the `started` event sent right after,
     // without waiting for it to be stored: when many runs start at the same
     // instant (a staged herd), their requests are not queued behind their
     // events. The terminal event goes out only after the `started` one is
     // stored, so the stream keeps their order.
     let (attempt_result, started_ack) =
-        tokio::join!(invoke(ctx, msg, item, attempt, cancel, slot).instrument(handler), async {
+        tokio::join!(invoke(ctx, msg, item, attempt, cancel, slot, ahead).instrument(handler), async {
             match settle_after {
                 Some(t) => tokio::time::sleep_until(t).await,
                 None => tokio::task::yield_now().await,

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use async_nats::HeaderMap;
+use async_nats::client::PublishError;
 use async_nats::jetstream::{AckKind, Message};
 use jetsched_contract::{Handler, HumanDuration, WorkItem};
 use jiff::{SignedDuration, Timestamp};
@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::checkpoint::{CheckpointFile, Checkpoints};
 use crate::execute::WorkerCtx;
+use crate::handlers::nats::{Outbound, Pending};
 use crate::handlers::{Invocation, Outcome, exec, http, nats};
 use crate::limits::SlotHold;
 
@@ -25,18 +26,29 @@ pub enum Attempt {
     Cancelled,
 }
 
-/// Runs attempt `attempt` of `item`.
-pub async fn invoke(
-    ctx: &WorkerCtx,
-    msg: &Message,
-    item: &WorkItem,
-    attempt: u32,
-    cancel: &CancellationToken,
-    mut slot: Option<&mut SlotHold>,
-) -> Attempt {
+/// A staged run's NATS function call, built ahead of its instant.
+pub struct Ahead {
+    /// The invocation it was built from.
+    pub inv: Invocation,
+    /// Its reply, once it comes.
+    pub pending: Pending,
+    /// Whether the releaser sent it.
+    pub sent: Sent,
+}
+
+/// Whether a call built ahead went out at its instant.
+pub enum Sent {
+    /// Published, with this result.
+    Yes(Result<(), PublishError>),
+    /// Not yet (no slot was free at the instant): send it now.
+    No(Outbound),
+}
+
+/// The invocation of attempt `attempt` of `item` starting at `start`: its
+/// deadline, last checkpoint and cancel subject.
+pub async fn invocation(ctx: &WorkerCtx, item: &WorkItem, attempt: u32, start: Timestamp) -> Invocation {
     let timeout = item.def.timeout.0;
-    let deadline =
-        Timestamp::now().checked_add(SignedDuration::try_from(timeout).unwrap_or_default()).unwrap_or(Timestamp::MAX);
+    let deadline = start.checked_add(SignedDuration::try_from(timeout).unwrap_or_default()).unwrap_or(Timestamp::MAX);
     let checkpoints = Checkpoints::new(ctx.checkpoints.clone(), &item.run_id);
     // Only a retry can have a checkpoint: the first attempt skips the read.
     let checkpoint = if attempt > 1 {
@@ -47,7 +59,7 @@ pub async fn invoke(
     } else {
         None
     };
-    let inv = Invocation {
+    Invocation {
         run_id: item.run_id.clone(),
         task: item.task.clone(),
         attempt,
@@ -58,13 +70,31 @@ pub async fn invoke(
         payload: item.payload.clone(),
         checkpoint,
         cancel_subject: ctx.publisher.names().cancel_subject(&item.run_id),
-        checkpoints: Some(checkpoints.clone()),
+        checkpoints: Some(checkpoints),
         shard: item.shard,
+    }
+}
+
+/// Runs attempt `attempt` of `item`, or completes the call built `ahead`.
+pub async fn invoke(
+    ctx: &WorkerCtx,
+    msg: &Message,
+    item: &WorkItem,
+    attempt: u32,
+    cancel: &CancellationToken,
+    mut slot: Option<&mut SlotHold>,
+    ahead: Option<Ahead>,
+) -> Attempt {
+    let timeout = item.def.timeout.0;
+    let (inv, ahead) = match ahead {
+        Some(Ahead { inv, pending, sent }) => (inv, Some((pending, sent))),
+        None => (invocation(ctx, item, attempt, Timestamp::now()).await, None),
     };
+    let checkpoints = Checkpoints::new(ctx.checkpoints.clone(), &item.run_id);
     let mut file =
         matches!(item.def.handler, Some(Handler::Exec { .. })).then(|| CheckpointFile::new(&item.run_id, attempt));
     let stop = CancellationToken::new();
-    let call = call_handler(ctx, item, &inv, stop.clone(), file.as_ref().map(|f| f.path().to_path_buf()));
+    let call = call_handler(ctx, item, &inv, ahead, stop.clone(), file.as_ref().map(|f| f.path().to_path_buf()));
     tokio::pin!(call);
     let beat = (ctx.ack_wait / 3).max(Duration::from_millis(100));
     let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + beat, beat);
@@ -111,11 +141,20 @@ async fn call_handler(
     ctx: &WorkerCtx,
     item: &WorkItem,
     inv: &Invocation,
+    ahead: Option<(Pending, Sent)>,
     stop: CancellationToken,
     checkpoint_file: Option<std::path::PathBuf>,
 ) -> Outcome {
     match &item.def.handler {
-        Some(Handler::Nats { subject }) => nats::call(&ctx.client, subject, inv, HeaderMap::new()).await,
+        Some(Handler::Nats { subject }) => match ahead {
+            None => ctx.functions.call(subject, inv).await,
+            Some((pending, Sent::Yes(result))) => nats::outcome(subject, inv.timeout, result, pending).await,
+            Some((pending, Sent::No(mut outbound))) => {
+                outbound.trace(&tracing::Span::current());
+                let result = ctx.functions.send(outbound).await;
+                nats::outcome(subject, inv.timeout, result, pending).await
+            }
+        },
         Some(Handler::Http { url, method, headers }) => http::call(url, method, headers, inv).await,
         Some(Handler::Exec { command, env }) => {
             let mut env = env.clone();

@@ -14,6 +14,7 @@ pub mod invoke;
 pub mod limits;
 pub mod presence;
 pub mod record;
+pub mod release;
 pub mod settle;
 
 use std::sync::Arc;
@@ -134,6 +135,7 @@ pub async fn run(
     let slots = Arc::new(Semaphore::new(config.slots.max(1)));
     let cancels = Cancels::default();
     let client = handles.js.client();
+    let functions = handlers::nats::Functions::start(client.clone()).await?;
     let ctx = Arc::new(WorkerCtx {
         client: client.clone(),
         publisher: Publisher::new(handles.js.clone(), names.clone()),
@@ -150,7 +152,8 @@ pub async fn run(
         capacity: config.slots.max(1),
         slots_kv: handles.slots.clone(),
         rates_kv: handles.rates.clone(),
-        bursts: Default::default(),
+        functions: functions.clone(),
+        releaser: release::Releaser::start(functions, slots.clone()),
     });
     let lanes = Arc::new(fetch::Lanes::open(&handles, &config, &worker_id).await?);
     let background = shutdown.child_token();
