@@ -137,6 +137,10 @@ async fn start_local_server(args: &UpArgs) -> anyhow::Result<LocalServer> {
             host,
             config: Some(config),
             log_file: Some(log.clone()),
+            // A server left running by a `jetsched up` that was killed is stopped first.
+            pid_file: Some(data.join("nats-server.pid")),
+            // Ctrl-C reaches jetsched alone: the server stops after the services drain.
+            detached: true,
             ..ServerOptions::new(binary, data.join("nats"))
         };
         LocalServer::start(options).with_context(|| {

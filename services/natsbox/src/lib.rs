@@ -136,12 +136,28 @@ pub struct ServerOptions {
     pub config: Option<PathBuf>,
     /// Where the server's log goes (inherit when `None`... discarded).
     pub log_file: Option<PathBuf>,
+    /// Where the server writes its pid. A server found still running from
+    /// this file (its owner was killed before it could stop it) is stopped
+    /// before a new one starts on the same store.
+    pub pid_file: Option<PathBuf>,
+    /// In a process group of its own: a Ctrl-C at the terminal then reaches
+    /// only the owner, which stops the server after its clients have drained.
+    pub detached: bool,
 }
 
 impl ServerOptions {
     /// Loopback, random port, JetStream in `store_dir`.
     pub fn new(binary: PathBuf, store_dir: PathBuf) -> Self {
-        ServerOptions { binary, store_dir, port: 0, host: "127.0.0.1".to_string(), config: None, log_file: None }
+        ServerOptions {
+            binary,
+            store_dir,
+            port: 0,
+            host: "127.0.0.1".to_string(),
+            config: None,
+            log_file: None,
+            pid_file: None,
+            detached: false,
+        }
     }
 }
 
@@ -169,6 +185,13 @@ impl LocalServer {
         let mut cmd = Command::new(&o.binary);
         if let Some(config) = &o.config {
             cmd.arg("-c").arg(config);
+        }
+        if let Some(pid_file) = &o.pid_file {
+            stop_stale(pid_file);
+            cmd.arg("-P").arg(pid_file);
+        }
+        if o.detached {
+            std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         }
         // Port -1 asks the server for a random free port; the ports file says which.
         let port = if self.port == 0 { "-1".to_string() } else { self.port.to_string() };
@@ -241,8 +264,7 @@ impl LocalServer {
     /// Asks the server to shut down cleanly and waits up to 10 s.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            // nats-server treats SIGINT as a clean shutdown request.
-            let _ = Command::new("kill").arg("-INT").arg(child.id().to_string()).status();
+            interrupt(child.id());
             let deadline = Instant::now() + Duration::from_secs(10);
             while Instant::now() < deadline {
                 if let Ok(Some(_)) = child.try_wait() {
@@ -269,6 +291,34 @@ impl LocalServer {
                 Err(_) => std::thread::sleep(Duration::from_millis(100)),
             }
         }
+    }
+}
+
+/// nats-server treats SIGINT as a clean shutdown request.
+fn interrupt(pid: u32) {
+    let _ = Command::new("kill").arg("-INT").arg(pid.to_string()).status();
+}
+
+/// Whether `pid` is a running nats-server (Linux: by its `/proc` entry, an
+/// exited but unreaped one not counting; elsewhere unknown, and treated as
+/// not running).
+pub fn is_nats_server(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
+    let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else { return false };
+    let state = stat[close + 1..].trim_start().chars().next();
+    &stat[open + 1..close] == "nats-server" && state != Some('Z')
+}
+
+/// Stops the server `pid_file` names if it is still running.
+fn stop_stale(pid_file: &Path) {
+    let Some(pid) = std::fs::read_to_string(pid_file).ok().and_then(|t| t.trim().parse::<u32>().ok()) else { return };
+    if !is_nats_server(pid) {
+        return;
+    }
+    interrupt(pid);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while is_nats_server(pid) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

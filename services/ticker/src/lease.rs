@@ -109,6 +109,7 @@ pub fn spawn(
         marks: HashMap::new(),
         counts: HashMap::new(),
         members: HashSet::new(),
+        handed_back: 0,
     };
     let handle = tokio::spawn(keeper.run(cmd_rx));
     (cmd_tx, event_rx, handle)
@@ -132,6 +133,8 @@ struct Keeper {
     counts: HashMap<(u16, Arc<str>), Synced<FiredCount>>,
     /// Tickers seen through the watch.
     members: HashSet<String>,
+    /// Partitions handed back since shutdown began.
+    handed_back: usize,
 }
 
 impl Keeper {
@@ -213,6 +216,7 @@ impl Keeper {
                 }
                 self.flush(Some(p)).await;
                 self.drop_lease(p, true).await;
+                self.handed_back += usize::from(self.stopping);
                 tracing::debug!(partition = p, "partition handed back");
             }
             Command::Expired(p) => {
@@ -434,7 +438,7 @@ impl Keeper {
             let member = self.leases.delete(ticker::member_key(&self.id));
             let _ = tokio::time::timeout(self.op_timeout, member).await;
         }
-        tracing::info!(partitions = count, "leases given back");
+        tracing::info!(partitions = self.handed_back + count, "leases given back");
     }
 
     fn send(&self, event: LeaseEvent) {
