@@ -338,3 +338,37 @@ async fn nats_handler_with_no_function_listening_fails_saying_so() {
     let dead = events.wait_for(20, "the run to die", is("orphan", RunStatus::Dead)).await;
     assert_eq!(dead.attempt, 2, "no responders is a retryable failure");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn work_arriving_at_once_on_two_bands_of_a_one_slot_worker_runs_back_to_back() {
+    let env = Env::start().await;
+    let _fn = env.function("fn.slow", |_| Reply::After(Duration::from_secs(1), json!({}))).await;
+    env.put_task("urgent", json!({"handler": {"type": "nats", "subject": "fn.slow"}, "importance": 10})).await;
+    env.put_task("bulk", json!({"handler": {"type": "nats", "subject": "fn.slow"}, "importance": 0})).await;
+    let _services = env.services_with(worker_with(|w| w.slots = 1));
+    let mut events = env.events().await;
+    // An idle worker stands a pull request on every band: both runs reach
+    // it at once, and the one it has no slot for goes back to the stream.
+    let stream = env.handles.js.get_stream(env.names.tasks_stream()).await.unwrap();
+    for band in [0, 9] {
+        let name = env.names.worker_consumer("default", band);
+        eventually(10, "a standing pull request", || {
+            let stream = stream.clone();
+            let name = name.clone();
+            async move {
+                let mut consumer: async_nats::jetstream::consumer::PullConsumer =
+                    stream.get_consumer(&name).await.ok()?;
+                (consumer.info().await.ok()?.num_waiting > 0).then_some(())
+            }
+        })
+        .await;
+    }
+    env.submit("urgent", "{}").await;
+    env.submit("bulk", "{}").await;
+    let first = events.wait_for(20, "one run to succeed", |e| e.status == RunStatus::Succeeded).await;
+    let second = events.wait_for(20, "the other run to succeed", |e| e.status == RunStatus::Succeeded).await;
+    assert_ne!(first.task, second.task);
+    assert_eq!(second.attempt, 1, "a message handed back is not an attempt");
+    let gap = second.at.duration_since(first.at);
+    assert!(gap < jiff::SignedDuration::from_secs(10), "the second ran after the first, not after an ack wait: {gap}");
+}

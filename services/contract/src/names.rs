@@ -95,16 +95,6 @@ impl Names {
         format!("{}.task.{queue}.{band}", self.prefix)
     }
 
-    /// Every band of `queue`.
-    pub fn task_queue_filter(&self, queue: &str) -> String {
-        format!("{}.task.{queue}.*", self.prefix)
-    }
-
-    /// Queue group idle workers join on [`Names::task_queue_filter`] to be woken by new work.
-    pub fn idle_worker_group(&self) -> String {
-        format!("{}-idle-workers", self.prefix)
-    }
-
     /// A run event.
     pub fn event_subject(&self, task: &str, status: &str) -> String {
         format!("{}.event.{task}.{status}", self.prefix)

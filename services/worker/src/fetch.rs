@@ -9,14 +9,19 @@
 //! it has waited, so lower bands are delayed, never starved: work at the head
 //! of band b is taken within (b + 1) aging steps, however busy band 0 is.
 //!
-//! Fetching never leaves a pull request dangling (an abandoned one strands
-//! the message it later receives until its ack wait runs out): with free
-//! slots the worker asks lanes, in that order, for what is there *now*; when
-//! there is nothing it joins a queue group on its lanes' subjects, so that
-//! each new work message wakes one idle worker.
+//! With free slots the worker asks lanes, in that order, for what is there
+//! *now* (no-wait fetches). When there is nothing, it stands one pull request
+//! for one message on every lane, lapsing after `--idle-poll`: new work then
+//! goes straight to an idle worker in the server's delivery, with no wake-up
+//! and fetch in between. A message a standing request brings after the
+//! worker filled its slots by other means is handed back at once (a nak
+//! without delay) for a worker with room. A pull request is never abandoned
+//! while it stands (it would strand the message it later receives until its
+//! ack wait ran out): the task waiting on it lives until it is answered or
+//! lapses.
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -51,6 +56,8 @@ pub struct Lane {
     head_at: Mutex<Option<jiff::Timestamp>>,
     /// The lane's subject.
     subject: String,
+    /// An idle worker's pull request stands on this lane.
+    standing: AtomicBool,
 }
 
 impl Lane {
@@ -64,6 +71,7 @@ impl Lane {
             in_flight: AtomicU64::new(0),
             head_at: Mutex::new(None),
             subject,
+            standing: AtomicBool::new(false),
         }
     }
 
@@ -134,28 +142,67 @@ impl Lanes {
         self.read().iter().map(|l| l.queue.clone()).collect::<BTreeSet<_>>().into_iter().collect()
     }
 
-    /// Lanes to ask, in order: the hinted lane first, then by urgency;
-    /// lanes seen empty at the last poll are left out.
-    fn order(&self, hint: Option<(String, u8)>) -> Vec<Arc<Lane>> {
+    /// Lanes to ask, in order of urgency; lanes seen empty at the last poll
+    /// are left out.
+    fn order(&self) -> Vec<Arc<Lane>> {
         let now = jiff::Timestamp::now();
         let mut lanes: Vec<Arc<Lane>> = self.read().clone();
-        let hinted = |l: &Lane| hint.as_ref().is_some_and(|(q, b)| *q == l.queue && *b == l.band);
-        lanes.retain(|l| hinted(l) || !l.idle());
-        lanes.sort_by(|a, b| {
-            hinted(b).cmp(&hinted(a)).then(a.urgency(now, self.aging_step).total_cmp(&b.urgency(now, self.aging_step)))
-        });
+        lanes.retain(|l| !l.idle());
+        lanes.sort_by(|a, b| a.urgency(now, self.aging_step).total_cmp(&b.urgency(now, self.aging_step)));
         lanes
+    }
+
+    /// Every lane.
+    pub fn all(&self) -> Vec<Arc<Lane>> {
+        self.read().clone()
+    }
+}
+
+impl Lane {
+    /// Claims the lane for a standing pull request; false if one stands.
+    pub fn stand(&self) -> bool {
+        !self.standing.swap(true, Ordering::AcqRel)
+    }
+
+    /// Waits up to `expires` for the lane's next message: the standing pull
+    /// request of an idle worker, for one message.
+    pub async fn wait_one(&self, expires: Duration) -> Option<Message> {
+        let got = tokio::time::timeout(expires + FETCH_TIMEOUT, async {
+            let mut batch = self.consumer.batch().max_messages(1).expires(expires).messages().await?;
+            batch.next().await.transpose()
+        })
+        .await;
+        self.standing.store(false, Ordering::Release);
+        let msg = match got {
+            Ok(Ok(msg)) => msg,
+            Ok(Err(err)) => {
+                tracing::warn!(%err, queue = %self.queue, band = self.band, "cannot wait for work");
+                None
+            }
+            Err(_) => {
+                tracing::warn!(queue = %self.queue, band = self.band, "pull request not answered");
+                None
+            }
+        };
+        if let Some(m) = &msg {
+            self.saw(m);
+        }
+        msg
+    }
+
+    /// Notes what a delivery says is still waiting behind it, so that the
+    /// next probe does not skip the lane before the monitor looks again.
+    fn saw(&self, msg: &Message) {
+        if let Ok(info) = msg.info() {
+            self.pending.store(info.pending, Ordering::Relaxed);
+        }
     }
 }
 
 /// Takes what is available now, at most one message per permit, in lane order.
-pub async fn probe(
-    lanes: &Lanes,
-    permits: &mut Vec<OwnedSemaphorePermit>,
-    hint: Option<(String, u8)>,
-) -> Vec<(Message, OwnedSemaphorePermit)> {
+pub async fn probe(lanes: &Lanes, permits: &mut Vec<OwnedSemaphorePermit>) -> Vec<(Message, OwnedSemaphorePermit)> {
     let mut found = Vec::new();
-    for lane in lanes.order(hint) {
+    for lane in lanes.order() {
         if permits.is_empty() {
             break;
         }
@@ -180,6 +227,7 @@ pub async fn probe(
         for msg in msgs {
             match msg {
                 Ok(msg) => {
+                    lane.saw(&msg);
                     if let Some(permit) = permits.pop() {
                         found.push((msg, permit));
                     }
@@ -189,21 +237,6 @@ pub async fn probe(
         }
     }
     found
-}
-
-/// Joins the idle workers' queue group on every lane's subjects.
-pub async fn subscribe_wake(
-    client: &async_nats::Client,
-    lanes: &Lanes,
-) -> anyhow::Result<futures::stream::SelectAll<async_nats::Subscriber>> {
-    let mut subs = Vec::new();
-    for queue in lanes.queues() {
-        subs.push(
-            client.queue_subscribe(lanes.names.task_queue_filter(&queue), lanes.names.idle_worker_group()).await?,
-        );
-    }
-    tokio::time::timeout(FETCH_TIMEOUT, client.flush()).await??;
-    Ok(futures::stream::select_all(subs))
 }
 
 /// Polls every lane's consumer: what waits and since when (for ordering

@@ -20,7 +20,7 @@ pub mod settle;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
+use async_nats::jetstream::AckKind;
 use jetsched_contract::{Handles, validate_name};
 use jetsched_runtime::{Publisher, Readiness};
 use tokio::sync::Semaphore;
@@ -68,7 +68,8 @@ pub struct WorkerConfig {
     /// Waiting work rises one priority band per this much waiting.
     #[arg(long = "aging-step", env = "JETSCHED_AGING_STEP", default_value = "10s", value_parser = parse_duration)]
     pub aging_step: Duration,
-    /// How often an idle worker re-checks for redelivered work.
+    /// How long an idle worker's standing pull requests last before they
+    /// are renewed (and it looks again for work).
     #[arg(long = "idle-poll", env = "JETSCHED_IDLE_POLL", default_value = "250ms", value_parser = parse_duration)]
     pub idle_poll: Duration,
 }
@@ -169,8 +170,8 @@ pub async fn run(
     tokio::spawn(fetch::watch_label_queues(lanes.clone(), handles.clone(), config.clone(), background.clone()));
     ready.set(true);
     let mut running = JoinSet::new();
-    let mut wake: Option<futures::stream::SelectAll<async_nats::Subscriber>> = None;
-    let mut hint = None;
+    // Told by a standing pull request that it brought work.
+    let delivered = Arc::new(tokio::sync::Notify::new());
     let mut backlog = false;
     tracing::info!(worker = %worker_id, queues = ?config.queues, slots = config.slots, "worker started");
     loop {
@@ -196,41 +197,48 @@ pub async fn run(
                 },
             }
         }
-        let found = fetch::probe(&lanes, &mut permits, hint.take()).await;
+        let found = fetch::probe(&lanes, &mut permits).await;
         backlog = !found.is_empty() && permits.is_empty();
         if !found.is_empty() {
             for (msg, permit) in found {
                 let ctx = ctx.clone();
                 running.spawn(async move { execute::execute(&ctx, msg, permit).await });
             }
-            if slots.available_permits() == 0 {
-                // Busy: stop taking wake-ups meant for idle workers.
-                wake = None;
-            }
             continue;
         }
         drop(permits);
-        // Nothing to do. Join the wake group first, then look once more, so
-        // that work published in between is not missed.
-        if wake.is_none() {
-            match fetch::subscribe_wake(&client, &lanes).await {
-                Ok(subs) => {
-                    wake = Some(subs);
-                    continue;
-                }
-                Err(err) => tracing::warn!(%err, "cannot subscribe for wake-ups; polling"),
+        // Nothing to do: stand a pull request for one message on every lane
+        // that has none.
+        for lane in lanes.all() {
+            if !lane.stand() {
+                continue;
             }
+            let (ctx, slots, delivered, expires) = (ctx.clone(), slots.clone(), delivered.clone(), config.idle_poll);
+            running.spawn(async move {
+                let Some(msg) = lane.wait_one(expires).await else { return };
+                delivered.notify_one();
+                match slots.try_acquire_owned() {
+                    Ok(permit) => execute::execute(&ctx, msg, permit).await,
+                    // Every slot filled up since the request was stood: hand
+                    // the message back at once for a worker that has room.
+                    Err(_) => {
+                        tracing::debug!(subject = %msg.subject, "no free slot for work a standing request brought; handed back");
+                        if let Err(err) = msg.ack_with(AckKind::Nak(None)).await {
+                            tracing::warn!(%err, "cannot hand back work; it will be redelivered after its ack wait");
+                        }
+                    }
+                }
+            });
         }
-        let woken = tokio::select! {
+        // Look again when one brings work (more may wait behind it), or when
+        // they lapse (work on lanes without a standing request, such as
+        // retries coming due while every slot was held).
+        tokio::select! {
             _ = shutdown.cancelled() => break,
-            Some(_) = running.join_next(), if !running.is_empty() => None,
-            m = async { match wake.as_mut() { Some(w) => w.next().await, None => std::future::pending().await } } => m,
-            _ = tokio::time::sleep(config.idle_poll) => None,
-        };
-        // The subject of the message that woke us says where to look first.
-        hint = woken.and_then(|m| names.parse_task_subject(m.subject.as_str()).map(|(q, b)| (q.to_string(), b)));
+            _ = delivered.notified() => {}
+            _ = tokio::time::sleep(config.idle_poll) => {}
+        }
     }
-    drop(wake);
     ready.set(false);
     tracing::info!(worker = %worker_id, running = running.len(), "worker draining");
     let drained = tokio::time::timeout(config.drain, async { while running.join_next().await.is_some() {} }).await;
