@@ -25,7 +25,9 @@ use crate::handlers::nats::{Functions, Outbound};
 /// one request costs the server and the function on this kind of machine.
 const BURST_SHARE: Duration = Duration::from_micros(25);
 
-/// Hands staged runs to the worker's release task.
+/// Hands staged runs to the worker's release task. The channel needs no
+/// bound of its own: a run is staged only within `--max-staged` or while it
+/// holds a slot.
 pub struct Releaser {
     tx: mpsc::UnboundedSender<Staged>,
 }
@@ -97,7 +99,7 @@ impl Releaser {
     /// Starts the release task; it ends when the releaser is dropped.
     pub fn start(functions: Arc<Functions>, slots: Arc<Semaphore>) -> Releaser {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(hold(rx, functions, slots));
+        tokio::spawn(run_releases(rx, functions, slots));
         Releaser { tx }
     }
 
@@ -107,7 +109,7 @@ impl Releaser {
     }
 }
 
-async fn hold(mut rx: mpsc::UnboundedReceiver<Staged>, functions: Arc<Functions>, slots: Arc<Semaphore>) {
+async fn run_releases(mut rx: mpsc::UnboundedReceiver<Staged>, functions: Arc<Functions>, slots: Arc<Semaphore>) {
     let mut due: BTreeMap<Timestamp, Vec<Staged>> = BTreeMap::new();
     loop {
         let next = due.first_key_value().map(|(at, _)| {
