@@ -175,6 +175,8 @@ pub async fn run(
     let mut backlog = false;
     tracing::info!(worker = %worker_id, queues = ?config.queues, slots = config.slots, "worker started");
     loop {
+        // Forget finished runs and lapsed pull requests.
+        while running.try_join_next().is_some() {}
         // Wait for a free slot, reaping finished runs meanwhile.
         let first = tokio::select! {
             _ = shutdown.cancelled() => break,
