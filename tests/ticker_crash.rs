@@ -85,6 +85,8 @@ async fn ticker_killed_and_restarted_fires_every_occurrence_exactly_once_under_a
     events.wait_for_n(3, 20, "three fires", queued("s")).await;
     kill(&mut first).await;
     let killed_at = Timestamp::now();
+    // The outage itself: time passing with no ticker is the scenario under
+    // test, not a stand-in for waiting on an event.
     tokio::time::sleep(OUTAGE).await;
     let _second = env.spawn_ticker("second", &[]);
     let beyond = killed_at.checked_add(secs(8)).unwrap();
@@ -103,6 +105,8 @@ async fn ticker_killed_and_restarted_fires_every_occurrence_exactly_once_under_a
 async fn kill_after_a_covered_fire(env: &Env, events: &mut Events, ticker: &mut tokio::process::Child) -> Timestamp {
     loop {
         let fire = events.wait_for(10, "a fire", queued("s")).await.scheduled_for.unwrap();
+        // Polls the watermark with a deadline; a fire not covered in time is
+        // passed over for the next one.
         let covered = tokio::time::timeout(std::time::Duration::from_millis(600), async {
             while watermark(env, "s").await < Some(fire) {
                 tokio::time::sleep(std::time::Duration::from_millis(20)).await;
@@ -126,6 +130,7 @@ async fn through_an_outage(policy: &str) -> (Vec<Timestamp>, Timestamp, RunEvent
     let mut first = env.spawn_ticker("first", &["--misfire-threshold", "0s"]);
     events.wait_for_n(2, 20, "fires before the crash", queued("s")).await;
     let crashed = kill_after_a_covered_fire(&env, &mut events, &mut first).await;
+    // The outage itself (the scenario, not a wait for an event).
     tokio::time::sleep(OUTAGE).await;
     let _second = env.spawn_ticker("second", &["--misfire-threshold", "0s"]);
     let missed = events.wait_for(20, "the missed report", |e| e.status == RunStatus::Missed).await;
