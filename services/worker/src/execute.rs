@@ -19,10 +19,10 @@ use crate::cancel::Cancels;
 use crate::handlers::exec::ExecPolicy;
 use crate::handlers::nats::Functions;
 use crate::handlers::{Builtins, Outcome};
-use crate::invoke::{Ahead, Attempt, Sent, invocation, invoke};
+use crate::invoke::{Ahead, Attempt, invocation, invoke};
 use crate::limits::{self, Admission, SlotHold};
 use crate::record::{self, Claim};
-use crate::release::{Call, Hold, Prepared, Released, Releaser, Staged};
+use crate::release::{Hold, Prepared, Released, Releaser, Staged};
 use crate::settle::{self, event_for, give_up, settle};
 
 /// What a worker shares between runs.
@@ -145,8 +145,8 @@ async fn process(ctx: &WorkerCtx, msg: &Message, permit: OwnedSemaphorePermit) -
     // and a NATS function's request is built then too.
     let mut claimed = None;
     let mut ahead = None;
-    let (permit, settle_after, call) = match release {
-        None => (permit, None, None),
+    let (permit, settle_after, call, span) = match release {
+        None => (permit, None, None, None),
         Some(at) => {
             let mut prepared = None;
             if !limited {
@@ -163,7 +163,7 @@ async fn process(ctx: &WorkerCtx, msg: &Message, permit: OwnedSemaphorePermit) -
                 }
                 claimed = Some((record, revision));
             }
-            let Some(Released { slot, call, settle_after }) =
+            let Some(Released { slot, call, span, settle_after }) =
                 stage(ctx, msg, at, permit, &registration.token, prepared).await
             else {
                 let Some((mut record, mut revision)) = claimed else {
@@ -182,7 +182,7 @@ async fn process(ctx: &WorkerCtx, msg: &Message, permit: OwnedSemaphorePermit) -
                     Err(_) => return TRANSIENT,
                 },
             };
-            (permit, Some(settle_after), call)
+            (permit, Some(settle_after), call, span)
         }
     };
     let mut slot = None;
@@ -210,15 +210,7 @@ async fn process(ctx: &WorkerCtx, msg: &Message, permit: OwnedSemaphorePermit) -
     };
     // A run that needs several slots waits here until they are free.
     let extra = if needed > 1 { ctx.slots.clone().acquire_many_owned(needed as u32 - 1).await.ok() } else { None };
-    let (ahead, span) = match (ahead, call) {
-        (Some((inv, pending)), Some(Call::Sent { span, result })) => {
-            (Some(Ahead { inv, pending, sent: Sent::Yes(result) }), span)
-        }
-        (Some((inv, pending)), Some(Call::Unsent(outbound))) => {
-            (Some(Ahead { inv, pending, sent: Sent::No(outbound) }), None)
-        }
-        _ => (None, None),
-    };
+    let ahead = ahead.zip(call).map(|((inv, pending), sent)| Ahead { inv, pending, sent });
     let result = run_attempt(
         ctx,
         msg,

@@ -5,7 +5,6 @@
 
 use std::time::Duration;
 
-use async_nats::client::PublishError;
 use async_nats::jetstream::{AckKind, Message};
 use jetsched_contract::{Handler, HumanDuration, WorkItem};
 use jiff::{SignedDuration, Timestamp};
@@ -13,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::checkpoint::{CheckpointFile, Checkpoints};
 use crate::execute::WorkerCtx;
-use crate::handlers::nats::{Outbound, Pending};
+use crate::handlers::nats::{Pending, Sent};
 use crate::handlers::{Invocation, Outcome, exec, http, nats};
 use crate::limits::SlotHold;
 
@@ -34,14 +33,6 @@ pub struct Ahead {
     pub pending: Pending,
     /// Whether the releaser sent it.
     pub sent: Sent,
-}
-
-/// Whether a call built ahead went out at its instant.
-pub enum Sent {
-    /// Published, with this result.
-    Yes(Result<(), PublishError>),
-    /// Not yet (no slot was free at the instant): send it now.
-    No(Outbound),
 }
 
 /// The invocation of attempt `attempt` of `item` starting at `start`: its

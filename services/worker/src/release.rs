@@ -14,11 +14,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
-use async_nats::client::PublishError;
 use jiff::Timestamp;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
-use crate::handlers::nats::{Functions, Outbound};
+use crate::handlers::nats::{Functions, Outbound, Sent};
 
 /// Per run released at one instant, how long the runs' bookkeeping waits so
 /// that the handlers of the whole instant get the machine first: about what
@@ -82,17 +81,11 @@ pub struct Released {
     /// The slot the run now holds; `None` when none was free at its instant.
     pub slot: Option<OwnedSemaphorePermit>,
     /// What became of its prepared call.
-    pub call: Option<Call>,
+    pub call: Option<Sent>,
+    /// The handler span the call went out under, when spans are recorded.
+    pub span: Option<tracing::Span>,
     /// Not before this are the run's events and record written.
     pub settle_after: tokio::time::Instant,
-}
-
-/// A prepared call at release.
-pub enum Call {
-    /// Published (or not, as `result` says), under `span` when spans are recorded.
-    Sent { span: Option<tracing::Span>, result: Result<(), PublishError> },
-    /// Not sent: no slot was free at the instant; the run sends it once it has one.
-    Unsent(Outbound),
 }
 
 impl Releaser {
@@ -155,15 +148,16 @@ async fn release(ready: Vec<Staged>, functions: &Functions, slots: &Arc<Semaphor
                     outbound.trace(span);
                 }
                 let result = functions.send(outbound).await;
-                sent.push((s.done, slot, Call::Sent { span, result }));
+                sent.push((s.done, slot, Sent::Yes(result), span));
                 continue;
             }
-            (Some(p), false) => Some(Call::Unsent(p.outbound)),
+            // No slot: the run sends it once it has one.
+            (Some(p), false) => Some(Sent::No(p.outbound)),
             (None, _) => None,
         };
         unsent += 1;
         let settle_after = tokio::time::Instant::now();
-        let _ = s.done.send(Released { slot, call, settle_after });
+        let _ = s.done.send(Released { slot, call, span: None, settle_after });
     }
     tracing::debug!(sent = sent.len(), unsent, took = ?clock.elapsed(), "staged runs released");
     if sent.is_empty() {
@@ -175,8 +169,8 @@ async fn release(ready: Vec<Staged>, functions: &Functions, slots: &Arc<Semaphor
         if sent.len() > 1 {
             tokio::time::sleep_until(settle_after).await;
         }
-        for (done, slot, call) in sent {
-            let _ = done.send(Released { slot, call: Some(call), settle_after });
+        for (done, slot, call, span) in sent {
+            let _ = done.send(Released { slot, call: Some(call), span, settle_after });
         }
     });
 }

@@ -53,6 +53,14 @@ impl Outbound {
     }
 }
 
+/// Whether a request built ahead has gone out.
+pub enum Sent {
+    /// Published, with this result.
+    Yes(Result<(), PublishError>),
+    /// Not yet: send it now.
+    No(Outbound),
+}
+
 /// The reply of one request, once it comes; forgotten when dropped.
 pub struct Pending {
     token: u64,
