@@ -1,5 +1,6 @@
 //! The raw JetStream baseline: async publish with a Nats-Msg-Id into a
-//! file-backed R1 stream, many acks in flight.
+//! file-backed stream (R1, or as many replicas as jetsched's own streams on a
+//! cluster), many acks in flight.
 
 use std::time::Instant;
 
@@ -26,12 +27,9 @@ pub struct Args {
 pub async fn publish_rate(env: &BenchEnv, args: &Args) -> anyhow::Result<f64> {
     let js = &env.handles.js;
     let name = "LOADTEST_RAW";
-    let _ = js.delete_stream(name).await;
-    js.create_stream(stream::Config {
+    env.fresh_stream(stream::Config {
         name: name.to_string(),
         subjects: vec!["loadtest.raw.>".to_string()],
-        storage: stream::StorageType::File,
-        num_replicas: 1,
         ..Default::default()
     })
     .await?;

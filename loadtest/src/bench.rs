@@ -1,13 +1,39 @@
 //! The benchmark world: a fresh pinned nats-server with file storage (or a
-//! given one), jetsched's streams and buckets, and in-process services.
+//! local cluster of them, or a given server), jetsched's streams and buckets,
+//! and in-process services.
 
+use std::future::Future;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use async_nats::Client;
+use async_nats::jetstream::stream;
 use jetsched_contract::{Handles, Names, Topology};
-use jetsched_natsbox::{LocalServer, Preference, ServerOptions};
+use jetsched_natsbox::{ClusterOptions, LocalCluster, LocalServer, Preference, ServerOptions};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+
+/// How long stream and bucket creation is retried: a fresh cluster elects
+/// its JetStream meta leader a few seconds after the nodes accept clients.
+const SETUP_LIMIT: Duration = Duration::from_secs(60);
+
+/// Which server the benchmarks run on.
+#[derive(Debug, Clone, Default)]
+pub struct Target {
+    /// A running server (or seed list) to use instead of starting one.
+    pub url: Option<String>,
+    /// Start a local cluster of this many nodes; streams and buckets get
+    /// as many replicas.
+    pub cluster: Option<usize>,
+    /// Start the server(s) with `jetstream { sync_interval: always }`.
+    pub sync_always: bool,
+}
+
+/// What this process started (stopped on drop, servers before their stores).
+enum Owned {
+    Server { _server: Box<LocalServer>, _dir: tempfile::TempDir },
+    Cluster { _cluster: LocalCluster, _dir: tempfile::TempDir },
+}
 
 pub struct BenchEnv {
     pub url: String,
@@ -15,35 +41,73 @@ pub struct BenchEnv {
     pub handles: Handles,
     pub names: Names,
     pub server_version: String,
-    _server: Option<(LocalServer, tempfile::TempDir)>,
+    /// Replicas of every stream and bucket, the baselines' included.
+    pub replicas: usize,
+    /// Storage, replication and sync mode, for the output's header.
+    pub mode: String,
+    _server: Option<Owned>,
 }
 
 impl BenchEnv {
-    pub async fn start(url: Option<&str>) -> anyhow::Result<BenchEnv> {
-        let (url, server) = match url {
-            Some(u) => (u.to_string(), None),
-            None => {
-                let (server, dir) = tokio::task::spawn_blocking(|| -> anyhow::Result<_> {
-                    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.jetsched/bin");
-                    let binary = jetsched_natsbox::find_or_install(&root, Preference::PinnedOnly)?;
+    pub async fn start(target: &Target) -> anyhow::Result<BenchEnv> {
+        let replicas = target.cluster.unwrap_or(1);
+        let sync = if target.sync_always { ", sync_interval always" } else { "" };
+        let (url, server, mode) = match (&target.url, target.cluster) {
+            (Some(u), _) => (u.clone(), None, format!("file storage, R{replicas}{sync}")),
+            (None, None) => {
+                let sync_always = target.sync_always;
+                let owned = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
                     let dir = tempfile::tempdir()?;
-                    let server = LocalServer::start(ServerOptions::new(binary, dir.path().join("js")))?;
+                    let server = LocalServer::start(ServerOptions {
+                        sync_always,
+                        ..ServerOptions::new(binary()?, dir.path().join("js"))
+                    })?;
                     Ok((server, dir))
                 })
                 .await??;
-                (server.url(), Some((server, dir)))
+                (
+                    owned.0.url(),
+                    Some(Owned::Server { _server: Box::new(owned.0), _dir: owned.1 }),
+                    format!("file storage, R1{sync}"),
+                )
+            }
+            (None, Some(size)) => {
+                let sync_always = target.sync_always;
+                let owned = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+                    let dir = tempfile::tempdir()?;
+                    let cluster = LocalCluster::start(ClusterOptions {
+                        size,
+                        sync_always,
+                        ..ClusterOptions::new(binary()?, dir.path().to_path_buf())
+                    })?;
+                    Ok((cluster, dir))
+                })
+                .await??;
+                let sync = if sync_always { "sync_interval always" } else { "default sync_interval (2 min)" };
+                let mode = format!("file storage, R{replicas} on a local {size}-node cluster, {sync}");
+                (owned.0.urls(), Some(Owned::Cluster { _cluster: owned.0, _dir: owned.1 }), mode)
             }
         };
         let names = Names::default();
-        let handles = connect(&url, "jetsched-loadtest", &names).await?;
+        let topology = Topology { replicas, ..Default::default() };
+        let handles = connect(&url, "jetsched-loadtest", &names, &topology).await?;
         let client = handles.js.client();
         let server_version = client.server_info().version;
-        Ok(BenchEnv { url, client, handles, names, server_version, _server: server })
+        Ok(BenchEnv { url, client, handles, names, server_version, replicas, mode, _server: server })
     }
 
     /// A separate connection (as a separate process would have).
     pub async fn connect(&self, name: &str) -> anyhow::Result<Handles> {
-        connect(&self.url, name, &self.names).await
+        connect(&self.url, name, &self.names, &Topology { replicas: self.replicas, ..Default::default() }).await
+    }
+
+    /// Creates a baseline's file-backed stream afresh (deleting any left
+    /// over), with the replicas of jetsched's own streams.
+    pub async fn fresh_stream(&self, config: stream::Config) -> anyhow::Result<stream::Stream> {
+        let js = &self.handles.js;
+        let config = stream::Config { storage: stream::StorageType::File, num_replicas: self.replicas, ..config };
+        let _ = js.delete_stream(&config.name).await;
+        retry(&format!("create stream {}", config.name), SETUP_LIMIT, || js.create_stream(config.clone())).await
     }
 
     /// Runs ticker, dispatcher and worker in this process, each on its own
@@ -70,11 +134,59 @@ impl BenchEnv {
     }
 }
 
-async fn connect(url: &str, name: &str, names: &Names) -> anyhow::Result<Handles> {
-    let client = async_nats::ConnectOptions::new().name(name).connect(url).await?;
+/// The pinned nats-server (reproducible benchmarks).
+fn binary() -> anyhow::Result<PathBuf> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.jetsched/bin");
+    Ok(jetsched_natsbox::find_or_install(&root, Preference::PinnedOnly)?)
+}
+
+async fn connect(url: &str, name: &str, names: &Names, topology: &Topology) -> anyhow::Result<Handles> {
+    let seeds = jetsched_runtime::connect::seed_list(url)?;
+    let client = async_nats::ConnectOptions::new().name(name).connect(seeds).await?;
     let js = jetsched_runtime::jetstream(client);
-    jetsched_contract::setup::ensure(&js, names, &Topology::default()).await?;
-    Ok(Handles::open(js, names.clone()).await?)
+    retry("create jetsched's streams and buckets", SETUP_LIMIT, || async {
+        jetsched_contract::setup::ensure(&js, names, topology).await?;
+        Ok::<_, anyhow::Error>(Handles::open(js.clone(), names.clone()).await?)
+    })
+    .await
+}
+
+/// Calls `f` until it succeeds, with jittered exponential backoff (50 ms
+/// doubling to 2 s), for at most `limit`: on a fresh cluster JetStream
+/// answers "not available" or times out until its meta leader is elected.
+/// Logs the first failure only; on giving up, returns the last error.
+pub async fn retry<T, E, F, Fut>(what: &str, limit: Duration, mut f: F) -> anyhow::Result<T>
+where
+    E: Into<anyhow::Error>,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    let started = tokio::time::Instant::now();
+    let mut delay = Duration::from_millis(50);
+    let mut attempts = 0u32;
+    loop {
+        attempts += 1;
+        let err: anyhow::Error = match f().await {
+            Ok(v) => {
+                if attempts > 1 {
+                    tracing::info!("{what}: succeeded after {attempts} attempts, {:?}", started.elapsed());
+                }
+                return Ok(v);
+            }
+            Err(e) => e.into(),
+        };
+        if started.elapsed() + delay > limit {
+            return Err(err.context(format!("{what}: still failing after {attempts} attempts in {limit:?}")));
+        }
+        if attempts == 1 {
+            tracing::info!("{what} failed ({err:#}); retrying for up to {limit:?}");
+        }
+        // Jitter of up to half the delay, from the clock's nanoseconds.
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+        let jitter = delay.mul_f64(f64::from(nanos % 1000) / 2000.0);
+        tokio::time::sleep(delay + jitter).await;
+        delay = (delay * 2).min(Duration::from_secs(2));
+    }
 }
 
 pub struct Services {

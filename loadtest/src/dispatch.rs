@@ -22,7 +22,7 @@ pub struct Args {
 }
 
 pub async fn run(env: &BenchEnv, args: Args) -> anyhow::Result<()> {
-    println!("nats-server {} | file storage, R1 | dispatcher in this process, no worker", env.server_version);
+    println!("nats-server {} | {} | dispatcher in this process, no worker", env.server_version, env.mode);
     let raw = baseline::publish_rate(env, &args.baseline).await?;
     println!(
         "raw JetStream async publish (Nats-Msg-Id, {} B, {} in flight): {raw:.0} msg/s",

@@ -43,7 +43,7 @@ pub struct Args {
 type Marks = Arc<Mutex<HashMap<String, Instant>>>;
 
 pub async fn run(env: &BenchEnv, args: Args, telemetry: &Telemetry, sink: &Counts) -> anyhow::Result<()> {
-    println!("nats-server {} | file storage, R1 | jetsched services in this process", env.server_version);
+    println!("nats-server {} | {} | jetsched services in this process", env.server_version, env.mode);
     let raw = baseline::publish_rate(env, &args.baseline).await?;
     println!(
         "raw JetStream async publish (Nats-Msg-Id, {} B, {} in flight): {raw:.0} msg/s",

@@ -49,7 +49,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 pub async fn run(env: &BenchEnv, args: Args) -> anyhow::Result<()> {
-    println!("nats-server {} | file storage, R1 | jetsched services in this process", env.server_version);
+    println!("nats-server {} | {} | jetsched services in this process", env.server_version, env.mode);
     let mut nats = nats_cron(env, args.schedules, args.cron_seconds).await?;
     println!(
         "NATS cron schedules, {} on \"* * * * * *\", {} seconds: nominal -> stored {} ({} fires)",
@@ -85,13 +85,10 @@ pub async fn run(env: &BenchEnv, args: Args) -> anyhow::Result<()> {
 async fn nats_cron(env: &BenchEnv, n: usize, seconds: i64) -> anyhow::Result<Samples> {
     let js = &env.handles.js;
     let name = "LOADTEST_CRON";
-    let _ = js.delete_stream(name).await;
-    let stream = js
-        .create_stream(stream::Config {
+    let stream = env
+        .fresh_stream(stream::Config {
             name: name.to_string(),
             subjects: vec!["loadtest.cron.>".to_string()],
-            storage: stream::StorageType::File,
-            num_replicas: 1,
             allow_message_schedules: true,
             allow_rollup: true,
             ..Default::default()

@@ -25,6 +25,14 @@ struct Cli {
     /// Use this NATS server instead of starting a fresh pinned one.
     #[arg(long, env = "LOADTEST_NATS_URL", global = true)]
     nats_url: Option<String>,
+    /// Start a local cluster of this many nodes instead of one server; every
+    /// stream and bucket (the baselines' too) gets as many replicas (3: R3).
+    #[arg(long, global = true, value_name = "NODES", value_parser = clap::value_parser!(u8).range(2..=5), conflicts_with = "nats_url")]
+    cluster: Option<u8>,
+    /// Start the server(s) with `jetstream { sync_interval: always }` (fsync
+    /// before every acknowledgement).
+    #[arg(long, global = true, conflicts_with = "nats_url")]
+    sync_always: bool,
     /// Log filter.
     #[arg(long = "log", default_value = "warn", global = true)]
     log: String,
@@ -68,7 +76,9 @@ fn main() -> anyhow::Result<()> {
         let (endpoint, sink) = otlp_sink::start().await?;
         let telemetry = jetsched_runtime::telemetry::init_exporting_to(&log, "jetsched-loadtest", &endpoint)?;
         jetsched_runtime::telemetry::set_tracing_enabled(false);
-        let env = bench::BenchEnv::start(cli.nats_url.as_deref()).await?;
+        let target =
+            bench::Target { url: cli.nats_url, cluster: cli.cluster.map(usize::from), sync_always: cli.sync_always };
+        let env = bench::BenchEnv::start(&target).await?;
         let result = match cli.command {
             Command::E2e(args) => e2e::run(&env, args, &telemetry, &sink).await,
             Command::Herd(args) => herd::run(&env, args).await,

@@ -45,7 +45,7 @@ pub async fn run(env: &BenchEnv, args: Args) -> anyhow::Result<()> {
         "{} not found: build it first (cargo build --release -p jetsched)",
         binary.display()
     );
-    println!("nats-server {} | file storage, R1 | ticker: {}", env.server_version, binary.display());
+    println!("nats-server {} | {} | ticker: {}", env.server_version, env.mode, binary.display());
     let t0 = Instant::now();
     let n = env.put_many(&env.handles.schedules, (0..args.schedules).map(|i| (format!("m-{i}"), schedule(i)))).await?;
     let took = t0.elapsed();

@@ -31,7 +31,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 pub async fn run(env: &BenchEnv, args: Args) -> anyhow::Result<()> {
-    println!("nats-server {} | file storage, R1 | jetsched services in this process", env.server_version);
+    println!("nats-server {} | {} | jetsched services in this process", env.server_version, env.mode);
     let starts = noop::serve(env).await?;
     noop::define_task(env).await?;
     let ticker = jetsched_ticker::TickerConfig { lookahead: args.lookahead, ..Default::default() };
