@@ -127,7 +127,7 @@ async fn readyz_follows_the_nats_connection() {
     })
     .await;
 
-    env.server.kill();
+    env.server().kill();
     let body = eventually(15, "not ready while NATS is down", || async move {
         let (status, body) = http_get(addr, "/readyz").await;
         (status == 503).then_some(body)
@@ -136,7 +136,7 @@ async fn readyz_follows_the_nats_connection() {
     assert!(body.contains("NATS disconnected"), "{body}");
     assert_eq!(http_get(addr, "/healthz").await.0, 200, "alive even when not ready");
 
-    env.server.restart().unwrap();
+    env.server().restart().unwrap();
     eventually(30, "ready again after NATS returns", || async move {
         (http_get(addr, "/readyz").await.0 == 200).then_some(())
     })

@@ -15,7 +15,7 @@ use async_nats::jetstream::consumer::pull::OrderedConfig;
 use async_nats::{Client, HeaderMap};
 use futures::StreamExt;
 use jetsched_contract::{Handles, Names, RunEvent, RunStatus, Topology};
-use jetsched_natsbox::{LocalServer, Preference, ServerOptions};
+use jetsched_natsbox::{ClusterOptions, LocalCluster, LocalServer, Preference, ServerOptions};
 use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -43,9 +43,9 @@ fn init_logs() {
     install_span_collector();
 }
 
-/// One test's world: a nats-server with jetsched's streams and buckets.
+/// One test's world: a nats-server (or a cluster) with jetsched's streams and buckets.
 pub struct Env {
-    pub server: LocalServer,
+    nats: Nats,
     pub client: Client,
     pub handles: Handles,
     pub names: Names,
@@ -66,13 +66,59 @@ impl Env {
         })
         .await
         .unwrap();
-        let (client, handles) = connect(&server.url()).await;
-        Env { names: handles.names.clone(), server, client, handles, _store: store }
+        let (client, handles) = connect(&server.url(), &Topology::default()).await;
+        Env { names: handles.names.clone(), nats: Nats::Single(Box::new(server)), client, handles, _store: store }
     }
 
-    /// The server's URL.
+    /// Starts a fresh 3-node cluster (pinned release) with R3 streams and
+    /// buckets; `sync_always` fsyncs every write before its ack, `isolated`
+    /// puts each node in a network namespace so that it can be partitioned.
+    pub async fn start_cluster(sync_always: bool, isolated: bool) -> Env {
+        init_logs();
+        let store = tempfile::tempdir().unwrap();
+        let root = store.path().join("cluster");
+        let cluster = tokio::task::spawn_blocking(move || {
+            let binary =
+                jetsched_natsbox::find_or_install(&workspace_root().join(".jetsched/bin"), Preference::PinnedOnly)
+                    .expect("nats-server available");
+            let options = ClusterOptions { sync_always, isolated, ..ClusterOptions::new(binary, root) };
+            LocalCluster::start(options).expect("cluster starts")
+        })
+        .await
+        .unwrap();
+        let (client, handles) = connect(&cluster.urls(), &Topology { replicas: 3, ..Topology::default() }).await;
+        Env { names: handles.names.clone(), nats: Nats::Cluster(Box::new(cluster)), client, handles, _store: store }
+    }
+
+    /// The server's URL, or the cluster's seed list.
     pub fn url(&self) -> String {
-        self.server.url()
+        match &self.nats {
+            Nats::Single(s) => s.url(),
+            Nats::Cluster(c) => c.urls(),
+        }
+    }
+
+    /// The single server (panics on a cluster).
+    pub fn server(&mut self) -> &mut LocalServer {
+        match &mut self.nats {
+            Nats::Single(s) => s,
+            Nats::Cluster(_) => panic!("this env runs a cluster"),
+        }
+    }
+
+    /// The cluster (panics on a single server).
+    pub fn cluster(&mut self) -> &mut LocalCluster {
+        match &mut self.nats {
+            Nats::Cluster(c) => c,
+            Nats::Single(_) => panic!("this env runs a single server"),
+        }
+    }
+
+    fn replicas(&self) -> &'static str {
+        match self.nats {
+            Nats::Single(_) => "1",
+            Nats::Cluster(_) => "3",
+        }
     }
 
     /// Runs ticker, dispatcher and worker in this process.
@@ -215,11 +261,26 @@ impl Env {
     }
 }
 
-async fn connect(url: &str) -> (Client, Handles) {
-    let client = async_nats::connect(url).await.unwrap();
+enum Nats {
+    Single(Box<LocalServer>),
+    Cluster(Box<LocalCluster>),
+}
+
+/// Connects to `url` (a seed list on a cluster) and creates the streams and
+/// buckets; on a fresh cluster JetStream answers only once it has elected a
+/// meta leader, so creation is retried until then.
+async fn connect(url: &str, topology: &Topology) -> (Client, Handles) {
+    let seeds = jetsched_runtime::connect::seed_list(url).unwrap();
+    let client = async_nats::ConnectOptions::new().retry_on_initial_connect().connect(seeds).await.unwrap();
     let js = jetsched_runtime::jetstream(client.clone());
     let names = Names::default();
-    jetsched_contract::setup::ensure(&js, &names, &Topology::default()).await.unwrap();
+    within(60, "JetStream to be ready", async {
+        while let Err(err) = jetsched_contract::setup::ensure(&js, &names, topology).await {
+            tracing::debug!(%err, "JetStream not ready yet");
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    })
+    .await;
     let handles = Handles::open(js, names).await.unwrap();
     (client, handles)
 }
@@ -471,6 +532,7 @@ impl Env {
         let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_jetsched"));
         cmd.args(args)
             .env("NATS_URL", self.url())
+            .env("JETSCHED_REPLICAS", self.replicas())
             .env("JETSCHED_HTTP_ADDR", "off")
             .env("JETSCHED_LOG", log.clone().unwrap_or_else(|| "error".to_string()))
             .stdin(std::process::Stdio::null())
@@ -479,6 +541,24 @@ impl Env {
             cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
         }
         cmd.spawn().expect("jetsched starts")
+    }
+
+    /// The real `jetsched` binary with its log (at `filter`) appended to
+    /// `log`, killed when dropped.
+    pub fn spawn_jetsched_logged(&self, args: &[&str], filter: &str, log: &std::path::Path) -> tokio::process::Child {
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_jetsched"))
+            .args(args)
+            .env("NATS_URL", self.url())
+            .env("JETSCHED_REPLICAS", self.replicas())
+            .env("JETSCHED_HTTP_ADDR", "off")
+            .env("JETSCHED_LOG", filter)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(file)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("jetsched starts")
     }
 
     /// Runs a `jetsched` admin verb to completion: (exit code, stdout, stderr).

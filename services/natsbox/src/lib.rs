@@ -7,6 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod cluster;
+pub use cluster::{ClusterOptions, LocalCluster, Partition};
+
 /// The nats-server release jetsched pins and tests against.
 pub const PINNED_VERSION: &str = "2.15.1";
 
@@ -143,6 +146,27 @@ pub struct ServerOptions {
     /// In a process group of its own: a Ctrl-C at the terminal then reaches
     /// only the owner, which stops the server after its clients have drained.
     pub detached: bool,
+    /// `server_name`, required for a cluster node.
+    pub server_name: Option<String>,
+    /// Cluster membership: this node's route port and its peers.
+    pub cluster: Option<ClusterSpec>,
+    /// `jetstream { sync_interval: always }`: fsync every write before it is
+    /// acknowledged (what a cluster that must lose nothing on a crash of
+    /// several nodes needs; see docs/OPERATIONS.md).
+    pub sync_always: bool,
+    /// Run inside this network namespace (`ip netns exec`).
+    pub netns: Option<String>,
+}
+
+/// One cluster node's routes.
+#[derive(Debug, Clone)]
+pub struct ClusterSpec {
+    /// Cluster name, the same on every node.
+    pub name: String,
+    /// Route port of this node (on [`ServerOptions::host`]).
+    pub port: u16,
+    /// `host:port` of every other node's route listener.
+    pub routes: Vec<String>,
 }
 
 impl ServerOptions {
@@ -157,6 +181,10 @@ impl ServerOptions {
             log_file: None,
             pid_file: None,
             detached: false,
+            server_name: None,
+            cluster: None,
+            sync_always: false,
+            netns: None,
         }
     }
 }
@@ -182,9 +210,28 @@ impl LocalServer {
     fn spawn(&mut self) -> Result<(), NatsboxError> {
         let o = &self.options;
         std::fs::create_dir_all(&o.store_dir).map_err(io(format!("create {}", o.store_dir.display())))?;
-        let mut cmd = Command::new(&o.binary);
-        if let Some(config) = &o.config {
-            cmd.arg("-c").arg(config);
+        let mut cmd = match &o.netns {
+            Some(ns) => {
+                // `ip netns exec` execs the server in place: same pid, so kill and wait reach it.
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(&o.binary);
+                c
+            }
+            None => Command::new(&o.binary),
+        };
+        match (&o.config, generated_config(o)) {
+            (Some(_), Some(_)) => {
+                return Err(NatsboxError::Start("a config file and cluster/sync settings do not go together".into()));
+            }
+            (Some(config), None) => {
+                cmd.arg("-c").arg(config);
+            }
+            (None, Some(text)) => {
+                let path = self.ports_dir.path().join("node.conf");
+                std::fs::write(&path, text).map_err(io("write node config"))?;
+                cmd.arg("-c").arg(path);
+            }
+            (None, None) => {}
         }
         if let Some(pid_file) = &o.pid_file {
             stop_stale(pid_file);
@@ -292,6 +339,34 @@ impl LocalServer {
             }
         }
     }
+}
+
+/// The configuration file for the settings that have no command-line flag
+/// (`sync_interval`) or read better as a file (routes); `None` when flags do.
+fn generated_config(o: &ServerOptions) -> Option<String> {
+    if o.server_name.is_none() && o.cluster.is_none() && !o.sync_always {
+        return None;
+    }
+    let mut text = String::new();
+    if let Some(name) = &o.server_name {
+        text.push_str(&format!("server_name: {name:?}\n"));
+    }
+    text.push_str("jetstream {\n");
+    if o.sync_always {
+        text.push_str("  sync_interval: always\n");
+    }
+    text.push_str("}\n");
+    if let Some(c) = &o.cluster {
+        let routes: Vec<String> = c.routes.iter().map(|r| format!("\"nats-route://{r}\"")).collect();
+        text.push_str(&format!(
+            "cluster {{\n  name: {:?}\n  listen: \"{}:{}\"\n  routes: [{}]\n}}\n",
+            c.name,
+            o.host,
+            c.port,
+            routes.join(", ")
+        ));
+    }
+    Some(text)
 }
 
 /// nats-server treats SIGINT as a clean shutdown request.

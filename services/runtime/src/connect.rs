@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use async_nats::jetstream;
-use async_nats::{Client, ConnectOptions, Event};
+use async_nats::{Client, ConnectOptions, Event, ServerAddr};
 use jetsched_contract::Names;
 
 /// The URL used when none is given.
@@ -118,7 +118,24 @@ pub async fn connect(args: &NatsArgs, name: &str, retry: bool) -> anyhow::Result
         opts = opts.retry_on_initial_connect();
     }
     let url = args.url();
-    opts.connect(url).await.with_context(|| format!("cannot connect to NATS at {url}"))
+    let seeds = seed_list(url)?;
+    opts.connect(seeds).await.with_context(|| format!("cannot connect to NATS at {url}"))
+}
+
+/// Parses a comma-separated seed list (`nats://a:4222,nats://b:4222`), the
+/// form `NATS_URL` takes for every NATS client. Blank entries are skipped;
+/// a bad entry is named in the error.
+pub fn seed_list(urls: &str) -> anyhow::Result<Vec<ServerAddr>> {
+    let seeds: Vec<ServerAddr> = urls
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(|u| u.parse::<ServerAddr>().with_context(|| format!("invalid NATS URL {u:?} in --nats-url/NATS_URL")))
+        .collect::<anyhow::Result<_>>()?;
+    if seeds.is_empty() {
+        anyhow::bail!("--nats-url/NATS_URL names no server");
+    }
+    Ok(seeds)
 }
 
 /// A JetStream context whose publishes wait for room instead of failing when
@@ -129,4 +146,24 @@ pub fn jetstream(client: Client) -> jetstream::Context {
         .max_ack_inflight(4096)
         .backpressure_on_inflight(true)
         .build(client)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::seed_list;
+
+    #[test]
+    fn seed_list_takes_every_comma_separated_url() {
+        let seeds = seed_list("nats://127.0.0.1:4222, nats://127.0.0.1:4223,nats://127.0.0.1:4224").unwrap();
+        let ports: Vec<u16> = seeds.iter().map(|s| s.port()).collect();
+        assert_eq!(ports, [4222, 4223, 4224]);
+        assert_eq!(seed_list("nats://a:1,").unwrap().len(), 1);
+    }
+
+    #[test]
+    fn seed_list_names_the_bad_entry() {
+        let err = seed_list("nats://a:4222,nats://b:notaport").unwrap_err();
+        assert!(format!("{err:#}").contains("nats://b:notaport"), "{err:#}");
+        assert!(seed_list(" , ").is_err());
+    }
 }

@@ -62,7 +62,9 @@ pub async fn open(nats: &NatsArgs, topology: &Topology, name: &str, retry: bool)
 }
 
 /// Starts the health/metrics endpoint unless disabled. A port that cannot be
-/// bound is logged, not fatal: probes fail loudly, the service still runs.
+/// bound stops the start with a message naming the flag: a second replica on
+/// the same host (same default port) must be told where to serve, and a
+/// service whose probes silently answer from another process is worse.
 pub async fn serve_http(
     http: &HttpArgs,
     health: &Health,
@@ -74,10 +76,13 @@ pub async fn serve_http(
     }
     let addr: SocketAddr =
         http.http_addr.parse().with_context(|| format!("--http-addr {:?} is not host:port", http.http_addr))?;
-    match crate::health::serve(addr, health.clone(), metrics, shutdown.clone()).await {
-        Ok(bound) => tracing::info!(%bound, "serving /healthz, /readyz and /metrics"),
-        Err(err) => tracing::error!(%addr, %err, "cannot serve /healthz, /readyz and /metrics"),
-    }
+    let bound = crate::health::serve(addr, health.clone(), metrics, shutdown.clone()).await.with_context(|| {
+        format!(
+            "cannot serve /healthz, /readyz and /metrics on {addr} (another replica on this host?): \
+             set --http-addr / JETSCHED_HTTP_ADDR to a free address, e.g. 0.0.0.0:0 for any port, or `off`"
+        )
+    })?;
+    tracing::info!(%bound, "serving /healthz, /readyz and /metrics");
     Ok(())
 }
 
