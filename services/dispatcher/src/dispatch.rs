@@ -69,6 +69,11 @@ pub struct Inbox<'a> {
 
 pub(crate) const RETRY: Disposition = Disposition::Retry(Duration::from_secs(1));
 
+/// Dispatching fails for reasons outside the run (a stream or bucket without
+/// a leader, NATS unreachable): one line when it starts, one when it ends.
+/// Each run retries through its inbox message's redelivery.
+pub(crate) static DISPATCHING: jetsched_runtime::Outage = jetsched_runtime::Outage::new("dispatching");
+
 /// A run about to be dispatched.
 pub struct Accepted {
     /// Its run id.
@@ -171,7 +176,8 @@ async fn accept(ctx: &Ctx, msg: &Inbox<'_>) -> Result<Option<Accepted>, Rejectio
             Ok(Some(Err(reason))) => return Err(with_run(format!("task {task} has an invalid definition: {reason}"))),
             Ok(None) => return Err(with_run(format!("unknown task {task:?}: no definition in the tasks bucket"))),
             Err(err) => {
-                tracing::warn!(task, %err, "cannot read task definition; will retry");
+                tracing::debug!(task, %err, "cannot read task definition; will retry");
+                DISPATCHING.failed(&format_args!("cannot read task definition: {err}"));
                 return Ok(None);
             }
         },
@@ -220,7 +226,8 @@ async fn dispatch(ctx: &Ctx, msg: &Inbox<'_>, mut a: Accepted) -> Disposition {
         Ok(Gate::Skip(reason)) => return finish_unrun(ctx, msg, &a, RunStatus::Skipped, reason).await,
         Ok(Gate::Fail(reason)) => return finish_unrun(ctx, msg, &a, RunStatus::Dead, reason).await,
         Err(err) => {
-            tracing::warn!(run_id = %a.run_id, %err, "cannot check the run's gates; will retry");
+            tracing::debug!(run_id = %a.run_id, %err, "cannot check the run's gates; will retry");
+            DISPATCHING.failed(&format_args!("cannot check the run's gates: {err}"));
             return RETRY;
         }
     }
@@ -322,12 +329,10 @@ async fn enqueue(ctx: &Ctx, msg: &Inbox<'_>, a: &Accepted, target: &Target) -> R
     let record = new_record(a, &target.run_id, &target.queue, target.band, msg.seq, RunStatus::Queued);
     let revision = match create_record(ctx, &record).await {
         Ok(Some(rev)) => rev,
-        Ok(None) => {
-            tracing::debug!(run_id = %target.run_id, "duplicate of an existing run; dropped");
-            return Ok(());
-        }
+        Ok(None) => return requeued_event(ctx, msg, a, target).await,
         Err(err) => {
-            tracing::warn!(run_id = %target.run_id, %err, "cannot create run record; will retry");
+            tracing::debug!(run_id = %target.run_id, %err, "cannot create run record; will retry");
+            DISPATCHING.failed(&format_args!("cannot create run record: {err}"));
             return Err(RETRY);
         }
     };
@@ -352,7 +357,37 @@ async fn enqueue(ctx: &Ctx, msg: &Inbox<'_>, a: &Accepted, target: &Target) -> R
             Ok(())
         }
         Err(err) => {
-            tracing::warn!(run_id = %target.run_id, %err, "cannot publish work; will retry");
+            tracing::debug!(run_id = %target.run_id, %err, "cannot publish work; will retry");
+            DISPATCHING.failed(&format_args!("cannot publish work: {err}"));
+            Err(RETRY)
+        }
+    }
+}
+
+/// The run exists already. A duplicate (another inbox message) is dropped.
+/// This same inbox message delivered again means an earlier try created the
+/// run and published its work (a worker has moved it on since), but maybe
+/// not its `queued` event (the events stream had no leader): publish that
+/// again (its message id keeps it stored once).
+async fn requeued_event(ctx: &Ctx, msg: &Inbox<'_>, a: &Accepted, target: &Target) -> Result<(), Disposition> {
+    let entry = match ctx.runs.entry(&target.run_id).await {
+        Ok(entry) => entry,
+        Err(err) => {
+            DISPATCHING.failed(&format_args!("cannot read run record: {err}"));
+            return Err(RETRY);
+        }
+    };
+    let same_message =
+        entry.and_then(|e| serde_json::from_slice::<RunRecord>(&e.value).ok()).is_some_and(|r| r.source_seq == msg.seq);
+    if !same_message {
+        tracing::debug!(run_id = %target.run_id, "duplicate of an existing run; dropped");
+        return Ok(());
+    }
+    let event = RunEvent { queue: Some(target.queue.clone()), ..event_for(a, &target.run_id, RunStatus::Queued, None) };
+    match ctx.publisher.event(&event).await {
+        Ok(()) => Ok(()),
+        Err(err) => {
+            DISPATCHING.failed(&format_args!("cannot publish run event: {err}"));
             Err(RETRY)
         }
     }
@@ -406,7 +441,8 @@ pub(crate) async fn finish_unrun(
         Ok(Some(_)) => {}
         Ok(None) => return Disposition::Ack,
         Err(err) => {
-            tracing::warn!(run_id = %a.run_id, %err, "cannot create run record; will retry");
+            tracing::debug!(run_id = %a.run_id, %err, "cannot create run record; will retry");
+            DISPATCHING.failed(&format_args!("cannot create run record: {err}"));
             return RETRY;
         }
     }
@@ -490,7 +526,8 @@ async fn reject(ctx: &Ctx, msg: &Inbox<'_>, r: Rejection) -> Disposition {
     match futures::join!(dead, ctx.publisher.event(&event)) {
         (Ok(()), Ok(())) => {}
         (Err(err), _) | (_, Err(err)) => {
-            tracing::warn!(%err, "cannot record rejection; will retry");
+            tracing::debug!(%err, "cannot record rejection; will retry");
+            DISPATCHING.failed(&format_args!("cannot record rejection: {err}"));
             return RETRY;
         }
     }
@@ -499,7 +536,8 @@ async fn reject(ctx: &Ctx, msg: &Inbox<'_>, r: Rejection) -> Disposition {
             report_step(ctx, &r.task, &step.workflow_run, &step.step, run_id, RunStatus::Rejected, None, Some(r.reason))
                 .await
     {
-        tracing::warn!(%err, "cannot report the rejected step to its workflow; will retry");
+        tracing::debug!(%err, "cannot report the rejected step to its workflow; will retry");
+        DISPATCHING.failed(&format_args!("cannot report the rejected step to its workflow: {err}"));
         return RETRY;
     }
     Disposition::Ack

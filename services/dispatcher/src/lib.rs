@@ -78,6 +78,9 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 
 /// Runs a dispatcher until `shutdown` fires, then drains; `ready` is set
 /// while it is pulling from the inbox.
+/// The inbox cannot be read (no leader, consumer lost, NATS unreachable).
+static READING_INBOX: jetsched_runtime::Outage = jetsched_runtime::Outage::new("reading the inbox");
+
 pub async fn run(
     config: DispatcherConfig,
     handles: Handles,
@@ -107,7 +110,7 @@ pub async fn run(
     });
     let permits = Arc::new(Semaphore::new(config.dispatch_concurrency.max(1)));
     let mut inflight = JoinSet::new();
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = jetsched_runtime::Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     tokio::spawn(poll_backlog(handles.clone(), background.clone()));
     tokio::spawn(reroute::sweep(ctx.clone(), handles.clone(), Duration::from_secs(5), background.clone()));
     tracing::info!(concurrency = config.dispatch_concurrency, "dispatcher started");
@@ -115,12 +118,11 @@ pub async fn run(
         let consumer = match consumer(&handles).await {
             Ok(c) => c,
             Err(err) => {
-                tracing::warn!(%err, "cannot open the inbox consumer; retrying");
+                READING_INBOX.failed(&format_args!("cannot open the inbox consumer: {err}"));
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
-                    _ = tokio::time::sleep(backoff) => {}
+                    _ = backoff.wait() => {}
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
                 continue;
             }
         };
@@ -133,12 +135,14 @@ pub async fn run(
         {
             Ok(m) => m,
             Err(err) => {
-                tracing::warn!(%err, "cannot pull from the inbox; retrying");
-                tokio::time::sleep(backoff).await;
+                READING_INBOX.failed(&format_args!("cannot pull from the inbox: {err}"));
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = backoff.wait() => {}
+                }
                 continue;
             }
         };
-        backoff = Duration::from_millis(100);
         ready.set(true);
         loop {
             let permit = tokio::select! {
@@ -151,12 +155,21 @@ pub async fn run(
                 msg = messages.next() => msg,
             };
             let msg = match msg {
-                Some(Ok(msg)) => msg,
+                Some(Ok(msg)) => {
+                    backoff.reset();
+                    READING_INBOX.recovered();
+                    msg
+                }
                 Some(Err(err)) => {
-                    // A consumer that vanished (server restart, reconnect)
-                    // keeps yielding heartbeat errors: start over.
-                    tracing::warn!(%err, "inbox consumer error; re-creating");
+                    // A consumer that vanished (server restart, reconnect,
+                    // leader change) keeps yielding heartbeat errors: start
+                    // over, after a backoff.
+                    READING_INBOX.failed(&format_args!("inbox consumer error, re-creating it: {err}"));
                     ready.set(false);
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break 'outer,
+                        _ = backoff.wait() => {}
+                    }
                     break;
                 }
                 None => break,
@@ -192,9 +205,10 @@ pub async fn run(
                         Disposition::Ack => msg.ack().await,
                         Disposition::Retry(delay) => msg.ack_with(AckKind::Nak(Some(delay))).await,
                     };
-                    if let Err(err) = outcome {
+                    match outcome {
+                        Ok(()) => dispatch::DISPATCHING.recovered(),
                         // The message comes back after ack_wait; the run-id gate absorbs it.
-                        tracing::warn!(%err, "cannot ack inbox message");
+                        Err(err) => dispatch::DISPATCHING.failed(&format_args!("cannot ack inbox message: {err}")),
                     }
                 }
                 .instrument(span),

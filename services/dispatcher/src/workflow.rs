@@ -35,7 +35,8 @@ pub async fn start(ctx: &Ctx, msg: &Inbox<'_>, a: Accepted) -> Disposition {
         Ok(Some(rev)) => rev,
         Ok(None) => return Disposition::Ack,
         Err(err) => {
-            tracing::warn!(run_id = %a.run_id, %err, "cannot create workflow record; will retry");
+            tracing::debug!(run_id = %a.run_id, %err, "cannot create workflow record; will retry");
+            crate::dispatch::DISPATCHING.failed(&format_args!("cannot create workflow record: {err}"));
             return RETRY;
         }
     };
@@ -46,7 +47,8 @@ pub async fn start(ctx: &Ctx, msg: &Inbox<'_>, a: Accepted) -> Disposition {
     match progress(ctx, &steps, record, revision).await {
         Ok(()) => Disposition::Ack,
         Err(err) => {
-            tracing::warn!(run_id = %a.run_id, %err, "cannot start the workflow's steps; will retry");
+            tracing::debug!(run_id = %a.run_id, %err, "cannot start the workflow's steps; will retry");
+            crate::dispatch::DISPATCHING.failed(&format_args!("cannot start the workflow's steps: {err}"));
             RETRY
         }
     }
@@ -102,7 +104,8 @@ pub async fn advance(ctx: &Ctx, msg: &Inbox<'_>) -> Disposition {
                 return match progress(ctx, &steps, record, rev).await {
                     Ok(()) => Disposition::Ack,
                     Err(err) => {
-                        tracing::warn!(%err, "cannot move the workflow on; will retry");
+                        tracing::debug!(%err, "cannot move the workflow on; will retry");
+                        crate::dispatch::DISPATCHING.failed(&format_args!("cannot move the workflow on: {err}"));
                         RETRY
                     }
                 };

@@ -14,6 +14,7 @@
 //!   the consumer can drop keys a replay did not mention.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
 use async_nats::jetstream::consumer::DeliverPolicy;
@@ -97,20 +98,24 @@ fn spawn_watch<T: Send + 'static>(
     wrap: Wrap<T>,
 ) -> mpsc::Receiver<T> {
     let (tx, rx) = mpsc::channel(capacity);
-    let mut tx = Sink { tx, wrap, replay: 0 };
+    let mut tx = Sink { tx, wrap, replay: 0, failures: std::sync::atomic::AtomicU32::new(0) };
     tokio::spawn(async move {
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = crate::Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         while !shutdown.is_cancelled() && !tx.is_closed() {
             tx.replay += 1;
             match watch_once(&store, &tx, &shutdown, known.as_mut()).await {
                 Ok(()) => return,
                 Err(err) => {
-                    tracing::warn!(bucket = %store.name, %err, ?backoff, "KV watch interrupted; re-creating");
+                    // One line when the trouble starts; the replay that ends it says so.
+                    if tx.failures.fetch_add(1, Ordering::Relaxed) == 0 {
+                        tracing::warn!(bucket = %store.name, %err, "KV watch interrupted; re-creating it with backoff");
+                    } else {
+                        tracing::debug!(bucket = %store.name, %err, "KV watch still interrupted");
+                    }
                     tokio::select! {
                         _ = shutdown.cancelled() => return,
-                        _ = tokio::time::sleep(backoff) => {}
+                        _ = backoff.wait() => {}
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
             }
         }
@@ -123,10 +128,18 @@ struct Sink<T> {
     tx: mpsc::Sender<T>,
     wrap: Wrap<T>,
     replay: u32,
+    /// Failed attempts since the watch last delivered a whole replay.
+    failures: std::sync::atomic::AtomicU32,
 }
 
 impl<T> Sink<T> {
     async fn send(&self, change: KvChange, at: SystemTime) -> anyhow::Result<()> {
+        if matches!(change, KvChange::Ready) {
+            let failures = self.failures.swap(0, Ordering::Relaxed);
+            if failures > 0 {
+                tracing::info!(failures, "KV watch re-established");
+            }
+        }
         self.tx.send((self.wrap)(change, at, self.replay)).await.map_err(|_| anyhow::anyhow!("watch receiver dropped"))
     }
 

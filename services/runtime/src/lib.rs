@@ -9,6 +9,7 @@ pub mod kvwatch;
 pub mod logging;
 pub mod metrics;
 pub mod publish;
+pub mod retry;
 pub mod service;
 pub mod shutdown;
 pub mod telemetry;
@@ -21,4 +22,5 @@ pub use kvwatch::{KvChange, StampedChange, spawn_kv_watch, spawn_kv_watch_stampe
 pub use logging::{LogArgs, init_logging};
 pub use metrics::metrics;
 pub use publish::Publisher;
+pub use retry::{Backoff, Outage};
 pub use shutdown::shutdown_on_signals;

@@ -43,18 +43,26 @@ pub async fn open(nats: &NatsArgs, topology: &Topology, name: &str, retry: bool)
     let names = nats.names()?;
     let client = crate::connect(nats, name, retry).await?;
     let js = crate::jetstream(client);
-    let mut backoff = Duration::from_millis(200);
+    let mut backoff = crate::Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+    let mut failures = 0u32;
     loop {
         let opened = match jetsched_contract::setup::ensure(&js, &names, topology).await {
             Ok(()) => Handles::open(js.clone(), names.clone()).await.map_err(anyhow::Error::from),
             Err(e) => Err(e.into()),
         };
         match opened {
-            Ok(handles) => return Ok(handles),
+            Ok(handles) => {
+                if failures > 0 {
+                    tracing::info!(failures, "JetStream ready");
+                }
+                return Ok(handles);
+            }
             Err(err) if retry => {
-                tracing::warn!(%err, ?backoff, "JetStream not ready; retrying");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                if failures == 0 {
+                    tracing::warn!(%err, "JetStream not ready; retrying with backoff");
+                }
+                failures += 1;
+                backoff.wait().await;
             }
             Err(err) => return Err(err),
         }

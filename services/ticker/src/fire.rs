@@ -93,12 +93,18 @@ pub fn spawn(
     (tx, stored_rx, handle)
 }
 
+/// Fires cannot be stored (the inbox without a leader, NATS unreachable):
+/// one line when it starts, one when it ends; each fire retries on its own.
+static STORING_FIRES: jetsched_runtime::Outage = jetsched_runtime::Outage::new("storing fires");
+
 /// Publishes `out` (after a backoff when `attempt > 0`) and waits for the
 /// stream's ack; on failure returns the next attempt number.
 async fn publish(publisher: Publisher, out: Outgoing, attempt: u32) -> (Outgoing, Result<(), u32>) {
     if attempt > 0 {
+        // Exponential from 50 ms to 2 s, jittered so that a herd of fires
+        // retrying after an election does not come back at one instant.
         let backoff = Duration::from_millis(50u64.saturating_mul(1 << attempt.min(6))).min(Duration::from_secs(2));
-        tokio::time::sleep(backoff).await;
+        tokio::time::sleep(backoff.mul_f64(0.5 + fastrand::f64() * 0.5)).await;
     }
     let result = match &out.body {
         Body::Due(due) => {
@@ -120,9 +126,13 @@ async fn publish(publisher: Publisher, out: Outgoing, attempt: u32) -> (Outgoing
         },
     };
     match result {
-        Ok(()) => (out, Ok(())),
+        Ok(()) => {
+            STORING_FIRES.recovered();
+            (out, Ok(()))
+        }
         Err(err) => {
-            tracing::warn!(schedule = %out.schedule, %err, attempt, "not stored yet; retrying");
+            tracing::debug!(schedule = %out.schedule, %err, attempt, "not stored yet; retrying");
+            STORING_FIRES.failed(&format_args!("cannot store fires: {err}"));
             (out, Err(attempt.saturating_add(1)))
         }
     }

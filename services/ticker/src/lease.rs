@@ -29,13 +29,18 @@ use futures::TryStreamExt;
 use jetsched_contract::TickerBuckets;
 use jetsched_contract::run::fnv1a;
 use jetsched_contract::ticker::{self, FiredCount, LeaseKey, PARTITIONS};
-use jetsched_runtime::{KvChange, spawn_kv_watch};
+use jetsched_runtime::{KvChange, Outage, spawn_kv_watch};
 use jiff::Timestamp;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::state::{self, PartitionState, Synced};
+
+/// The lease bucket cannot be reached (no leader, NATS unreachable): one
+/// line when it starts, one when it ends. Leases are kept until they would
+/// expire, so an election shorter than the TTL loses none.
+static LEASE_BUCKET: Outage = Outage::new("keeping ticker leases");
 
 /// What the lease keeper tells the plan.
 #[derive(Debug)]
@@ -248,8 +253,9 @@ impl Keeper {
         }
         let started = Timestamp::now();
         let member = self.leases.put(ticker::member_key(&self.id), self.id.clone().into());
-        if let Err(err) = with_timeout(self.op_timeout, member).await {
-            tracing::warn!(%err, "cannot announce this ticker");
+        match with_timeout(self.op_timeout, member).await {
+            Ok(_) => LEASE_BUCKET.recovered(),
+            Err(err) => LEASE_BUCKET.failed(&format_args!("cannot announce this ticker: {err}")),
         }
         let (leases, id, limit) = (&self.leases, &self.id, self.op_timeout);
         let updates = self.held.iter().map(|(&p, &revision)| async move {
@@ -264,19 +270,44 @@ impl Keeper {
                     self.held.insert(p, revision);
                     renewed.push(p);
                 }
-                Ok(Err(err)) if err.kind() == UpdateErrorKind::WrongLastRevision => {
-                    tracing::warn!(partition = p, "lease taken by another ticker; stopping its fires");
-                    self.drop_lease(p, false).await;
-                    self.send(LeaseEvent::Lost(p));
-                }
+                // Either another ticker took it, or our own last refresh was
+                // stored after its answer was lost (a timeout in an election),
+                // or the server answered "wrong last sequence" spuriously (R3
+                // under load, nats-server #7281): read who holds it before
+                // giving it up.
+                Ok(Err(err)) if err.kind() == UpdateErrorKind::WrongLastRevision => match self.holder(p).await {
+                    Some((holder, revision)) if holder == self.id => {
+                        tracing::debug!(partition = p, revision, "lease still ours at a newer revision");
+                        self.held.insert(p, revision);
+                    }
+                    Some(_) | None => {
+                        tracing::warn!(partition = p, "lease taken by another ticker; stopping its fires");
+                        self.drop_lease(p, false).await;
+                        self.send(LeaseEvent::Lost(p));
+                    }
+                },
                 // Unreachable: keep firing until the lease would expire.
-                Ok(Err(err)) => tracing::warn!(partition = p, %err, "cannot refresh lease"),
-                Err(_) => tracing::warn!(partition = p, "lease refresh timed out"),
+                Ok(Err(err)) => LEASE_BUCKET.failed(&format_args!("cannot refresh lease {p}: {err}")),
+                Err(_) => LEASE_BUCKET.failed(&format_args!("refreshing lease {p} timed out")),
             }
+        }
+        if !renewed.is_empty() && renewed.len() == self.held.len() {
+            LEASE_BUCKET.recovered();
         }
         if !renewed.is_empty() {
             self.send(LeaseEvent::Renewed { partitions: renewed, valid_until: self.valid_from(started) });
         }
+    }
+
+    /// Who holds partition `p`'s lease now, and at which revision (`None`
+    /// when it is free or cannot be read).
+    async fn holder(&self, p: u16) -> Option<(String, u64)> {
+        let entry =
+            tokio::time::timeout(self.op_timeout, self.leases.entry(ticker::lease_key(p))).await.ok()?.ok()??;
+        if entry.operation != async_nats::jetstream::kv::Operation::Put {
+            return None;
+        }
+        Some((String::from_utf8_lossy(&entry.value).into_owned(), entry.revision))
     }
 
     /// When a lease written at `started` stops being safe to use: a tenth of
@@ -302,7 +333,7 @@ impl Keeper {
         let keys = match keys {
             Ok(keys) => keys,
             Err(err) => {
-                tracing::warn!(%err, "cannot list leases");
+                LEASE_BUCKET.failed(&format_args!("cannot list leases: {err}"));
                 return;
             }
         };

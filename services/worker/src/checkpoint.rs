@@ -77,7 +77,10 @@ impl CheckpointFile {
         if let Ok(value) = serde_json::from_slice::<Value>(&bytes) {
             match checkpoints.save(&value).await {
                 Ok(()) => self.saved = bytes,
-                Err(err) => tracing::warn!(%err, "cannot save checkpoint"),
+                Err(err) => {
+                    tracing::debug!(%err, "cannot save checkpoint");
+                    crate::execute::RUNNING.failed(&format_args!("cannot save checkpoint: {err}"));
+                }
             }
         }
     }

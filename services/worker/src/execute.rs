@@ -75,6 +75,11 @@ pub enum Disposition {
 
 pub const TRANSIENT: Disposition = Disposition::Nak(Duration::from_secs(1));
 
+/// Running work fails for reasons outside the run (a stream or bucket
+/// without a leader, NATS unreachable): one line when it starts, one when it
+/// ends. Each run retries through its work message's redelivery.
+pub(crate) static RUNNING: jetsched_runtime::Outage = jetsched_runtime::Outage::new("running work");
+
 /// Handles one work message, holding `permit` (a slot) while it runs, in a
 /// span that continues the run's trace.
 pub async fn execute(ctx: &WorkerCtx, msg: Message, permit: OwnedSemaphorePermit) {
@@ -90,11 +95,12 @@ pub async fn execute(ctx: &WorkerCtx, msg: Message, permit: OwnedSemaphorePermit
     async {
         let disposition = process(ctx, &msg, permit).await;
         let result = match disposition {
-            Disposition::Ack => msg.ack().await,
+            Disposition::Ack => msg.ack().await.inspect(|_| RUNNING.recovered()),
             Disposition::Nak(delay) => msg.ack_with(AckKind::Nak(Some(delay))).await,
         };
         if let Err(err) = result {
-            tracing::warn!(%err, subject = %msg.subject, "cannot ack work message; it will be redelivered");
+            tracing::debug!(%err, "cannot ack work message; it will be redelivered");
+            RUNNING.failed(&format_args!("cannot ack work message: {err}"));
         }
     }
     .instrument(span)
@@ -191,7 +197,8 @@ async fn process(ctx: &WorkerCtx, msg: &Message, permit: OwnedSemaphorePermit) -
             Ok(Admission::Go(hold)) => slot = hold,
             Ok(Admission::Wait(d)) => return Disposition::Nak(d),
             Err(err) => {
-                tracing::warn!(run_id = %item.run_id, %err, "cannot check limits; will retry");
+                tracing::debug!(run_id = %item.run_id, %err, "cannot check limits; will retry");
+                RUNNING.failed(&format_args!("cannot check limits: {err}"));
                 return TRANSIENT;
             }
         }
@@ -263,7 +270,8 @@ async fn claim(
     let claim = match record::claim(&ctx.runs, item, queue, band, task_seq, &ctx.worker_id, Timestamp::now()).await {
         Ok(c) => c,
         Err(err) => {
-            tracing::warn!(run_id = %item.run_id, %err, "cannot claim run; will retry");
+            tracing::debug!(run_id = %item.run_id, %err, "cannot claim run; will retry");
+            RUNNING.failed(&format_args!("cannot claim run: {err}"));
             return Err(TRANSIENT);
         }
     };
@@ -273,10 +281,17 @@ async fn claim(
             tracing::debug!(run_id = %item.run_id, %reason, "skipping work message");
             Err(Disposition::Ack)
         }
-        // A finished run delivered again: make sure its workflow heard of it.
-        Claim::Finished(record) => match settle::report_step(ctx, &record).await {
+        // A finished run delivered again: its record was stored, but the
+        // event or the workflow's outcome that follow it may not have been
+        // (the events stream had no leader, the worker died in between).
+        // Both are idempotent: publish them again.
+        Claim::Finished(record) => match settle::report_finished(ctx, item, &record).await {
             Ok(()) => Err(Disposition::Ack),
-            Err(_) => Err(TRANSIENT),
+            Err(err) => {
+                tracing::debug!(run_id = %item.run_id, %err, "cannot report a finished run again; will retry");
+                RUNNING.failed(&format_args!("cannot report a finished run: {err}"));
+                Err(TRANSIENT)
+            }
         },
         Claim::Cancelled { mut record, mut revision } => {
             let event = event_for(item, &record, RunStatus::Cancelled, Some("cancelled before it started".into()));
@@ -396,9 +411,15 @@ async fn run_attempt(
     match started_ack {
         Ok(ack) => match ack.await {
             Ok(_) => jetsched_runtime::publish::count_event(&started),
-            Err(err) => tracing::warn!(run_id = %item.run_id, %err, "started event not stored"),
+            Err(err) => {
+                tracing::debug!(run_id = %item.run_id, %err, "started event not stored");
+                RUNNING.failed(&format_args!("started event not stored: {err}"));
+            }
         },
-        Err(err) => tracing::warn!(run_id = %item.run_id, %err, "cannot publish started event"),
+        Err(err) => {
+            tracing::debug!(run_id = %item.run_id, %err, "cannot publish started event");
+            RUNNING.failed(&format_args!("cannot publish started event: {err}"));
+        }
     }
     let outcome = match attempt_result {
         Attempt::Done(outcome) => outcome,

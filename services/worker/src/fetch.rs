@@ -31,7 +31,7 @@ use async_nats::jetstream::stream::Stream as JsStream;
 use futures::StreamExt;
 use jetsched_contract::{BANDS, Handles, Names, TaskDef, setup};
 use jetsched_runtime::metrics::{kv, metrics};
-use jetsched_runtime::{KvChange, spawn_kv_watch};
+use jetsched_runtime::{Backoff, KvChange, Outage, spawn_kv_watch};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 
@@ -39,6 +39,11 @@ use crate::WorkerConfig;
 
 /// Longest wait for the server's answer to a fetch.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Lanes that cannot be read (a stream or consumer without a leader during
+/// an election, NATS unreachable): one line when it starts and one when it
+/// ends, however many lanes and attempts fail.
+static WAITING_FOR_WORK: Outage = Outage::new("waiting for work");
 
 /// One (queue, band) consumer and what the monitor last saw of it.
 pub struct Lane {
@@ -58,6 +63,10 @@ pub struct Lane {
     subject: String,
     /// An idle worker's pull request stands on this lane.
     standing: AtomicBool,
+    /// Delay before the lane is asked again after a failed request.
+    backoff: Mutex<Backoff>,
+    /// Not asked before this instant (set after a failure).
+    resting_until: Mutex<Option<tokio::time::Instant>>,
 }
 
 impl Lane {
@@ -72,7 +81,33 @@ impl Lane {
             head_at: Mutex::new(None),
             subject,
             standing: AtomicBool::new(false),
+            backoff: Mutex::new(Backoff::new(Duration::from_millis(100), Duration::from_secs(2))),
+            resting_until: Mutex::new(None),
         }
+    }
+
+    /// A request to the lane failed: it rests for a jittered, growing delay
+    /// (returned) before it is asked again.
+    fn failed(&self, err: &dyn std::fmt::Display) -> Duration {
+        WAITING_FOR_WORK.failed(err);
+        let delay = self.backoff.lock().map(|mut b| b.next_delay()).unwrap_or(Duration::from_secs(1));
+        if let Ok(mut r) = self.resting_until.lock() {
+            *r = Some(tokio::time::Instant::now() + delay);
+        }
+        delay
+    }
+
+    /// A request to the lane was answered.
+    fn answered(&self) {
+        if let Ok(mut b) = self.backoff.lock() {
+            b.reset();
+        }
+        WAITING_FOR_WORK.recovered();
+    }
+
+    /// Whether the lane rests after a failure.
+    fn resting(&self) -> bool {
+        self.resting_until.lock().ok().and_then(|r| *r).is_some_and(|t| t > tokio::time::Instant::now())
     }
 
     /// Effective band: the band, minus one per aging step its oldest
@@ -147,7 +182,7 @@ impl Lanes {
     fn order(&self) -> Vec<Arc<Lane>> {
         let now = jiff::Timestamp::now();
         let mut lanes: Vec<Arc<Lane>> = self.read().clone();
-        lanes.retain(|l| !l.idle());
+        lanes.retain(|l| !l.idle() && !l.resting());
         lanes.sort_by(|a, b| a.urgency(now, self.aging_step).total_cmp(&b.urgency(now, self.aging_step)));
         lanes
     }
@@ -172,18 +207,25 @@ impl Lane {
             batch.next().await.transpose()
         })
         .await;
-        self.standing.store(false, Ordering::Release);
         let msg = match got {
-            Ok(Ok(msg)) => msg,
+            Ok(Ok(msg)) => {
+                self.answered();
+                msg
+            }
+            // The lane stays claimed while it rests, so that no new request
+            // is stood on it before the backoff has passed.
             Ok(Err(err)) => {
-                tracing::warn!(%err, queue = %self.queue, band = self.band, "cannot wait for work");
+                let delay = self.failed(&err);
+                tokio::time::sleep(delay).await;
                 None
             }
             Err(_) => {
-                tracing::warn!(queue = %self.queue, band = self.band, "pull request not answered");
+                let delay = self.failed(&"pull request not answered");
+                tokio::time::sleep(delay).await;
                 None
             }
         };
+        self.standing.store(false, Ordering::Release);
         if let Some(m) = &msg {
             self.saw(m);
         }
@@ -216,14 +258,23 @@ pub async fn probe(lanes: &Lanes, permits: &mut Vec<OwnedSemaphorePermit>) -> Ve
         let msgs = match fetched {
             Ok(Ok(msgs)) => msgs,
             Ok(Err(err)) => {
-                tracing::warn!(%err, "cannot fetch work");
+                lane.failed(&err);
                 continue;
             }
             Err(_) => {
-                tracing::warn!(queue = %lane.queue, band = lane.band, "fetch timed out");
+                lane.failed(&"fetch timed out");
                 continue;
             }
         };
+        let failed = msgs.iter().find_map(|m| m.as_ref().err().map(|e| e.to_string()));
+        match failed {
+            // A status error (503: no leader) arrives as an item of the batch.
+            Some(err) if msgs.iter().all(Result::is_err) => {
+                lane.failed(&err);
+                continue;
+            }
+            _ => lane.answered(),
+        }
         for msg in msgs {
             match msg {
                 Ok(msg) => {

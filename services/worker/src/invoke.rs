@@ -44,7 +44,8 @@ pub async fn invocation(ctx: &WorkerCtx, item: &WorkItem, attempt: u32, start: T
     // Only a retry can have a checkpoint: the first attempt skips the read.
     let checkpoint = if attempt > 1 {
         checkpoints.load().await.unwrap_or_else(|err| {
-            tracing::warn!(run_id = %item.run_id, %err, "cannot read checkpoint");
+            tracing::debug!(run_id = %item.run_id, %err, "cannot read checkpoint");
+            crate::execute::RUNNING.failed(&format_args!("cannot read checkpoint: {err}"));
             None
         })
     } else {
@@ -101,7 +102,8 @@ pub async fn invoke(
             }
             _ = heartbeat.tick() => {
                 if let Err(err) = msg.ack_with(AckKind::Progress).await {
-                    tracing::warn!(run_id = %item.run_id, %err, "cannot extend the work message's ack deadline");
+                    tracing::debug!(run_id = %item.run_id, %err, "cannot extend the work message's ack deadline");
+                    crate::execute::RUNNING.failed(&format_args!("cannot extend the work message's ack deadline: {err}"));
                 }
                 if let Some(f) = file.as_mut() {
                     f.sync(&checkpoints).await;

@@ -30,7 +30,10 @@ impl SlotHold {
     pub async fn refresh(&mut self) {
         match self.store.update(&self.key, self.run_id.clone().into(), self.revision).await {
             Ok(rev) => self.revision = rev,
-            Err(err) => tracing::warn!(key = %self.key, %err, "cannot refresh concurrency slot"),
+            Err(err) => {
+                tracing::debug!(key = %self.key, %err, "cannot refresh concurrency slot");
+                crate::execute::RUNNING.failed(&format_args!("cannot refresh concurrency slot: {err}"));
+            }
         }
     }
 

@@ -34,7 +34,8 @@ pub async fn heartbeat(
         if let Ok(value) = serde_json::to_vec(&info)
             && let Err(err) = handles.workers.put(&id, value.into()).await
         {
-            tracing::warn!(%err, "cannot publish worker heartbeat");
+            tracing::debug!(%err, "cannot publish worker heartbeat");
+            crate::execute::RUNNING.failed(&format_args!("cannot publish worker heartbeat: {err}"));
         }
         tokio::select! {
             _ = shutdown.cancelled() => break,

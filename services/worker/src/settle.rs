@@ -30,7 +30,8 @@ pub async fn give_up(
     let dead =
         ctx.publisher.dead_letter(&item.task, &item.run_id, &reason, msg.subject.as_str(), h, msg.payload.clone());
     if let Err(err) = dead.await {
-        tracing::warn!(run_id = %item.run_id, %err, "cannot store dead letter; will retry");
+        tracing::debug!(run_id = %item.run_id, %err, "cannot store dead letter; will retry");
+        crate::execute::RUNNING.failed(&format_args!("cannot store dead letter: {err}"));
         return TRANSIENT;
     }
     let event = RunEvent {
@@ -52,20 +53,40 @@ pub async fn settle(
     event: &RunEvent,
 ) -> Disposition {
     if let Err(err) = record::transition(&ctx.runs, record, revision, change).await {
-        tracing::warn!(run_id = %record.run_id, %err, "cannot update run record; will retry");
+        tracing::debug!(run_id = %record.run_id, %err, "cannot update run record; will retry");
+        crate::execute::RUNNING.failed(&format_args!("cannot update run record: {err}"));
         return TRANSIENT;
     }
     if let Err(err) = ctx.publisher.event(event).await {
-        tracing::warn!(run_id = %record.run_id, %err, "cannot publish run event; will retry");
+        tracing::debug!(run_id = %record.run_id, %err, "cannot publish run event; will retry");
+        crate::execute::RUNNING.failed(&format_args!("cannot publish run event: {err}"));
         return TRANSIENT;
     }
     if record.status.is_terminal()
         && let Err(err) = report_step(ctx, record).await
     {
-        tracing::warn!(run_id = %record.run_id, %err, "cannot report the step to its workflow; will retry");
+        tracing::debug!(run_id = %record.run_id, %err, "cannot report the step to its workflow; will retry");
+        crate::execute::RUNNING.failed(&format_args!("cannot report the step to its workflow: {err}"));
         return TRANSIENT;
     }
     Disposition::Ack
+}
+
+/// Publishes a finished run's terminal event and workflow outcome again,
+/// built from its record (the event's message id is the run, status and
+/// attempt, so the events stream keeps one copy).
+pub async fn report_finished(ctx: &WorkerCtx, item: &WorkItem, record: &RunRecord) -> anyhow::Result<()> {
+    let duration_ms = match (record.started_at, record.finished_at) {
+        (Some(s), Some(f)) => u64::try_from(f.duration_since(s).as_millis()).ok(),
+        _ => None,
+    };
+    let event = RunEvent {
+        duration_ms,
+        worker: record.worker.clone(),
+        ..event_for(item, record, record.status, record.error.clone())
+    };
+    ctx.publisher.event(&event).await?;
+    report_step(ctx, record).await
 }
 
 /// For a finished step run: tells its workflow (idempotent: the message id

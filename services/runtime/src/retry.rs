@@ -1,0 +1,138 @@
+//! Riding out trouble: a bounded, jittered backoff for every retry loop, and
+//! an [`Outage`] that logs a persisting condition once when it starts and
+//! once when it ends, however many attempts fail in between (during a NATS
+//! leader election thousands of calls fail within seconds; one line says so).
+
+use std::fmt::Display;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Exponential backoff between `min` and `max`, each delay drawn uniformly
+/// from its upper half so that many clients retrying at once spread out.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    min: Duration,
+    max: Duration,
+    next: Duration,
+}
+
+impl Backoff {
+    /// Starts at `min`, doubles per failure up to `max`.
+    pub fn new(min: Duration, max: Duration) -> Backoff {
+        Backoff { min, max: max.max(min), next: min }
+    }
+
+    /// The delay before the next attempt (jittered), and doubles the next.
+    pub fn next_delay(&mut self) -> Duration {
+        let base = self.next;
+        self.next = (self.next * 2).min(self.max);
+        base.mul_f64(0.5 + fastrand::f64() * 0.5)
+    }
+
+    /// Sleeps [`Backoff::next_delay`].
+    pub async fn wait(&mut self) {
+        tokio::time::sleep(self.next_delay()).await;
+    }
+
+    /// Back to `min` after a success.
+    pub fn reset(&mut self) {
+        self.next = self.min;
+    }
+}
+
+/// A condition that can persist across many attempts (a stream without a
+/// leader, NATS unreachable). Shared by every task that hits it (usually a
+/// `static`), so one line reports it however many tasks fail. It ends at the
+/// first success that comes [`QUIET`] or more after the last failure, so the
+/// mixed successes and failures at the tail of an election do not flap.
+#[derive(Debug)]
+pub struct Outage {
+    what: &'static str,
+    quiet: Duration,
+    state: Mutex<Option<State>>,
+}
+
+/// How long after the last failure a success ends an outage.
+pub const QUIET: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Clone, Copy)]
+struct State {
+    since: Instant,
+    failures: u64,
+    last: Instant,
+}
+
+impl Outage {
+    /// An outage of `what` ("publishing work", "claiming runs").
+    pub const fn new(what: &'static str) -> Outage {
+        Outage { what, quiet: QUIET, state: Mutex::new(None) }
+    }
+
+    /// Records a failed attempt; logs a warning only when the condition
+    /// starts (each attempt is a debug line).
+    pub fn failed(&self, err: &dyn Display) {
+        let Ok(mut state) = self.state.lock() else { return };
+        let now = Instant::now();
+        match state.as_mut() {
+            Some(s) => {
+                s.failures += 1;
+                s.last = now;
+                tracing::debug!(what = self.what, %err, "{} still failing", self.what);
+            }
+            None => {
+                *state = Some(State { since: now, failures: 1, last: now });
+                tracing::warn!(what = self.what, %err, "{} failing; retrying with backoff until it recovers", self.what);
+            }
+        }
+    }
+
+    /// Records a success; logs once when it ends an outage.
+    pub fn recovered(&self) {
+        let Ok(mut state) = self.state.lock() else { return };
+        let Some(s) = *state else { return };
+        if s.last.elapsed() < self.quiet {
+            return;
+        }
+        *state = None;
+        tracing::info!(what = self.what, failures = s.failures, after = ?s.since.elapsed(), "{} recovered", self.what);
+    }
+
+    /// Whether the condition holds now.
+    pub fn ongoing(&self) -> bool {
+        self.state.lock().map(|s| s.is_some()).unwrap_or(false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_to_its_bound_with_jitter_and_resets() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
+        let first = b.next_delay();
+        assert!(first >= Duration::from_millis(50) && first <= Duration::from_millis(100), "{first:?}");
+        for _ in 0..20 {
+            assert!(b.next_delay() <= Duration::from_secs(1));
+        }
+        let late = b.next_delay();
+        assert!(late >= Duration::from_millis(500), "at the bound, half of it at least: {late:?}");
+        b.reset();
+        assert!(b.next_delay() <= Duration::from_millis(100));
+    }
+
+    #[test]
+    fn outage_counts_failures_and_ends_only_after_a_quiet_success() {
+        let o = Outage { quiet: Duration::from_millis(30), ..Outage::new("testing") };
+        assert!(!o.ongoing());
+        o.failed(&"boom");
+        o.failed(&"boom");
+        assert!(o.ongoing());
+        assert_eq!(o.state.lock().unwrap().map(|s| s.failures), Some(2));
+        o.recovered();
+        assert!(o.ongoing(), "a success right after a failure does not end it");
+        std::thread::sleep(Duration::from_millis(40));
+        o.recovered();
+        assert!(!o.ongoing());
+    }
+}

@@ -1,0 +1,442 @@
+//! jetsched on a real 3-node NATS cluster with R3 streams and buckets, under
+//! steady load (schedules firing every second with `misfire: all`, paced
+//! submissions with `Nats-Msg-Id`, a NATS function answering), while nodes
+//! are killed and restarted, leaders are stepped down, services are killed,
+//! the whole cluster restarts, and a node is cut off. Every test then reads
+//! the durable record (run records and the events stream, after the fact)
+//! and checks that every fire in the schedules' range and every acknowledged
+//! submission succeeded exactly once, and that nothing else ran.
+//!
+//! Services run as real `jetsched` processes (two of each), so that they can
+//! be SIGKILLed. The tests of this file take turns: each starts a cluster
+//! and six services, more than two cores carry side by side.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::print_stderr)]
+
+mod harness;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::consumer::DeliverPolicy;
+use async_nats::jetstream::consumer::pull::OrderedConfig;
+use futures::StreamExt;
+use harness::*;
+use jetsched_contract::run::{scheduled_run_id, submitted_run_id};
+use jetsched_contract::{RunEvent, RunRecord, RunStatus};
+use jiff::{SignedDuration, Timestamp};
+use serde_json::json;
+use tokio::process::Child;
+use tokio_util::sync::CancellationToken;
+
+/// One cluster test at a time (see the module header).
+static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+const TASK: &str = "work";
+const SCHEDULES: usize = 10;
+/// Submissions per second.
+const SUBMIT_RATE: u64 = 20;
+/// Lease TTL of the test's tickers: longer than a leader election.
+const LEASE_TTL: &str = "5s";
+
+/// The steady load and the services under test.
+struct Load {
+    /// Fires of every schedule lie in `[first, last]`, one per second.
+    first: Timestamp,
+    last: Timestamp,
+    /// Msg ids of acknowledged submissions.
+    acked: Arc<Mutex<Vec<String>>>,
+    stop_submitting: CancellationToken,
+    submitter: tokio::task::JoinHandle<()>,
+    _function: Function,
+    services: BTreeMap<String, Child>,
+    logs: tempfile::TempDir,
+}
+
+impl Load {
+    /// Starts the function, the task, the schedules (firing from a few
+    /// seconds from now for `seconds`), the submitter and two replicas of
+    /// each service.
+    async fn start(env: &Env, seconds: i64) -> Load {
+        let function = env.function("fn.work", |_| Reply::Ok(json!({"ok": true}))).await;
+        env.put_task(
+            TASK,
+            json!({
+                "handler": {"type": "nats", "subject": "fn.work"},
+                "timeout": "5s",
+                "retry": {"max_attempts": 200, "initial_backoff": "200ms", "max_backoff": "2s", "multiplier": 2.0, "jitter": 0.2}
+            }),
+        )
+        .await;
+        let now = Timestamp::now().as_second();
+        let first = Timestamp::from_second(now + 4).unwrap();
+        let last = Timestamp::from_second(now + 4 + seconds).unwrap();
+        for i in 0..SCHEDULES {
+            env.put_schedule(
+                &format!("s{i}"),
+                json!({
+                    "every": "1s", "task": TASK, "start_at": first.to_string(), "end_at": last.to_string(),
+                    "misfire": {"policy": "all", "window": "5m"}
+                }),
+            )
+            .await;
+        }
+        // JETSCHED_TEST_KEEP_LOGS=1 keeps the services' logs after the test.
+        let logs = tempfile::Builder::new()
+            .prefix("jetsched-cluster-logs-")
+            .disable_cleanup(std::env::var_os("JETSCHED_TEST_KEEP_LOGS").is_some())
+            .tempdir()
+            .unwrap();
+        let mut load = Load {
+            first,
+            last,
+            acked: Arc::default(),
+            stop_submitting: CancellationToken::new(),
+            submitter: tokio::spawn(async {}),
+            _function: function,
+            services: BTreeMap::new(),
+            logs,
+        };
+        for name in ["ticker-a", "ticker-b", "dispatcher-a", "dispatcher-b", "worker-a", "worker-b"] {
+            load.spawn(env, name);
+        }
+        load.submitter = tokio::spawn(submit_paced(
+            env.handles.js.clone(),
+            env.names.submit_subject(TASK),
+            load.acked.clone(),
+            load.stop_submitting.clone(),
+        ));
+        load
+    }
+
+    /// (Re)starts the service `name` (`ticker-a`, `worker-b`, ...).
+    fn spawn(&mut self, env: &Env, name: &str) {
+        let kind = name.split('-').next().unwrap();
+        let mut args = vec![kind];
+        match kind {
+            "ticker" => args.extend(["--ticker-id", name, "--lease-ttl", LEASE_TTL]),
+            "worker" => args.extend(["--worker-id", name]),
+            _ => {}
+        }
+        let child = env.spawn_jetsched_logged(&args, "warn,jetsched=info", &self.log(name));
+        self.services.insert(name.to_string(), child);
+    }
+
+    fn log(&self, name: &str) -> PathBuf {
+        self.logs.path().join(format!("{name}.log"))
+    }
+
+    /// SIGKILLs the service `name` and starts it again.
+    async fn crash(&mut self, env: &Env, name: &str) {
+        let child = self.services.get_mut(name).unwrap();
+        child.start_kill().unwrap();
+        within(10, "a service to die", child.wait()).await.unwrap();
+        self.spawn(env, name);
+    }
+
+    /// Waits for the end of the schedules' range and stops submitting.
+    async fn wind_down(&mut self) {
+        let wait = self.last.duration_since(Timestamp::now()).as_secs_f64().max(0.0);
+        // The load runs for the time it was given: part of the scenario.
+        tokio::time::sleep(Duration::from_secs_f64(wait)).await;
+        self.stop_submitting.cancel();
+        within(60, "the submitter to stop", &mut self.submitter).await.unwrap();
+    }
+
+    /// Every run that must succeed exactly once.
+    fn expected(&self) -> BTreeSet<String> {
+        let mut out = BTreeSet::new();
+        for i in 0..SCHEDULES {
+            let mut t = self.first;
+            while t <= self.last {
+                out.insert(scheduled_run_id(&format!("s{i}"), t));
+                t = t.checked_add(SignedDuration::from_secs(1)).unwrap();
+            }
+        }
+        for id in self.acked.lock().unwrap().iter() {
+            out.insert(submitted_run_id(TASK, Some(id), 0));
+        }
+        out
+    }
+
+    /// The services' logs, for a failure message.
+    fn dump_logs(&self) -> String {
+        let mut out = String::new();
+        for name in self.services.keys() {
+            let text = std::fs::read_to_string(self.log(name)).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            out.push_str(&format!("--- {name}: {} lines, last 15:\n", lines.len()));
+            for l in lines.iter().rev().take(15).rev() {
+                out.push_str(l);
+                out.push('\n');
+            }
+        }
+        out
+    }
+
+    /// Waits until every expected run has succeeded, then checks from the
+    /// durable record that each succeeded exactly once and nothing else ran.
+    async fn verify(&mut self, env: &Env) {
+        self.wind_down().await;
+        let expected = self.expected();
+        assert!(expected.len() > SCHEDULES * 10, "the load ran: {} runs", expected.len());
+        let mut succeeded: BTreeMap<String, usize> = BTreeMap::new();
+        let mut others: BTreeSet<String> = BTreeSet::new();
+        let stream = env.handles.js.get_stream(env.names.events_stream()).await.unwrap();
+        let consumer = stream
+            .create_consumer(OrderedConfig { deliver_policy: DeliverPolicy::All, ..Default::default() })
+            .await
+            .unwrap();
+        let mut messages = consumer.messages().await.unwrap();
+        let mut missing = expected.len();
+        let mut history: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let mut seen_to = 0;
+        let read = tokio::time::timeout(Duration::from_secs(180), async {
+            loop {
+                // Done once every expected run succeeded and the stream is read to its end.
+                if missing == 0 && seen_to >= stream.get_info().await.unwrap().state.last_sequence {
+                    return;
+                }
+                let Some(Ok(msg)) = messages.next().await else { continue };
+                seen_to = msg.info().unwrap().stream_sequence;
+                let event: RunEvent = serde_json::from_slice(&msg.payload).unwrap();
+                let Some(run_id) = event.run_id else { continue };
+                history.entry(run_id.clone()).or_default().push(format!("{:?}#{}", event.status, event.attempt));
+                if !expected.contains(&run_id) {
+                    others.insert(format!("{run_id} {:?}", event.status));
+                } else if event.status == RunStatus::Succeeded {
+                    let n = succeeded.entry(run_id).or_default();
+                    *n += 1;
+                    if *n == 1 {
+                        missing -= 1;
+                    }
+                }
+            }
+        })
+        .await;
+        if read.is_err() {
+            let runs = env.handles.js.get_key_value(env.names.runs_bucket()).await.unwrap();
+            let mut examples = String::new();
+            for id in expected.iter().filter(|id| !succeeded.contains_key(*id)).take(12) {
+                let record = runs.get(id).await.ok().flatten().map(|v| String::from_utf8_lossy(&v).into_owned());
+                examples.push_str(&format!("{id}: events {:?}, record {record:?}\n", history.get(id)));
+            }
+            panic!("{missing} of {} runs never succeeded, e.g.\n{examples}{}", expected.len(), self.dump_logs());
+        }
+        let doubled: Vec<_> = succeeded.iter().filter(|(_, n)| **n > 1).collect();
+        assert!(doubled.is_empty(), "runs that succeeded more than once: {doubled:?}");
+        assert!(others.is_empty(), "runs that should not exist: {others:?}");
+        eprintln!("{} runs checked; service logs:\n{}", expected.len(), self.dump_logs());
+        // And each run record says so.
+        let runs = env.handles.js.get_key_value(env.names.runs_bucket()).await.unwrap();
+        for id in &expected {
+            let value = runs.get(id).await.unwrap().unwrap_or_else(|| panic!("no run record for {id}"));
+            let record: RunRecord = serde_json::from_slice(&value).unwrap();
+            assert_eq!(record.status, RunStatus::Succeeded, "{id}: {record:?}");
+        }
+    }
+}
+
+/// Publishes a submission every `1/SUBMIT_RATE` s with `Nats-Msg-Id`
+/// `sub-<n>`, retrying each (same id) until the server acknowledges it, as a
+/// careful client does; records the acknowledged ids.
+async fn submit_paced(
+    js: async_nats::jetstream::Context,
+    subject: String,
+    acked: Arc<Mutex<Vec<String>>>,
+    stop: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(Duration::from_millis(1000 / SUBMIT_RATE));
+    let mut n = 0u64;
+    while !stop.is_cancelled() {
+        tick.tick().await;
+        n += 1;
+        let id = format!("sub-{n}");
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            let mut headers = HeaderMap::new();
+            headers.insert("Nats-Msg-Id", id.as_str());
+            let ack = match js.publish_with_headers(subject.clone(), headers, json!({"n": n}).to_string().into()).await
+            {
+                Ok(pending) => pending.await.map(|_| ()).map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            match ack {
+                Ok(()) => break,
+                // An election or a dead node: try again, as the user's client would.
+                Err(_) => {
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+            }
+        }
+        acked.lock().unwrap().push(id);
+    }
+}
+
+/// Waits until every jetsched stream and bucket has a leader and all its
+/// replicas are current again.
+async fn wait_healthy(env: &Env) {
+    let streams = stream_names(env).await;
+    eventually(90, "every stream to have a leader and current replicas", || {
+        let streams = streams.clone();
+        async move {
+            for name in &streams {
+                let Ok(mut stream) = env.handles.js.get_stream(name).await else { return None };
+                let Ok(info) = stream.info().await else { return None };
+                let cluster = info.cluster.as_ref()?;
+                if cluster.leader.is_none() || cluster.replicas.len() != 2 {
+                    return None;
+                }
+                if cluster.replicas.iter().any(|r| !r.current || r.offline) {
+                    return None;
+                }
+            }
+            Some(())
+        }
+    })
+    .await;
+}
+
+/// jetsched's streams, buckets' streams included.
+async fn stream_names(env: &Env) -> Vec<String> {
+    let names: Vec<String> = env.handles.js.stream_names().filter_map(|n| async move { n.ok() }).collect().await;
+    assert!(names.len() >= 10, "jetsched's streams and buckets exist: {names:?}");
+    names
+}
+
+/// Asks every stream leader to step down; returns how many did.
+async fn step_down_streams(env: &Env) -> usize {
+    let mut n = 0;
+    for name in stream_names(env).await {
+        let subject = format!("$JS.API.STREAM.LEADER.STEPDOWN.{name}");
+        if api_ok(env, subject).await {
+            n += 1;
+        }
+    }
+    n
+}
+
+/// Asks every consumer leader of every stream to step down; returns how many did.
+async fn step_down_consumers(env: &Env) -> usize {
+    let mut n = 0;
+    for name in stream_names(env).await {
+        let Ok(stream) = env.handles.js.get_stream(&name).await else { continue };
+        let consumers: Vec<String> = stream.consumer_names().filter_map(|c| async move { c.ok() }).collect().await;
+        for consumer in consumers {
+            if api_ok(env, format!("$JS.API.CONSUMER.LEADER.STEPDOWN.{name}.{consumer}")).await {
+                n += 1;
+            }
+        }
+    }
+    n
+}
+
+/// A JetStream API request that succeeded (no `error` in the answer),
+/// retried for a while: during an election the API may not answer.
+async fn api_ok(env: &Env, subject: String) -> bool {
+    for _ in 0..5 {
+        if api_once(env, subject.clone()).await {
+            return true;
+        }
+    }
+    false
+}
+
+async fn api_once(env: &Env, subject: String) -> bool {
+    match tokio::time::timeout(Duration::from_secs(5), env.client.request(subject.clone(), "".into())).await {
+        Ok(Ok(msg)) => {
+            let answer: serde_json::Value = serde_json::from_slice(&msg.payload).unwrap_or_default();
+            if let Some(err) = answer.get("error") {
+                eprintln!("{subject}: {err}");
+            }
+            answer.get("error").is_none()
+        }
+        Ok(Err(err)) => {
+            eprintln!("{subject}: {err}");
+            false
+        }
+        Err(_) => {
+            eprintln!("{subject}: no answer within 5s");
+            false
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_node_killed_and_restarted_in_turn_loses_and_doubles_nothing() {
+    let _turn = TURN.lock().await;
+    let mut env = Env::start_cluster(false, false).await;
+    let mut load = Load::start(&env, 45).await;
+    wait_healthy(&env).await;
+    for node in 0..3 {
+        env.cluster().node(node).kill();
+        // The outage: the node stays down for a while (the scenario itself).
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        env.cluster().node(node).restart().unwrap();
+        wait_healthy(&env).await;
+    }
+    load.verify(&env).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leaders_stepped_down_and_services_killed_lose_and_double_nothing() {
+    let _turn = TURN.lock().await;
+    let env = Env::start_cluster(false, false).await;
+    let mut load = Load::start(&env, 40).await;
+    wait_healthy(&env).await;
+    let victims = ["ticker-a", "dispatcher-a", "worker-a", "ticker-b", "dispatcher-b", "worker-b"];
+    for victim in victims {
+        eventually(60, "a stream leader to step down", || async { (step_down_streams(&env).await >= 1).then_some(()) })
+            .await;
+        load.crash(&env, victim).await;
+        eventually(60, "a consumer leader to step down", || async {
+            (step_down_consumers(&env).await >= 1).then_some(())
+        })
+        .await;
+        wait_healthy(&env).await;
+    }
+    load.verify(&env).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whole_cluster_restarted_with_sync_always_loses_nothing_acknowledged() {
+    let _turn = TURN.lock().await;
+    let mut env = Env::start_cluster(true, false).await;
+    let mut load = Load::start(&env, 30).await;
+    wait_healthy(&env).await;
+    // Let the load get going, then crash every node at once.
+    eventually(30, "runs to succeed before the crash", || async {
+        let stream = env.handles.js.get_stream(env.names.events_stream()).await.ok()?;
+        (stream.cached_info().state.messages > 100).then_some(())
+    })
+    .await;
+    for node in 0..3 {
+        env.cluster().node(node).kill();
+    }
+    // The outage (the scenario itself).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for node in 0..3 {
+        env.cluster().node(node).restart().unwrap();
+    }
+    wait_healthy(&env).await;
+    load.verify(&env).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_cut_off_longer_than_a_lease_then_healed_loses_and_doubles_nothing() {
+    let _turn = TURN.lock().await;
+    assert!(jetsched_natsbox::Partition::available(), "partition tests need root and `ip netns` (network namespaces)");
+    let mut env = Env::start_cluster(false, true).await;
+    let mut load = Load::start(&env, 40).await;
+    wait_healthy(&env).await;
+    // Cut off the node that leads the runs bucket, for longer than a lease lasts.
+    env.cluster().partition(0).unwrap();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    env.cluster().heal(0).unwrap();
+    wait_healthy(&env).await;
+    load.verify(&env).await;
+}
