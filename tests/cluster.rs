@@ -301,6 +301,15 @@ async fn wait_healthy(env: &Env) {
     .await;
 }
 
+/// The server name of `stream`'s leader (waits until it has one).
+async fn stream_leader(env: &Env, stream: &str) -> String {
+    eventually(60, "the stream to have a leader", || async {
+        let mut s = env.handles.js.get_stream(stream).await.ok()?;
+        s.info().await.ok()?.cluster.as_ref()?.leader.clone()
+    })
+    .await
+}
+
 /// jetsched's streams, buckets' streams included.
 async fn stream_names(env: &Env) -> Vec<String> {
     let names: Vec<String> = env.handles.js.stream_names().filter_map(|n| async move { n.ok() }).collect().await;
@@ -434,9 +443,95 @@ async fn node_cut_off_longer_than_a_lease_then_healed_loses_and_doubles_nothing(
     let mut load = Load::start(&env, 40).await;
     wait_healthy(&env).await;
     // Cut off the node that leads the runs bucket, for longer than a lease lasts.
-    env.cluster().partition(0).unwrap();
-    tokio::time::sleep(Duration::from_secs(10)).await;
-    env.cluster().heal(0).unwrap();
+    let runs_stream = format!("KV_{}", env.names.runs_bucket());
+    let leader = stream_leader(&env, &runs_stream).await;
+    let node: usize = leader.trim_start_matches('n').parse::<usize>().unwrap() - 1;
+    env.cluster().partition(node).unwrap();
+    // The cut is real: the other two elect a new leader.
+    eventually(60, "a new leader of the runs bucket on the majority side", || async {
+        let now = tokio::time::timeout(Duration::from_secs(3), stream_leader(&env, &runs_stream)).await.ok()?;
+        (now != leader).then_some(())
+    })
+    .await;
+    // The partition lasts longer than a lease (the scenario itself).
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    env.cluster().heal(node).unwrap();
     wait_healthy(&env).await;
     load.verify(&env).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_seed_list_with_its_first_node_down_serves_the_cli_and_the_services() {
+    let _turn = TURN.lock().await;
+    let mut env = Env::start_cluster(false, false).await;
+    let _function = env.function("fn.work", |_| Reply::Ok(json!({"ok": true}))).await;
+    env.put_task(TASK, json!({"handler": {"type": "nats", "subject": "fn.work"}})).await;
+    wait_healthy(&env).await;
+    let seeds = env.url();
+    assert_eq!(seeds.split(',').count(), 3, "a seed list of three: {seeds}");
+    let mut events = env.events().await;
+    // The first seed is down: every client must go on to the next.
+    env.cluster().node(0).kill();
+    let logs = tempfile::tempdir().unwrap();
+    let _dispatcher = env.spawn_jetsched_logged(&["dispatcher"], "warn", &logs.path().join("dispatcher.log"));
+    let _worker = env.spawn_jetsched_logged(&["worker"], "warn", &logs.path().join("worker.log"));
+    let (code, out, err) = env.jetsched(&["submit", TASK, r#"{"via":"cli"}"#, "--id", "seeded", "--wait"]).await;
+    assert_eq!(code, 0, "jetsched submit with NATS_URL={seeds}: {out}{err}");
+    let run_id = submitted_run_id(TASK, Some("seeded"), 0);
+    events
+        .wait_for(60, "the submitted run to succeed", |e| {
+            e.run_id.as_deref() == Some(run_id.as_str()) && e.status == RunStatus::Succeeded
+        })
+        .await;
+}
+
+/// CPU time (user + system) `pid` has used, in clock ticks (1/100 s on Linux).
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    // Fields 14 and 15 of stat (utime, stime), counted after the state (field 3).
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_stays_quiet_and_idle_while_its_stream_has_no_leader() {
+    let _turn = TURN.lock().await;
+    let mut env = Env::start_cluster(false, false).await;
+    let _function = env.function("fn.work", |_| Reply::Ok(json!({"ok": true}))).await;
+    env.put_task(TASK, json!({"handler": {"type": "nats", "subject": "fn.work"}})).await;
+    wait_healthy(&env).await;
+    let logs = tempfile::tempdir().unwrap();
+    let log = logs.path().join("worker.log");
+    // The default log filter, as an operator runs it.
+    let worker = env.spawn_jetsched_logged(&["worker"], "info,async_nats=warn", &log);
+    let pid = worker.id().unwrap();
+    let lines = || std::fs::read_to_string(&log).unwrap_or_default().lines().count();
+    eventually(60, "the worker to start", || async {
+        std::fs::read_to_string(&log).unwrap_or_default().contains("worker started").then_some(())
+    })
+    .await;
+    // Two of three nodes down: no stream has a leader (no quorum).
+    let (lines_before, cpu_before) = (lines(), cpu_ticks(pid));
+    env.cluster().node(1).kill();
+    env.cluster().node(2).kill();
+    // The outage under test lasts 10 s.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let (lines_during, cpu_during) = (lines() - lines_before, cpu_ticks(pid) - cpu_before);
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(lines_during <= 6, "a handful of lines in 10 s without a leader, not {lines_during}:\n{text}");
+    assert!(cpu_during <= 50, "a few percent of a core (at most 0.5 s in 10 s), not {cpu_during} ticks");
+    // And it recovers: a submission runs once the nodes are back.
+    env.cluster().node(1).restart().unwrap();
+    env.cluster().node(2).restart().unwrap();
+    wait_healthy(&env).await;
+    let _dispatcher = env.spawn_jetsched_logged(&["dispatcher"], "warn", &logs.path().join("dispatcher.log"));
+    let mut events = env.events().await;
+    let seq = env.submit(TASK, r#"{"after":"outage"}"#).await;
+    let run_id = submitted_run_id(TASK, None, seq);
+    events
+        .wait_for(90, "a run after the outage", |e| {
+            e.run_id.as_deref() == Some(run_id.as_str()) && e.status == RunStatus::Succeeded
+        })
+        .await;
 }

@@ -2,6 +2,8 @@
 //! `nats` CLI's environment variables so one environment serves both.
 
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -90,21 +92,35 @@ impl NatsArgs {
         if self.tls_required || self.tls_ca.is_some() {
             opts = opts.require_tls(true);
         }
-        Ok(opts
-            .name(name)
-            .connection_timeout(Duration::from_secs(5))
-            .max_reconnects(None)
-            .event_callback(|event| async move { log_event(event) }))
+        let away = Arc::new(AtomicBool::new(false));
+        Ok(opts.name(name).connection_timeout(Duration::from_secs(5)).max_reconnects(None).event_callback(
+            move |event| {
+                let away = away.clone();
+                async move { log_event(event, &away) }
+            },
+        ))
     }
 }
 
-fn log_event(event: Event) {
+/// Logs connection events. While the connection is down, the client's
+/// failed reconnect attempts (one `ClientError` each) are debug lines: the
+/// outage was logged when it started and is logged again when it ends.
+fn log_event(event: Event, away: &AtomicBool) {
     match event {
-        Event::Connected => tracing::info!("connected to NATS"),
-        Event::Disconnected => tracing::warn!("disconnected from NATS; reconnecting"),
+        Event::Connected => {
+            away.store(false, Ordering::Relaxed);
+            tracing::info!("connected to NATS");
+        }
+        Event::Disconnected => {
+            away.store(true, Ordering::Relaxed);
+            tracing::warn!("disconnected from NATS; reconnecting");
+        }
         Event::LameDuckMode => tracing::warn!("NATS server entered lame duck mode"),
         Event::SlowConsumer(sid) => tracing::warn!(sid, "slow consumer: messages dropped"),
         Event::ServerError(err) => tracing::error!(%err, "NATS server error"),
+        Event::ClientError(err) if away.load(Ordering::Relaxed) => {
+            tracing::debug!(%err, "NATS reconnect attempt failed")
+        }
         Event::ClientError(err) => tracing::error!(%err, "NATS client error"),
         Event::Draining | Event::Closed => tracing::debug!(%event, "NATS connection"),
     }

@@ -38,11 +38,14 @@ pub struct HttpArgs {
 
 /// Connects, creates any missing stream or bucket, and opens them all.
 /// With `retry` (services) it keeps trying until NATS is there; without
-/// (admin verbs) it fails at once.
+/// (admin verbs) it fails at once when no server answers, and gives
+/// JetStream [`ADMIN_PATIENCE`] to answer (a leader election after a node
+/// failure takes a few seconds).
 pub async fn open(nats: &NatsArgs, topology: &Topology, name: &str, retry: bool) -> anyhow::Result<Handles> {
     let names = nats.names()?;
     let client = crate::connect(nats, name, retry).await?;
     let js = crate::jetstream(client);
+    let give_up = tokio::time::Instant::now() + ADMIN_PATIENCE;
     let mut backoff = crate::Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
     let mut failures = 0u32;
     loop {
@@ -57,7 +60,7 @@ pub async fn open(nats: &NatsArgs, topology: &Topology, name: &str, retry: bool)
                 }
                 return Ok(handles);
             }
-            Err(err) if retry => {
+            Err(err) if retry || tokio::time::Instant::now() < give_up => {
                 if failures == 0 {
                     tracing::warn!(%err, "JetStream not ready; retrying with backoff");
                 }
@@ -68,6 +71,9 @@ pub async fn open(nats: &NatsArgs, topology: &Topology, name: &str, retry: bool)
         }
     }
 }
+
+/// How long an admin verb waits for JetStream to answer.
+pub const ADMIN_PATIENCE: Duration = Duration::from_secs(20);
 
 /// Starts the health/metrics endpoint unless disabled. A port that cannot be
 /// bound stops the start with a message naming the flag: a second replica on
