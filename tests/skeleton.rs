@@ -259,3 +259,14 @@ async fn two_due_events_for_the_same_fire_run_once() {
         "one queued event for the fire, one for the marker"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_whose_health_port_is_taken_stops_and_names_the_flag() {
+    let env = Env::start().await;
+    // Another replica on this host holds the port.
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = holder.local_addr().unwrap().to_string();
+    let (code, _, err) = env.jetsched(&["worker", "--http-addr", &addr]).await;
+    assert_ne!(code, 0, "a second service on a taken port does not run without its probes");
+    assert!(err.contains("--http-addr") && err.contains(&addr), "the message names the flag and the address: {err}");
+}

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use futures::StreamExt;
 use harness::*;
 use jetsched_contract::{RunRecord, RunStatus, headers};
 use jetsched_worker::{Invocation, Outcome};
@@ -371,4 +372,77 @@ async fn work_arriving_at_once_on_two_bands_of_a_one_slot_worker_runs_back_to_ba
     assert_eq!(second.attempt, 1, "a message handed back is not an attempt");
     let gap = second.at.duration_since(first.at);
     assert!(gap < jiff::SignedDuration::from_secs(10), "the second ran after the first, not after an ack wait: {gap}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_whose_consumers_the_server_forgot_creates_them_again() {
+    let env = Env::start().await;
+    let _fn = env.function("fn.again", |_| Reply::Ok(json!({}))).await;
+    env.put_task("again", json!({"handler": {"type": "nats", "subject": "fn.again"}})).await;
+    let _services = env.services();
+    let mut events = env.events().await;
+    let first = env.submit("again", "{}").await;
+    events
+        .wait_for(30, "a run before", |e| {
+            e.status == RunStatus::Succeeded && e.run_id.as_deref() == Some(&format!("t.again.q{first}"))
+        })
+        .await;
+
+    // The server forgets every worker consumer (as a lost store would).
+    let stream = env.handles.js.get_stream(env.names.tasks_stream()).await.unwrap();
+    let consumers: Vec<String> = stream.consumer_names().map(|c| c.unwrap()).collect().await;
+    let workers: Vec<&String> = consumers.iter().filter(|c| c.contains("default")).collect();
+    assert!(!workers.is_empty(), "worker consumers exist: {consumers:?}");
+    for name in &workers {
+        stream.delete_consumer(name).await.unwrap();
+    }
+
+    let second = env.submit("again", "{}").await;
+    let run_id = format!("t.again.q{second}");
+    events
+        .wait_for(60, "a run after the consumers were deleted", |e| {
+            e.status == RunStatus::Succeeded && e.run_id.as_deref() == Some(&run_id)
+        })
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_that_went_on_while_the_events_stream_was_away_report_every_event_when_it_returns() {
+    let env = Env::start().await;
+    let _fn = env.function("fn.away", |_| Reply::Ok(json!({}))).await;
+    env.put_task("away", json!({"handler": {"type": "nats", "subject": "fn.away"}})).await;
+    let _services = env.services();
+    let mut events = env.events().await;
+    // The events stream stops taking jetsched's events (as while it has no
+    // leader: publishes find no stream); the runs bucket and the other
+    // streams go on.
+    let mut stream = env.handles.js.get_stream(env.names.events_stream()).await.unwrap();
+    let config = stream.info().await.unwrap().config.clone();
+    let elsewhere = async_nats::jetstream::stream::Config { subjects: vec!["elsewhere.>".into()], ..config.clone() };
+    env.handles.js.update_stream(elsewhere).await.unwrap();
+    let mut run_ids = Vec::new();
+    for i in 0..5 {
+        let seq = env.submit("away", &format!(r#"{{"i":{i}}}"#)).await;
+        run_ids.push(format!("t.away.q{seq}"));
+    }
+    // The runs themselves go on: each record reaches `succeeded`.
+    for id in &run_ids {
+        eventually(60, "the run to succeed without its events", || async {
+            let value = env.handles.runs.get(id).await.ok()??;
+            let record: RunRecord = serde_json::from_slice(&value).ok()?;
+            (record.status == RunStatus::Succeeded).then_some(())
+        })
+        .await;
+    }
+    env.handles.js.update_stream(config).await.unwrap();
+    // Once the stream is back, every run's queued and succeeded events are stored.
+    for id in &run_ids {
+        for status in [RunStatus::Queued, RunStatus::Succeeded] {
+            events
+                .wait_for(60, "the event an outage held back", |e| {
+                    e.run_id.as_deref() == Some(id) && e.status == status
+                })
+                .await;
+        }
+    }
 }

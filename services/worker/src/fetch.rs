@@ -51,8 +51,13 @@ pub struct Lane {
     pub queue: String,
     /// Priority band.
     pub band: u8,
-    /// The shared durable consumer.
-    pub consumer: PullConsumer,
+    /// The shared durable consumer (replaced if the server forgot it).
+    consumer: RwLock<PullConsumer>,
+    /// How to create it again, and where.
+    config: pull::Config,
+    stream: JsStream,
+    /// Failed requests in a row.
+    streak: std::sync::atomic::AtomicU32,
     /// Messages not yet delivered (last poll).
     pending: AtomicU64,
     /// Messages delivered and not acked, including retries waiting out a delay (last poll).
@@ -70,26 +75,44 @@ pub struct Lane {
 }
 
 impl Lane {
-    fn new(queue: &str, band: u8, consumer: PullConsumer, subject: String) -> Lane {
+    fn new(queue: &str, band: u8, consumer: PullConsumer, config: pull::Config, stream: JsStream) -> Lane {
         Lane {
             queue: queue.to_string(),
             band,
-            consumer,
+            subject: config.filter_subject.clone(),
+            consumer: RwLock::new(consumer),
+            config,
+            stream,
+            streak: std::sync::atomic::AtomicU32::new(0),
             // Unknown until the first poll: assume there is work.
             pending: AtomicU64::new(1),
             in_flight: AtomicU64::new(0),
             head_at: Mutex::new(None),
-            subject,
             standing: AtomicBool::new(false),
             backoff: Mutex::new(Backoff::new(Duration::from_millis(100), Duration::from_secs(2))),
             resting_until: Mutex::new(None),
         }
     }
 
+    /// The lane's consumer.
+    pub fn consumer(&self) -> PullConsumer {
+        self.consumer.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     /// A request to the lane failed: it rests for a jittered, growing delay
-    /// (returned) before it is asked again.
-    fn failed(&self, err: &dyn std::fmt::Display) -> Duration {
+    /// (returned) before it is asked again. Every few failures in a row it
+    /// makes sure its durable consumer exists: a server that lost it (a
+    /// store lost with a node, a consumer deleted by hand) would otherwise
+    /// fail every request forever; creating it with the same config is a
+    /// no-op when it exists.
+    async fn failed(&self, err: &(dyn std::fmt::Display + Sync)) -> Duration {
         WAITING_FOR_WORK.failed(err);
+        if self.streak.fetch_add(1, Ordering::Relaxed) % 5 == 4
+            && let Ok(Ok(consumer)) =
+                tokio::time::timeout(FETCH_TIMEOUT, self.stream.create_consumer(self.config.clone())).await
+        {
+            *self.consumer.write().unwrap_or_else(|e| e.into_inner()) = consumer;
+        }
         let delay = self.backoff.lock().map(|mut b| b.next_delay()).unwrap_or(Duration::from_secs(1));
         if let Ok(mut r) = self.resting_until.lock() {
             *r = Some(tokio::time::Instant::now() + delay);
@@ -99,6 +122,7 @@ impl Lane {
 
     /// A request to the lane was answered.
     fn answered(&self) {
+        self.streak.store(0, Ordering::Relaxed);
         if let Ok(mut b) = self.backoff.lock() {
             b.reset();
         }
@@ -158,8 +182,8 @@ impl Lanes {
         let mut added = Vec::new();
         for band in 0..bands {
             let config: pull::Config = setup::worker_consumer(&self.names, queue, band, self.ack_wait);
-            let consumer = self.stream.create_consumer(config).await?;
-            added.push(Arc::new(Lane::new(queue, band, consumer, self.names.task_subject(queue, band))));
+            let consumer = self.stream.create_consumer(config.clone()).await?;
+            added.push(Arc::new(Lane::new(queue, band, consumer, config, self.stream.clone())));
         }
         tracing::info!(%queue, "serving queue");
         let mut lanes = self.lanes.write().unwrap_or_else(|e| e.into_inner());
@@ -203,7 +227,7 @@ impl Lane {
     /// request of an idle worker, for one message.
     pub async fn wait_one(&self, expires: Duration) -> Option<Message> {
         let got = tokio::time::timeout(expires + FETCH_TIMEOUT, async {
-            let mut batch = self.consumer.batch().max_messages(1).expires(expires).messages().await?;
+            let mut batch = self.consumer().batch().max_messages(1).expires(expires).messages().await?;
             batch.next().await.transpose()
         })
         .await;
@@ -215,12 +239,12 @@ impl Lane {
             // The lane stays claimed while it rests, so that no new request
             // is stood on it before the backoff has passed.
             Ok(Err(err)) => {
-                let delay = self.failed(&err);
+                let delay = self.failed(&err).await;
                 tokio::time::sleep(delay).await;
                 None
             }
             Err(_) => {
-                let delay = self.failed(&"pull request not answered");
+                let delay = self.failed(&"pull request not answered").await;
                 tokio::time::sleep(delay).await;
                 None
             }
@@ -251,18 +275,18 @@ pub async fn probe(lanes: &Lanes, permits: &mut Vec<OwnedSemaphorePermit>) -> Ve
         // A fetch answered by nobody (the server went away mid-request)
         // would wait forever: bound it.
         let fetched = tokio::time::timeout(FETCH_TIMEOUT, async {
-            let batch = lane.consumer.fetch().max_messages(permits.len()).messages().await?;
+            let batch = lane.consumer().fetch().max_messages(permits.len()).messages().await?;
             Ok::<_, async_nats::Error>(batch.collect::<Vec<_>>().await)
         })
         .await;
         let msgs = match fetched {
             Ok(Ok(msgs)) => msgs,
             Ok(Err(err)) => {
-                lane.failed(&err);
+                lane.failed(&err).await;
                 continue;
             }
             Err(_) => {
-                lane.failed(&"fetch timed out");
+                lane.failed(&"fetch timed out").await;
                 continue;
             }
         };
@@ -270,7 +294,7 @@ pub async fn probe(lanes: &Lanes, permits: &mut Vec<OwnedSemaphorePermit>) -> Ve
         match failed {
             // A status error (503: no leader) arrives as an item of the batch.
             Some(err) if msgs.iter().all(Result::is_err) => {
-                lane.failed(&err);
+                lane.failed(&err).await;
                 continue;
             }
             _ => lane.answered(),
@@ -296,7 +320,7 @@ pub async fn monitor(lanes: Arc<Lanes>, every: Duration, shutdown: CancellationT
     loop {
         let snapshot: Vec<Arc<Lane>> = lanes.read().clone();
         for lane in snapshot {
-            let mut consumer = lane.consumer.clone();
+            let mut consumer = lane.consumer();
             let Ok(info) = consumer.info().await else { continue };
             lane.pending.store(info.num_pending, Ordering::Relaxed);
             lane.in_flight.store(info.num_ack_pending as u64, Ordering::Relaxed);
