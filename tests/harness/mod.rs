@@ -271,7 +271,12 @@ enum Nats {
 /// meta leader, so creation is retried until then.
 async fn connect(url: &str, topology: &Topology) -> (Client, Handles) {
     let seeds = jetsched_runtime::connect::seed_list(url).unwrap();
-    let client = async_nats::ConnectOptions::new().retry_on_initial_connect().connect(seeds).await.unwrap();
+    let client = async_nats::ConnectOptions::new()
+        .retry_on_initial_connect()
+        .ping_interval(jetsched_runtime::connect::PING_INTERVAL)
+        .connect(seeds)
+        .await
+        .unwrap();
     let js = jetsched_runtime::jetstream(client.clone());
     let names = Names::default();
     within(60, "JetStream to be ready", async {
