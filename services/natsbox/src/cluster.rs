@@ -48,26 +48,17 @@ impl LocalCluster {
         let net = if options.isolated { Some(Partition::create(options.size)?) } else { None };
         let hosts: Vec<String> =
             (0..options.size).map(|i| net.as_ref().map_or_else(|| "127.0.0.1".to_string(), |n| n.address(i))).collect();
-        // In namespaces every node has its own port space; on loopback they
-        // share one, so each needs a free client and route port.
-        let client_ports = free_ports(options.size)?;
-        let route_ports = free_ports(options.size)?;
-        let mut nodes = Vec::with_capacity(options.size);
-        for i in 0..options.size {
-            let server_name = format!("n{}", i + 1);
-            let routes = (0..options.size).filter(|j| *j != i).map(|j| format!("{}:{}", hosts[j], route_ports[j]));
-            let node = ServerOptions {
-                port: client_ports[i],
-                host: hosts[i].clone(),
-                server_name: Some(server_name.clone()),
-                cluster: Some(ClusterSpec { name: name.clone(), port: route_ports[i], routes: routes.collect() }),
-                sync_always: options.sync_always,
-                netns: net.as_ref().map(|n| n.namespace(i)),
-                ..ServerOptions::new(options.binary.clone(), options.root.join(&server_name))
-            };
-            nodes.push(LocalServer::start(node)?);
+        // A port found free can be taken before the node binds it (by
+        // another test's server): start again on other ports.
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match start_nodes(&options, &name, &hosts, net.as_ref()) {
+                Ok(nodes) => return Ok(LocalCluster { nodes, net }),
+                Err(err) if attempt < 5 => tracing::debug!(%err, "cluster did not start; trying other ports"),
+                Err(err) => return Err(err),
+            }
         }
-        Ok(LocalCluster { nodes, net })
     }
 
     /// The seed list every client takes: `nats://a:p1,nats://b:p2,...`.
@@ -118,8 +109,60 @@ impl Drop for LocalCluster {
     }
 }
 
-/// `n` ports free on loopback right now.
+/// Starts every node on fresh ports; a node that fails stops those started.
+fn start_nodes(
+    options: &ClusterOptions,
+    name: &str,
+    hosts: &[String],
+    net: Option<&Partition>,
+) -> Result<Vec<LocalServer>, NatsboxError> {
+    // In namespaces every node has its own port space; on loopback they
+    // share one, so each needs a free client and route port.
+    let ports = free_ports(options.size * 2)?;
+    let (client_ports, route_ports) = ports.split_at(options.size);
+    let mut nodes = Vec::with_capacity(options.size);
+    for i in 0..options.size {
+        let server_name = format!("n{}", i + 1);
+        let routes = (0..options.size).filter(|j| *j != i).map(|j| format!("{}:{}", hosts[j], route_ports[j]));
+        let node = ServerOptions {
+            port: client_ports[i],
+            host: hosts[i].clone(),
+            server_name: Some(server_name.clone()),
+            cluster: Some(ClusterSpec { name: name.to_string(), port: route_ports[i], routes: routes.collect() }),
+            sync_always: options.sync_always,
+            netns: net.map(|n| n.namespace(i)),
+            ..ServerOptions::new(options.binary.clone(), options.root.join(&server_name))
+        };
+        // Dropping the nodes started so far kills them.
+        nodes.push(LocalServer::start(node)?);
+    }
+    Ok(nodes)
+}
+
+/// `n` distinct ports free on loopback right now, drawn from below the
+/// kernel's ephemeral range: a port from inside it (what binding port 0
+/// gives) is soon used again by some outgoing connection, and a node
+/// restarted on its port after an outage would find it taken.
 fn free_ports(n: usize) -> Result<Vec<u16>, NatsboxError> {
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next().and_then(|p| p.parse::<u16>().ok()))
+        .unwrap_or(32768);
+    let mut out = Vec::with_capacity(n);
+    if low > 12000 {
+        for _ in 0..n * 200 {
+            if out.len() == n {
+                break;
+            }
+            let port = fastrand::u16(10000..low);
+            if !out.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                out.push(port);
+            }
+        }
+    }
+    if out.len() == n {
+        return Ok(out);
+    }
     let listeners: Vec<TcpListener> = (0..n)
         .map(|_| TcpListener::bind("127.0.0.1:0"))
         .collect::<Result<_, _>>()

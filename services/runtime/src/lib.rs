@@ -22,5 +22,5 @@ pub use kvwatch::{KvChange, StampedChange, spawn_kv_watch, spawn_kv_watch_stampe
 pub use logging::{LogArgs, init_logging};
 pub use metrics::metrics;
 pub use publish::Publisher;
-pub use retry::{Backoff, Outage};
+pub use retry::{Backoff, Outage, until_ok};
 pub use shutdown::shutdown_on_signals;

@@ -4,8 +4,11 @@
 //! leader election thousands of calls fail within seconds; one line says so).
 
 use std::fmt::Display;
+use std::future::Future;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
 
 /// Exponential backoff between `min` and `max`, each delay drawn uniformly
 /// from its upper half so that many clients retrying at once spread out.
@@ -97,9 +100,49 @@ impl Outage {
         tracing::info!(what = self.what, failures = s.failures, after = ?s.since.elapsed(), "{} recovered", self.what);
     }
 
+    /// Records the success that ends a single task's outage: logs the
+    /// recovery at once (no quiet second to wait for, nobody else shares it).
+    pub fn recovered_now(&self) {
+        let Ok(mut state) = self.state.lock() else { return };
+        let Some(s) = state.take() else { return };
+        tracing::info!(what = self.what, failures = s.failures, after = ?s.since.elapsed(), "{} recovered", self.what);
+    }
+
     /// Whether the condition holds now.
     pub fn ongoing(&self) -> bool {
         self.state.lock().map(|s| s.is_some()).unwrap_or(false)
+    }
+}
+
+/// Runs `attempt` until it succeeds, backing off between failures and
+/// reporting them through `outage` (one line when they start, one when they
+/// end). For the steps a service takes before its loop (opening consumers,
+/// reading a bucket's settings): during a leader election they fail for a
+/// few seconds, and a service that exits then does not come back by itself.
+/// Returns `None` if `shutdown` fires first.
+pub async fn until_ok<T, E, F, Fut>(outage: &Outage, shutdown: &CancellationToken, mut attempt: F) -> Option<T>
+where
+    E: Display,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+    loop {
+        let result = tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            r = attempt() => r,
+        };
+        match result {
+            Ok(value) => {
+                outage.recovered_now();
+                return Some(value);
+            }
+            Err(err) => outage.failed(&err),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            _ = backoff.wait() => {}
+        }
     }
 }
 
@@ -134,5 +177,23 @@ mod tests {
         std::thread::sleep(Duration::from_millis(40));
         o.recovered();
         assert!(!o.ongoing());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn until_ok_retries_until_success_and_stops_on_shutdown() {
+        let o = Outage::new("testing");
+        let shutdown = CancellationToken::new();
+        let mut tries = 0;
+        let got = until_ok(&o, &shutdown, || {
+            tries += 1;
+            let n = tries;
+            async move { if n < 4 { Err("not yet") } else { Ok(n) } }
+        })
+        .await;
+        assert_eq!(got, Some(4));
+        assert!(!o.ongoing(), "the success ended the outage");
+        shutdown.cancel();
+        let never = until_ok(&o, &shutdown, || async { Err::<(), _>("down") }).await;
+        assert_eq!(never, None);
     }
 }

@@ -28,7 +28,7 @@ use std::time::{Duration, SystemTime};
 use anyhow::Context as _;
 use jetsched_contract::ticker::PARTITIONS;
 use jetsched_contract::{Handles, RunEvent, Topology, setup, validate_name};
-use jetsched_runtime::{KvChange, Publisher, Readiness, StampedChange, metrics, spawn_kv_watch_stamped};
+use jetsched_runtime::{KvChange, Outage, Publisher, Readiness, StampedChange, metrics, spawn_kv_watch_stamped};
 use jiff::Timestamp;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -102,8 +102,17 @@ pub async fn run(
         "--lease-ttl must be at least 1s (the server's expiry markers need it), got {:?}",
         config.lease_ttl
     );
-    let topology = topology_of(&handles).await?;
-    let buckets = setup::ensure_ticker(&handles.js, &handles.names, &topology, config.lease_ttl).await?;
+    // During a leader election these fail for a few seconds: wait it out
+    // rather than exit.
+    static OPENING: Outage = Outage::new("opening the ticker's buckets");
+    let Some(buckets) = jetsched_runtime::until_ok(&OPENING, &shutdown, || async {
+        let topology = topology_of(&handles).await?;
+        anyhow::Ok(setup::ensure_ticker(&handles.js, &handles.names, &topology, config.lease_ttl).await?)
+    })
+    .await
+    else {
+        return Ok(());
+    };
     if buckets.lease_ttl != config.lease_ttl {
         tracing::warn!(
             configured = ?config.lease_ttl,

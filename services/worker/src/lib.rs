@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::AckKind;
 use jetsched_contract::{Handles, validate_name};
-use jetsched_runtime::{Publisher, Readiness};
+use jetsched_runtime::{Outage, Publisher, Readiness};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -156,7 +156,15 @@ pub async fn run(
         functions: functions.clone(),
         releaser: release::Releaser::start(functions, slots.clone()),
     });
-    let lanes = Arc::new(fetch::Lanes::open(&handles, &config, &worker_id).await?);
+    // During a leader election creating the consumers fails for a few
+    // seconds: wait it out rather than exit.
+    static OPENING: Outage = Outage::new("opening the work consumers");
+    let Some(lanes) =
+        jetsched_runtime::until_ok(&OPENING, &shutdown, || fetch::Lanes::open(&handles, &config, &worker_id)).await
+    else {
+        return Ok(());
+    };
+    let lanes = Arc::new(lanes);
     let background = shutdown.child_token();
     tokio::spawn(cancels.listen(client.clone(), names.clone(), background.clone()));
     tokio::spawn(presence::heartbeat(
