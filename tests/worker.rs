@@ -220,6 +220,13 @@ async fn worker_killed_mid_run_gives_exactly_one_more_attempt_with_the_last_chec
     let run_id = first.header(headers::RUN_ID).unwrap();
     // The function saves progress the way any function can: a KV put.
     env.handles.checkpoints.put(&run_id, r#"{"step":7}"#.into()).await.unwrap();
+    // The worker calls the handler before it reports the start: kill it
+    // only once attempt 1's start is stored, so that both starts are seen.
+    events
+        .wait_for(20, "attempt 1 to start", |e| {
+            e.run_id.as_deref() == Some(run_id.as_str()) && e.status == RunStatus::Started && e.attempt == 1
+        })
+        .await;
     doomed.start_kill().unwrap();
     doomed.wait().await.unwrap();
     let _survivor = env.spawn_jetsched(&["worker", "--ack-wait", "2s"]);
