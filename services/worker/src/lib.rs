@@ -17,6 +17,7 @@ pub mod record;
 pub mod release;
 pub mod settle;
 
+use jetsched_contract::parse_duration;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -90,10 +91,6 @@ impl Default for WorkerConfig {
             max_staged: 20_000,
         }
     }
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    s.parse::<jetsched_contract::HumanDuration>().map(|d| d.0).map_err(|e| e.to_string())
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
