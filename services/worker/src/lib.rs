@@ -100,21 +100,6 @@ fn parse_label(s: &str) -> Result<(String, String), String> {
     }
 }
 
-/// `<hostname>-<pid>`.
-pub fn default_worker_id() -> String {
-    let host = std::env::var("HOSTNAME")
-        .ok()
-        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
-        .map(|h| h.trim().to_string())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "worker".to_string());
-    let clean: String = host.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '-' }).collect();
-    // Ids are subject tokens and consumer names: keep them to 64 characters.
-    let pid = std::process::id().to_string();
-    let keep = 63usize.saturating_sub(pid.len()).min(clean.len());
-    format!("{}-{pid}", &clean[..keep])
-}
-
 /// Runs a worker with Rust handlers `builtins` until `shutdown`, then
 /// drains; `ready` is set once its consumers are open.
 pub async fn run(
@@ -128,7 +113,7 @@ pub async fn run(
         validate_name("queue", q)?;
     }
     let names = handles.names.clone();
-    let worker_id = config.worker_id.clone().unwrap_or_else(default_worker_id);
+    let worker_id = config.worker_id.clone().unwrap_or_else(|| jetsched_runtime::default_instance_id("worker"));
     validate_name("worker id", &worker_id)?;
     let slots = Arc::new(Semaphore::new(config.slots.max(1)));
     let cancels = Cancels::default();
