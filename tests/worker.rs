@@ -453,3 +453,37 @@ async fn runs_that_went_on_while_the_events_stream_was_away_report_every_event_w
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_processes_are_bounded_by_exec_slots_not_by_slots() {
+    let env = Env::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display().to_string();
+    // `holder` runs until the test releases it; `second` notes whether it
+    // ran while `holder` was running.
+    let holder = r#"touch "$D/a"; while [ ! -e "$D/release" ]; do sleep 0.02; done; touch "$D/a_done""#;
+    let second = r#"if [ -e "$D/a" ] && [ ! -e "$D/a_done" ]; then touch "$D/overlap"; fi; touch "$D/b""#;
+    for (task, script) in [("holder", holder), ("second", second)] {
+        env.put_task(
+            task,
+            json!({"handler": {"type": "exec", "command": ["sh", "-c", script], "env": {"D": d}}, "timeout": "60s"}),
+        )
+        .await;
+    }
+    let _services = env.services_with(worker_with(|w| {
+        w.allow_exec = vec!["sh".into()];
+        w.slots = 8;
+        w.exec_slots = Some(1);
+    }));
+    let mut events = env.events().await;
+    env.submit("holder", "{}").await;
+    eventually(30, "holder's process to start", || async { dir.path().join("a").exists().then_some(()) }).await;
+    env.submit("second", "{}").await;
+    // `second` holds a slot (it has started) but waits for a process slot.
+    events.wait_for(30, "second to start", is("second", RunStatus::Started)).await;
+    assert!(!dir.path().join("b").exists(), "second's process ran while holder held the only process slot");
+    std::fs::write(dir.path().join("release"), "").unwrap();
+    events.wait_for(30, "holder to succeed", is("holder", RunStatus::Succeeded)).await;
+    events.wait_for(30, "second to succeed", is("second", RunStatus::Succeeded)).await;
+    assert!(!dir.path().join("overlap").exists(), "two exec processes ran at once with --exec-slots 1");
+}

@@ -130,7 +130,7 @@ impl BenchEnv {
             tokio::spawn(jetsched_dispatcher::run(Default::default(), d, Default::default(), token.clone())),
             tokio::spawn(jetsched_worker::run(worker, w, Default::default(), Default::default(), token.clone())),
         ];
-        Ok(Services { token, tasks })
+        Ok(Services { token, tasks, processes: Vec::new() })
     }
 }
 
@@ -192,6 +192,7 @@ where
 pub struct Services {
     token: CancellationToken,
     tasks: Vec<JoinHandle<anyhow::Result<()>>>,
+    processes: Vec<tokio::process::Child>,
 }
 
 impl Services {
@@ -200,6 +201,45 @@ impl Services {
         for t in self.tasks {
             let _ = t.await;
         }
+        for mut p in self.processes {
+            if let Some(pid) = p.id() {
+                // SIGTERM: the services drain and exit on their own.
+                let _ = tokio::process::Command::new("kill").arg(pid.to_string()).status().await;
+            }
+            if tokio::time::timeout(Duration::from_secs(30), p.wait()).await.is_err() {
+                let _ = p.kill().await;
+            }
+        }
+    }
+}
+
+impl BenchEnv {
+    /// Runs ticker, dispatcher and worker as separate `jetsched` processes
+    /// (the binary next to this one: `cargo build --release -p jetsched`),
+    /// as deployed; `worker_args` go to the worker (`--slots 256`).
+    pub async fn external_services(&self, worker_args: &[String]) -> anyhow::Result<Services> {
+        let exe = std::env::current_exe()?;
+        let jetsched = exe.with_file_name("jetsched");
+        anyhow::ensure!(
+            jetsched.is_file(),
+            "--external runs the services from {}: build it first (cargo build --release -p jetsched)",
+            jetsched.display()
+        );
+        let mut processes = Vec::new();
+        for (service, extra) in [("ticker", &[][..]), ("dispatcher", &[][..]), ("worker", worker_args)] {
+            let child = tokio::process::Command::new(&jetsched)
+                .arg(service)
+                .args(extra)
+                .env("NATS_URL", &self.url)
+                .env("JETSCHED_REPLICAS", self.replicas.to_string())
+                .env("JETSCHED_HTTP_ADDR", "127.0.0.1:0")
+                .env("JETSCHED_LOG", "warn")
+                .kill_on_drop(true)
+                .spawn()
+                .map_err(|e| anyhow::anyhow!("cannot start {} {service}: {e}", jetsched.display()))?;
+            processes.push(child);
+        }
+        Ok(Services { token: CancellationToken::new(), tasks: Vec::new(), processes })
     }
 }
 

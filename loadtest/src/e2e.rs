@@ -33,17 +33,31 @@ pub struct Args {
     /// Submissions per second in the latency phase.
     #[arg(long, default_value_t = 200)]
     pub rate: u64,
-    /// Worker slots.
-    #[arg(long, default_value_t = 256)]
-    pub slots: usize,
+    /// Worker slots (in-process services), or the worker's `--slots` with
+    /// `--external`, where it is passed only when given (the default is
+    /// the worker's own).
+    #[arg(long)]
+    pub slots: Option<usize>,
+    /// Run ticker, dispatcher and worker as separate `jetsched` processes, as
+    /// deployed, instead of in this process.
+    #[arg(long)]
+    pub external: bool,
     #[command(flatten)]
     pub baseline: baseline::Args,
 }
 
+/// In-process worker slots when `--slots` is not given.
+const SLOTS: usize = 256;
+
 type Marks = Arc<Mutex<HashMap<String, Instant>>>;
 
 pub async fn run(env: &BenchEnv, args: Args, telemetry: &Telemetry, sink: &Counts) -> anyhow::Result<()> {
-    println!("nats-server {} | {} | jetsched services in this process", env.server_version, env.mode);
+    let how = match (args.external, args.slots) {
+        (false, slots) => format!("jetsched services in this process, {} slots", slots.unwrap_or(SLOTS)),
+        (true, None) => "jetsched services as separate processes, the worker's default slots".to_string(),
+        (true, Some(n)) => format!("jetsched services as separate processes, --slots {n}"),
+    };
+    println!("nats-server {} | {} | {how}", env.server_version, env.mode);
     let raw = baseline::publish_rate(env, &args.baseline).await?;
     println!(
         "raw JetStream async publish (Nats-Msg-Id, {} B, {} in flight): {raw:.0} msg/s",
@@ -52,15 +66,25 @@ pub async fn run(env: &BenchEnv, args: Args, telemetry: &Telemetry, sink: &Count
 
     let started_at = noop::serve(env).await?;
     noop::define_task(env).await?;
-    let worker = jetsched_worker::WorkerConfig { slots: args.slots, ..Default::default() };
-    let services = env.services(worker).await?;
+    let services = if args.external {
+        let worker_args: Vec<String> = args.slots.map(|n| vec!["--slots".into(), n.to_string()]).unwrap_or_default();
+        env.external_services(&worker_args).await?
+    } else {
+        env.services(jetsched_worker::WorkerConfig { slots: args.slots.unwrap_or(SLOTS), ..Default::default() }).await?
+    };
     let mut succeeded = env.client.subscribe(env.names.event_subject("noop", "succeeded")).await?;
     env.client.flush().await?;
     // Warm up (consumers created, caches filled) with one run.
     submit(env, "warmup").await?.await?;
     wait_for(&mut succeeded, 1, Duration::from_secs(30)).await?;
 
-    for (label, tracing_on) in [("tracing off", false), ("tracing on, OTLP export", true)] {
+    // Tracing is switched in this process: external services keep theirs.
+    let phases: &[(&str, bool)] = if args.external {
+        &[("tracing off", false)]
+    } else {
+        &[("tracing off", false), ("tracing on, OTLP export", true)]
+    };
+    for &(label, tracing_on) in phases {
         jetsched_runtime::telemetry::set_tracing_enabled(tracing_on);
         let (before_req, before_bytes) = (sink.requests.load(Relaxed), sink.bytes.load(Relaxed));
         let writes_before = stored_writes(env).await?;

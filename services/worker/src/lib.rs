@@ -40,9 +40,14 @@ pub struct WorkerConfig {
     /// Queues to serve, comma-separated.
     #[arg(long, env = "JETSCHED_QUEUES", value_delimiter = ',', default_value = "default")]
     pub queues: Vec<String>,
-    /// Runs at once (slot capacity).
-    #[arg(long, env = "JETSCHED_SLOTS", default_value_t = 16)]
+    /// Runs at once (slot capacity). Most runs wait on the network (a NATS
+    /// function, a webhook), so the default is generous; processes of exec
+    /// handlers have their own bound, --exec-slots.
+    #[arg(long, env = "JETSCHED_SLOTS", default_value_t = 256)]
     pub slots: usize,
+    /// Processes exec handlers run at once [default: twice the cores].
+    #[arg(long = "exec-slots", env = "JETSCHED_EXEC_SLOTS")]
+    pub exec_slots: Option<usize>,
     /// Programs exec handlers may run, comma-separated (exact argv[0] match).
     #[arg(long = "allow-exec", env = "JETSCHED_ALLOW_EXEC", value_delimiter = ',')]
     pub allow_exec: Vec<String>,
@@ -79,7 +84,8 @@ impl Default for WorkerConfig {
     fn default() -> Self {
         WorkerConfig {
             queues: vec![jetsched_contract::DEFAULT_QUEUE.to_string()],
-            slots: 16,
+            slots: 256,
+            exec_slots: None,
             allow_exec: Vec::new(),
             worker_id: None,
             ack_wait: Duration::from_secs(30),
@@ -125,7 +131,13 @@ pub async fn run(
         runs: handles.runs.clone(),
         checkpoints: Arc::new(handles.checkpoints.clone()),
         worker_id: worker_id.clone(),
-        exec: ExecPolicy { allowed: config.allow_exec.clone(), ..ExecPolicy::default() },
+        exec: ExecPolicy {
+            allowed: config.allow_exec.clone(),
+            processes: Arc::new(Semaphore::new(
+                config.exec_slots.unwrap_or_else(handlers::exec::default_exec_slots).max(1),
+            )),
+            ..ExecPolicy::default()
+        },
         builtins,
         ack_wait: config.ack_wait,
         slots: slots.clone(),

@@ -6,10 +6,12 @@
 
 use std::collections::BTreeMap;
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use super::{Invocation, Outcome};
@@ -27,12 +29,26 @@ pub struct ExecPolicy {
     pub output_limit: usize,
     /// Time between SIGTERM and SIGKILL when a run is stopped.
     pub grace: Duration,
+    /// Processes at once: a worker's slots are sized for runs that wait on
+    /// the network (NATS functions, webhooks); a process costs a core.
+    pub processes: Arc<Semaphore>,
 }
 
 impl Default for ExecPolicy {
     fn default() -> Self {
-        ExecPolicy { allowed: Vec::new(), output_limit: 4096, grace: Duration::from_secs(5) }
+        ExecPolicy {
+            allowed: Vec::new(),
+            output_limit: 4096,
+            grace: Duration::from_secs(5),
+            processes: Arc::new(Semaphore::new(default_exec_slots())),
+        }
     }
+}
+
+/// Processes an exec handler may run at once by default: two per core the
+/// worker may use.
+pub fn default_exec_slots() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get()) * 2
 }
 
 /// Runs `command`; `stop` ends it early (timeout or cancel).
@@ -51,6 +67,14 @@ pub async fn run(
             "command {program:?} is not allow-listed on this worker (see --allow-exec)"
         ));
     }
+    // Waiting for a process slot counts against the run's timeout.
+    let _process = tokio::select! {
+        p = policy.processes.clone().acquire_owned() => match p {
+            Ok(p) => p,
+            Err(_) => return Outcome::retry("the worker is shutting down"),
+        },
+        _ = stop.cancelled() => return Outcome::retry(format!("stopped while waiting for a process slot for {program:?} (see --exec-slots)")),
+    };
     let mut cmd = Command::new(program);
     cmd.args(&command[1..])
         .env_clear()
@@ -196,6 +220,7 @@ mod tests {
             allowed: allowed.iter().map(|s| s.to_string()).collect(),
             output_limit: 64,
             grace: Duration::from_millis(500),
+            ..ExecPolicy::default()
         }
     }
 
