@@ -170,7 +170,13 @@ async fn process(ctx: &WorkerCtx, msg: &Message, permit: OwnedSemaphorePermit) -
                 };
                 if let Some(Handler::Nats { subject }) = &item.def.handler {
                     let inv = invocation(ctx, &item, record.attempt, at).await;
-                    let (outbound, pending) = ctx.functions.prepare(subject, &inv);
+                    let (mut outbound, pending) = ctx.functions.prepare(subject, &inv);
+                    if !jetsched_runtime::telemetry::tracing_recorded() {
+                        // No handler span will be opened at the release (none
+                        // is exported): the function joins the run's trace
+                        // under this one.
+                        outbound.trace(&tracing::Span::current());
+                    }
                     let span = handler_span(&tracing::Span::current(), &item, record.attempt);
                     prepared = Some(Prepared { outbound, span: Box::new(span) });
                     ahead = Some((inv, pending));

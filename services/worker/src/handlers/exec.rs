@@ -63,6 +63,8 @@ pub async fn run(
         .env("JETSCHED_CHECKPOINT", inv.checkpoint.as_ref().map(|c| c.to_string()).unwrap_or_default())
         .env("JETSCHED_SHARD_INDEX", inv.shard.map(|s| s.index.to_string()).unwrap_or_default())
         .env("JETSCHED_SHARD_TOTAL", inv.shard.map(|s| s.total.to_string()).unwrap_or_default())
+        // The run's W3C trace context (`TRACEPARENT`, and `TRACESTATE` when set).
+        .envs(jetsched_runtime::trace::current_pairs().into_iter().map(|(k, v)| (k.to_ascii_uppercase(), v)))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
