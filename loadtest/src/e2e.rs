@@ -63,10 +63,12 @@ pub async fn run(env: &BenchEnv, args: Args, telemetry: &Telemetry, sink: &Count
     for (label, tracing_on) in [("tracing off", false), ("tracing on, OTLP export", true)] {
         jetsched_runtime::telemetry::set_tracing_enabled(tracing_on);
         let (before_req, before_bytes) = (sink.requests.load(Relaxed), sink.bytes.load(Relaxed));
+        let writes_before = stored_writes(env).await?;
         let rate = throughput(env, &mut succeeded, args.runs, label).await?;
+        let writes = (stored_writes(env).await? - writes_before) as f64 / args.runs as f64;
         telemetry.flush();
         println!(
-            "jetsched submit -> succeeded, {label}: {rate:.0} runs/s, ratio to raw publish {:.3} (goal >= 0.25){}",
+            "jetsched submit -> succeeded, {label}: {rate:.0} runs/s, ratio to raw publish {:.3} (goal >= 0.25); {writes:.2} stored writes per successful run{}",
             rate / raw,
             if tracing_on {
                 format!(
@@ -154,6 +156,36 @@ pub async fn run(env: &BenchEnv, args: Args, telemetry: &Telemetry, sink: &Count
 
 fn lock<T>(m: &Mutex<T>) -> anyhow::Result<std::sync::MutexGuard<'_, T>> {
     m.lock().map_err(|_| anyhow::anyhow!("poisoned lock"))
+}
+
+/// jetsched's throughput alone (no-op NATS function, `slots` worker slots,
+/// `runs` submissions as fast as possible), as `peers` compares it: runs/s
+/// and stored writes per successful run.
+pub async fn measure(env: &BenchEnv, runs: usize, slots: usize) -> anyhow::Result<(f64, f64)> {
+    let _starts = noop::serve(env).await?;
+    noop::define_task(env).await?;
+    let services = env.services(jetsched_worker::WorkerConfig { slots, ..Default::default() }).await?;
+    let mut succeeded = env.client.subscribe(env.names.event_subject("noop", "succeeded")).await?;
+    env.client.flush().await?;
+    submit(env, "warmup").await?.await?;
+    wait_for(&mut succeeded, 1, Duration::from_secs(30)).await?;
+    let before = stored_writes(env).await?;
+    let rate = throughput(env, &mut succeeded, runs, "peers").await?;
+    let writes = (stored_writes(env).await? - before) as f64 / runs as f64;
+    services.stop().await;
+    Ok((rate, writes))
+}
+
+/// Messages ever stored in every stream of the server (KV buckets included):
+/// the sum of their last sequence numbers. A message removed since (an acked
+/// work message, a superseded record) still counts: it was written.
+async fn stored_writes(env: &BenchEnv) -> anyhow::Result<u64> {
+    let mut total = 0;
+    let mut streams = env.handles.js.streams();
+    while let Some(info) = streams.next().await {
+        total += info?.state.last_sequence;
+    }
+    Ok(total)
 }
 
 /// Submits `n` runs as fast as possible and waits for all of them to succeed.

@@ -11,6 +11,7 @@
 //! - jetsched: N one-shot schedules at the same instant, a no-op NATS
 //!   function; lateness is nominal time -> the function receives the request.
 
+use jetsched_contract::parse_duration;
 use std::time::Duration;
 
 use async_nats::HeaderMap;
@@ -42,10 +43,6 @@ pub struct Args {
     /// How far ahead of now the herd is due (time to store the schedules).
     #[arg(long, default_value = "20s", value_parser = parse_duration)]
     pub lead: Duration,
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    s.parse::<jetsched_contract::HumanDuration>().map(|d| d.0).map_err(|e| e.to_string())
 }
 
 pub async fn run(env: &BenchEnv, args: Args) -> anyhow::Result<()> {

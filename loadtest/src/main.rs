@@ -13,6 +13,7 @@ mod herd;
 mod million;
 mod noop;
 mod otlp_sink;
+mod peers;
 mod stats;
 mod steady;
 
@@ -59,6 +60,9 @@ enum Command {
     Steady(steady::Args),
     /// A million schedules: ticker load time and resident memory.
     Million(million::Args),
+    /// jetsched, the raw baseline, and BullMQ and Celery on Redis in one
+    /// sitting, as one table (peers installed by `loadtest/peers/setup`).
+    Peers(peers::Args),
 }
 
 #[global_allocator]
@@ -85,6 +89,7 @@ fn main() -> anyhow::Result<()> {
             Command::Steady(args) => steady::run(&env, args).await,
             Command::Million(args) => million::run(&env, args).await,
             Command::Dispatch(args) => dispatch::run(&env, args).await,
+            Command::Peers(args) => peers::run(&env, args).await,
             Command::Baseline(args) => baseline::publish_rate(&env, &args).await.map(|rate| {
                 println!(
                     "raw JetStream async publish (Nats-Msg-Id, {} B, {} in flight): {rate:.0} msg/s",

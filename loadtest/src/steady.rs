@@ -2,6 +2,7 @@
 //! second, so that fires come at S per second, one every 1/S s. Lateness is
 //! nominal time -> the no-op NATS function receives the request.
 
+use jetsched_contract::parse_duration;
 use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
@@ -24,10 +25,6 @@ pub struct Args {
     /// Worker slots.
     #[arg(long, default_value_t = 256)]
     pub slots: usize,
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    s.parse::<jetsched_contract::HumanDuration>().map(|d| d.0).map_err(|e| e.to_string())
 }
 
 pub async fn run(env: &BenchEnv, args: Args) -> anyhow::Result<()> {

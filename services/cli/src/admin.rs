@@ -2,6 +2,7 @@
 //! with the `nats` CLI (shown in `--help`); definitions are validated here
 //! first so that a typo is an error at the prompt, not an `invalid` event.
 
+use jetsched_contract::parse_duration;
 use std::io::Read as _;
 use std::time::Duration;
 
@@ -117,10 +118,6 @@ pub struct SubmitArgs {
     /// With --wait: give up after this long.
     #[arg(long, default_value = "5m", value_parser = parse_duration)]
     pub timeout: Duration,
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    s.parse::<jetsched_contract::HumanDuration>().map(|d| d.0).map_err(|e| e.to_string())
 }
 
 /// Publishes a submission (like `nats pub jetsched.submit.<task> '<json>'`).

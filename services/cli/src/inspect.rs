@@ -3,6 +3,7 @@
 //! the `nats` CLI (`nats kv get jetsched-runs <id>`, `nats stream view
 //! JETSCHED_EVENTS`, `nats consumer ls JETSCHED_TASKS`).
 
+use jetsched_contract::parse_duration;
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::DeliverPolicy;
@@ -218,10 +219,6 @@ pub struct StatusArgs {
     /// How far back to look for failures.
     #[arg(long, default_value = "1h", value_parser = parse_duration)]
     pub since: Duration,
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    s.parse::<jetsched_contract::HumanDuration>().map(|d| d.0).map_err(|e| e.to_string())
 }
 
 /// Prints schedules, backlog per queue, live workers and recent failures.

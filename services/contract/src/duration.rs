@@ -30,6 +30,12 @@ const UNITS: [(&str, u128); 7] = [
     ("d", 86_400 * 1_000_000_000),
 ];
 
+/// Parses a command-line duration (`--lease-ttl 5s`) the way payloads are
+/// parsed: the one `value_parser` of every duration flag.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    s.parse::<HumanDuration>().map(|d| d.0).map_err(|e| e.to_string())
+}
+
 impl HumanDuration {
     /// The wrapped duration.
     pub fn get(self) -> Duration {

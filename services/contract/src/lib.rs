@@ -18,7 +18,7 @@ pub mod ticker;
 pub mod window;
 pub mod workflow;
 
-pub use duration::HumanDuration;
+pub use duration::{HumanDuration, parse_duration};
 pub use event::{RunEvent, RunStatus};
 pub use message::{DueFire, WithdrawReply, WorkItem, WorkerInfo};
 pub use names::{BANDS, DEFAULT_PREFIX, DEFAULT_QUEUE, InboxKind, NameError, Names, UNDISPATCHED_QUEUE, validate_name};

@@ -13,6 +13,7 @@ pub mod reroute;
 pub mod route;
 pub mod workflow;
 
+use jetsched_contract::parse_duration;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -70,10 +71,6 @@ impl Default for DispatcherConfig {
 
 fn parse_task(_: &str, bytes: &[u8]) -> Result<jetsched_contract::TaskDef, String> {
     jetsched_contract::TaskDef::from_json(bytes)
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    s.parse::<jetsched_contract::HumanDuration>().map(|d| d.0).map_err(|e| e.to_string())
 }
 
 /// Runs a dispatcher until `shutdown` fires, then drains; `ready` is set

@@ -1,7 +1,9 @@
 //! Instance ids for service replicas (a ticker's lease owner, a worker's
-//! heartbeat key): `<hostname>-<pid>`, made safe as one NATS subject token.
+//! heartbeat key): `<hostname>-<pid>`, made safe as one NATS subject token
+//! and short enough for a name (64 characters, as `validate_name` allows).
 
-/// `<hostname>-<pid>`, or `<fallback>-<pid>` without a hostname.
+/// `<hostname>-<pid>`, or `<fallback>-<pid>` without a hostname; the host
+/// part is cut so that the whole fits in 64 characters.
 pub fn default_instance_id(fallback: &str) -> String {
     let host = std::env::var("HOSTNAME")
         .ok()
@@ -10,7 +12,9 @@ pub fn default_instance_id(fallback: &str) -> String {
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| fallback.to_string());
     let clean: String = host.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '-' }).collect();
-    format!("{clean}-{}", std::process::id())
+    let pid = std::process::id().to_string();
+    let keep = 63usize.saturating_sub(pid.len()).min(clean.len());
+    format!("{}-{pid}", &clean[..keep])
 }
 
 #[cfg(test)]
@@ -20,5 +24,6 @@ mod tests {
         let id = super::default_instance_id("ticker");
         assert!(id.ends_with(&format!("-{}", std::process::id())), "{id}");
         assert!(id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'), "{id}");
+        assert!(id.len() <= 64, "{id}");
     }
 }

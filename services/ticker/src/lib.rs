@@ -24,6 +24,7 @@ pub mod spec;
 pub mod state;
 pub mod withdraw;
 
+use jetsched_contract::parse_duration;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -74,10 +75,6 @@ impl Default for TickerConfig {
             misfire_threshold: Duration::from_secs(1),
         }
     }
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    s.parse::<jetsched_contract::HumanDuration>().map(|d| d.0).map_err(|e| e.to_string())
 }
 
 /// How often progress is reported, expired leases are checked and the timer

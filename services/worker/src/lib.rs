@@ -17,6 +17,7 @@ pub mod record;
 pub mod release;
 pub mod settle;
 
+use jetsched_contract::parse_duration;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -92,30 +93,11 @@ impl Default for WorkerConfig {
     }
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    s.parse::<jetsched_contract::HumanDuration>().map(|d| d.0).map_err(|e| e.to_string())
-}
-
 fn parse_label(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.trim().to_string())),
         _ => Err(format!("label {s:?} must be key=value")),
     }
-}
-
-/// `<hostname>-<pid>`.
-pub fn default_worker_id() -> String {
-    let host = std::env::var("HOSTNAME")
-        .ok()
-        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
-        .map(|h| h.trim().to_string())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "worker".to_string());
-    let clean: String = host.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '-' }).collect();
-    // Ids are subject tokens and consumer names: keep them to 64 characters.
-    let pid = std::process::id().to_string();
-    let keep = 63usize.saturating_sub(pid.len()).min(clean.len());
-    format!("{}-{pid}", &clean[..keep])
 }
 
 /// Runs a worker with Rust handlers `builtins` until `shutdown`, then
@@ -131,7 +113,7 @@ pub async fn run(
         validate_name("queue", q)?;
     }
     let names = handles.names.clone();
-    let worker_id = config.worker_id.clone().unwrap_or_else(default_worker_id);
+    let worker_id = config.worker_id.clone().unwrap_or_else(|| jetsched_runtime::default_instance_id("worker"));
     validate_name("worker id", &worker_id)?;
     let slots = Arc::new(Semaphore::new(config.slots.max(1)));
     let cancels = Cancels::default();
