@@ -60,6 +60,74 @@ async fn scheduled_run_is_one_trace_from_fire_to_function() {
     assert_eq!(parts[2], handler.span_context.span_id().to_string(), "its parent is the handler span");
 }
 
+/// The trace id and parent span id of a W3C `traceparent`.
+fn trace_parts(traceparent: &str) -> (String, String) {
+    let parts: Vec<&str> = traceparent.split('-').collect();
+    assert_eq!(parts.len(), 4, "{traceparent}");
+    assert_eq!(parts[0], "00", "{traceparent}");
+    assert!(parts[1].len() == 32 && parts[1] != "0".repeat(32), "{traceparent}");
+    assert!(parts[2].len() == 16 && parts[2] != "0".repeat(16), "{traceparent}");
+    (parts[1].to_string(), parts[2].to_string())
+}
+
+/// Real dispatcher and worker processes with no OpenTelemetry variable set
+/// (nothing exported): every handler kind still gets the run's trace
+/// context, continuing the `traceparent` a submission came with, or a new
+/// trace when it came without one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trace_context_reaches_every_handler_kind_without_an_exporter() {
+    let env = Env::start().await;
+    let mut calls = env.function("fn.tp", |_| Reply::Ok(json!({}))).await;
+    let mut stub = HttpStub::start(vec![(200, vec![])]).await;
+    env.put_task("tp-nats", json!({"handler": {"type": "nats", "subject": "fn.tp"}})).await;
+    env.put_task("tp-http", json!({"handler": {"type": "http", "url": stub.url}})).await;
+    env.put_task(
+        "tp-exec",
+        json!({"handler": {"type": "exec", "command": ["sh", "-c", "printf %s \"$TRACEPARENT\""]}}),
+    )
+    .await;
+    let _dispatcher = env.spawn_jetsched(&["dispatcher"]);
+    let _worker = env.spawn_jetsched(&["worker", "--allow-exec", "sh"]);
+    let mut events = env.events().await;
+
+    let incoming = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let (trace, caller) = trace_parts(incoming);
+    for task in ["tp-nats", "tp-http", "tp-exec"] {
+        env.publish(env.names.submit_subject(task), &[(headers::TRACEPARENT, incoming)], "{}").await;
+    }
+
+    let call = calls.next_call(30).await;
+    let (t, parent) = trace_parts(&call.header(headers::TRACEPARENT).expect("a NATS function gets a traceparent"));
+    assert_eq!((t.as_str(), parent != caller), (trace.as_str(), true), "continues the submission's trace");
+    let request = stub.next_request(30).await;
+    let (t, parent) = trace_parts(request.header(headers::TRACEPARENT).expect("a webhook gets a traceparent"));
+    assert_eq!((t.as_str(), parent != caller), (trace.as_str(), true), "continues the submission's trace");
+    let exec = events.wait_for(30, "the exec run", is("tp-exec", RunStatus::Succeeded)).await;
+    let printed = exec.output.expect("the command's output");
+    let (t, parent) = trace_parts(printed.trim());
+    assert_eq!((t.as_str(), parent != caller), (trace.as_str(), true), "TRACEPARENT continues the trace: {printed}");
+
+    // Without an incoming traceparent, the run starts a trace of its own.
+    env.submit("tp-nats", "{}").await;
+    let call = calls.next_call(30).await;
+    let (t, _) = trace_parts(&call.header(headers::TRACEPARENT).expect("a traceparent without an incoming one"));
+    assert_ne!(t, trace, "a new trace");
+
+    // A scheduled run, staged ahead and released on time, too.
+    let _ticker = env.spawn_jetsched(&["ticker"]);
+    env.put_schedule("tp-every", json!({"every": "1s", "task": "tp-nats"})).await;
+    let call = within(30, "a scheduled call", async {
+        loop {
+            let c = calls.next_call(30).await;
+            if c.header(headers::SCHEDULE).is_some() {
+                return c;
+            }
+        }
+    })
+    .await;
+    trace_parts(&call.header(headers::TRACEPARENT).expect("a scheduled run's function gets a traceparent"));
+}
+
 /// The value of the sample `name` whose labels include `labels` (0 if absent).
 fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
     text.lines()

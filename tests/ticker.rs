@@ -163,3 +163,98 @@ async fn max_runs_schedule_fires_that_many_times_across_a_ticker_restart() {
     assert_eq!(events.fired("thrice").len(), 3, "{:?}", events.fired("thrice"));
     services.stop().await;
 }
+
+/// What a withdrawal test does to schedule `w` once one of its runs started.
+enum Change {
+    Delete,
+    Pause,
+    /// `end_at` before the fires already staged.
+    Disable,
+    /// Another task from the next fire on.
+    Edit,
+}
+
+/// `w` fires every second, staged 2 s ahead; right after one of its runs
+/// starts (fire N), `change` is made. Asserted from the events stream: no
+/// run of the old definition starts after the change is acknowledged (a run
+/// that started before it may), the fire of N + 1, staged when the change
+/// was made, ends `cancelled` instead; an edit runs its new task from N + 1.
+async fn staged_fires_are_withdrawn_on(change: Change) {
+    let env = Env::start().await;
+    let _old = env.function("fn.old", |_| Reply::Ok(json!({}))).await;
+    let _new = env.function("fn.new", |_| Reply::Ok(json!({}))).await;
+    env.put_task("old", json!({"handler": {"type": "nats", "subject": "fn.old"}})).await;
+    env.put_task("new", json!({"handler": {"type": "nats", "subject": "fn.new"}})).await;
+    env.put_task("mark", json!({"handler": {"type": "nats", "subject": "fn.new"}})).await;
+    let ticker = TickerConfig { lookahead: Duration::from_secs(2), ..TickerConfig::default() };
+    let _services = env.services_with(ServicesConfig { ticker: Some(ticker), ..ServicesConfig::default() });
+    let mut events = env.events().await;
+    env.put_schedule("w", json!({"every": "1s", "task": "old"})).await;
+    // Shows time passing after the change.
+    env.put_schedule("marker", json!({"every": "1s", "task": "mark"})).await;
+
+    let n = events.wait_for(20, "a run of w", is("old", RunStatus::Started)).await.scheduled_for.unwrap();
+    let bucket = env.names.schedules_bucket();
+    match change {
+        Change::Delete => env.kv_del(&bucket, "w").await,
+        Change::Pause => {
+            let (code, out, err) = env.jetsched(&["schedule", "pause", "w"]).await;
+            assert_eq!(code, 0, "{out}{err}");
+        }
+        Change::Disable => {
+            let end = n.checked_add(SignedDuration::from_millis(500)).unwrap();
+            env.put_schedule("w", json!({"every": "1s", "task": "old", "end_at": end.to_string()})).await;
+        }
+        Change::Edit => env.put_schedule("w", json!({"every": "1s", "task": "new"})).await,
+    }
+    let acked = Timestamp::now();
+    let next = n.checked_add(secs(1)).unwrap();
+
+    // Past every fire that was staged when the change was made.
+    let past = n.checked_add(secs(3)).unwrap();
+    events
+        .wait_for(20, "marker fires after the staged ones", |e| {
+            e.task == "mark" && e.status == RunStatus::Started && e.scheduled_for > Some(past)
+        })
+        .await;
+    let late: Vec<&RunEvent> = events
+        .seen
+        .iter()
+        .map(|(_, e)| e)
+        .filter(|e| e.task == "old" && e.status == RunStatus::Started && e.scheduled_for > Some(n) && e.at > acked)
+        .collect();
+    assert!(late.is_empty(), "runs of the old definition started after the change at {acked}: {late:?}");
+
+    let withdrawn = events
+        .wait_for(20, "the staged fire of N + 1 withdrawn", |e| {
+            e.task == "old" && e.status == RunStatus::Cancelled && e.scheduled_for == Some(next)
+        })
+        .await;
+    assert!(withdrawn.error.is_some(), "{withdrawn:?}");
+    if let Change::Edit = change {
+        let replaced = events.wait_for(20, "the new definition's fire of N + 1", is("new", RunStatus::Started)).await;
+        assert_eq!(replaced.scheduled_for, Some(next), "the edit takes effect from the next fire: {replaced:?}");
+        let rev = replaced.run_id.as_deref().unwrap().rsplit_once(".r").map(|(_, r)| r.parse::<u64>());
+        assert!(matches!(rev, Some(Ok(_))), "a replacement carries the new revision: {replaced:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_schedule_withdraws_its_staged_fires() {
+    staged_fires_are_withdrawn_on(Change::Delete).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pausing_a_schedule_withdraws_its_staged_fires() {
+    staged_fires_are_withdrawn_on(Change::Pause).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ending_a_schedule_withdraws_its_staged_fires() {
+    staged_fires_are_withdrawn_on(Change::Disable).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn editing_a_schedule_replaces_its_staged_fires_from_the_next_one() {
+    staged_fires_are_withdrawn_on(Change::Edit).await;
+}

@@ -531,7 +531,8 @@ pub fn install_span_collector() -> (SpanCollector, std::sync::Arc<opentelemetry_
 
 impl Env {
     /// The real `jetsched` binary against this env's server (health port
-    /// off), killed when dropped.
+    /// off, no OpenTelemetry variable set: nothing exported), killed when
+    /// dropped.
     pub fn spawn_jetsched(&self, args: &[&str]) -> tokio::process::Child {
         let log = std::env::var("JETSCHED_TEST_LOG").ok();
         let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_jetsched"));
@@ -540,6 +541,9 @@ impl Env {
             .env("JETSCHED_REPLICAS", self.replicas())
             .env("JETSCHED_HTTP_ADDR", "off")
             .env("JETSCHED_LOG", log.clone().unwrap_or_else(|| "error".to_string()))
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+            .env_remove("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT")
             .stdin(std::process::Stdio::null())
             .kill_on_drop(true);
         if log.is_none() {

@@ -194,6 +194,7 @@ async fn trigger(h: &Handles, id: &str, payload: Option<&str>) -> anyhow::Result
         overlap: def.overlap,
         depends_on: None,
         timezone: calendar.time_zone().iana_name().map(str::to_string),
+        revision: None,
     };
     let run_id = run::scheduled_run_id(id, nominal);
     let mut hdrs = HeaderMap::new();

@@ -20,8 +20,8 @@ pub mod workflow;
 
 pub use duration::{HumanDuration, parse_duration};
 pub use event::{RunEvent, RunStatus};
-pub use message::{DueFire, WorkItem, WorkerInfo};
-pub use names::{BANDS, DEFAULT_PREFIX, DEFAULT_QUEUE, InboxKind, NameError, Names, validate_name};
+pub use message::{DueFire, WithdrawReply, WorkItem, WorkerInfo};
+pub use names::{BANDS, DEFAULT_PREFIX, DEFAULT_QUEUE, InboxKind, NameError, Names, UNDISPATCHED_QUEUE, validate_name};
 pub use routing::{RateLimit, Routing, render_template};
 pub use run::RunRecord;
 pub use schedule::{Misfire, MisfirePolicy, Overlap, ScheduleDef, TaskRef};

@@ -34,6 +34,58 @@ pub struct DueFire {
     /// The schedule's time zone (dates for `depends_on` are in it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timezone: Option<String>,
+    /// Set on a fire that replaces one withdrawn by an edit of its schedule:
+    /// the KV revision of the definition it follows. The run id and the
+    /// `Nats-Msg-Id` then carry it, so that the replacement is not taken for
+    /// a duplicate of the withdrawn fire.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<u64>,
+}
+
+impl DueFire {
+    /// The id of the run this fire starts.
+    pub fn run_id(&self) -> String {
+        match self.revision {
+            None => crate::run::scheduled_run_id(&self.schedule, self.scheduled_for),
+            Some(rev) => crate::run::refired_run_id(&self.schedule, self.scheduled_for, rev),
+        }
+    }
+
+    /// Its `Nats-Msg-Id`.
+    pub fn msg_id(&self) -> String {
+        match self.revision {
+            None => crate::run::due_msg_id(&self.schedule, self.scheduled_for),
+            Some(rev) => format!("{}#r{rev}", crate::run::due_msg_id(&self.schedule, self.scheduled_for)),
+        }
+    }
+}
+
+/// A worker's answer to a withdrawal request for a run it holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WithdrawReply {
+    /// The run was staged and will never start; it ends `cancelled`.
+    Withdrawn,
+    /// Its handler was called already: it goes on.
+    Started,
+}
+
+impl WithdrawReply {
+    /// The reply body.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WithdrawReply::Withdrawn => "withdrawn",
+            WithdrawReply::Started => "started",
+        }
+    }
+
+    /// Reads a reply body.
+    pub fn parse(body: &[u8]) -> Option<WithdrawReply> {
+        match body {
+            b"withdrawn" => Some(WithdrawReply::Withdrawn),
+            b"started" => Some(WithdrawReply::Started),
+            _ => None,
+        }
+    }
 }
 
 /// Body of `<prefix>.task.<queue>.<band>`: one run for a worker.

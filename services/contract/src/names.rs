@@ -13,6 +13,10 @@ pub const BANDS: u8 = 10;
 /// The queue a task runs on when its definition names none.
 pub const DEFAULT_QUEUE: &str = "default";
 
+/// The queue named in the record of a fire withdrawn before any dispatcher
+/// handled it (it was never dispatched to a queue).
+pub const UNDISPATCHED_QUEUE: &str = "_none";
+
 /// Longest task, schedule, queue or step name.
 pub const MAX_NAME_LEN: usize = 64;
 
@@ -123,6 +127,23 @@ impl Names {
     /// Run id from a cancel subject.
     pub fn parse_cancel_subject<'a>(&self, subject: &'a str) -> Option<&'a str> {
         subject.strip_prefix(self.prefix.as_str())?.strip_prefix(".cancel.")
+    }
+
+    /// Where a ticker asks the worker holding a staged run of a schedule that
+    /// was deleted, paused or edited to withdraw it (core NATS request; the
+    /// holder answers [`crate::WithdrawReply`]).
+    pub fn withdraw_subject(&self, run_id: &str) -> String {
+        format!("{}.withdraw.{run_id}", self.prefix)
+    }
+
+    /// Every withdrawal request.
+    pub fn withdraw_filter(&self) -> String {
+        format!("{}.withdraw.>", self.prefix)
+    }
+
+    /// Run id from a withdrawal subject.
+    pub fn parse_withdraw_subject<'a>(&self, subject: &'a str) -> Option<&'a str> {
+        subject.strip_prefix(self.prefix.as_str())?.strip_prefix(".withdraw.")
     }
 
     /// Every dead letter.

@@ -3,7 +3,8 @@
 //! Run ids are deterministic so that a duplicate is recognised even after the
 //! JetStream dedup window: a dispatcher creates the record with KV `create`,
 //! which fails if a run with that id already exists.
-//! - scheduled: `s.<schedule>.<nominal UTC, compact>`, e.g. `s.nightly.20261125T023000Z`
+//! - scheduled: `s.<schedule>.<nominal UTC, compact>`, e.g. `s.nightly.20261125T023000Z`;
+//!   a fire that replaces one withdrawn by an edit adds `.r<revision>`
 //! - submitted with `Nats-Msg-Id`: `t.<task>.m-<id>` (hashed if the id has
 //!   characters a KV key cannot hold)
 //! - submitted without: `t.<task>.q<inbox stream sequence>`
@@ -19,6 +20,13 @@ use crate::event::RunStatus;
 /// The run id of a schedule's fire at `nominal`.
 pub fn scheduled_run_id(schedule: &str, nominal: Timestamp) -> String {
     format!("s.{schedule}.{}", compact_time(nominal))
+}
+
+/// The run id of the fire at `nominal` that replaces a withdrawn one after
+/// the schedule was edited to KV revision `revision`:
+/// `s.<schedule>.<nominal>.r<revision>`.
+pub fn refired_run_id(schedule: &str, nominal: Timestamp, revision: u64) -> String {
+    format!("{}.r{revision}", scheduled_run_id(schedule, nominal))
 }
 
 /// The `Nats-Msg-Id` of a schedule's fire at `nominal`: `<schedule>@<RFC 3339>`.

@@ -184,6 +184,7 @@ const VALID_DUE_FIRES: &[&str] = &[
         "depends_on": {"schedule": "nightly"}, "timezone": "Europe/Berlin"}"#,
     r#"{"schedule": "report", "scheduled_for": "2026-11-25T03:00:00Z", "overlap": "allow",
         "depends_on": {"schedule": "nightly", "wait": "90m"}}"#,
+    r#"{"schedule": "nightly", "scheduled_for": "2026-11-25T02:30:00Z", "revision": 7}"#,
 ];
 
 const INVALID_DUE_FIRES: &[(&str, &str)] = &[
@@ -192,6 +193,7 @@ const INVALID_DUE_FIRES: &[(&str, &str)] = &[
     ("no schedule", r#"{"scheduled_for": "2026-11-25T02:30:00Z"}"#),
     ("a malformed scheduled_for", r#"{"schedule": "s", "scheduled_for": "2026-11-25 02:30"}"#),
     ("an unknown overlap", r#"{"schedule": "s", "scheduled_for": "2026-11-25T02:30:00Z", "overlap": "queue"}"#),
+    ("a negative revision", r#"{"schedule": "s", "scheduled_for": "2026-11-25T02:30:00Z", "revision": -1}"#),
     (
         "depends_on without schedule",
         r#"{"schedule": "s", "scheduled_for": "2026-11-25T02:30:00Z", "depends_on": {"wait": "1h"}}"#,
@@ -517,6 +519,7 @@ fn values_the_services_write_validate_and_read_back() {
             overlap: Overlap::Allow,
             depends_on: None,
             timezone: None,
+            revision: None,
         },
         DueFire {
             schedule: "tick".to_string(),
@@ -530,6 +533,7 @@ fn values_the_services_write_validate_and_read_back() {
                 wait: jetsched_contract::HumanDuration::from_secs(3600),
             }),
             timezone: Some("Europe/Berlin".to_string()),
+            revision: Some(42),
         },
     ] {
         assert_round_trip("due-fire.json", &fire);

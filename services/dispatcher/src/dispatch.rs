@@ -163,7 +163,7 @@ async fn accept(ctx: &Ctx, msg: &Inbox<'_>) -> Result<Option<Accepted>, Rejectio
         InboxKind::Advance => return Err(reject(task, "step outcomes are not runs".to_string())),
     };
     let run_id = match (&due, &step) {
-        (Some(d), _) => run::scheduled_run_id(&d.schedule, d.scheduled_for),
+        (Some(d), _) => d.run_id(),
         (None, Some(s)) => jetsched_contract::workflow::step_run_id(&s.workflow_run, &s.step),
         (None, None) => run::submitted_run_id(task, header(headers::NATS_MSG_ID).as_deref(), msg.seq),
     };

@@ -5,8 +5,10 @@
 //!   spans. They are exported over OTLP/HTTP when the standard variables ask
 //!   for it (`OTEL_EXPORTER_OTLP_ENDPOINT` or
 //!   `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, `OTEL_SERVICE_NAME`, ...); with
-//!   none set, no exporter runs. W3C trace context rides in NATS headers
-//!   (see [`crate::trace`]).
+//!   none set, no exporter runs, but spans still get W3C trace context (a
+//!   tracer with no exporter that records only under a sampled incoming
+//!   parent), so that context always rides in NATS headers, HTTP headers and
+//!   `TRACEPARENT` (see [`crate::trace`]) and a user's own tracing can join.
 //! - Metrics: OpenTelemetry instruments ([`crate::metrics`]), read on demand
 //!   for the Prometheus endpoint and, when OTLP is configured, pushed too.
 
@@ -16,7 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::metrics::{ManualReader, SdkMeterProvider};
-use opentelemetry_sdk::trace::{SdkTracerProvider, SpanExporter};
+use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider, SpanExporter};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::filter::dynamic_filter_fn;
 use tracing_subscriber::layer::SubscriberExt;
@@ -38,8 +40,8 @@ pub fn set_tracing_enabled(on: bool) {
     TRACING_ENABLED.store(on, Ordering::Relaxed);
 }
 
-/// True when spans are recorded and exported: only then does a span carry
-/// trace context worth propagating.
+/// True when spans are recorded and exported (without an exporter spans
+/// still carry trace context, but opening one only to propagate it can wait).
 pub fn tracing_recorded() -> bool {
     EXPORTING.load(Ordering::Relaxed) && TRACING_ENABLED.load(Ordering::Relaxed)
 }
@@ -47,6 +49,8 @@ pub fn tracing_recorded() -> bool {
 /// What `init` set up; shut it down to flush exporters.
 pub struct Telemetry {
     tracer: Option<SdkTracerProvider>,
+    /// Without an exporter: the tracer that only makes trace context.
+    propagating: Option<SdkTracerProvider>,
     meter: SdkMeterProvider,
     reader: Arc<ManualReader>,
 }
@@ -73,6 +77,9 @@ impl Telemetry {
     pub fn shutdown(self) {
         if let Some(tracer) = self.tracer {
             let _ = tracer.force_flush();
+            let _ = tracer.shutdown();
+        }
+        if let Some(tracer) = self.propagating {
             let _ = tracer.shutdown();
         }
         let _ = self.meter.shutdown();
@@ -178,7 +185,13 @@ fn install(
         }
     };
     EXPORTING.store(tracer.is_some(), Ordering::Relaxed);
-    let otel = tracer.as_ref().map(|t| {
+    // Without an exporter, spans still carry trace context: ids are made
+    // (or taken from an incoming `traceparent`) and propagated; nothing is
+    // recorded unless the incoming parent is sampled, and nothing exported.
+    let propagating = tracer
+        .is_none()
+        .then(|| SdkTracerProvider::builder().with_sampler(Sampler::ParentBased(Box::new(Sampler::AlwaysOff))).build());
+    let otel = tracer.as_ref().or(propagating.as_ref()).map(|t| {
         // Spans are recorded for OpenTelemetry regardless of the log level,
         // but only jetsched's own (and only while tracing is enabled).
         tracing_opentelemetry::layer().with_tracer(t.tracer("jetsched")).with_filter(dynamic_filter_fn(|meta, _| {
@@ -188,5 +201,5 @@ fn install(
     let result = tracing_subscriber::registry().with(fmt.with_filter(filter)).with(otel).try_init();
     // Already installed (several services in one test process): keep the first.
     let _ = result;
-    Telemetry { tracer, meter, reader }
+    Telemetry { tracer, propagating, meter, reader }
 }

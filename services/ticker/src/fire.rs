@@ -12,16 +12,18 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use async_nats::HeaderMap;
+use async_nats::jetstream::kv::Store;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use jetsched_contract::ticker::PARTITIONS;
-use jetsched_contract::{headers, run};
+use jetsched_contract::{DueFire, headers};
 use jetsched_runtime::{Publisher, metrics};
 use jiff::Timestamp;
 use tokio::sync::mpsc;
 use tracing::Instrument as _;
 
 use crate::plan::{Body, Outgoing};
+use crate::withdraw::{self, Withdrawn};
 
 /// Messages published and not yet acknowledged, at most.
 const IN_FLIGHT: usize = 1024;
@@ -58,6 +60,7 @@ pub struct Stored(pub Outgoing);
 /// message still wanted is stored.
 pub fn spawn(
     publisher: Publisher,
+    runs: Store,
     epochs: Arc<Epochs>,
     capacity: usize,
 ) -> (mpsc::Sender<Outgoing>, mpsc::UnboundedReceiver<Stored>, tokio::task::JoinHandle<()>) {
@@ -76,14 +79,14 @@ pub fn spawn(
                             let _ = stored_tx.send(Stored(out));
                         }
                         Err(attempt) if epochs.is_current(out.partition, out.epoch) => {
-                            in_flight.push(publish(publisher.clone(), out, attempt));
+                            in_flight.push(publish(publisher.clone(), runs.clone(), out, attempt));
                         }
                         // Lost the partition: its next owner replays this.
                         Err(_) => {}
                     }
                 }
                 next = rx.recv(), if open && in_flight.len() < IN_FLIGHT => match next {
-                    Some(out) => in_flight.push(publish(publisher.clone(), out, 0)),
+                    Some(out) => in_flight.push(publish(publisher.clone(), runs.clone(), out, 0)),
                     None => open = false,
                 },
                 else => break,
@@ -99,7 +102,7 @@ static STORING_FIRES: jetsched_runtime::Outage = jetsched_runtime::Outage::new("
 
 /// Publishes `out` (after a backoff when `attempt > 0`) and waits for the
 /// stream's ack; on failure returns the next attempt number.
-async fn publish(publisher: Publisher, out: Outgoing, attempt: u32) -> (Outgoing, Result<(), u32>) {
+async fn publish(publisher: Publisher, runs: Store, out: Outgoing, attempt: u32) -> (Outgoing, Result<(), u32>) {
     if attempt > 0 {
         // Exponential from 50 ms to 2 s, jittered so that a herd of fires
         // retrying after an election does not come back at one instant.
@@ -107,22 +110,19 @@ async fn publish(publisher: Publisher, out: Outgoing, attempt: u32) -> (Outgoing
         tokio::time::sleep(backoff.mul_f64(0.5 + fastrand::f64() * 0.5)).await;
     }
     let result = match &out.body {
-        Body::Due(due) => {
-            let run_id = run::scheduled_run_id(&out.schedule, due.scheduled_for);
-            // Each fire starts a trace: the root of the run's spans.
-            let span = tracing::info_span!(
-                parent: None,
-                "fire",
-                otel.kind = "producer",
-                schedule = %out.schedule,
-                run_id = %run_id,
-                scheduled_for = %due.scheduled_for
-            );
-            publish_due(&publisher, &out, &run_id).instrument(span).await
-        }
+        Body::Due(due) => fire(&publisher, &out, due).await,
         Body::Missed(event) => match publisher.event(event).await {
             Ok(()) => Ok(()),
             Err(err) => Err(err.to_string()),
+        },
+        Body::Withdraw(w) => match withdraw::withdraw(&publisher, &runs, &out.schedule, w).await {
+            Ok(Withdrawn::Yes) => match &w.then {
+                Some(due) => fire(&publisher, &out, due).await,
+                None => Ok(()),
+            },
+            // It started: the edit takes effect from the next fire.
+            Ok(Withdrawn::No) => Ok(()),
+            Err(err) => Err(err),
         },
     };
     match result {
@@ -138,14 +138,27 @@ async fn publish(publisher: Publisher, out: Outgoing, attempt: u32) -> (Outgoing
     }
 }
 
-async fn publish_due(publisher: &Publisher, out: &Outgoing, run_id: &str) -> Result<(), String> {
-    let Body::Due(due) = &out.body else { return Ok(()) };
+/// Publishes one fire, in a span of its own: the root of the run's trace.
+async fn fire(publisher: &Publisher, out: &Outgoing, due: &DueFire) -> Result<(), String> {
+    let run_id = due.run_id();
+    let span = tracing::info_span!(
+        parent: None,
+        "fire",
+        otel.kind = "producer",
+        schedule = %out.schedule,
+        run_id = %run_id,
+        scheduled_for = %due.scheduled_for
+    );
+    publish_due(publisher, out, due, &run_id).instrument(span).await
+}
+
+async fn publish_due(publisher: &Publisher, out: &Outgoing, due: &DueFire, run_id: &str) -> Result<(), String> {
     let payload = serde_json::to_vec(due).map_err(|e| e.to_string())?;
     let mut h = HeaderMap::new();
     h.insert(headers::SCHEDULE, &*out.schedule);
     h.insert(headers::SCHEDULED_FOR, due.scheduled_for.to_string().as_str());
     h.insert(headers::RUN_ID, run_id);
-    let msg_id = run::due_msg_id(&out.schedule, due.scheduled_for);
+    let msg_id = due.msg_id();
     let subject = publisher.names().due_subject(&out.task);
     let pending = publisher.send(subject, h, &msg_id, payload.into()).await.map_err(|e| e.to_string())?;
     let ack = pending.await.map_err(|e| e.to_string())?;

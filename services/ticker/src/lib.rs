@@ -7,6 +7,7 @@
 //! - [`catchup`]: misfire policies for occurrences found late (pure logic);
 //! - [`lease`]: partition leases among replicas, and writing progress;
 //! - [`fire`]: publishing with many acks in flight;
+//! - [`withdraw`]: withdrawing staged fires of a deleted, paused or edited schedule;
 //! - this module: the loop tying them together, one `select!` over the
 //!   schedule watch, the timer, lease events and acks, and the shutdown token.
 //!
@@ -21,6 +22,7 @@ pub mod lease;
 pub mod plan;
 pub mod spec;
 pub mod state;
+pub mod withdraw;
 
 use jetsched_contract::parse_duration;
 use std::sync::Arc;
@@ -52,8 +54,9 @@ pub struct TickerConfig {
     pub lease_ttl: Duration,
     /// Publish fires up to this long before their time, marked not to start
     /// before it, so that a herd is already queued when it is due; 0
-    /// publishes each fire at its time. Edits, pauses and deletes affect
-    /// fires not yet published. Schedules with an overlap policy are not staged.
+    /// publishes each fire at its time. Deleting, pausing or editing a
+    /// schedule withdraws its staged fires that have not started. Schedules
+    /// with an overlap policy are not staged.
     #[arg(long, env = "JETSCHED_LOOKAHEAD", default_value = "2s", value_parser = parse_duration)]
     pub lookahead: Duration,
     /// An occurrence found late by at most this much (a partition taken
@@ -119,7 +122,7 @@ pub async fn run(
     }
     let publisher = Publisher::new(handles.js.clone(), handles.names.clone());
     let epochs = Arc::new(Epochs::default());
-    let (fires, mut stored, firer) = fire::spawn(publisher.clone(), epochs.clone(), 16_384);
+    let (fires, mut stored, firer) = fire::spawn(publisher.clone(), handles.runs.clone(), epochs.clone(), 16_384);
     let (keeper, mut leases, keeper_task) = lease::spawn(id.clone(), buckets);
     let watch = spawn_kv_watch_stamped(handles.schedules.clone(), shutdown.child_token(), 4096);
     let mut changes = spawn_decoder(watch, 4096);
@@ -305,7 +308,7 @@ impl Ticker {
                     }
                     Err(reason) => {
                         tracing::warn!(schedule = %key, revision, %reason, "invalid schedule");
-                        self.remove(&key);
+                        self.remove(&key, "changed to an invalid definition").await;
                         let event = RunEvent::invalid(&self.bucket, &key, revision, reason);
                         if let Err(err) = self.publisher.event(&event).await {
                             tracing::error!(schedule = %key, %err, "cannot report invalid schedule");
@@ -315,17 +318,19 @@ impl Ticker {
             }
             KvChange::Delete { key } => {
                 tracing::info!(schedule = %key, "schedule removed");
-                self.remove(&key);
+                self.remove(&key, "deleted").await;
             }
             KvChange::Ready if self.loaded => {
                 // A replay after the watch was re-created: what it did not
                 // mention was deleted meanwhile.
-                for (key, p, counted) in self.plan.sweep(replay) {
+                let mut out = Vec::new();
+                for (key, p, counted) in self.plan.sweep(replay, Timestamp::now(), &mut out) {
                     tracing::info!(schedule = %key, "schedule removed while the watch was down");
                     if counted {
                         self.tell(Command::Forget(p, key));
                     }
                 }
+                self.send(out).await;
             }
             KvChange::Ready => {
                 self.loaded = true;
@@ -339,12 +344,15 @@ impl Ticker {
         }
     }
 
-    fn remove(&mut self, key: &str) {
-        if let Some((p, counted)) = self.plan.remove(key)
+    /// Forgets schedule `key` (`why`: "deleted") and withdraws the fires it staged.
+    async fn remove(&mut self, key: &str, why: &str) {
+        let mut out = Vec::new();
+        if let Some((p, counted)) = self.plan.remove(key, why, Timestamp::now(), &mut out)
             && counted
         {
             self.tell(Command::Forget(p, key.to_string()));
         }
+        self.send(out).await;
     }
 
     /// Stops firing and hands every partition back once its fires in flight

@@ -9,6 +9,9 @@
 //!   than its nominal time, so every fire not yet released has a nominal time
 //!   after the last pop. The watermark of a partition is therefore the last
 //!   pop time, held back below any fire still in flight.
+//! - Replacing or removing a schedule withdraws the fires it staged that have
+//!   not started (`plan_withdraw.rs`); an edit fires its new definition from
+//!   the first of them.
 //! - Replacing or removing a schedule, or losing its partition, bumps its
 //!   generation; slots of older generations are dropped when they surface, so
 //!   no operation scans all schedules and a fire costs O(log n).
@@ -38,6 +41,9 @@ pub enum Body {
     Due(Box<DueFire>),
     /// A `missed` report.
     Missed(Box<RunEvent>),
+    /// A staged fire to withdraw (its schedule was deleted, paused or
+    /// edited before it started), maybe with the fire replacing it.
+    Withdraw(Box<Withdrawal>),
 }
 
 /// A message the ticker must get stored, and what it stands for.
@@ -144,6 +150,9 @@ pub struct Plan {
     shared: Shared,
     /// Every slot released at or before this has been popped.
     processed: Timestamp,
+    /// Staged fires that replace withdrawn ones: nominal times (ns) and the
+    /// revision in their run ids, by cell. Entries are dropped once due.
+    refired: HashMap<u32, Vec<(i64, u64)>>,
 }
 
 fn nanos(t: Timestamp) -> i64 {
@@ -183,6 +192,7 @@ impl Plan {
             parts,
             shared: Shared::default(),
             processed: Timestamp::MIN,
+            refired: HashMap::new(),
         }
     }
 
@@ -246,8 +256,10 @@ impl Plan {
     /// current definition are not caught up.
     pub fn upsert(&mut self, id: &str, spec: Spec, at: Written, now: Timestamp, out: &mut Vec<Outgoing>) {
         let written_at = nanos(at.time);
+        let mut staged = withdraw::Staged::default();
         let idx = match self.find(id) {
             Some(idx) => {
+                staged = self.staged(idx, now);
                 let cell = &mut self.cells[idx as usize];
                 cell.generation = cell.generation.wrapping_add(1);
                 if let Some(s) = cell.sched.as_mut() {
@@ -292,14 +304,23 @@ impl Plan {
             self.fired.remove(&idx);
         }
         if matches!(self.parts[usize::from(s.partition)].state, Ownership::Owned { .. }) {
+            let reason =
+                format!("withdrawn: schedule {id} was changed (revision {}) before this fire started", at.revision);
+            self.refire(idx, staged, at.revision, &reason, now, out);
+            let Some(s) = self.cells[idx as usize].sched.as_ref() else { return };
             let floor = from_nanos(s.cursor.max(written_at));
             self.catch_up(idx, floor, now, out);
         }
     }
 
-    /// Forgets `id`; returns its partition and whether it kept a fire count.
-    pub fn remove(&mut self, id: &str) -> Option<(u16, bool)> {
+    /// Forgets `id`, withdrawing the fires it staged (`why` it went: "deleted");
+    /// returns its partition and whether it kept a fire count.
+    pub fn remove(&mut self, id: &str, why: &str, now: Timestamp, out: &mut Vec<Outgoing>) -> Option<(u16, bool)> {
         let idx = self.find(id)?;
+        let staged = self.staged(idx, now);
+        let reason = format!("withdrawn: schedule {id} was {why} before this fire started");
+        self.withdraw(idx, staged, &reason, out);
+        self.refired.remove(&idx);
         let cells = &self.cells;
         let hash = self.hasher.hash_one(id);
         if let Ok(entry) =
@@ -324,7 +345,7 @@ impl Plan {
 
     /// Forgets every schedule the watch's replay `replay` did not mention
     /// (deleted while the watch was down); returns them as [`Plan::remove`] does.
-    pub fn sweep(&mut self, replay: u16) -> Vec<(String, u16, bool)> {
+    pub fn sweep(&mut self, replay: u16, now: Timestamp, out: &mut Vec<Outgoing>) -> Vec<(String, u16, bool)> {
         let gone: Vec<String> = self
             .cells
             .iter()
@@ -332,7 +353,9 @@ impl Plan {
             .filter(|s| s.replay != replay)
             .map(|s| s.id.to_string())
             .collect();
-        gone.into_iter().filter_map(|id| self.remove(&id).map(|(p, counted)| (id, p, counted))).collect()
+        gone.into_iter()
+            .filter_map(|id| self.remove(&id, "deleted", now, out).map(|(p, counted)| (id, p, counted)))
+            .collect()
     }
 
     /// Takes `partition` over: replays each of its schedules from the
@@ -632,6 +655,10 @@ pub struct Written {
     /// The schedules watch's replay number (truncated).
     pub replay: u16,
 }
+
+#[path = "plan_withdraw.rs"]
+mod withdraw;
+pub use withdraw::Withdrawal;
 
 #[cfg(test)]
 #[path = "plan_tests.rs"]

@@ -41,7 +41,7 @@ fn fires(out: &[Outgoing]) -> Vec<(String, String)> {
     out.iter()
         .filter_map(|o| match &o.body {
             Body::Due(d) => Some((d.schedule.clone(), d.scheduled_for.to_string())),
-            Body::Missed(_) => None,
+            Body::Missed(_) | Body::Withdraw(_) => None,
         })
         .collect()
 }
@@ -52,7 +52,17 @@ fn missed(out: &[Outgoing]) -> Vec<(String, u64, String)> {
             Body::Missed(e) => {
                 Some((e.schedule.clone().unwrap(), e.count.unwrap(), e.scheduled_for.unwrap().to_string()))
             }
-            Body::Due(_) => None,
+            Body::Due(_) | Body::Withdraw(_) => None,
+        })
+        .collect()
+}
+
+/// The withdrawals in `out`: run id, and the replacing fire's run id.
+fn withdrawals(out: &[Outgoing]) -> Vec<(String, Option<String>)> {
+    out.iter()
+        .filter_map(|o| match &o.body {
+            Body::Withdraw(w) => Some((w.run_id.clone(), w.then.as_ref().map(|d| d.run_id()))),
+            _ => None,
         })
         .collect()
 }
@@ -83,7 +93,7 @@ fn removed_and_replaced_schedules_drop_their_old_slots() {
     put(&mut p, "a", r#"{"every": "10s", "task": "t"}"#, T0, T0);
     put(&mut p, "a", r#"{"every": "1m", "task": "t"}"#, T0, T0);
     assert_eq!(p.next_release(), Some(ts("2026-01-01T00:01:00Z")));
-    assert_eq!(p.remove("a"), Some((partition_of("a"), false)));
+    assert_eq!(p.remove("a", "deleted", ts(T0), &mut Vec::new()), Some((partition_of("a"), false)));
     assert_eq!(p.next_release(), None);
     assert!(pop(&mut p, "2026-01-02T00:00:00Z").is_empty());
     assert!(p.is_empty());
@@ -312,7 +322,7 @@ fn a_replay_after_a_reconnect_keeps_what_it_mentions_and_drops_the_rest() {
     assert!(p.seen("kept", 1, 2));
     assert!(!p.seen("kept", 2, 2), "a new revision must be loaded");
     assert!(!p.seen("unknown", 1, 2));
-    let swept = p.sweep(2);
+    let swept = p.sweep(2, ts(T0), &mut Vec::new());
     assert_eq!(swept, vec![("gone".to_string(), partition_of("gone"), false)]);
     assert_eq!(p.len(), 1);
     assert_eq!(fires(&pop(&mut p, "2026-01-01T00:00:10Z")), vec![("kept".into(), "2026-01-01T00:00:10Z".into())]);
@@ -327,4 +337,82 @@ fn schedules_with_an_overlap_policy_are_not_staged() {
     let out = pop(&mut p, "2026-01-01T00:00:10Z");
     let Body::Due(due) = &out[0].body else { panic!("{out:?}") };
     assert_eq!(due.not_before, None);
+}
+
+/// `every: 1s` staged 2 s ahead, popped at 00:00:10: the fires of :11 and :12
+/// are out, not yet due.
+fn staged_every_second() -> Plan {
+    let mut p = owning_all(2000);
+    put(&mut p, "s", r#"{"every": "1s", "task": "t"}"#, T0, T0);
+    let out = pop(&mut p, "2026-01-01T00:00:10Z");
+    let last = fires(&out).last().cloned().unwrap();
+    assert_eq!(last, ("s".into(), "2026-01-01T00:00:12Z".into()));
+    p
+}
+
+#[test]
+fn deleting_withdraws_every_staged_fire_not_yet_due() {
+    let mut p = staged_every_second();
+    let mut out = Vec::new();
+    p.remove("s", "deleted", ts("2026-01-01T00:00:10.5Z"), &mut out);
+    assert_eq!(
+        withdrawals(&out),
+        vec![("s.s.20260101T000011Z".into(), None), ("s.s.20260101T000012Z".into(), None)],
+        "the fire of :10 is due already and stays"
+    );
+    assert!(fires(&out).is_empty());
+}
+
+#[test]
+fn pausing_withdraws_staged_fires_without_replacing_them() {
+    let mut p = staged_every_second();
+    let now = "2026-01-01T00:00:10.5Z";
+    let out = put(&mut p, "s", r#"{"every": "1s", "task": "t", "paused": true}"#, now, now);
+    assert_eq!(withdrawals(&out), vec![("s.s.20260101T000011Z".into(), None), ("s.s.20260101T000012Z".into(), None)]);
+    assert!(fires(&out).is_empty() && pop(&mut p, "2026-01-01T00:01:00Z").is_empty());
+}
+
+#[test]
+fn an_edit_replaces_staged_fires_from_the_next_one() {
+    let mut p = staged_every_second();
+    let now = "2026-01-01T00:00:10.5Z";
+    // Every 500 ms from now on: :11 and :12 are replaced under revision 1,
+    // :11.5 is new, then it goes on after the last staged fire.
+    let out = put(&mut p, "s", r#"{"every": "500ms", "task": "t"}"#, now, now);
+    assert_eq!(
+        withdrawals(&out),
+        vec![
+            ("s.s.20260101T000011Z".into(), Some("s.s.20260101T000011Z.r1".into())),
+            ("s.s.20260101T000012Z".into(), Some("s.s.20260101T000012Z.r1".into())),
+        ]
+    );
+    assert_eq!(fires(&out), vec![("s".into(), "2026-01-01T00:00:11.5Z".into())]);
+    let next = fires(&pop(&mut p, "2026-01-01T00:00:11Z"));
+    assert_eq!(next, vec![("s".into(), "2026-01-01T00:00:12.5Z".into()), ("s".into(), "2026-01-01T00:00:13Z".into())]);
+    // A second edit withdraws the replacements under their own run ids.
+    let mut out = Vec::new();
+    p.remove("s", "deleted", ts("2026-01-01T00:00:11.2Z"), &mut out);
+    let ids: Vec<String> = withdrawals(&out).into_iter().map(|(id, _)| id).collect();
+    assert_eq!(
+        ids,
+        [
+            "s.s.20260101T000011_500000000Z",
+            "s.s.20260101T000012Z.r1",
+            "s.s.20260101T000012_500000000Z",
+            "s.s.20260101T000013Z"
+        ]
+    );
+}
+
+#[test]
+fn an_edit_with_nothing_staged_withdraws_nothing() {
+    let mut p = owning_all(0);
+    put(&mut p, "s", r#"{"every": "1s", "task": "t"}"#, T0, T0);
+    assert_eq!(fires(&pop(&mut p, "2026-01-01T00:00:10Z")).len(), 10);
+    let now = "2026-01-01T00:00:10.5Z";
+    let out = put(&mut p, "s", r#"{"every": "1s", "task": "u"}"#, now, now);
+    assert!(out.is_empty(), "{out:?}");
+    let mut out = Vec::new();
+    p.remove("s", "deleted", ts(now), &mut out);
+    assert!(out.is_empty(), "{out:?}");
 }

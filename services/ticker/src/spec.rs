@@ -137,6 +137,7 @@ impl Spec {
             depends_on: extras.and_then(|e| e.depends_on.clone()),
             // The zone of the calendar (UTC when the schedule names none).
             timezone: self.calendar.time_zone().iana_name().map(str::to_string),
+            revision: None,
         }
     }
 }

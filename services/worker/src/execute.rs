@@ -16,13 +16,14 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use tracing::Instrument as _;
 
 use crate::cancel::Cancels;
+use crate::cancel::Registration;
 use crate::handlers::exec::ExecPolicy;
 use crate::handlers::nats::Functions;
 use crate::handlers::{Builtins, Outcome};
 use crate::invoke::{Ahead, Attempt, invocation, invoke};
 use crate::limits::{self, Admission, SlotHold};
 use crate::record::{self, Claim};
-use crate::release::{Hold, Prepared, Released, Releaser, Staged};
+use crate::release::{Prepared, Released, Releaser, Staged};
 use crate::settle::{self, event_for, give_up, settle};
 
 /// What a worker shares between runs.
@@ -152,7 +153,14 @@ async fn process(ctx: &WorkerCtx, msg: &Message, permit: OwnedSemaphorePermit) -
     let mut claimed = None;
     let mut ahead = None;
     let (permit, settle_after, call, span) = match release {
-        None => (permit, None, None, None),
+        None => {
+            // Not staged: it starts now. (A withdrawal that came first ends
+            // it; one later is answered `started`.)
+            if !registration.hold.release() {
+                return withdrawn(ctx, msg, &item, queue, band, task_seq).await;
+            }
+            (permit, None, None, None)
+        }
         Some(at) => {
             let mut prepared = None;
             if !limited {
@@ -162,7 +170,13 @@ async fn process(ctx: &WorkerCtx, msg: &Message, permit: OwnedSemaphorePermit) -
                 };
                 if let Some(Handler::Nats { subject }) = &item.def.handler {
                     let inv = invocation(ctx, &item, record.attempt, at).await;
-                    let (outbound, pending) = ctx.functions.prepare(subject, &inv);
+                    let (mut outbound, pending) = ctx.functions.prepare(subject, &inv);
+                    if !jetsched_runtime::telemetry::tracing_recorded() {
+                        // No handler span will be opened at the release (none
+                        // is exported): the function joins the run's trace
+                        // under this one.
+                        outbound.trace(&tracing::Span::current());
+                    }
                     let span = handler_span(&tracing::Span::current(), &item, record.attempt);
                     prepared = Some(Prepared { outbound, span: Box::new(span) });
                     ahead = Some((inv, pending));
@@ -170,7 +184,7 @@ async fn process(ctx: &WorkerCtx, msg: &Message, permit: OwnedSemaphorePermit) -
                 claimed = Some((record, revision));
             }
             let Some(Released { slot, call, span, settle_after }) =
-                stage(ctx, msg, at, permit, &registration.token, prepared).await
+                stage(ctx, msg, at, permit, &registration, prepared).await
             else {
                 let Some((mut record, mut revision)) = claimed else {
                     // Not claimed yet: the claim below finds the cancel request.
@@ -316,6 +330,18 @@ async fn claim(
     }
 }
 
+/// A run withdrawn before it was claimed (a copy delivered again while its
+/// schedule's ticker withdrew it): claimed only to be ended `cancelled`.
+async fn withdrawn(ctx: &WorkerCtx, msg: &Message, item: &WorkItem, queue: &str, band: u8, seq: u64) -> Disposition {
+    let (mut record, mut revision) = match claim(ctx, msg, item, queue, band, seq).await {
+        Ok(c) => c,
+        Err(d) => return d,
+    };
+    let event = event_for(item, &record, RunStatus::Cancelled, Some("withdrawn before it started".into()));
+    let change = record::finish(RunStatus::Cancelled, event.error.clone());
+    settle(ctx, &mut record, &mut revision, change, &event).await
+}
+
 /// Hands a run to the releaser and waits for its instant without holding a
 /// slot (within the staging room), keeping the message in progress; `None`
 /// if the run is cancelled meanwhile.
@@ -324,9 +350,10 @@ async fn stage(
     msg: &Message,
     at: Timestamp,
     permit: OwnedSemaphorePermit,
-    cancel: &tokio_util::sync::CancellationToken,
+    registration: &Registration,
     call: Option<Prepared>,
 ) -> Option<Released> {
+    let (cancel, hold) = (&registration.token, registration.hold.clone());
     let room = ctx.staged.clone().try_acquire_owned().ok();
     // No room to stage: it waits holding its slot.
     let slot = if room.is_some() {
@@ -336,7 +363,6 @@ async fn stage(
         Some(permit)
     };
     let (done, mut released) = oneshot::channel();
-    let hold = Hold::default();
     if !ctx.releaser.stage(Staged { at, call, hold: hold.clone(), slot, done }) {
         return None;
     }
@@ -347,7 +373,7 @@ async fn stage(
             // Cancelled before its release: it never starts. Cancelled after:
             // it goes on and its handler is stopped like a running one's.
             _ = cancel.cancelled(), if !cancel_seen => {
-                if hold.withdraw() {
+                if hold.withdraw() || hold.is_withdrawn() {
                     return None;
                 }
                 cancel_seen = true;

@@ -218,14 +218,18 @@ pub async fn run(
                 continue;
             }
             let (ctx, slots, delivered, expires) = (ctx.clone(), slots.clone(), delivered.clone(), config.idle_poll);
+            let draining = shutdown.clone();
             running.spawn(async move {
                 let Some(msg) = lane.wait_one(expires).await else { return };
                 delivered.notify_one();
-                match slots.try_acquire_owned() {
+                // Draining: no new work. Hand it back at once for another worker.
+                let slot = if draining.is_cancelled() { None } else { slots.try_acquire_owned().ok() };
+                match slot.ok_or(()) {
                     Ok(permit) => execute::execute(&ctx, msg, permit).await,
-                    // Every slot filled up since the request was stood: hand
-                    // the message back at once for a worker that has room.
-                    Err(_) => {
+                    // Every slot filled up since the request was stood (or
+                    // the worker is draining): hand the message back at once
+                    // for a worker that has room.
+                    Err(()) => {
                         tracing::debug!(subject = %msg.subject, "no free slot for work a standing request brought; handed back");
                         if let Err(err) = msg.ack_with(AckKind::Nak(None)).await {
                             tracing::warn!(%err, "cannot hand back work; it will be redelivered after its ack wait");

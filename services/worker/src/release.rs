@@ -55,8 +55,9 @@ const RELEASED: u8 = 1;
 const WITHDRAWN: u8 = 2;
 
 impl Hold {
-    /// The releaser takes the run; false if it was withdrawn.
-    fn release(&self) -> bool {
+    /// The run starts (the releaser takes it at its instant, or a run not
+    /// staged is about to be claimed); false if it was withdrawn.
+    pub fn release(&self) -> bool {
         self.0.compare_exchange(WAITING, RELEASED, Ordering::AcqRel, Ordering::Acquire).is_ok()
     }
 
@@ -65,6 +66,11 @@ impl Hold {
     /// as a running run).
     pub fn withdraw(&self) -> bool {
         self.0.compare_exchange(WAITING, WITHDRAWN, Ordering::AcqRel, Ordering::Acquire).is_ok()
+    }
+
+    /// Whether it was withdrawn.
+    pub fn is_withdrawn(&self) -> bool {
+        self.0.load(Ordering::Acquire) == WITHDRAWN
     }
 }
 

@@ -2,7 +2,10 @@
 //! Exit 0 is success, 75 (EX_TEMPFAIL) a retryable failure, anything else a
 //! permanent one. The child gets a clean environment (PATH, the task's `env`
 //! and `JETSCHED_*` variables), never the worker's own, which may hold NATS
-//! credentials. Stopping sends SIGTERM, then SIGKILL after a grace period.
+//! credentials. The command runs in a process group of its own; stopping it
+//! (timeout, cancel) sends SIGTERM to the whole group, then SIGKILL after a
+//! grace period, with plain `kill(2)` calls that never block the runtime, so
+//! that processes it started go too.
 
 use std::collections::BTreeMap;
 use std::process::Stdio;
@@ -87,14 +90,20 @@ pub async fn run(
         .env("JETSCHED_CHECKPOINT", inv.checkpoint.as_ref().map(|c| c.to_string()).unwrap_or_default())
         .env("JETSCHED_SHARD_INDEX", inv.shard.map(|s| s.index.to_string()).unwrap_or_default())
         .env("JETSCHED_SHARD_TOTAL", inv.shard.map(|s| s.total.to_string()).unwrap_or_default())
+        // The run's W3C trace context (`TRACEPARENT`, and `TRACESTATE` when set).
+        .envs(jetsched_runtime::trace::current_pairs().into_iter().map(|(k, v)| (k.to_ascii_uppercase(), v)))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        // Its own process group (id = its pid): a stop reaches its children.
+        .process_group(0)
         .kill_on_drop(true);
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => return Outcome::permanent(format!("cannot start {program:?}: {e}")),
     };
+    // Killed with its group if this future is dropped before it ends.
+    let mut group = Group(child.id().and_then(|id| rustix::process::Pid::from_raw(id as i32)));
     let stdin = child.stdin.take();
     let payload = match &inv.payload {
         serde_json::Value::Null => Vec::new(),
@@ -109,7 +118,6 @@ pub async fn run(
     let limit = policy.output_limit;
     let stdout = child.stdout.take();
     let stderr = child.stderr.take();
-    let pid = child.id();
     let wait = async {
         let (_, out, err, status) =
             tokio::join!(feed, read_limited(stdout, limit), read_limited(stderr, limit), child.wait());
@@ -121,14 +129,20 @@ pub async fn run(
         _ = stop.cancelled() => None,
     };
     let (out, err, status) = match stopped {
-        Some(r) => r,
+        Some(r) => {
+            group.0 = None;
+            r
+        }
         None => {
-            terminate(pid);
+            group.signal(rustix::process::Signal::TERM);
             match tokio::time::timeout(policy.grace, &mut wait).await {
                 Ok(r) => r,
                 Err(_) => {
-                    // Still alive after the grace period: dropping `wait`
-                    // drops the child, which kill_on_drop SIGKILLs.
+                    // Still alive after the grace period: SIGKILL to the
+                    // group, then reap the child (bounded: its pipes close
+                    // once every process of the group is gone).
+                    group.signal(rustix::process::Signal::KILL);
+                    let _ = tokio::time::timeout(policy.grace, &mut wait).await;
                     return Outcome::permanent(format!("{program:?} ignored SIGTERM and was killed"));
                 }
             }
@@ -160,10 +174,22 @@ fn exit_text(status: std::process::ExitStatus) -> String {
     }
 }
 
-/// SIGTERM without unsafe code: the `kill` utility is on every Unix.
-fn terminate(pid: Option<u32>) {
-    if let Some(pid) = pid {
-        let _ = std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
+/// A command's process group, SIGKILLed when dropped unless it ended.
+struct Group(Option<rustix::process::Pid>);
+
+impl Group {
+    /// Sends `signal` to every process of the group (one syscall; a group
+    /// already gone is not an error).
+    fn signal(&self, signal: rustix::process::Signal) {
+        if let Some(pgid) = self.0 {
+            let _ = rustix::process::kill_process_group(pgid, signal);
+        }
+    }
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        self.signal(rustix::process::Signal::KILL);
     }
 }
 
@@ -279,18 +305,70 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn stop_terminates_the_command() {
+    /// Whether process `pid` has ended (gone, or a zombie not yet reaped).
+    fn ended(pid: &str) -> bool {
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Err(_) => true,
+            Ok(stat) => stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+        }
+    }
+
+    /// Runs `script` under `sh` (allowed) until it has written its pid and
+    /// its background child's to a file, then stops it; returns the outcome
+    /// and the two pids.
+    async fn stop_after_start(script: &str) -> (Outcome, Vec<String>) {
+        let dir = tempfile::tempdir().unwrap();
+        let pids = dir.path().join("pids");
+        let env = BTreeMap::from([("PIDS".to_string(), pids.display().to_string())]);
         let stop = CancellationToken::new();
-        let trigger = stop.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            trigger.cancel();
-        });
-        let started = std::time::Instant::now();
-        let out = run(&policy(&["sleep"]), &argv(&["sleep", "30"]), &BTreeMap::new(), &inv(), stop).await;
-        assert!(started.elapsed() < Duration::from_secs(5));
-        assert!(matches!(out, Outcome::Failure { .. }), "{out:?}");
+        let policy = policy(&["sh"]);
+        let command = argv(&["sh", "-c", script]);
+        let inv = inv();
+        let running = run(&policy, &command, &env, &inv, stop.clone());
+        tokio::pin!(running);
+        // Until the command says it is up (a deadline only as a failure bound).
+        let up = tokio::time::timeout(Duration::from_secs(20), async {
+            loop {
+                tokio::select! {
+                    out = &mut running => panic!("ended before it was stopped: {out:?}"),
+                    _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+                }
+                if let Ok(text) = std::fs::read_to_string(&pids) {
+                    return text.split_whitespace().map(str::to_string).collect::<Vec<_>>();
+                }
+            }
+        })
+        .await
+        .expect("the command starts");
+        assert_eq!(up.len(), 2, "{up:?}");
+        assert!(!ended(&up[0]) && !ended(&up[1]), "both run before the stop");
+        stop.cancel();
+        let out = tokio::time::timeout(Duration::from_secs(20), running).await.expect("the stop ends the run");
+        (out, up)
+    }
+
+    #[tokio::test]
+    async fn stop_terminates_the_command_and_its_children() {
+        let script = r#"sleep 300 & echo $$ $! > "$PIDS.tmp"; mv "$PIDS.tmp" "$PIDS"; wait"#;
+        let (out, pids) = stop_after_start(script).await;
+        assert!(matches!(out, Outcome::Failure { retryable: false, .. }), "{out:?}");
+        for pid in &pids {
+            assert!(ended(pid), "process {pid} outlived the stop");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_command_ignoring_sigterm_is_killed_with_its_children() {
+        // SIG_IGN is inherited: the background sleep ignores SIGTERM too.
+        let script = r#"trap '' TERM; sleep 300 & echo $$ $! > "$PIDS.tmp"; mv "$PIDS.tmp" "$PIDS"; wait"#;
+        let (out, pids) = stop_after_start(script).await;
+        assert!(
+            matches!(&out, Outcome::Failure { error, .. } if error.contains("ignored SIGTERM and was killed")),
+            "{out:?}"
+        );
+        for pid in &pids {
+            assert!(ended(pid), "process {pid} outlived the kill");
+        }
     }
 
     #[tokio::test]

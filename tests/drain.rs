@@ -1,0 +1,109 @@
+//! SIGTERM to real `jetsched` service processes: each drains and exits 0
+//! within its grace period. A worker finishes the run it holds and takes
+//! no new one (what it is offered while draining goes to the next worker);
+//! a ticker hands its partitions back, so that another ticker fires at once
+//! instead of after the lease TTL; a dispatcher stops and loses nothing.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod harness;
+
+use std::time::Duration;
+
+use harness::*;
+use jetsched_contract::{RunEvent, RunStatus, headers};
+use jiff::Timestamp;
+use serde_json::json;
+
+/// Sends SIGTERM to `child` and waits (at most `secs`) for it to exit 0.
+async fn terminate(child: &mut tokio::process::Child, secs: u64) {
+    let pid = rustix::process::Pid::from_raw(child.id().unwrap() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    let status = within(secs, "the process to exit after SIGTERM", child.wait()).await.unwrap();
+    assert_eq!(status.code(), Some(0), "exit status after SIGTERM: {status:?}");
+}
+
+fn runs_of<'a>(events: &'a Events, run_id: &'a str, status: RunStatus) -> Vec<&'a RunEvent> {
+    events.seen.iter().map(|(_, e)| e).filter(|e| e.run_id.as_deref() == Some(run_id) && e.status == status).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_worker_finishes_its_run_takes_no_new_one_and_exits_0() {
+    let env = Env::start().await;
+    let mut calls = env.function("fn.slow", |_| Reply::After(Duration::from_secs(2), json!({}))).await;
+    env.put_task("slow", json!({"handler": {"type": "nats", "subject": "fn.slow"}, "timeout": "30s"})).await;
+    let _dispatcher = env.services_with(ServicesConfig { ticker: None, worker: None, ..ServicesConfig::default() });
+    let mut worker = env.spawn_jetsched(&["worker", "--worker-id", "w1", "--drain", "20s"]);
+    let mut events = env.events().await;
+
+    env.publish(env.names.submit_subject("slow"), &[(headers::NATS_MSG_ID, "a")], "{}").await;
+    let first = calls.next_call(30).await;
+    let a = first.header(headers::RUN_ID).unwrap();
+    // Run a is in its handler: stop the worker, then offer it run b.
+    let pid = rustix::process::Pid::from_raw(worker.id().unwrap() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    env.publish(env.names.submit_subject("slow"), &[(headers::NATS_MSG_ID, "b")], "{}").await;
+    let status = within(25, "the worker to exit within its drain", worker.wait()).await.unwrap();
+    assert_eq!(status.code(), Some(0), "{status:?}");
+
+    // A second worker: b runs there, a is not run again.
+    let services = env.services_with(ServicesConfig {
+        ticker: None,
+        dispatcher: None,
+        worker: Some(WorkerConfig { worker_id: Some("w2".into()), ..WorkerConfig::default() }),
+        ..ServicesConfig::default()
+    });
+    let b = events.wait_for(30, "run b done", is("slow", RunStatus::Succeeded)).await;
+    let b = match b.run_id.as_deref() {
+        Some(id) if id == a => events.wait_for(30, "run b done", is("slow", RunStatus::Succeeded)).await,
+        _ => b,
+    };
+    let b = b.run_id.unwrap();
+    assert_ne!(a, b);
+    let started_a = runs_of(&events, &a, RunStatus::Started);
+    assert_eq!(started_a.len(), 1, "{started_a:?}");
+    assert_eq!(started_a[0].worker.as_deref(), Some("w1"));
+    assert_eq!(runs_of(&events, &a, RunStatus::Succeeded).len(), 1, "run a finished during the drain");
+    let started_b = runs_of(&events, &b, RunStatus::Started);
+    assert_eq!(started_b.iter().map(|e| e.worker.as_deref()).collect::<Vec<_>>(), [Some("w2")], "{started_b:?}");
+    services.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_terminated_ticker_hands_its_partitions_over_at_once() {
+    let env = Env::start().await;
+    let _fn = env.function("fn.tick", |_| Reply::Ok(json!({}))).await;
+    env.put_task("tick", json!({"handler": {"type": "nats", "subject": "fn.tick"}})).await;
+    let _services = env.services_with(ServicesConfig { ticker: None, ..ServicesConfig::default() });
+    let mut events = env.events().await;
+    env.put_schedule("beat", json!({"every": "1s", "task": "tick"})).await;
+    // Leases of a minute: a ticker that did not hand them back would keep
+    // the others out for that long.
+    let mut a = env.spawn_jetsched(&["ticker", "--ticker-id", "a", "--lease-ttl", "60s"]);
+    let fired = |e: &RunEvent| e.status == RunStatus::Queued && e.schedule.as_deref() == Some("beat");
+    events.wait_for_n(2, 30, "fires from ticker a", fired).await;
+    terminate(&mut a, 20).await;
+    let stopped = Timestamp::now();
+
+    let _b = env.spawn_jetsched(&["ticker", "--ticker-id", "b", "--lease-ttl", "60s"]);
+    // Well within the minute a's leases would have held.
+    events.wait_for(30, "a fire from ticker b", |e| fired(e) && e.scheduled_for.is_some_and(|t| t > stopped)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_terminated_dispatcher_exits_0_and_loses_nothing() {
+    let env = Env::start().await;
+    let _fn = env.function("fn.d", |_| Reply::Ok(json!({}))).await;
+    env.put_task("d", json!({"handler": {"type": "nats", "subject": "fn.d"}})).await;
+    let _worker = env.services_with(ServicesConfig { ticker: None, dispatcher: None, ..ServicesConfig::default() });
+    let mut events = env.events().await;
+    let mut dispatcher = env.spawn_jetsched(&["dispatcher"]);
+    env.submit("d", "{}").await;
+    events.wait_for(30, "a run through the first dispatcher", is("d", RunStatus::Succeeded)).await;
+    terminate(&mut dispatcher, 20).await;
+
+    // Submitted with no dispatcher: kept in the inbox for the next one.
+    env.submit("d", "{}").await;
+    let _next = env.services_with(ServicesConfig { ticker: None, worker: None, ..ServicesConfig::default() });
+    events.wait_for(30, "the run submitted meanwhile", is("d", RunStatus::Succeeded)).await;
+}
