@@ -137,11 +137,19 @@ impl Load {
         self.spawn(env, name);
     }
 
-    /// Waits for the end of the schedules' range and stops submitting.
-    async fn wind_down(&mut self) {
-        let wait = self.last.duration_since(Timestamp::now()).as_secs_f64().max(0.0);
-        // The load runs for the time it was given: part of the scenario.
-        tokio::time::sleep(Duration::from_secs_f64(wait)).await;
+    /// Waits until every schedule's last fire has a run record (the range
+    /// has been fired), then stops submitting.
+    async fn wind_down(&mut self, env: &Env) {
+        let last: Vec<String> = (0..SCHEDULES).map(|i| scheduled_run_id(&format!("s{i}"), self.last)).collect();
+        let runs = env.handles.js.get_key_value(env.names.runs_bucket()).await.unwrap();
+        let range = self.last.duration_since(Timestamp::now()).as_secs().max(0) as u64;
+        eventually(range + 180, "the last fire of every schedule", || async {
+            for id in &last {
+                runs.get(id).await.ok()??;
+            }
+            Some(())
+        })
+        .await;
         self.stop_submitting.cancel();
         within(60, "the submitter to stop", &mut self.submitter).await.unwrap();
     }
@@ -180,7 +188,7 @@ impl Load {
     /// Waits until every expected run has succeeded, then checks from the
     /// durable record that each succeeded exactly once and nothing else ran.
     async fn verify(&mut self, env: &Env) {
-        self.wind_down().await;
+        self.wind_down(env).await;
         let expected = self.expected();
         assert!(expected.len() > SCHEDULES * 10, "the load ran: {} runs", expected.len());
         let mut succeeded: BTreeMap<String, usize> = BTreeMap::new();
@@ -255,7 +263,7 @@ async fn submit_paced(
         tick.tick().await;
         n += 1;
         let id = format!("sub-{n}");
-        let mut backoff = Duration::from_millis(50);
+        let mut backoff = jetsched_runtime::Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
         loop {
             let mut headers = HeaderMap::new();
             headers.insert("Nats-Msg-Id", id.as_str());
@@ -267,10 +275,7 @@ async fn submit_paced(
             match ack {
                 Ok(()) => break,
                 // An election or a dead node: try again, as the user's client would.
-                Err(_) => {
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
-                }
+                Err(_) => backoff.wait().await,
             }
         }
         acked.lock().unwrap().push(id);

@@ -10,6 +10,8 @@ mod harness;
 
 use std::collections::BTreeMap;
 
+use futures::StreamExt;
+
 use harness::*;
 use jetsched_contract::ticker::{PARTITIONS, Watermark, partition_of, watermark_key};
 use jetsched_contract::{RunEvent, RunStatus};
@@ -58,6 +60,26 @@ async fn watermark(env: &Env, schedule: &str) -> Option<Timestamp> {
     Some(serde_json::from_slice::<Watermark>(&value).unwrap().upto)
 }
 
+/// Returns once the watermark of `schedule`'s partition covers `t`, as the
+/// ticker stores it (a KV watch: each update is an event).
+async fn watermark_reaches(env: &Env, schedule: &str, t: Timestamp) {
+    let store = env.handles.js.get_key_value(env.names.ticker_bucket()).await.unwrap();
+    let mut updates = store.watch_with_history(watermark_key(partition_of(schedule))).await.unwrap();
+    while let Some(Ok(entry)) = updates.next().await {
+        if serde_json::from_slice::<Watermark>(&entry.value).is_ok_and(|w| w.upto >= t) {
+            return;
+        }
+    }
+}
+
+/// The outage under test: no ticker runs until [`OUTAGE`] after `from` (the
+/// scenario's length, polled with a deadline, not a wait standing in for an
+/// event).
+async fn outage_from(from: Timestamp) {
+    let end = from.checked_add(SignedDuration::try_from(OUTAGE).unwrap()).unwrap();
+    eventually(30, "the outage to last its length", || async { (Timestamp::now() >= end).then_some(()) }).await;
+}
+
 /// Owner of each held lease.
 async fn lease_owners(env: &Env) -> BTreeMap<String, usize> {
     let mut owners = BTreeMap::new();
@@ -85,9 +107,7 @@ async fn ticker_killed_and_restarted_fires_every_occurrence_exactly_once_under_a
     events.wait_for_n(3, 20, "three fires", queued("s")).await;
     kill(&mut first).await;
     let killed_at = Timestamp::now();
-    // The outage itself: time passing with no ticker is the scenario under
-    // test, not a stand-in for waiting on an event.
-    tokio::time::sleep(OUTAGE).await;
+    outage_from(killed_at).await;
     let _second = env.spawn_ticker("second", &[]);
     let beyond = killed_at.checked_add(secs(8)).unwrap();
     events.wait_for(30, "fires after the restart", |e| queued("s")(e) && e.scheduled_for > Some(beyond)).await;
@@ -105,13 +125,9 @@ async fn ticker_killed_and_restarted_fires_every_occurrence_exactly_once_under_a
 async fn kill_after_a_covered_fire(env: &Env, events: &mut Events, ticker: &mut tokio::process::Child) -> Timestamp {
     loop {
         let fire = events.wait_for(10, "a fire", queued("s")).await.scheduled_for.unwrap();
-        // Polls the watermark with a deadline; a fire not covered in time is
-        // passed over for the next one.
-        let covered = tokio::time::timeout(std::time::Duration::from_millis(600), async {
-            while watermark(env, "s").await < Some(fire) {
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-            }
-        });
+        // Watches the watermark until it covers the fire; one not covered
+        // in time is passed over for the next one.
+        let covered = tokio::time::timeout(std::time::Duration::from_millis(600), watermark_reaches(env, "s", fire));
         if covered.await.is_ok() && Timestamp::now() < fire.checked_add(SignedDuration::from_millis(700)).unwrap() {
             kill(ticker).await;
             return watermark(env, "s").await.unwrap();
@@ -130,8 +146,7 @@ async fn through_an_outage(policy: &str) -> (Vec<Timestamp>, Timestamp, RunEvent
     let mut first = env.spawn_ticker("first", &["--misfire-threshold", "0s"]);
     events.wait_for_n(2, 20, "fires before the crash", queued("s")).await;
     let crashed = kill_after_a_covered_fire(&env, &mut events, &mut first).await;
-    // The outage itself (the scenario, not a wait for an event).
-    tokio::time::sleep(OUTAGE).await;
+    outage_from(crashed).await;
     let _second = env.spawn_ticker("second", &["--misfire-threshold", "0s"]);
     let missed = events.wait_for(20, "the missed report", |e| e.status == RunStatus::Missed).await;
     let beyond = missed.at.checked_add(secs(2)).unwrap();

@@ -280,9 +280,11 @@ async fn connect(url: &str, topology: &Topology) -> (Client, Handles) {
     let js = jetsched_runtime::jetstream(client.clone());
     let names = Names::default();
     within(60, "JetStream to be ready", async {
+        // Until the meta leader is elected: retried with the services' backoff.
+        let mut backoff = jetsched_runtime::Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
         while let Err(err) = jetsched_contract::setup::ensure(&js, &names, topology).await {
             tracing::debug!(%err, "JetStream not ready yet");
-            tokio::time::sleep(Duration::from_millis(250)).await;
+            backoff.wait().await;
         }
     })
     .await;
