@@ -202,9 +202,9 @@ impl Services {
             let _ = t.await;
         }
         for mut p in self.processes {
-            if let Some(pid) = p.id() {
-                // SIGTERM: the services drain and exit on their own.
-                let _ = tokio::process::Command::new("kill").arg(pid.to_string()).status().await;
+            // SIGTERM: the services drain and exit on their own.
+            if let Some(pid) = p.id().and_then(|id| rustix::process::Pid::from_raw(id as i32)) {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
             }
             if tokio::time::timeout(Duration::from_secs(30), p.wait()).await.is_err() {
                 let _ = p.kill().await;

@@ -72,11 +72,7 @@ pub async fn run(env: &BenchEnv, args: Args, telemetry: &Telemetry, sink: &Count
     } else {
         env.services(jetsched_worker::WorkerConfig { slots: args.slots.unwrap_or(SLOTS), ..Default::default() }).await?
     };
-    let mut succeeded = env.client.subscribe(env.names.event_subject("noop", "succeeded")).await?;
-    env.client.flush().await?;
-    // Warm up (consumers created, caches filled) with one run.
-    submit(env, "warmup").await?.await?;
-    wait_for(&mut succeeded, 1, Duration::from_secs(30)).await?;
+    let mut succeeded = warmed_up(env).await?;
 
     // Tracing is switched in this process: external services keep theirs.
     let phases: &[(&str, bool)] = if args.external {
@@ -87,9 +83,7 @@ pub async fn run(env: &BenchEnv, args: Args, telemetry: &Telemetry, sink: &Count
     for &(label, tracing_on) in phases {
         jetsched_runtime::telemetry::set_tracing_enabled(tracing_on);
         let (before_req, before_bytes) = (sink.requests.load(Relaxed), sink.bytes.load(Relaxed));
-        let writes_before = stored_writes(env).await?;
-        let rate = throughput(env, &mut succeeded, args.runs, label).await?;
-        let writes = (stored_writes(env).await? - writes_before) as f64 / args.runs as f64;
+        let (rate, writes) = counted_throughput(env, &mut succeeded, args.runs, label).await?;
         telemetry.flush();
         println!(
             "jetsched submit -> succeeded, {label}: {rate:.0} runs/s, ratio to raw publish {:.3} (goal >= 0.25); {writes:.2} stored writes per successful run{}",
@@ -189,14 +183,32 @@ pub async fn measure(env: &BenchEnv, runs: usize, slots: usize) -> anyhow::Resul
     let _starts = noop::serve(env).await?;
     noop::define_task(env).await?;
     let services = env.services(jetsched_worker::WorkerConfig { slots, ..Default::default() }).await?;
+    let mut succeeded = warmed_up(env).await?;
+    let measured = counted_throughput(env, &mut succeeded, runs, "peers").await?;
+    services.stop().await;
+    Ok(measured)
+}
+
+/// Subscribes to `succeeded` events once the services have run one run
+/// (consumers created, caches filled).
+async fn warmed_up(env: &BenchEnv) -> anyhow::Result<async_nats::Subscriber> {
     let mut succeeded = env.client.subscribe(env.names.event_subject("noop", "succeeded")).await?;
     env.client.flush().await?;
     submit(env, "warmup").await?.await?;
     wait_for(&mut succeeded, 1, Duration::from_secs(30)).await?;
+    Ok(succeeded)
+}
+
+/// [`throughput`], with the stored writes per successful run it cost.
+async fn counted_throughput(
+    env: &BenchEnv,
+    succeeded: &mut async_nats::Subscriber,
+    n: usize,
+    label: &str,
+) -> anyhow::Result<(f64, f64)> {
     let before = stored_writes(env).await?;
-    let rate = throughput(env, &mut succeeded, runs, "peers").await?;
-    let writes = (stored_writes(env).await? - before) as f64 / runs as f64;
-    services.stop().await;
+    let rate = throughput(env, succeeded, n, label).await?;
+    let writes = (stored_writes(env).await? - before) as f64 / n as f64;
     Ok((rate, writes))
 }
 
