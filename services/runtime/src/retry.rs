@@ -45,9 +45,11 @@ impl Backoff {
 
 /// A condition that can persist across many attempts (a stream without a
 /// leader, NATS unreachable). Shared by every task that hits it (usually a
-/// `static`), so one line reports it however many tasks fail. It ends at the
-/// first success that comes [`QUIET`] or more after the last failure, so the
-/// mixed successes and failures at the tail of an election do not flap.
+/// `static`), so one line reports it however many tasks fail. It ends once
+/// successes have held for [`QUIET`] with no failure in between, so the mixed
+/// successes and failures of an election (some consumers still answered by
+/// a leader that has not yet noticed it lost its quorum, others not) do not
+/// flap: one line when it starts, one when it is over.
 #[derive(Debug)]
 pub struct Outage {
     what: &'static str,
@@ -55,14 +57,17 @@ pub struct Outage {
     state: Mutex<Option<State>>,
 }
 
-/// How long after the last failure a success ends an outage.
-pub const QUIET: Duration = Duration::from_secs(1);
+/// How long successes must hold, with no failure, to end an outage: longer
+/// than the slowest retry cycle of the callers that share one (a worker's
+/// lane rests up to 2 s and a pull request waits up to 2 s for an answer).
+pub const QUIET: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone, Copy)]
 struct State {
     since: Instant,
     failures: u64,
-    last: Instant,
+    /// The first success since the last failure.
+    ok_since: Option<Instant>,
 }
 
 impl Outage {
@@ -79,11 +84,11 @@ impl Outage {
         match state.as_mut() {
             Some(s) => {
                 s.failures += 1;
-                s.last = now;
+                s.ok_since = None;
                 tracing::debug!(what = self.what, %err, "{} still failing", self.what);
             }
             None => {
-                *state = Some(State { since: now, failures: 1, last: now });
+                *state = Some(State { since: now, failures: 1, ok_since: None });
                 tracing::warn!(what = self.what, %err, "{} failing; retrying with backoff until it recovers", self.what);
             }
         }
@@ -92,10 +97,15 @@ impl Outage {
     /// Records a success; logs once when it ends an outage.
     pub fn recovered(&self) {
         let Ok(mut state) = self.state.lock() else { return };
-        let Some(s) = *state else { return };
-        if s.last.elapsed() < self.quiet {
+        let Some(s) = state.as_mut() else { return };
+        let Some(ok_since) = s.ok_since else {
+            s.ok_since = Some(Instant::now());
+            return;
+        };
+        if ok_since.elapsed() < self.quiet {
             return;
         }
+        let s = *s;
         *state = None;
         tracing::info!(what = self.what, failures = s.failures, after = ?s.since.elapsed(), "{} recovered", self.what);
     }
@@ -165,7 +175,7 @@ mod tests {
     }
 
     #[test]
-    fn outage_counts_failures_and_ends_only_after_a_quiet_success() {
+    fn outage_counts_failures_and_ends_only_after_successes_held_quiet() {
         let o = Outage { quiet: Duration::from_millis(30), ..Outage::new("testing") };
         assert!(!o.ongoing());
         o.failed(&"boom");
@@ -175,8 +185,13 @@ mod tests {
         o.recovered();
         assert!(o.ongoing(), "a success right after a failure does not end it");
         std::thread::sleep(Duration::from_millis(40));
+        o.failed(&"boom");
         o.recovered();
-        assert!(!o.ongoing());
+        assert!(o.ongoing(), "a failure between successes starts the quiet period again");
+        std::thread::sleep(Duration::from_millis(40));
+        o.recovered();
+        assert!(!o.ongoing(), "successes held for the quiet period end it");
+        assert_eq!(o.state.lock().unwrap().map(|s| s.failures), None);
     }
 
     #[tokio::test(start_paused = true)]
