@@ -134,6 +134,17 @@ impl BenchEnv {
     }
 }
 
+/// The `jetsched` binary built beside this one (release for release figures).
+pub fn jetsched_binary() -> anyhow::Result<PathBuf> {
+    let binary = std::env::current_exe()?.with_file_name("jetsched");
+    anyhow::ensure!(
+        binary.is_file(),
+        "{} not found: build it first (cargo build --release -p jetsched)",
+        binary.display()
+    );
+    Ok(binary)
+}
+
 /// The pinned nats-server (reproducible benchmarks).
 fn binary() -> anyhow::Result<PathBuf> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.jetsched/bin");
@@ -250,15 +261,19 @@ impl BenchEnv {
         store: &async_nats::jetstream::kv::Store,
         entries: impl Iterator<Item = (String, String)>,
     ) -> anyhow::Result<usize> {
+        self.publish_many(entries.map(|(key, value)| (format!("{}{key}", store.prefix), value.into_bytes()))).await
+    }
+
+    /// Publishes every `(subject, payload)` to JetStream, many acks in flight.
+    pub async fn publish_many(&self, messages: impl Iterator<Item = (String, Vec<u8>)>) -> anyhow::Result<usize> {
         use futures::StreamExt;
         let mut pending = futures::stream::FuturesUnordered::new();
         let mut n = 0;
-        for (key, value) in entries {
+        for (subject, payload) in messages {
             if pending.len() >= 4096 {
                 pending.next().await.transpose()?;
             }
-            let subject = format!("{}{key}", store.prefix);
-            pending.push(self.handles.js.publish(subject, value.into()).await?.into_future());
+            pending.push(self.handles.js.publish(subject, payload.into()).await?.into_future());
             n += 1;
         }
         while let Some(r) = pending.next().await {

@@ -14,6 +14,7 @@ mod million;
 mod noop;
 mod otlp_sink;
 mod peers;
+mod runlist;
 mod stats;
 mod steady;
 
@@ -60,6 +61,9 @@ enum Command {
     Steady(steady::Args),
     /// A million schedules: ticker load time and resident memory.
     Million(million::Args),
+    /// `jetsched runs list` over a million stored runs: time and peak memory
+    /// per kind of query.
+    RunsList(runlist::Args),
     /// jetsched, the raw baseline, and BullMQ and Celery on Redis in one
     /// sitting, as one table (peers installed by `loadtest/peers/setup`).
     Peers(peers::Args),
@@ -88,6 +92,7 @@ fn main() -> anyhow::Result<()> {
             Command::Herd(args) => herd::run(&env, args).await,
             Command::Steady(args) => steady::run(&env, args).await,
             Command::Million(args) => million::run(&env, args).await,
+            Command::RunsList(args) => runlist::run(&env, args).await,
             Command::Dispatch(args) => dispatch::run(&env, args).await,
             Command::Peers(args) => peers::run(&env, args).await,
             Command::Baseline(args) => baseline::publish_rate(&env, &args).await.map(|rate| {

@@ -39,12 +39,7 @@ fn schedule(i: usize) -> String {
 }
 
 pub async fn run(env: &BenchEnv, args: Args) -> anyhow::Result<()> {
-    let binary = std::env::current_exe()?.with_file_name("jetsched");
-    anyhow::ensure!(
-        binary.is_file(),
-        "{} not found: build it first (cargo build --release -p jetsched)",
-        binary.display()
-    );
+    let binary = crate::bench::jetsched_binary()?;
     println!("nats-server {} | {} | ticker: {}", env.server_version, env.mode, binary.display());
     let t0 = Instant::now();
     let n = env.put_many(&env.handles.schedules, (0..args.schedules).map(|i| (format!("m-{i}"), schedule(i)))).await?;
@@ -101,7 +96,7 @@ pub async fn run(env: &BenchEnv, args: Args) -> anyhow::Result<()> {
 }
 
 /// A `kB` figure from `/proc/<pid>/status`.
-fn memory(pid: u32, field: &str) -> anyhow::Result<u64> {
+pub fn memory(pid: u32, field: &str) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let line = status.lines().find(|l| l.starts_with(field)).ok_or_else(|| anyhow::anyhow!("no {field}"))?;
     let kb = line.split_whitespace().nth(1).ok_or_else(|| anyhow::anyhow!("malformed {field}"))?;

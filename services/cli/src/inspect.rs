@@ -23,21 +23,10 @@ pub enum RunsCmd {
         /// Run id, e.g. s.nightly.20261125T013000Z or t.resize-image.q42.
         id: String,
     },
-    /// List runs, newest first (nats kv ls jetsched-runs).
-    List {
-        /// Only runs of this task.
-        #[arg(long)]
-        task: Option<String>,
-        /// Only runs fired by this schedule.
-        #[arg(long)]
-        schedule: Option<String>,
-        /// Only runs in this status (queued, started, succeeded, failed, dead, cancelled, expired).
-        #[arg(long)]
-        status: Option<String>,
-        /// At most this many.
-        #[arg(long, default_value_t = 50)]
-        limit: usize,
-    },
+    /// List runs, newest change first, a page at a time (read from the end
+    /// of the runs bucket's stream, or of the events stream when filtered by
+    /// task or status; never every record).
+    List(crate::runlist::ListArgs),
     /// Print run records as they change (nats kv watch jetsched-runs).
     Watch {
         /// Only runs fired by this schedule.
@@ -68,26 +57,9 @@ pub async fn runs(h: &Handles, cmd: RunsCmd) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        RunsCmd::List { task, schedule, status, limit } => {
-            let filter = match &schedule {
-                Some(s) => format!("s.{s}.>"),
-                None => ">".to_string(),
-            };
-            let mut records: Vec<RunRecord> = read_bucket(&h.runs, &filter)
-                .await?
-                .into_iter()
-                .filter_map(|(_, v)| serde_json::from_slice::<RunRecord>(&v).ok())
-                .filter(|r| task.as_ref().is_none_or(|t| &r.task == t))
-                .filter(|r| status.as_ref().is_none_or(|s| r.status.as_str() == s))
-                .collect();
-            records.sort_by_key(|r| std::cmp::Reverse(r.created_at));
-            for r in records.iter().take(limit) {
-                println!("{}", format_record(r));
-            }
-            Ok(())
-        }
+        RunsCmd::List(args) => crate::runlist::list(h, args).await,
         RunsCmd::Watch { schedule } => {
-            let key = schedule.map(|s| format!("s.{s}.>")).unwrap_or_else(|| ">".to_string());
+            let key = schedule.as_deref().map_or(">".to_string(), jetsched_contract::run::schedule_runs_filter);
             let mut watch = h.runs.watch(key).await?;
             let shutdown = jetsched_runtime::shutdown_on_signals();
             loop {
@@ -148,30 +120,6 @@ pub fn format_record(r: &RunRecord) -> String {
         line.push_str(&format!("  replays {of}"));
     }
     line
-}
-
-/// Every current (key, value) matching `filter`, read with one watch.
-pub async fn read_bucket(
-    store: &async_nats::jetstream::kv::Store,
-    filter: &str,
-) -> anyhow::Result<Vec<(String, bytes::Bytes)>> {
-    let mut out = Vec::new();
-    if store.status().await?.values() == 0 {
-        return Ok(out);
-    }
-    let mut watch = store.watch_with_history(filter).await?;
-    // Nothing matching the filter yields nothing at all: stop when quiet.
-    while let Ok(Some(entry)) = tokio::time::timeout(Duration::from_secs(2), watch.next()).await {
-        let entry = entry?;
-        let done = entry.delta == 0;
-        if entry.operation == async_nats::jetstream::kv::Operation::Put {
-            out.push((entry.key, entry.value));
-        }
-        if done {
-            break;
-        }
-    }
-    Ok(out)
 }
 
 /// The run's events, oldest first, read from the events stream starting

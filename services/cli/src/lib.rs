@@ -9,6 +9,7 @@ pub mod admin;
 pub mod dlq;
 pub mod examples;
 pub mod inspect;
+mod runlist;
 pub mod schedule;
 pub mod services;
 pub mod up;

@@ -256,6 +256,23 @@ impl Names {
         format!("{}-runs", self.prefix)
     }
 
+    /// The stream behind the runs bucket (JetStream names a bucket's stream
+    /// `KV_<bucket>`): read in stream order, it lists runs by last change.
+    pub fn runs_bucket_stream(&self) -> String {
+        format!("KV_{}", self.runs_bucket())
+    }
+
+    /// The subject of run records whose keys match `key_filter` (a key or a
+    /// filter with `*`/`>`), in the runs bucket's stream.
+    pub fn runs_bucket_subject(&self, key_filter: &str) -> String {
+        format!("$KV.{}.{key_filter}", self.runs_bucket())
+    }
+
+    /// The run record key a runs bucket stream subject is for.
+    pub fn parse_runs_bucket_subject<'a>(&self, subject: &'a str) -> Option<&'a str> {
+        subject.strip_prefix("$KV.")?.strip_prefix(self.runs_bucket().as_str())?.strip_prefix('.')
+    }
+
     /// Worker heartbeats, keyed by worker id.
     pub fn workers_bucket(&self) -> String {
         format!("{}-workers", self.prefix)

@@ -22,6 +22,12 @@ pub fn scheduled_run_id(schedule: &str, nominal: Timestamp) -> String {
     format!("s.{schedule}.{}", compact_time(nominal))
 }
 
+/// The key filter that matches every run fired by `schedule` (its fires and
+/// their re-fires after an edit).
+pub fn schedule_runs_filter(schedule: &str) -> String {
+    format!("s.{schedule}.>")
+}
+
 /// The run id of the fire at `nominal` that replaces a withdrawn one after
 /// the schedule was edited to KV revision `revision`:
 /// `s.<schedule>.<nominal>.r<revision>`.
