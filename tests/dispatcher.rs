@@ -346,18 +346,34 @@ async fn concurrency_limit_of_one_per_customer_holds_across_two_dispatchers_and_
     }
 
     events.wait_for_n(12, 60, "every bill", is("bill", RunStatus::Succeeded)).await;
-    let mut by_customer: HashMap<String, Vec<jiff::Timestamp>> = HashMap::new();
-    for c in calls.drain() {
-        by_customer.entry(c.payload["customer"].as_str().unwrap().to_string()).or_default().push(c.at);
-    }
-    for (customer, mut starts) in by_customer {
-        assert_eq!(starts.len(), 6, "{customer}");
-        starts.sort();
-        for pair in starts.windows(2) {
-            let gap = pair[1].duration_since(pair[0]);
-            assert!(gap >= jiff::SignedDuration::from_millis(140), "{customer}: two runs at once ({gap:?} apart)");
+    let customer_of: HashMap<String, String> = calls
+        .drain()
+        .into_iter()
+        .map(|c| (c.header(headers::RUN_ID).unwrap(), c.payload["customer"].as_str().unwrap().to_string()))
+        .collect();
+    // A worker takes the key's slot before the run's `started` event and
+    // frees it after its `succeeded` event is stored: in the events stream's
+    // order, each customer's runs start and succeed in turn, never two open.
+    let mut open: HashMap<String, Option<String>> = HashMap::new();
+    let mut runs: HashMap<String, usize> = HashMap::new();
+    for (_, e) in events.seen.iter().filter(|(_, e)| e.task == "bill") {
+        let run = e.run_id.clone().unwrap();
+        let customer = customer_of[&run].clone();
+        let holder = open.entry(customer.clone()).or_default();
+        match e.status {
+            RunStatus::Started => {
+                assert_eq!(*holder, None, "{customer}: {run} started while another run was open");
+                *holder = Some(run);
+                *runs.entry(customer).or_default() += 1;
+            }
+            RunStatus::Succeeded => {
+                assert_eq!(holder.as_deref(), Some(run.as_str()), "{customer}: {run} ended but was not the open run");
+                *holder = None;
+            }
+            _ => {}
         }
     }
+    assert_eq!(runs, HashMap::from([("acme".to_string(), 6), ("globex".to_string(), 6)]));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -420,7 +436,12 @@ async fn schedule_waits_for_the_schedule_it_depends_on() {
     let _services = env.services();
     let mut events = env.events().await;
 
-    let report = events.wait_for(30, "the report to run", is("report", RunStatus::Started)).await;
-    let extracted = events.wait_for(5, "the extract to have succeeded", is("extract", RunStatus::Succeeded)).await;
-    assert!(report.at >= extracted.at, "the report waited for the extract");
+    events.wait_for(30, "the report to run", is("report", RunStatus::Started)).await;
+    events.wait_for(5, "the extract to have succeeded", is("extract", RunStatus::Succeeded)).await;
+    let position =
+        |task: &str, status: RunStatus| events.seen.iter().position(|(_, e)| e.task == task && e.status == status);
+    assert!(
+        position("extract", RunStatus::Succeeded) < position("report", RunStatus::Started),
+        "the report waited for the extract (events stream order)"
+    );
 }

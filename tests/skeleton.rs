@@ -114,16 +114,22 @@ async fn failing_function_is_retried_with_backoff_then_dead_lettered() {
     let failed = events.seen_with("broken", RunStatus::Failed);
     assert_eq!(failed.iter().map(|e| e.attempt).collect::<Vec<_>>(), vec![1, 2]);
 
-    // Backoff: 500ms before attempt 2, 1s before attempt 3.
-    let mut times = Vec::new();
+    // Backoff: each failure announces its retry 500 ms, then 1 s, later
+    // (no jitter), and the next attempt does not start before it.
+    let delays: Vec<jiff::SignedDuration> = failed.iter().map(|e| e.retry_at.unwrap().duration_since(e.at)).collect();
+    assert_eq!(delays, vec![jiff::SignedDuration::from_millis(500), jiff::SignedDuration::from_secs(1)]);
+    let mut attempts = Vec::new();
     for _ in 0..3 {
-        times.push(calls.next_call(5).await.at);
+        let call = calls.next_call(5).await;
+        attempts.push((call.header(jetsched_contract::headers::ATTEMPT).unwrap(), call.at));
     }
-    let gap1 = times[1].duration_since(times[0]);
-    let gap2 = times[2].duration_since(times[1]);
-    assert!(gap1 >= jiff::SignedDuration::from_millis(450), "first retry after {gap1:?}");
-    assert!(gap2 >= jiff::SignedDuration::from_millis(950), "second retry after {gap2:?}");
+    assert_eq!(attempts.iter().map(|a| a.0.as_str()).collect::<Vec<_>>(), vec!["1", "2", "3"]);
+    for (f, next) in failed.iter().zip(&attempts[1..]) {
+        let due = f.retry_at.unwrap();
+        assert!(next.1 >= due, "attempt {} started at {} before its retry was due at {due}", next.0, next.1);
+    }
     assert!(calls.drain().is_empty(), "no attempt after the last one");
+    assert_eq!(dead.retry_at, None, "no retry after the last attempt");
 
     let dlq = env.dead_letters("broken").await;
     assert_eq!(dlq.len(), 1);

@@ -132,8 +132,10 @@ async fn staged_fire_is_queued_ahead_of_its_time_and_starts_on_time() {
     env.put_schedule("staged", json!({"every": "1s", "task": "tick"})).await;
 
     let queued = events.wait_for_n(3, 15, "three staged fires", queued("staged")).await;
-    let ahead: Vec<&RunEvent> = queued.iter().filter(|e| Some(e.at) < e.scheduled_for).collect();
-    assert!(!ahead.is_empty(), "fires are queued before their time: {queued:?}");
+    // The first fire may be staged late (the schedule has just been put);
+    // the next ones are staged a lookahead before they are due.
+    let late: Vec<&RunEvent> = queued[1..].iter().filter(|e| Some(e.at) >= e.scheduled_for).collect();
+    assert!(late.is_empty(), "fires after the first are queued before their time: {late:?}");
     for _ in 0..3 {
         let call = calls.next_call(10).await;
         let nominal: Timestamp = call.header(headers::SCHEDULED_FOR).unwrap().parse().unwrap();

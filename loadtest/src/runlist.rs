@@ -87,6 +87,7 @@ fn event(r: &RunRecord) -> RunEvent {
         output: None,
         workflow_run: None,
         step: None,
+        retry_at: None,
     }
 }
 

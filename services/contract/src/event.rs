@@ -137,6 +137,10 @@ pub struct RunEvent {
     /// For a step run: its step name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub step: Option<String>,
+    /// For `failed` with an attempt to come: when it is due (the attempt
+    /// does not start before; it may start later, when a worker is free).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_at: Option<Timestamp>,
 }
 
 impl RunEvent {
@@ -161,6 +165,7 @@ impl RunEvent {
             output: None,
             workflow_run: None,
             step: None,
+            retry_at: None,
         }
     }
 

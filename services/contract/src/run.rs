@@ -143,8 +143,8 @@ pub struct RunRecord {
     /// For a workflow run: where each step stands.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workflow: Option<crate::workflow::WorkflowState>,
-    /// For a step run that succeeded: the handler's result (JSON), for the
-    /// workflow's later steps.
+    /// For a run that succeeded: the handler's result (JSON, at most 64 KiB;
+    /// a step's result also goes to the workflow's later steps).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result: Option<serde_json::Value>,
 }

@@ -474,8 +474,9 @@ async fn run_attempt(
                 worker: Some(ctx.worker_id.clone()),
                 ..event_for(item, record, RunStatus::Succeeded, None)
             };
-            // A step's result travels to the workflow's later steps.
-            let result = item.parent.as_ref().and_then(|_| settle::result_json(&result));
+            // Kept in the record (`runs get`); a step's result also travels
+            // to the workflow's later steps.
+            let result = settle::result_json(&result);
             let change = move |r: &mut RunRecord| {
                 record::finish(RunStatus::Succeeded, None)(r);
                 r.result = result.clone();
@@ -488,12 +489,15 @@ async fn run_attempt(
             let spread = runid::unit_hash(&format!("{}:{attempt}", item.run_id));
             let delay = retry_after.unwrap_or_else(|| item.def.retry.backoff(attempt + 1, spread));
             tracing::info!(run_id = %item.run_id, task = %item.task, attempt, %error, ?delay, "run failed; will retry");
-            let event = RunEvent {
+            let mut event = RunEvent {
                 duration_ms: Some(duration_ms),
                 output,
                 worker: Some(ctx.worker_id.clone()),
                 ..event_for(item, record, RunStatus::Failed, Some(error.clone()))
             };
+            // The message is handed back with this delay after the event is
+            // stored, so the next attempt is never due before `retry_at`.
+            event.retry_at = jiff::SignedDuration::try_from(delay).ok().and_then(|d| event.at.checked_add(d).ok());
             match settle(ctx, record, revision, record::finish(RunStatus::Failed, Some(error)), &event).await {
                 Disposition::Ack => {
                     metrics().retries.add(1, &[kv("task", item.task.clone())]);
