@@ -9,9 +9,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::connection::State;
+use axum::Router;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
 use opentelemetry_sdk::metrics::ManualReader;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 /// What `/readyz` checks.
@@ -90,60 +92,66 @@ pub async fn serve(
     metrics: Option<Arc<ManualReader>>,
     shutdown: CancellationToken,
 ) -> std::io::Result<SocketAddr> {
-    let listener = TcpListener::bind(addr).await?;
+    let listener = tokio::net::TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
+    let app = router(health, metrics);
     tokio::spawn(async move {
-        loop {
-            let conn = tokio::select! {
-                _ = shutdown.cancelled() => return,
-                c = listener.accept() => c,
-            };
-            let Ok((stream, _)) = conn else { continue };
-            let (health, metrics) = (health.clone(), metrics.clone());
-            tokio::spawn(async move {
-                let _ =
-                    tokio::time::timeout(Duration::from_secs(10), respond(stream, &health, metrics.as_deref())).await;
-            });
+        let served = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await;
+        if let Err(err) = served {
+            tracing::warn!(%err, "health and metrics server stopped");
         }
     });
     Ok(local)
 }
 
-async fn respond(mut stream: TcpStream, health: &Health, metrics: Option<&ManualReader>) -> std::io::Result<()> {
-    let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 1024];
-    while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 16 * 1024 {
-        let n = stream.read(&mut chunk).await?;
-        if n == 0 {
-            break;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-    let request = String::from_utf8_lossy(&buf);
-    let mut parts = request.split_whitespace();
-    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let path = path.split('?').next().unwrap_or("");
-    let (status, content_type, body) = match (method, path) {
-        ("GET", "/healthz") => ("200 OK", "text/plain", "ok\n".to_string()),
-        ("GET", "/readyz") => match health.check() {
-            (true, body) => ("200 OK", "text/plain", body),
-            (false, body) => ("503 Service Unavailable", "text/plain", body),
-        },
-        ("GET", "/metrics") => match metrics {
-            Some(reader) => ("200 OK", "text/plain; version=0.0.4", crate::metrics::render_prometheus(reader)),
-            None => ("404 Not Found", "text/plain", "metrics are not enabled\n".to_string()),
-        },
-        ("GET", _) => ("404 Not Found", "text/plain", "try /healthz, /readyz or /metrics\n".to_string()),
-        _ => ("405 Method Not Allowed", "text/plain", "GET only\n".to_string()),
-    };
-    let head = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).await?;
-    stream.write_all(body.as_bytes()).await?;
-    stream.shutdown().await
+/// The three endpoints; anything else is a 404 naming them, any other
+/// method a 405.
+fn router(health: Health, metrics: Option<Arc<ManualReader>>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let health = health.clone();
+                async move {
+                    match health.check() {
+                        (true, body) => (StatusCode::OK, body),
+                        (false, body) => (StatusCode::SERVICE_UNAVAILABLE, body),
+                    }
+                }
+            }),
+        )
+        .route(
+            "/metrics",
+            get(move || {
+                let metrics = metrics.clone();
+                async move {
+                    match metrics {
+                        Some(reader) => (
+                            StatusCode::OK,
+                            [(header::CONTENT_TYPE, crate::metrics::PROMETHEUS_CONTENT_TYPE)],
+                            crate::metrics::render_prometheus(&reader),
+                        )
+                            .into_response(),
+                        None => (StatusCode::NOT_FOUND, "metrics are not enabled\n").into_response(),
+                    }
+                }
+            }),
+        )
+        .fallback(|| async { (StatusCode::NOT_FOUND, "try /healthz, /readyz or /metrics\n") })
+        .layer(axum::middleware::from_fn(bounded))
 }
+
+/// Answers 408 to a request that takes longer than [`REQUEST_TIMEOUT`].
+async fn bounded(request: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
+    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => StatusCode::REQUEST_TIMEOUT.into_response(),
+    }
+}
+
+/// Longest time a request may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[cfg(test)]
 mod tests {

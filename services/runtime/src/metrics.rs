@@ -2,7 +2,6 @@
 //! Prometheus text format on demand (`/metrics`). docs/OBSERVABILITY.md lists
 //! them all.
 
-use std::fmt::Write as _;
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
@@ -12,6 +11,10 @@ use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData, ResourceMetrics};
 use opentelemetry_sdk::metrics::reader::MetricReader;
 use opentelemetry_sdk::metrics::{InstrumentKind, ManualReader, Pipeline, Temporality};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
 
 /// Bucket bounds, in seconds, for latencies from a millisecond to minutes.
 const SECONDS: &[f64] =
@@ -112,76 +115,98 @@ impl MetricReader for SharedReader {
     }
 }
 
-/// Collects and renders everything in the Prometheus text format (0.0.4).
-pub fn render_prometheus(reader: &ManualReader) -> String {
-    let mut rm = ResourceMetrics::default();
-    if reader.collect(&mut rm).is_err() {
-        return String::new();
-    }
+/// The content type of [`render_prometheus`]'s text.
+pub const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Every metric `reader` holds, in the Prometheus text format (0.0.4),
+/// written by `prometheus-client`'s encoder: monotonic sums are counters
+/// (`_total`), other sums and gauges are gauges, histograms keep their
+/// buckets.
+pub fn render_prometheus(reader: &Arc<ManualReader>) -> String {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(OtelBridge(reader.clone())));
     let mut out = String::new();
-    for scope in rm.scope_metrics() {
-        for metric in scope.metrics() {
-            let name = sanitize(metric.name());
-            match metric.data() {
-                AggregatedMetrics::F64(d) => render(&mut out, &name, metric.description(), d, |v| v),
-                AggregatedMetrics::U64(d) => render(&mut out, &name, metric.description(), d, |v| v as f64),
-                AggregatedMetrics::I64(d) => render(&mut out, &name, metric.description(), d, |v| v as f64),
-            }
-        }
+    if let Err(err) = prometheus_client::encoding::prometheus_text::encode(&mut out, &registry) {
+        tracing::debug!(%err, "cannot encode metrics");
     }
     out
 }
 
-fn render<T: Copy>(out: &mut String, name: &str, help: &str, data: &MetricData<T>, f: impl Fn(T) -> f64) {
+/// Hands the OpenTelemetry reader's current data to the encoder at each scrape.
+#[derive(Debug)]
+struct OtelBridge(Arc<ManualReader>);
+
+impl Collector for OtelBridge {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let mut rm = ResourceMetrics::default();
+        if self.0.collect(&mut rm).is_err() {
+            return Ok(());
+        }
+        for scope in rm.scope_metrics() {
+            for metric in scope.metrics() {
+                let (name, help) = (sanitize(metric.name()), metric.description());
+                match metric.data() {
+                    AggregatedMetrics::F64(d) => encode(&mut encoder, &name, help, d, |v| v)?,
+                    AggregatedMetrics::U64(d) => encode(&mut encoder, &name, help, d, |v| v as f64)?,
+                    AggregatedMetrics::I64(d) => encode(&mut encoder, &name, help, d, |v| v as f64)?,
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn encode<T: Copy>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    data: &MetricData<T>,
+    f: impl Fn(T) -> f64,
+) -> Result<(), std::fmt::Error> {
     match data {
-        MetricData::Sum(sum) => {
-            let (name, kind) =
-                if sum.is_monotonic() { (format!("{name}_total"), "counter") } else { (name.to_string(), "gauge") };
-            header(out, &name, help, kind);
+        MetricData::Sum(sum) if sum.is_monotonic() => {
+            // The encoder appends `_total` to a counter's name.
+            let name = name.strip_suffix("_total").unwrap_or(name);
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
             for p in sum.data_points() {
-                let _ = writeln!(out, "{name}{} {}", labels(p.attributes(), None), f(p.value()));
+                family
+                    .encode_family(&labels(p.attributes()))?
+                    .encode_counter::<NoLabelSet, _, f64>(&f(p.value()), None)?;
+            }
+        }
+        MetricData::Sum(sum) => {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            for p in sum.data_points() {
+                family.encode_family(&labels(p.attributes()))?.encode_gauge(&f(p.value()))?;
             }
         }
         MetricData::Gauge(g) => {
-            header(out, name, help, "gauge");
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
             for p in g.data_points() {
-                let _ = writeln!(out, "{name}{} {}", labels(p.attributes(), None), f(p.value()));
+                family.encode_family(&labels(p.attributes()))?.encode_gauge(&f(p.value()))?;
             }
         }
         MetricData::Histogram(h) => {
-            header(out, name, help, "histogram");
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Histogram)?;
             for p in h.data_points() {
-                let mut cumulative = 0;
-                let bounds: Vec<f64> = p.bounds().collect();
-                for (i, count) in p.bucket_counts().enumerate() {
-                    cumulative += count;
-                    let le = bounds.get(i).map(|b| b.to_string()).unwrap_or_else(|| "+Inf".to_string());
-                    let _ = writeln!(out, "{name}_bucket{} {cumulative}", labels(p.attributes(), Some(&le)));
-                }
-                let _ = writeln!(out, "{name}_sum{} {}", labels(p.attributes(), None), f(p.sum()));
-                let _ = writeln!(out, "{name}_count{} {}", labels(p.attributes(), None), p.count());
+                let bounds: Vec<f64> = p.bounds().chain(std::iter::once(f64::INFINITY)).collect();
+                let buckets: Vec<(f64, u64)> = bounds.into_iter().zip(p.bucket_counts()).collect();
+                family.encode_family(&labels(p.attributes()))?.encode_histogram::<NoLabelSet>(
+                    f(p.sum()),
+                    p.count(),
+                    &buckets,
+                    None,
+                )?;
             }
         }
         MetricData::ExponentialHistogram(_) => {}
     }
+    Ok(())
 }
 
-fn header(out: &mut String, name: &str, help: &str, kind: &str) {
-    let _ = writeln!(out, "# HELP {name} {}", help.replace('\\', "\\\\").replace('\n', "\\n"));
-    let _ = writeln!(out, "# TYPE {name} {kind}");
-}
-
-fn labels<'a>(attrs: impl Iterator<Item = &'a KeyValue>, le: Option<&str>) -> String {
-    let mut parts: Vec<String> = attrs
-        .map(|kv| {
-            let v = kv.value.as_str().replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n");
-            format!("{}=\"{v}\"", sanitize(kv.key.as_str()))
-        })
-        .collect();
-    if let Some(le) = le {
-        parts.push(format!("le=\"{le}\""));
-    }
-    if parts.is_empty() { String::new() } else { format!("{{{}}}", parts.join(",")) }
+/// A data point's attributes as label pairs (values escaped by the encoder).
+fn labels<'a>(attrs: impl Iterator<Item = &'a KeyValue>) -> Vec<(String, String)> {
+    attrs.map(|kv| (sanitize(kv.key.as_str()), kv.value.as_str().into_owned())).collect()
 }
 
 fn sanitize(name: &str) -> String {
@@ -209,6 +234,7 @@ mod tests {
         h.record(0.05, &[]);
         h.record(5.0, &[]);
         let text = render_prometheus(&reader);
+        assert!(text.contains("# HELP jetsched_runs_total runs"), "{text}");
         assert!(text.contains("# TYPE jetsched_runs_total counter"), "{text}");
         assert!(
             text.contains(r#"jetsched_runs_total{task="a\"b",status="succeeded"} 2"#)
