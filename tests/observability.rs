@@ -128,16 +128,6 @@ async fn trace_context_reaches_every_handler_kind_without_an_exporter() {
     trace_parts(&call.header(headers::TRACEPARENT).expect("a scheduled run's function gets a traceparent"));
 }
 
-/// The value of the sample `name` whose labels include `labels` (0 if absent).
-fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    text.lines()
-        .filter(|l| l.split(['{', ' ']).next() == Some(name))
-        .find(|l| labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_endpoint_shows_lateness_and_run_counters_moving() {
     let (_, reader) = install_span_collector();

@@ -728,3 +728,20 @@ impl Events {
             .collect()
     }
 }
+
+/// The current value of metric `name` with these `labels` in this test
+/// process's metrics (0 when absent), as `/metrics` would show it.
+pub fn metric_value(name: &str, labels: &[(&str, &str)]) -> f64 {
+    let (_, reader) = install_span_collector();
+    sample(&jetsched_runtime::metrics::render_prometheus(&reader), name, labels)
+}
+
+/// The value of metric `name` with these `labels` in Prometheus text `text` (0 when absent).
+pub fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| l.split(['{', ' ']).next() == Some(name))
+        .find(|l| labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}

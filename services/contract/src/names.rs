@@ -206,6 +206,11 @@ impl Names {
         format!("_w-{worker_id}")
     }
 
+    /// The worker id of a worker's own queue (`None` for any other queue).
+    pub fn parse_worker_queue<'a>(&self, queue: &'a str) -> Option<&'a str> {
+        queue.strip_prefix("_w-")
+    }
+
     /// The shared queue of runs of `queue` that require `labels`: served
     /// only by workers of that queue carrying all those labels.
     pub fn labelled_queue(&self, queue: &str, labels: &std::collections::BTreeMap<String, String>) -> String {
@@ -308,6 +313,12 @@ impl Names {
         format!("{}-rates", self.prefix)
     }
 
+    /// The key in the rates bucket holding `task`'s round-robin rotation
+    /// (the next turn to hand out, shared by every dispatcher).
+    pub fn round_robin_key(&self, task: &str) -> String {
+        format!("rr.{task}")
+    }
+
     // ---- consumers ----
 
     /// The durable consumer all dispatchers share.
@@ -318,6 +329,12 @@ impl Names {
     /// The durable consumer all workers of `queue` share for `band`.
     pub fn worker_consumer(&self, queue: &str, band: u8) -> String {
         format!("worker-{queue}-{band}")
+    }
+
+    /// Queue and band of a worker consumer's name.
+    pub fn parse_worker_consumer<'a>(&self, name: &'a str) -> Option<(&'a str, u8)> {
+        let (queue, band) = name.strip_prefix("worker-")?.rsplit_once('-')?;
+        Some((queue, band.parse().ok()?))
     }
 }
 
@@ -363,6 +380,10 @@ mod tests {
         assert_eq!(n.parse_inbox_subject("other.due.b"), None);
         assert_eq!(n.parse_task_subject("jetsched.task.q.7"), Some(("q", 7)));
         assert_eq!(n.parse_event_subject("jetsched.event.t.dead"), Some(("t", "dead")));
+        let consumer = n.worker_consumer(&n.worker_queue("host-1-42"), 7);
+        assert_eq!(n.parse_worker_consumer(&consumer), Some(("_w-host-1-42", 7)));
+        assert_eq!(n.parse_worker_queue("_w-host-1-42"), Some("host-1-42"));
+        assert_eq!(n.parse_worker_queue("default"), None);
     }
 
     #[test]

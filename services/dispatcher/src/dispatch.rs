@@ -24,7 +24,7 @@ use crate::cache::DefCache;
 use crate::gates::{self, Gate};
 use crate::priority::{Weights, band, effective_priority};
 use crate::registry::Registry;
-use crate::route::{self, RoundRobin, Target};
+use crate::route::{self, Target, Unroutable};
 
 /// What to do with the inbox message.
 #[derive(Debug, PartialEq)]
@@ -51,8 +51,8 @@ pub struct Ctx {
     pub registry: Registry,
     /// Priority formula.
     pub weights: Weights,
-    /// Round-robin positions.
-    pub rr: RoundRobin,
+    /// Counters in `jetsched-rates` (the cluster-wide round-robin rotation).
+    pub rates: Store,
 }
 
 /// The parts of an inbox message the handler reads.
@@ -233,13 +233,19 @@ async fn dispatch(ctx: &Ctx, msg: &Inbox<'_>, mut a: Accepted) -> Disposition {
     }
     let band = band(effective_priority(a.importance, a.def.expected_duration.map(|d| d.0), &ctx.weights));
     let names = ctx.publisher.names();
-    let targets = match route::plan(names, &a.task, &a.def, &a.payload, &a.run_id, band, &ctx.registry, &ctx.rr) {
-        Ok(t) => t,
-        Err(why) => {
-            tracing::info!(run_id = %a.run_id, %why, "waiting for a worker to route to");
-            return Disposition::Retry(Duration::from_secs(2));
-        }
-    };
+    let targets =
+        match route::plan(names, &a.task, &a.def, &a.payload, &a.run_id, band, &ctx.registry, &ctx.rates).await {
+            Ok(t) => t,
+            Err(Unroutable::Wait(why)) => {
+                tracing::info!(run_id = %a.run_id, %why, "waiting for a worker to route to");
+                return Disposition::Retry(Duration::from_secs(2));
+            }
+            Err(Unroutable::Failed(err)) => {
+                tracing::debug!(run_id = %a.run_id, %err, "cannot take a round-robin turn; will retry");
+                DISPATCHING.failed(&format_args!("cannot take a round-robin turn: {err}"));
+                return RETRY;
+            }
+        };
     for target in &targets {
         if let Err(d) = enqueue(ctx, msg, &a, target).await {
             return d;

@@ -102,7 +102,7 @@ pub async fn run(
             duration: config.weight_duration,
             reference: config.duration_reference,
         },
-        rr: Default::default(),
+        rates: handles.rates.clone(),
         publisher,
     });
     let permits = Arc::new(Semaphore::new(config.dispatch_concurrency.max(1)));

@@ -1,8 +1,12 @@
 //! Live workers, from the heartbeats in `jetsched-workers`: which ones serve
 //! a queue with the labels a task requires. An entry whose heartbeat is older
 //! than the worker TTL counts as gone even before the bucket drops it.
+//! Until the bucket's first replay has been read the view is incomplete
+//! ([`Registry::loaded`] is false): routing that picks a worker waits for it,
+//! so that a dispatcher just started does not rotate over part of the workers.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -19,13 +23,15 @@ use crate::cache::{read, write};
 pub struct Registry {
     workers: Arc<RwLock<HashMap<String, WorkerInfo>>>,
     ttl: Duration,
+    loaded: Arc<AtomicBool>,
 }
 
 impl Registry {
     /// Mirrors `store` until `shutdown`.
     pub fn spawn(store: Store, ttl: Duration, shutdown: CancellationToken) -> Registry {
-        let registry = Registry { workers: Arc::default(), ttl };
+        let registry = Registry { workers: Arc::default(), ttl, loaded: Arc::default() };
         let workers = registry.workers.clone();
+        let loaded = registry.loaded.clone();
         let mut changes = spawn_kv_watch(store, shutdown, 256);
         tokio::spawn(async move {
             while let Some(change) = changes.recv().await {
@@ -39,7 +45,7 @@ impl Registry {
                     KvChange::Delete { key } => {
                         write(&workers).remove(&key);
                     }
-                    KvChange::Ready => {}
+                    KvChange::Ready => loaded.store(true, Ordering::Release),
                 }
             }
         });
@@ -48,7 +54,16 @@ impl Registry {
 
     /// A registry holding exactly `workers` (tests, tools).
     pub fn fixed(workers: Vec<WorkerInfo>, ttl: Duration) -> Registry {
-        Registry { workers: Arc::new(RwLock::new(workers.into_iter().map(|w| (w.id.clone(), w)).collect())), ttl }
+        Registry {
+            workers: Arc::new(RwLock::new(workers.into_iter().map(|w| (w.id.clone(), w)).collect())),
+            ttl,
+            loaded: Arc::new(AtomicBool::new(true)),
+        }
+    }
+
+    /// True once every worker present when the dispatcher started has been read.
+    pub fn loaded(&self) -> bool {
+        self.loaded.load(Ordering::Acquire)
     }
 
     /// True when `id` has a fresh heartbeat.

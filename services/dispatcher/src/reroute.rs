@@ -1,8 +1,8 @@
 //! Runs addressed to a worker that is gone. A worker's own queue
 //! (`_w-<id>`) would otherwise hold them for good: every few seconds each
 //! dispatcher looks for worker queues whose worker has no fresh heartbeat,
-//! drains them, and re-routes what it finds (or skips broadcast shares: that
-//! worker's share of a broadcast went with it). Several dispatchers may drain
+//! drains them (every band), and re-routes what it finds at the band it had
+//! (or skips broadcast shares: that worker's share of a broadcast went with it). Several dispatchers may drain
 //! the same queue at once: it is a work queue, each message goes to one.
 
 use std::time::Duration;
@@ -31,12 +31,13 @@ async fn sweep_once(ctx: &Ctx, handles: &Handles) -> anyhow::Result<()> {
     let stream = handles.stream(&handles.names.tasks_stream()).await?;
     let names: Vec<String> = stream.consumer_names().try_collect().await?;
     for name in names {
-        let Some(id) = name.strip_prefix("worker-_w-").and_then(|r| r.strip_suffix("-0")) else { continue };
+        let Some((queue, band)) = handles.names.parse_worker_consumer(&name) else { continue };
+        let Some(id) = handles.names.parse_worker_queue(queue) else { continue };
         if ctx.registry.is_alive(id) {
             continue;
         }
         let mut consumer: PullConsumer = stream.get_consumer(&name).await.map_err(|e| anyhow::anyhow!(e))?;
-        if drain(ctx, &consumer).await? {
+        if drain(ctx, &consumer, band).await? {
             // Runs the worker held when it died come back after its ack
             // wait: keep the queue until none is outstanding.
             let info = consumer.info().await?;
@@ -50,7 +51,7 @@ async fn sweep_once(ctx: &Ctx, handles: &Handles) -> anyhow::Result<()> {
 }
 
 /// Re-routes everything in a departed worker's queue; `true` when it is empty.
-async fn drain(ctx: &Ctx, consumer: &PullConsumer) -> anyhow::Result<bool> {
+async fn drain(ctx: &Ctx, consumer: &PullConsumer, band: u8) -> anyhow::Result<bool> {
     loop {
         let batch: Vec<_> = consumer.fetch().max_messages(64).messages().await?.collect().await;
         if batch.is_empty() {
@@ -63,7 +64,7 @@ async fn drain(ctx: &Ctx, consumer: &PullConsumer) -> anyhow::Result<bool> {
                 let _ = msg.ack().await;
                 continue;
             };
-            if resettle(ctx, item, seq).await? {
+            if resettle(ctx, item, seq, band).await? {
                 let _ = msg.ack().await;
             } else {
                 // No live worker to take it yet: leave it for the next sweep.
@@ -76,7 +77,7 @@ async fn drain(ctx: &Ctx, consumer: &PullConsumer) -> anyhow::Result<bool> {
 
 /// Skips a broadcast share, or sends the run to another matching worker.
 /// `false` when there is no worker to send it to.
-async fn resettle(ctx: &Ctx, item: WorkItem, seq: u64) -> anyhow::Result<bool> {
+async fn resettle(ctx: &Ctx, item: WorkItem, seq: u64, band: u8) -> anyhow::Result<bool> {
     let names = ctx.publisher.names();
     if item.shard.is_some() {
         let reason = "its worker left before running this broadcast share".to_string();
@@ -102,7 +103,7 @@ async fn resettle(ctx: &Ctx, item: WorkItem, seq: u64) -> anyhow::Result<bool> {
     };
     let mut h = async_nats::HeaderMap::new();
     h.insert(jetsched_contract::headers::RUN_ID, item.run_id.as_str());
-    let subject = names.task_subject(&names.worker_queue(&target.id), 0);
+    let subject = names.task_subject(&names.worker_queue(&target.id), band);
     let msg_id = format!("{}/r{seq}", item.run_id);
     ctx.publisher.publish(subject, h, &msg_id, serde_json::to_vec(&item)?.into()).await?;
     tracing::info!(run_id = %item.run_id, to = %target.id, "re-routed from a departed worker");

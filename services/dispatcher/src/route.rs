@@ -5,11 +5,17 @@
 //! - `any` with `requires.labels`: a queue shared by the workers of the
 //!   task's queue carrying those labels (`_l-<hash>`), at the run's band;
 //! - `round_robin`, `consistent_hash`, `broadcast`: the queue of one chosen
-//!   worker (`_w-<worker id>`), band 0.
+//!   worker (`_w-<worker id>`), at the run's band (a worker serves every
+//!   band of its own queue, so routed runs keep their priority).
+//!
+//! Round robin takes turns across the whole cluster: the rotation is a
+//! counter per task in `jetsched-rates` (key [`Names::round_robin_key`]),
+//! advanced by compare-and-set, so two dispatchers never hand out the same
+//! turn and the matching workers (ordered by id) get runs in strict rotation.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
+use std::collections::BTreeMap;
 
+use async_nats::jetstream::kv::{CreateErrorKind, Operation, Store, UpdateErrorKind};
 use jetsched_contract::message::Shard;
 use jetsched_contract::{Names, Routing, TaskDef, render_template};
 use serde_json::Value;
@@ -29,23 +35,47 @@ pub struct Target {
     pub shard: Option<Shard>,
 }
 
-/// Round-robin positions per task (per dispatcher: replicas interleave).
-#[derive(Default)]
-pub struct RoundRobin(Mutex<HashMap<String, usize>>);
-
-impl RoundRobin {
-    fn next(&self, task: &str) -> usize {
-        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let n = map.entry(task.to_string()).or_default();
-        *n = n.wrapping_add(1);
-        *n - 1
-    }
+/// Why a run cannot be routed now.
+#[derive(Debug)]
+pub enum Unroutable {
+    /// No live worker fits it: it waits (the reason says what is missing).
+    Wait(String),
+    /// The rotation counter could not be read or advanced (NATS trouble).
+    Failed(anyhow::Error),
 }
 
-/// Where the run goes; `Err` when routing needs a live matching worker and
-/// there is none (the caller waits for one).
+/// Most compare-and-set attempts on the rotation counter before giving up
+/// (the inbox message is retried later).
+const TURN_ATTEMPTS: usize = 32;
+
+/// Takes the next turn of the rotation under `key` in `store`: the counter's
+/// value before this call. A conflicting write (another dispatcher took a
+/// turn, or a stale read from a follower) is re-read and tried again.
+pub async fn next_turn(store: &Store, key: &str) -> anyhow::Result<u64> {
+    for _ in 0..TURN_ATTEMPTS {
+        match store.entry(key).await? {
+            Some(e) if e.operation == Operation::Put => {
+                let turn: u64 = std::str::from_utf8(&e.value).ok().and_then(|s| s.parse().ok()).unwrap_or(0);
+                match store.update(key, (turn + 1).to_string().into(), e.revision).await {
+                    Ok(_) => return Ok(turn),
+                    Err(err) if err.kind() == UpdateErrorKind::WrongLastRevision => continue,
+                    Err(err) => return Err(err.into()),
+                }
+            }
+            _ => match store.create(key, "1".into()).await {
+                Ok(_) => return Ok(0),
+                Err(err) if err.kind() == CreateErrorKind::AlreadyExists => continue,
+                Err(err) => return Err(err.into()),
+            },
+        }
+    }
+    anyhow::bail!("the round-robin counter {key} kept changing ({TURN_ATTEMPTS} attempts)")
+}
+
+/// Where the run goes. `Unroutable::Wait` when routing needs a live
+/// matching worker and there is none (the caller waits for one).
 #[allow(clippy::too_many_arguments)]
-pub fn plan(
+pub async fn plan(
     names: &Names,
     task: &str,
     def: &TaskDef,
@@ -53,8 +83,8 @@ pub fn plan(
     run_id: &str,
     band: u8,
     registry: &Registry,
-    rr: &RoundRobin,
-) -> Result<Vec<Target>, String> {
+    counters: &Store,
+) -> Result<Vec<Target>, Unroutable> {
     let empty = BTreeMap::new();
     let labels = def.requires.as_ref().map(|r| &r.labels).unwrap_or(&empty);
     let single = |queue: String, band: u8| Ok(vec![Target { queue, band, run_id: run_id.to_string(), shard: None }]);
@@ -65,21 +95,25 @@ pub fn plan(
             single(names.labelled_queue(&def.queue, labels), band)
         };
     }
+    if !registry.loaded() {
+        return Err(Unroutable::Wait("the list of live workers is still being read".to_string()));
+    }
     let workers = registry.matching(&def.queue, labels);
     if workers.is_empty() {
-        return Err(format!("no live worker serves queue {} with labels {labels:?}", def.queue));
+        return Err(Unroutable::Wait(format!("no live worker serves queue {} with labels {labels:?}", def.queue)));
     }
     match &def.routing {
         Routing::Any => single(def.queue.clone(), band),
         Routing::RoundRobin => {
-            let w = &workers[rr.next(task) % workers.len()];
-            single(names.worker_queue(&w.id), 0)
+            let turn = next_turn(counters, &names.round_robin_key(task)).await.map_err(Unroutable::Failed)?;
+            let w = &workers[(turn % workers.len() as u64) as usize];
+            single(names.worker_queue(&w.id), band)
         }
         Routing::ConsistentHash(template) => {
             let key = render_template(template, payload);
             match rendezvous(&key, &workers) {
-                Some(w) => single(names.worker_queue(&w.id), 0),
-                None => Err("no worker to hash onto".to_string()),
+                Some(w) => single(names.worker_queue(&w.id), band),
+                None => Err(Unroutable::Wait("no worker to hash onto".to_string())),
             }
         }
         Routing::Broadcast => {
@@ -89,7 +123,7 @@ pub fn plan(
                 .enumerate()
                 .map(|(i, w)| Target {
                     queue: names.worker_queue(&w.id),
-                    band: 0,
+                    band,
                     run_id: format!("{run_id}.w{i}"),
                     shard: Some(Shard { index: i as u32, total }),
                 })

@@ -3,7 +3,8 @@
 //! A worker serves lanes: one durable consumer per (queue, band) of its
 //! queues, the shared queues of label requirements it satisfies
 //! (`_l-<hash>`, discovered from the task definitions), and its own queue
-//! (`_w-<id>`, for runs routed to it by round robin, hashing or broadcast).
+//! (`_w-<id>`, for runs routed to it by round robin, hashing or broadcast,
+//! with every band like any queue, so routed runs keep their priority).
 //!
 //! Order: band 0 first, but waiting work rises one band per `--aging-step`
 //! it has waited, so lower bands are delayed, never starved: work at the head
@@ -169,8 +170,8 @@ impl Lanes {
         for queue in &config.queues {
             lanes.add_queue(queue, BANDS).await?;
         }
-        // Runs routed to this worker alone come on band 0 of its own queue.
-        lanes.add_queue(&lanes.names.worker_queue(worker_id), 1).await?;
+        // Runs routed to this worker alone come on its own queue, at their band.
+        lanes.add_queue(&lanes.names.worker_queue(worker_id), BANDS).await?;
         Ok(lanes)
     }
 
