@@ -52,9 +52,51 @@ pub async fn dlq(h: &Handles, cmd: DlqCmd) -> anyhow::Result<()> {
 }
 
 async fn list(h: &Handles, task: Option<String>, limit: usize) -> anyhow::Result<()> {
+    for d in entries(h, task.as_deref(), limit).await? {
+        println!("#{:<6} {}  {:<16} {:<40} {}", d.seq, d.at, d.task, d.run_id.as_deref().unwrap_or("-"), d.reason);
+    }
+    Ok(())
+}
+
+/// One message of the dead-letter stream.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    /// Stream sequence (what `dlq replay` takes).
+    pub seq: u64,
+    /// When it was stored.
+    pub at: jiff::Timestamp,
+    /// Task (`Jetsched-Task`).
+    pub task: String,
+    /// The dead run, if it was one (`Jetsched-Run-Id`).
+    pub run_id: Option<String>,
+    /// Why (`Jetsched-Reason`).
+    pub reason: String,
+    /// Where it was first published (`Jetsched-Original-Subject`).
+    pub original_subject: String,
+    /// The message body (a work item of a dead run, or the original submission).
+    pub body: bytes::Bytes,
+}
+
+impl DeadLetter {
+    /// The payload the run was given: a work item's `payload`, or the whole
+    /// body of a rejected submission.
+    pub fn payload(&self) -> serde_json::Value {
+        match serde_json::from_slice::<serde_json::Value>(&self.body) {
+            Ok(serde_json::Value::Object(mut item)) if item.contains_key("run_id") && item.contains_key("def") => {
+                item.remove("payload").unwrap_or_default()
+            }
+            Ok(v) => v,
+            Err(_) => serde_json::Value::String(String::from_utf8_lossy(&self.body).into_owned()),
+        }
+    }
+}
+
+/// The newest `limit` dead letters (of `task`), oldest first
+/// (`nats stream view JETSCHED_DLQ`).
+pub async fn entries(h: &Handles, task: Option<&str>, limit: usize) -> anyhow::Result<Vec<DeadLetter>> {
     let mut stream = h.js.get_stream(h.names.dlq_stream()).await?;
     let state = stream.info().await?.state.clone();
-    let filter = task.as_deref().map(|t| h.names.dead_subject(t)).unwrap_or_else(|| h.names.dead_filter());
+    let filter = task.map(|t| h.names.dead_subject(t)).unwrap_or_else(|| h.names.dead_filter());
     let start = match task {
         // Unfiltered: start `limit` messages from the end.
         None => state.last_sequence.saturating_sub(limit as u64).saturating_add(1).max(state.first_sequence),
@@ -69,25 +111,30 @@ async fn list(h: &Handles, task: Option<String>, limit: usize) -> anyhow::Result
         .await?;
     let pending = consumer.cached_info().num_pending as usize;
     let mut messages = consumer.messages().await?;
-    let mut lines = Vec::new();
+    let mut out = Vec::new();
     for _ in 0..pending {
         let Ok(Some(Ok(msg))) = tokio::time::timeout(Duration::from_secs(5), messages.next()).await else { break };
         let info = msg.info().map_err(|e| anyhow::anyhow!("{e}"))?;
         let header = |name: &str| msg.headers.as_ref().and_then(|hm| hm.get(name)).map(|v| v.as_str().to_string());
-        lines.push(format!(
-            "#{:<6} {}  {:<16} {:<40} {}",
-            info.stream_sequence,
-            jiff::Timestamp::from_nanosecond(info.published.unix_timestamp_nanos()).unwrap_or_default(),
-            header(headers::TASK).unwrap_or_default(),
-            header(headers::RUN_ID).unwrap_or_else(|| "-".to_string()),
-            header(headers::REASON).unwrap_or_default()
-        ));
+        out.push(DeadLetter {
+            seq: info.stream_sequence,
+            at: jiff::Timestamp::from_nanosecond(info.published.unix_timestamp_nanos()).unwrap_or_default(),
+            task: header(headers::TASK).unwrap_or_default(),
+            run_id: header(headers::RUN_ID),
+            reason: header(headers::REASON).unwrap_or_default(),
+            original_subject: header(headers::ORIGINAL_SUBJECT).unwrap_or_default(),
+            body: msg.payload.clone(),
+        });
     }
-    let skip = lines.len().saturating_sub(limit);
-    for line in &lines[skip..] {
-        println!("{line}");
-    }
-    Ok(())
+    let skip = out.len().saturating_sub(limit);
+    out.drain(..skip);
+    Ok(out)
+}
+
+/// The dead letter of run `run_id`, searched among the newest `limit` of its task.
+pub async fn find_run(h: &Handles, task: &str, run_id: &str, limit: usize) -> anyhow::Result<Option<DeadLetter>> {
+    let all = entries(h, Some(task), limit).await?;
+    Ok(all.into_iter().rev().find(|d| d.run_id.as_deref() == Some(run_id)))
 }
 
 /// Resubmits DLQ message `seq`; returns the new run's id.

@@ -73,12 +73,17 @@ pub async fn runs(h: &Handles, cmd: RunsCmd) -> anyhow::Result<()> {
                 }
             }
         }
-        RunsCmd::Cancel { id } => cancel(h, &id).await,
+        RunsCmd::Cancel { id } => {
+            let status = cancel(h, &id).await?;
+            println!("cancel requested for {id} ({status})");
+            Ok(())
+        }
     }
 }
 
-/// Marks the run cancelled-on-request and tells its worker.
-async fn cancel(h: &Handles, id: &str) -> anyhow::Result<()> {
+/// Marks the run cancelled-on-request and tells its worker; returns the
+/// status it had.
+pub async fn cancel(h: &Handles, id: &str) -> anyhow::Result<RunStatus> {
     for _ in 0..8 {
         let entry = h.runs.entry(id).await?.ok_or_else(|| BadInput(format!("no run {id}")))?;
         let mut record: RunRecord = serde_json::from_slice(&entry.value)?;
@@ -92,8 +97,7 @@ async fn cancel(h: &Handles, id: &str) -> anyhow::Result<()> {
                 let client = h.js.client();
                 client.publish(h.names.cancel_subject(id), bytes::Bytes::new()).await?;
                 client.flush().await?;
-                println!("cancel requested for {id} ({})", record.status);
-                return Ok(());
+                return Ok(record.status);
             }
             // Changed meanwhile (the worker moved it on): read again.
             Err(e) if e.kind() == async_nats::jetstream::kv::UpdateErrorKind::WrongLastRevision => continue,
@@ -125,13 +129,38 @@ pub fn format_record(r: &RunRecord) -> String {
 /// The run's events, oldest first, read from the events stream starting
 /// shortly before the run was created.
 pub async fn timeline(h: &Handles, record: &RunRecord) -> anyhow::Result<Vec<RunEvent>> {
+    Ok(stored_timeline(h, record).await?.into_iter().map(|s| s.event).collect())
+}
+
+/// A run event as stored: with the trace context it was published with.
+#[derive(Debug, Clone)]
+pub struct StoredEvent {
+    /// The event.
+    pub event: RunEvent,
+    /// Its `traceparent` header (the run's trace).
+    pub traceparent: Option<String>,
+}
+
+impl StoredEvent {
+    /// The trace id in its `traceparent` (`00-<trace id>-<span id>-<flags>`).
+    pub fn trace_id(&self) -> Option<&str> {
+        self.traceparent.as_deref()?.split('-').nth(1)
+    }
+}
+
+/// [`timeline`], with each event's trace context.
+pub async fn stored_timeline(h: &Handles, record: &RunRecord) -> anyhow::Result<Vec<StoredEvent>> {
     let start = record.created_at.checked_sub(SignedDuration::from_secs(5)).unwrap_or(record.created_at);
-    let events = read_events(h, vec![h.names.event_subject(&record.task, "*")], start).await?;
-    Ok(events.into_iter().filter(|e| e.run_id.as_deref() == Some(record.run_id.as_str())).collect())
+    let events = read_stored_events(h, vec![h.names.event_subject(&record.task, "*")], start).await?;
+    Ok(events.into_iter().filter(|e| e.event.run_id.as_deref() == Some(record.run_id.as_str())).collect())
 }
 
 /// Every event on `subjects` stored since `since`.
-async fn read_events(h: &Handles, subjects: Vec<String>, since: Timestamp) -> anyhow::Result<Vec<RunEvent>> {
+pub(crate) async fn read_events(h: &Handles, subjects: Vec<String>, since: Timestamp) -> anyhow::Result<Vec<RunEvent>> {
+    Ok(read_stored_events(h, subjects, since).await?.into_iter().map(|s| s.event).collect())
+}
+
+async fn read_stored_events(h: &Handles, subjects: Vec<String>, since: Timestamp) -> anyhow::Result<Vec<StoredEvent>> {
     let stream = h.js.get_stream(h.names.events_stream()).await?;
     let start_time = time_from(since)?;
     let consumer = stream
@@ -148,7 +177,12 @@ async fn read_events(h: &Handles, subjects: Vec<String>, since: Timestamp) -> an
         match tokio::time::timeout(Duration::from_secs(5), messages.next()).await {
             Ok(Some(Ok(msg))) => {
                 if let Ok(event) = serde_json::from_slice::<RunEvent>(&msg.payload) {
-                    out.push(event);
+                    let traceparent = msg
+                        .headers
+                        .as_ref()
+                        .and_then(|h| h.get(jetsched_contract::headers::TRACEPARENT))
+                        .map(|v| v.as_str().to_string());
+                    out.push(StoredEvent { event, traceparent });
                 }
             }
             _ => break,
@@ -159,6 +193,53 @@ async fn read_events(h: &Handles, subjects: Vec<String>, since: Timestamp) -> an
 
 fn time_from(t: Timestamp) -> anyhow::Result<time::OffsetDateTime> {
     Ok(time::OffsetDateTime::from_unix_timestamp_nanos(t.as_nanosecond())?)
+}
+
+/// Work of one queue and band.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Backlog {
+    /// Queue.
+    pub queue: String,
+    /// Priority band.
+    pub band: u8,
+    /// Messages waiting for a worker.
+    pub waiting: u64,
+    /// Messages delivered and not yet acked (running, or waiting out a retry).
+    pub running: u64,
+}
+
+/// Backlog per queue and band, from the worker consumers of the tasks
+/// stream (`nats consumer ls JETSCHED_TASKS`), sorted.
+pub async fn backlog(h: &Handles) -> anyhow::Result<Vec<Backlog>> {
+    let tasks = h.js.get_stream(h.names.tasks_stream()).await?;
+    let mut rows = Vec::new();
+    let mut consumers = tasks.consumers();
+    while let Some(info) = consumers.try_next().await? {
+        let Some((queue, band)) = h.names.parse_worker_consumer(&info.name) else { continue };
+        rows.push(Backlog {
+            queue: queue.to_string(),
+            band,
+            waiting: info.num_pending,
+            running: info.num_ack_pending as u64,
+        });
+    }
+    rows.sort();
+    Ok(rows)
+}
+
+/// Live workers (`nats kv ls` and `get` on jetsched-workers), by id.
+pub async fn workers(h: &Handles) -> anyhow::Result<Vec<WorkerInfo>> {
+    let mut workers = Vec::new();
+    let keys: Vec<String> = h.workers.keys().await?.try_collect().await?;
+    for key in keys {
+        if let Some(v) = h.workers.get(&key).await?
+            && let Ok(w) = serde_json::from_slice::<WorkerInfo>(&v)
+        {
+            workers.push(w);
+        }
+    }
+    workers.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(workers)
 }
 
 /// `jetsched status` options.
@@ -191,34 +272,17 @@ pub async fn status(h: &Handles, args: StatusArgs) -> anyhow::Result<()> {
     // Backlog.
     let inbox = h.js.get_stream(h.names.inbox_stream()).await?.get_info().await?;
     println!("inbox: {} waiting for a dispatcher", inbox.state.messages);
-    let tasks = h.js.get_stream(h.names.tasks_stream()).await?;
-    let mut rows = Vec::new();
-    let mut consumers = tasks.consumers();
-    while let Some(info) = consumers.try_next().await? {
-        let Some(rest) = info.name.strip_prefix("worker-") else { continue };
-        let Some((queue, band)) = rest.rsplit_once('-') else { continue };
-        rows.push((queue.to_string(), band.parse::<u8>().unwrap_or(0), info.num_pending, info.num_ack_pending));
-    }
-    rows.sort();
+    let rows = backlog(h).await?;
     println!("backlog (queue, band: waiting / in progress):");
-    if rows.iter().all(|r| r.2 == 0 && r.3 == 0) {
+    if rows.iter().all(|r| r.waiting == 0 && r.running == 0) {
         println!("  none");
     }
-    for (queue, band, waiting, running) in rows.iter().filter(|r| r.2 > 0 || r.3 > 0) {
-        println!("  {queue:<16} band {band}: {waiting} / {running}");
+    for r in rows.iter().filter(|r| r.waiting > 0 || r.running > 0) {
+        println!("  {:<16} band {}: {} / {}", r.queue, r.band, r.waiting, r.running);
     }
 
     // Workers.
-    let mut workers = Vec::new();
-    let keys: Vec<String> = h.workers.keys().await?.try_collect().await?;
-    for key in keys {
-        if let Some(v) = h.workers.get(&key).await?
-            && let Ok(w) = serde_json::from_slice::<WorkerInfo>(&v)
-        {
-            workers.push(w);
-        }
-    }
-    workers.sort_by(|a, b| a.id.cmp(&b.id));
+    let workers = workers(h).await?;
     println!("workers: {}", workers.len());
     for w in &workers {
         let age = Timestamp::now().duration_since(w.heartbeat_at).as_secs();

@@ -6,6 +6,7 @@
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 pub mod admin;
+pub mod console;
 pub mod dlq;
 pub mod examples;
 pub mod inspect;
@@ -41,7 +42,7 @@ pub struct Cli {
 enum Command {
     /// Run ticker, dispatcher and worker in one process, on a local
     /// nats-server started here unless --nats-url/NATS_URL is given.
-    Up(up::UpArgs),
+    Up(Box<up::UpArgs>),
     /// Run the ticker service (fires schedules).
     Ticker(services::TickerArgs),
     /// Run the dispatcher service (turns submissions and fires into work).
@@ -68,6 +69,8 @@ enum Command {
     /// Inspect and replay dead letters (stream JETSCHED_DLQ).
     #[command(subcommand)]
     Dlq(dlq::DlqCmd),
+    /// Serve the web console (read-only unless --allow-actions).
+    Console(console::ConsoleArgs),
 }
 
 /// Parses the command line, runs it, and maps errors to exit codes
@@ -76,6 +79,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let service = match &cli.command {
         Command::Up(_) => Some("jetsched"),
+        Command::Console(_) => Some("jetsched-console"),
         Command::Ticker(_) => Some("jetsched-ticker"),
         Command::Dispatcher(_) => Some("jetsched-dispatcher"),
         Command::Worker(_) => Some("jetsched-worker"),
@@ -117,7 +121,7 @@ async fn run(cli: Cli, telemetry: Option<&jetsched_runtime::telemetry::Telemetry
     let topology = cli.topology.topology();
     let metrics = telemetry.map(|t| t.prometheus());
     match cli.command {
-        Command::Up(args) => up::run(&cli.nats, &topology, args, metrics).await,
+        Command::Up(args) => up::run(&cli.nats, &topology, *args, metrics).await,
         Command::Ticker(args) => services::ticker(&cli.nats, &topology, args, metrics).await,
         Command::Dispatcher(args) => services::dispatcher(&cli.nats, &topology, args, metrics).await,
         Command::Worker(args) => services::worker(&cli.nats, &topology, args, metrics).await,
@@ -133,6 +137,7 @@ async fn run(cli: Cli, telemetry: Option<&jetsched_runtime::telemetry::Telemetry
         Command::Runs(cmd) => inspect::runs(&open(&cli.nats, &topology, "jetsched-cli", false).await?, cmd).await,
         Command::Status(args) => inspect::status(&open(&cli.nats, &topology, "jetsched-cli", false).await?, args).await,
         Command::Dlq(cmd) => dlq::dlq(&open(&cli.nats, &topology, "jetsched-cli", false).await?, cmd).await,
+        Command::Console(args) => console::run(&cli.nats, args).await,
     }
 }
 

@@ -38,7 +38,7 @@ const MAX_WINDOW: u64 = 16_384;
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// `jetsched runs list` options.
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct ListArgs {
     /// Only runs of this task.
     #[arg(long)]
@@ -62,6 +62,12 @@ pub struct ListArgs {
     /// At most this many (a page).
     #[arg(long, default_value_t = 50)]
     pub limit: usize,
+}
+
+impl Default for ListArgs {
+    fn default() -> Self {
+        ListArgs { task: None, schedule: None, status: None, since: None, until: None, before: None, limit: 50 }
+    }
 }
 
 /// A page of runs, newest change first.
@@ -91,7 +97,7 @@ pub async fn list(h: &Handles, args: ListArgs) -> anyhow::Result<()> {
 }
 
 /// Parses `--since`/`--until`: a timestamp, or a duration before now.
-fn parse_when(s: &str) -> Result<Timestamp, String> {
+pub(crate) fn parse_when(s: &str) -> Result<Timestamp, String> {
     if let Ok(t) = s.parse::<Timestamp>() {
         return Ok(t);
     }

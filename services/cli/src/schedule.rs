@@ -114,9 +114,17 @@ pub async fn run(nats: &NatsArgs, topology: &Topology, cmd: ScheduleCmd) -> anyh
             h.schedules.delete(&id).await?;
             println!("schedule {id} deleted");
         }
-        ScheduleCmd::Pause { id } => set_paused(&h, &id, true).await?,
-        ScheduleCmd::Resume { id } => set_paused(&h, &id, false).await?,
-        ScheduleCmd::Trigger { id, payload } => trigger(&h, &id, payload.as_deref()).await?,
+        ScheduleCmd::Pause { id } => print_paused(&id, true, set_paused(&h, &id, true).await?),
+        ScheduleCmd::Resume { id } => print_paused(&id, false, set_paused(&h, &id, false).await?),
+        ScheduleCmd::Trigger { id, payload } => {
+            let payload = match payload {
+                Some(p) => {
+                    Some(serde_json::from_slice(&read_definition(&p)?).map_err(|e| bad(format!("--payload: {e}")))?)
+                }
+                None => None,
+            };
+            println!("{}", trigger(&h, &id, payload).await?);
+        }
         ScheduleCmd::Preview { id: Some(id), from, count, .. } => {
             let (def, _, _) = stored(&h, &id).await?;
             preview(Some(&id), &def, from.as_deref(), count)?;
@@ -127,7 +135,7 @@ pub async fn run(nats: &NatsArgs, topology: &Topology, cmd: ScheduleCmd) -> anyh
 }
 
 /// The stored schedule `id`: parsed, as JSON, and its revision.
-async fn stored(h: &Handles, id: &str) -> anyhow::Result<(ScheduleDef, Value, u64)> {
+pub(crate) async fn stored(h: &Handles, id: &str) -> anyhow::Result<(ScheduleDef, Value, u64)> {
     validate_name("schedule", id).map_err(|e| bad(e.to_string()))?;
     let entry = h.schedules.entry(id).await?.filter(|e| e.operation == Operation::Put);
     let entry = entry.ok_or_else(|| bad(format!("no schedule named {id}")))?;
@@ -137,15 +145,31 @@ async fn stored(h: &Handles, id: &str) -> anyhow::Result<(ScheduleDef, Value, u6
     Ok((def, json, entry.revision))
 }
 
+/// What [`set_paused`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PauseChange {
+    /// The schedule was in that state already.
+    Already,
+    /// Changed; the new KV revision.
+    Changed(u64),
+}
+
+fn print_paused(id: &str, paused: bool, change: PauseChange) {
+    match (change, paused) {
+        (PauseChange::Already, true) => println!("schedule {id} is already paused"),
+        (PauseChange::Already, false) => println!("schedule {id} is already running"),
+        (PauseChange::Changed(rev), true) => println!("schedule {id} paused (revision {rev})"),
+        (PauseChange::Changed(rev), false) => println!("schedule {id} resumed (revision {rev})"),
+    }
+}
+
 /// Read-modify-write of the `paused` flag, retried when someone else
 /// changed the schedule in between.
-async fn set_paused(h: &Handles, id: &str, paused: bool) -> anyhow::Result<()> {
-    let verb = if paused { "paused" } else { "resumed" };
+pub async fn set_paused(h: &Handles, id: &str, paused: bool) -> anyhow::Result<PauseChange> {
     for _ in 0..5 {
         let (def, mut json, revision) = stored(h, id).await?;
         if def.paused == paused {
-            println!("schedule {id} is already {}", if paused { "paused" } else { "running" });
-            return Ok(());
+            return Ok(PauseChange::Already);
         }
         let Some(fields) = json.as_object_mut() else { return Err(bad(format!("schedule {id} is not an object"))) };
         if paused {
@@ -155,10 +179,7 @@ async fn set_paused(h: &Handles, id: &str, paused: bool) -> anyhow::Result<()> {
         }
         let bytes = serde_json::to_vec(&json)?;
         match h.schedules.update(id, bytes.into(), revision).await {
-            Ok(rev) => {
-                println!("schedule {id} {verb} (revision {rev})");
-                return Ok(());
-            }
+            Ok(rev) => return Ok(PauseChange::Changed(rev)),
             Err(err) if err.kind() == UpdateErrorKind::WrongLastRevision => continue,
             Err(err) => return Err(err.into()),
         }
@@ -166,10 +187,11 @@ async fn set_paused(h: &Handles, id: &str, paused: bool) -> anyhow::Result<()> {
     anyhow::bail!("schedule {id} keeps changing; try again")
 }
 
-/// Publishes one fire of `id` now. The nominal time is now to the
-/// millisecond, moved on by a millisecond while it is one of the schedule's
-/// own occurrences, so the run never takes a regular fire's run id.
-async fn trigger(h: &Handles, id: &str, payload: Option<&str>) -> anyhow::Result<()> {
+/// Publishes one fire of `id` now and returns its run id. The nominal time
+/// is now to the millisecond, moved on by a millisecond while it is one of
+/// the schedule's own occurrences, so the run never takes a regular fire's
+/// run id. `payload` replaces the schedule's.
+pub async fn trigger(h: &Handles, id: &str, payload: Option<Value>) -> anyhow::Result<String> {
     let (def, _, _) = stored(h, id).await?;
     let calendar = def.calendar().map_err(bad)?;
     let ms = SignedDuration::from_millis(1);
@@ -178,19 +200,27 @@ async fn trigger(h: &Handles, id: &str, payload: Option<&str>) -> anyhow::Result
     while calendar.next_after(nominal.checked_sub(SignedDuration::from_nanos(1))?) == Some(nominal) {
         nominal = nominal.checked_add(ms)?;
     }
-    let payload = match payload {
-        Some(p) => serde_json::from_slice(&read_definition(p)?).map_err(|e| bad(format!("--payload: {e}")))?,
-        None => def.payload.clone().unwrap_or_default(),
-    };
-    let task = def.task_name(id).to_string();
+    publish_fire(h, id, &def, &calendar, nominal, payload).await
+}
+
+/// Publishes a fire by hand of schedule `id` at `nominal` to the inbox
+/// (with `payload` instead of the schedule's); returns its run id. Such a
+/// run follows the overlap policy but waits for no other schedule
+/// (depends_on is about runs of the same calendar date).
+async fn publish_fire(
+    h: &Handles,
+    id: &str,
+    def: &ScheduleDef,
+    calendar: &jetsched_calendar::Calendar,
+    nominal: Timestamp,
+    payload: Option<Value>,
+) -> anyhow::Result<String> {
     let fire = DueFire {
         schedule: id.to_string(),
         scheduled_for: nominal,
-        payload,
+        payload: payload.unwrap_or_else(|| def.payload.clone().unwrap_or_default()),
         task_def: def.inline_task().cloned(),
         not_before: None,
-        // A run by hand follows the overlap policy but waits for no other
-        // schedule (depends_on is about runs of the same calendar date).
         overlap: def.overlap,
         depends_on: None,
         timezone: calendar.time_zone().iana_name().map(str::to_string),
@@ -202,10 +232,35 @@ async fn trigger(h: &Handles, id: &str, payload: Option<&str>) -> anyhow::Result
     hdrs.insert(headers::SCHEDULE, id);
     hdrs.insert(headers::SCHEDULED_FOR, nominal.to_string().as_str());
     hdrs.insert(headers::RUN_ID, run_id.as_str());
-    let subject = h.names.due_subject(&task);
+    let subject = h.names.due_subject(def.task_name(id));
     h.js.publish_with_headers(subject, hdrs, serde_json::to_vec(&fire)?.into()).await?.await?;
-    println!("{run_id}");
-    Ok(())
+    Ok(run_id)
+}
+
+/// Most occurrences one backfill publishes.
+pub const MAX_BACKFILL: usize = 1_000;
+
+/// Fires the schedule's own occurrences after `from` up to and including
+/// `to` (at most [`MAX_BACKFILL`]), each under its regular run id and
+/// `Nats-Msg-Id`: an occurrence that already has a run is not run again
+/// (the dispatcher's run-id create drops it). Returns the run ids.
+pub async fn backfill(h: &Handles, id: &str, from: Timestamp, to: Timestamp) -> anyhow::Result<Vec<String>> {
+    let (def, _, _) = stored(h, id).await?;
+    let calendar = def.calendar().map_err(bad)?;
+    let times: Vec<Timestamp> = calendar.iter_after(from).take_while(|t| *t <= to).take(MAX_BACKFILL + 1).collect();
+    if times.len() > MAX_BACKFILL {
+        return Err(bad(format!("more than {MAX_BACKFILL} occurrences between {from} and {to}; narrow the range")));
+    }
+    let mut runs = Vec::with_capacity(times.len());
+    for nominal in times {
+        runs.push(publish_fire(h, id, &def, &calendar, nominal, None).await?);
+    }
+    Ok(runs)
+}
+
+/// The next `count` fire times of `def` after `from`.
+pub fn fire_times(def: &ScheduleDef, from: Timestamp, count: usize) -> anyhow::Result<Vec<Timestamp>> {
+    Ok(def.calendar().map_err(bad)?.iter_after(from).take(count).collect())
 }
 
 /// Prints the next `count` fire times after `from` (default now).
@@ -218,18 +273,7 @@ fn preview(id: Option<&str>, def: &ScheduleDef, from: Option<&str>, count: usize
     let tz = calendar.time_zone().clone();
     let zone = def.timezone.as_deref().unwrap_or("UTC");
     let cron = def.cron.as_deref().and_then(|c| Cron::parse(c).ok());
-    let policy = |v: Value| v.as_str().unwrap_or_default().to_string();
-    let (gap, fold) = (policy(serde_json::to_value(def.dst.gap)?), policy(serde_json::to_value(def.dst.fold)?));
-    let rule = match (&def.cron, &def.every, &def.at) {
-        (Some(c), _, _) => format!("cron {c:?} in {zone}, dst gap {gap}, fold {fold}"),
-        (_, Some(e), _) => match def.phase {
-            Some(p) => format!("every {e} (phase {p})"),
-            None => format!("every {e}"),
-        },
-        (_, _, Some(at)) => format!("once at {at}"),
-        _ => String::new(),
-    };
-    println!("{rule}");
+    println!("{}", describe(def));
     if def.paused {
         println!("paused: it does not fire until resumed");
     }
@@ -264,6 +308,23 @@ fn preview(id: Option<&str>, def: &ScheduleDef, from: Option<&str>, count: usize
         println!("  (no fire after {from})");
     }
     Ok(())
+}
+
+/// The schedule's rule in words: `cron "0 30 2 * * *" in Europe/Berlin, dst
+/// gap shift, fold first`, `every 15s`, `once at <time>`.
+pub fn describe(def: &ScheduleDef) -> String {
+    let zone = def.timezone.as_deref().unwrap_or("UTC");
+    let policy = |v: serde_json::Result<Value>| v.ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+    let (gap, fold) = (policy(serde_json::to_value(def.dst.gap)), policy(serde_json::to_value(def.dst.fold)));
+    match (&def.cron, &def.every, &def.at) {
+        (Some(c), _, _) => format!("cron {c:?} in {zone}, dst gap {gap}, fold {fold}"),
+        (_, Some(e), _) => match def.phase {
+            Some(p) => format!("every {e} (phase {p})"),
+            None => format!("every {e}"),
+        },
+        (_, _, Some(at)) => format!("once at {at}"),
+        _ => String::new(),
+    }
 }
 
 /// Why a fire time looks odd on the wall clock: a repeated local time, or a

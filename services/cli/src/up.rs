@@ -1,7 +1,8 @@
 //! `jetsched up`: everything on one machine. Without --nats-url/NATS_URL it
 //! starts a local nats-server with JetStream (installing the pinned release
 //! into the data folder if none is on PATH), creates every stream and bucket,
-//! runs ticker, dispatcher and worker in this process, and prints run events
+//! runs ticker, dispatcher and worker in this process, serves the web
+//! console (its URL is among the first lines printed), and prints run events
 //! as they happen until Ctrl-C.
 
 use std::path::PathBuf;
@@ -20,6 +21,7 @@ use opentelemetry_sdk::metrics::ManualReader;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::format_event;
+use crate::console::ConsoleArgs;
 
 /// `jetsched up` options.
 #[derive(Debug, clap::Args)]
@@ -40,6 +42,16 @@ pub struct UpArgs {
     /// Do not print run events.
     #[arg(long)]
     pub quiet: bool,
+    /// Address of the web console; `off` disables it.
+    #[arg(long = "console", env = "JETSCHED_CONSOLE_LISTEN", default_value = crate::console::DEFAULT_LISTEN)]
+    pub console: String,
+    /// Let the console take actions (pause, trigger, cancel, replay...) from
+    /// operators logged in with --console-token.
+    #[arg(long = "console-allow-actions", env = "JETSCHED_CONSOLE_ALLOW_ACTIONS", requires = "console_token")]
+    pub console_allow_actions: bool,
+    /// The token operators log in to the console with; pass it through the environment.
+    #[arg(long = "console-token", env = "JETSCHED_CONSOLE_TOKEN", hide_env_values = true)]
+    pub console_token: Option<String>,
     /// Address for /healthz, /readyz and /metrics of all services; `off` disables them.
     #[arg(long = "http-addr", env = "JETSCHED_HTTP_ADDR", default_value = "127.0.0.1:9090")]
     pub http_addr: String,
@@ -75,6 +87,23 @@ pub async fn run(
     jetsched_runtime::service::serve_http(&http, &health, metrics, &shutdown).await?;
     let handles = crate::open(&nats, topology, "jetsched-up", true).await?;
     health.watch_client(handles.js.client());
+    let console = match args.console.eq_ignore_ascii_case("off") {
+        true => None,
+        false => {
+            let console_args = ConsoleArgs {
+                listen: args.console.clone(),
+                allow_actions: args.console_allow_actions,
+                token: args.console_token.clone(),
+            };
+            let console_handles = crate::open(&nats, topology, "jetsched-console", true).await?;
+            let addr = crate::console::serve(console_handles.clone(), &console_args, shutdown.clone())
+                .await
+                .context("set --console to a free address, or `off`")?;
+            let access = if args.console_allow_actions { "actions after /login" } else { "read-only" };
+            eprintln!("jetsched: console at {} ({access})", crate::console::url(addr));
+            Some(console_handles)
+        }
+    };
     let client = handles.js.client();
     if args.examples {
         crate::examples::load(&handles).await.context("cannot load the examples")?;
@@ -112,7 +141,7 @@ pub async fn run(
             shutdown.clone()
         ),
     );
-    for h in [&ticker_handles, &dispatcher_handles, &worker_handles] {
+    for h in [&ticker_handles, &dispatcher_handles, &worker_handles].into_iter().chain(console.as_ref()) {
         let _ = h.js.client().drain().await;
     }
     let _ = client.drain().await;

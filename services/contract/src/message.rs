@@ -160,4 +160,8 @@ pub struct WorkerInfo {
     pub started_at: Timestamp,
     /// Its last heartbeat.
     pub heartbeat_at: Timestamp,
+    /// Shutting down: it takes no new work and finishes what it runs;
+    /// dispatchers route nothing more to it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub draining: bool,
 }

@@ -66,9 +66,10 @@ impl Registry {
         self.loaded.load(Ordering::Acquire)
     }
 
-    /// True when `id` has a fresh heartbeat.
+    /// True when `id` has a fresh heartbeat and is not draining (a draining
+    /// worker hands back the work of its own queue, which must move on).
     pub fn is_alive(&self, id: &str) -> bool {
-        read(&self.workers).get(id).is_some_and(|w| self.fresh(w))
+        read(&self.workers).get(id).is_some_and(|w| self.fresh(w) && !w.draining)
     }
 
     fn fresh(&self, w: &WorkerInfo) -> bool {
@@ -80,7 +81,9 @@ impl Registry {
     pub fn matching(&self, queue: &str, labels: &BTreeMap<String, String>) -> Vec<WorkerInfo> {
         let mut out: Vec<WorkerInfo> = read(&self.workers)
             .values()
-            .filter(|w| self.fresh(w) && w.queues.iter().any(|q| q == queue) && labels_match(&w.labels, labels))
+            .filter(|w| {
+                self.fresh(w) && !w.draining && w.queues.iter().any(|q| q == queue) && labels_match(&w.labels, labels)
+            })
             .cloned()
             .collect();
         out.sort_by(|a, b| a.id.cmp(&b.id));
@@ -112,7 +115,18 @@ mod tests {
             labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             started_at: Timestamp::now(),
             heartbeat_at: Timestamp::now().checked_sub(SignedDuration::from_secs(age_secs)).unwrap(),
+            draining: false,
         }
+    }
+
+    #[test]
+    fn a_draining_worker_gets_no_new_work_and_its_queue_moves_on() {
+        let draining = WorkerInfo { draining: true, ..worker("old", &["default"], &[], 1) };
+        let r = Registry::fixed(vec![draining, worker("new", &["default"], &[], 1)], Duration::from_secs(15));
+        let ids: Vec<String> = r.matching("default", &BTreeMap::new()).into_iter().map(|w| w.id).collect();
+        assert_eq!(ids, vec!["new"]);
+        assert!(!r.is_alive("old"));
+        assert!(r.is_alive("new"));
     }
 
     #[test]

@@ -161,12 +161,16 @@ pub async fn run(
     let lanes = Arc::new(lanes);
     let background = shutdown.child_token();
     tokio::spawn(cancels.listen(client.clone(), names.clone(), background.clone()));
+    // The heartbeat outlives the shutdown signal: it says `draining` until the drain ends.
+    let presence_stop = CancellationToken::new();
+    let _presence_stop = presence_stop.clone().drop_guard();
     tokio::spawn(presence::heartbeat(
         handles.clone(),
         config.clone(),
         worker_id.clone(),
         slots.clone(),
-        background.clone(),
+        shutdown.clone(),
+        presence_stop,
     ));
     tokio::spawn(fetch::monitor(lanes.clone(), Duration::from_millis(250), background.clone()));
     tokio::spawn(fetch::watch_label_queues(lanes.clone(), handles.clone(), config.clone(), background.clone()));

@@ -10,13 +10,16 @@ use tokio_util::sync::CancellationToken;
 
 use crate::WorkerConfig;
 
-/// Keeps this worker's entry in `jetsched-workers` fresh; deleted on shutdown.
+/// Keeps this worker's entry in `jetsched-workers` fresh. From `shutdown`
+/// on the entry says `draining` (at once, then at every heartbeat) while the
+/// worker finishes its runs; it is deleted at `stop`.
 pub async fn heartbeat(
     handles: Handles,
     config: WorkerConfig,
     id: String,
     slots: Arc<Semaphore>,
     shutdown: CancellationToken,
+    stop: CancellationToken,
 ) {
     let started_at = jiff::Timestamp::now();
     let capacity = config.slots.max(1);
@@ -30,6 +33,7 @@ pub async fn heartbeat(
             labels: config.labels.iter().cloned().collect(),
             started_at,
             heartbeat_at: jiff::Timestamp::now(),
+            draining: shutdown.is_cancelled(),
         };
         if let Ok(value) = serde_json::to_vec(&info)
             && let Err(err) = handles.workers.put(&id, value.into()).await
@@ -37,8 +41,10 @@ pub async fn heartbeat(
             tracing::debug!(%err, "cannot publish worker heartbeat");
             crate::execute::RUNNING.failed(&format_args!("cannot publish worker heartbeat: {err}"));
         }
+        let draining = shutdown.is_cancelled();
         tokio::select! {
-            _ = shutdown.cancelled() => break,
+            _ = stop.cancelled() => break,
+            _ = shutdown.cancelled(), if !draining => {}
             _ = tokio::time::sleep(every) => {}
         }
     }

@@ -1,0 +1,70 @@
+// jetsched console: keeps a page live with server-sent events from /live.
+// No framework and no build step. Rows and page parts arrive rendered (and
+// escaped) by the server; this script only puts them in place.
+(function () {
+  "use strict";
+  const body = document.body;
+  const query = body.dataset.live;
+  const mode = body.dataset.refresh;
+  const state = document.getElementById("live-state");
+  const say = (text) => { if (state) state.textContent = text; };
+  if (query === undefined) { say("live: off"); return; }
+
+  // Part pages: refetch #live-part at most every 2 s.
+  let timer = null;
+  let last = 0;
+  function refreshPart() {
+    if (timer) return;
+    const wait = Math.max(0, last + 2000 - Date.now());
+    timer = setTimeout(async () => {
+      last = Date.now();
+      const url = new URL(location.href);
+      url.searchParams.set("part", "1");
+      url.searchParams.delete("done");
+      try {
+        const response = await fetch(url, { cache: "no-store" });
+        if (response.ok) {
+          const part = document.getElementById("live-part");
+          if (part) part.outerHTML = await response.text();
+          body.dataset.refreshed = String(Number(body.dataset.refreshed || 0) + 1);
+        }
+      } catch (e) {
+        say("live: refresh failed");
+      }
+      timer = null;
+    }, wait);
+  }
+
+  // Row pages: put the event's row on top, replacing the run's older row.
+  function addRow(html) {
+    const rows = document.getElementById("live-rows");
+    if (!rows) return;
+    const holder = document.createElement("tbody");
+    holder.innerHTML = html;
+    const row = holder.firstElementChild;
+    if (!row) return;
+    const run = row.dataset.run;
+    if (run) {
+      const old = rows.querySelector('tr[data-run="' + CSS.escape(run) + '"]');
+      if (old) old.remove();
+    }
+    row.classList.add("new");
+    rows.prepend(row);
+    while (rows.children.length > 200) rows.lastElementChild.remove();
+    const none = document.getElementById("no-runs");
+    if (none) none.remove();
+  }
+
+  const events = new EventSource("/live" + (query ? "?" + query : ""));
+  events.onopen = () => say("live");
+  events.onerror = () => say("live: reconnecting");
+  events.addEventListener("run", (e) => {
+    if (mode === "rows") addRow(e.data);
+    else if (mode === "part") refreshPart();
+  });
+  events.addEventListener("tick", () => { if (mode === "part") refreshPart(); });
+  events.addEventListener("lagged", () => {
+    if (mode === "part") refreshPart();
+    else say("live: fell behind, reload for the latest");
+  });
+})();
