@@ -398,3 +398,51 @@ async fn actions_need_a_session_and_its_form_token() {
     let notice = browser.text(10, ".notice").await;
     assert!(notice.contains("paused"), "{notice}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runs_logs_stream_into_its_page_while_it_goes() {
+    let env = Env::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let gate = dir.path().join("gate");
+    assert!(std::process::Command::new("mkfifo").arg(&gate).status().unwrap().success());
+    let script =
+        format!("echo 'loading <b>rows</b>'; echo \"token $TOKEN\"; read x < {}; echo finished", gate.display());
+    env.put_task(
+        "import",
+        json!({"handler": {"type": "exec", "command": ["sh", "-c", script], "env": {"TOKEN": "hunter2-secret"}}, "secrets": ["TOKEN"]}),
+    )
+    .await;
+    let worker = WorkerConfig { allow_exec: vec!["sh".into()], ..WorkerConfig::default() };
+    let _services = env.services_with(ServicesConfig { worker: Some(worker), ..ServicesConfig::default() });
+    let console = console(&env, false).await;
+    let mut events = env.events().await;
+    let run = jetsched_contract::run::submitted_run_id("import", None, env.submit("import", "{}").await);
+    events.wait_for(20, "the run to start", is("import", RunStatus::Started)).await;
+
+    let browser = Browser::start().await;
+    browser.goto(&console.at(&format!("/runs/{run}"))).await;
+    mark_page(&browser).await;
+    eventually(20, "the first lines in the page", || async {
+        browser.text(5, "#log-text").await.contains("token ***").then_some(())
+    })
+    .await;
+    let shown = browser.text(5, "#log-text").await;
+    assert!(shown.contains("loading <b>rows</b>"), "{shown}");
+    assert!(!shown.contains("hunter2"), "{shown}");
+    assert!(!browser.has("#log-text b").await, "log text became markup");
+
+    let gate_path = gate.clone();
+    within(10, "the command to read the gate", tokio::task::spawn_blocking(move || std::fs::write(gate_path, "go\n")))
+        .await
+        .unwrap()
+        .unwrap();
+    eventually(20, "the last line to stream in", || async {
+        browser.text(5, "#log-text").await.contains("finished").then_some(())
+    })
+    .await;
+    assert!(still_same_page(&browser).await, "the page was reloaded");
+    let page = browser.text(5, "main").await;
+    assert!(!page.contains("hunter2"), "a secret in the page: {page}");
+    browser.js("document.getElementById('logs').scrollIntoView(); return true;").await;
+    browser.screenshot("console-logs").await;
+}

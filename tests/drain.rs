@@ -10,6 +10,7 @@ mod harness;
 
 use std::time::Duration;
 
+use futures::StreamExt;
 use harness::*;
 use jetsched_contract::{RunEvent, RunStatus, headers};
 use jiff::Timestamp;
@@ -39,12 +40,26 @@ async fn a_draining_worker_finishes_its_run_takes_no_new_one_and_exits_0() {
     env.publish(env.names.submit_subject("slow"), &[(headers::NATS_MSG_ID, "a")], "{}").await;
     let first = calls.next_call(30).await;
     let a = first.header(headers::RUN_ID).unwrap();
-    // Run a is in its handler: stop the worker, then offer it run b.
+    // Run a is in its handler: stop the worker; once its heartbeat says it
+    // is draining (dispatchers route nothing to it, the console shows it),
+    // offer it run b.
+    let mut presence = env.handles.workers.watch("w1").await.unwrap();
     let pid = rustix::process::Pid::from_raw(worker.id().unwrap() as i32).unwrap();
     rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    let draining = |entry: &async_nats::jetstream::kv::Entry| {
+        entry.operation == async_nats::jetstream::kv::Operation::Put
+            && serde_json::from_slice::<jetsched_contract::WorkerInfo>(&entry.value).unwrap().draining
+    };
+    within(10, "the heartbeat to say draining", async { while !draining(&presence.next().await.unwrap().unwrap()) {} })
+        .await;
     env.publish(env.names.submit_subject("slow"), &[(headers::NATS_MSG_ID, "b")], "{}").await;
     let status = within(25, "the worker to exit within its drain", worker.wait()).await.unwrap();
     assert_eq!(status.code(), Some(0), "{status:?}");
+    // Its entry went when it exited.
+    within(10, "the worker's entry to go", async {
+        while presence.next().await.unwrap().unwrap().operation == async_nats::jetstream::kv::Operation::Put {}
+    })
+    .await;
 
     // A second worker: b runs there, a is not run again.
     let services = env.services_with(ServicesConfig {

@@ -174,6 +174,7 @@ async fn floor(env: &BenchEnv, starts: &noop::Starts, n: usize) -> anyhow::Resul
                 checkpoint: None,
                 checkpoints: None,
                 shard: None,
+                log: Default::default(),
             };
             functions.prepare(noop::SUBJECT, &inv)
         })

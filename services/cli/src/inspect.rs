@@ -27,6 +27,15 @@ pub enum RunsCmd {
     /// of the runs bucket's stream, or of the events stream when filtered by
     /// task or status; never every record).
     List(crate::runlist::ListArgs),
+    /// Print what a run's handler printed or answered, attempt by attempt
+    /// (nats stream view JETSCHED_LOGS --subject 'jetsched.log.*.<run-id>').
+    Logs {
+        /// Run id.
+        id: String,
+        /// Keep printing new output until the run ends.
+        #[arg(short = 'f', long)]
+        follow: bool,
+    },
     /// Print run records as they change (nats kv watch jetsched-runs).
     Watch {
         /// Only runs fired by this schedule.
@@ -58,6 +67,7 @@ pub async fn runs(h: &Handles, cmd: RunsCmd) -> anyhow::Result<()> {
             Ok(())
         }
         RunsCmd::List(args) => crate::runlist::list(h, args).await,
+        RunsCmd::Logs { id, follow } => crate::logs::print(h, &id, follow).await,
         RunsCmd::Watch { schedule } => {
             let key = schedule.as_deref().map_or(">".to_string(), jetsched_contract::run::schedule_runs_filter);
             let mut watch = h.runs.watch(key).await?;

@@ -36,6 +36,9 @@ pub const REPLAY_OF: &str = "Jetsched-Replay-Of";
 pub const SHARD_INDEX: &str = "Jetsched-Shard-Index";
 /// To a handler of a broadcast run: how many workers got a share.
 pub const SHARD_TOTAL: &str = "Jetsched-Shard-Total";
+/// On a task log message: what the output came from (`stdout`, `stderr`,
+/// `reply`, `response`, `log`, `jetsched`).
+pub const LOG_SOURCE: &str = "Jetsched-Log-Source";
 /// W3C trace context.
 pub const TRACEPARENT: &str = "traceparent";
 /// W3C trace state.

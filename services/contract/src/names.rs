@@ -146,6 +146,26 @@ impl Names {
         subject.strip_prefix(self.prefix.as_str())?.strip_prefix(".withdraw.")
     }
 
+    /// Where the worker writes the captured output of attempt `attempt` of
+    /// `run_id` (`<prefix>.log.<attempt>.<run id>`: the attempt comes first
+    /// so that a run's filter does not also match its workflow steps, whose
+    /// ids extend the workflow run's).
+    pub fn log_subject(&self, run_id: &str, attempt: u32) -> String {
+        format!("{}.log.{attempt}.{run_id}", self.prefix)
+    }
+
+    /// Every attempt's output of `run_id`.
+    pub fn run_logs_filter(&self, run_id: &str) -> String {
+        format!("{}.log.*.{run_id}", self.prefix)
+    }
+
+    /// Attempt and run id of a log subject.
+    pub fn parse_log_subject<'a>(&self, subject: &'a str) -> Option<(u32, &'a str)> {
+        let rest = subject.strip_prefix(self.prefix.as_str())?.strip_prefix(".log.")?;
+        let (attempt, run) = rest.split_once('.')?;
+        Some((attempt.parse().ok()?, run))
+    }
+
     /// Every dead letter.
     pub fn dead_filter(&self) -> String {
         format!("{}.dead.>", self.prefix)
@@ -242,6 +262,16 @@ impl Names {
     /// Dead letters.
     pub fn dlq_stream(&self) -> String {
         format!("{}_DLQ", self.upper)
+    }
+
+    /// Handlers' captured output (task logs).
+    pub fn logs_stream(&self) -> String {
+        format!("{}_LOGS", self.upper)
+    }
+
+    /// Subjects of the logs stream.
+    pub fn logs_subjects(&self) -> Vec<String> {
+        vec![format!("{}.log.>", self.prefix)]
     }
 
     // ---- buckets ----
@@ -354,6 +384,9 @@ mod tests {
         assert_eq!(n.tasks_stream(), "JETSCHED_TASKS");
         assert_eq!(n.events_stream(), "JETSCHED_EVENTS");
         assert_eq!(n.dlq_stream(), "JETSCHED_DLQ");
+        assert_eq!(n.logs_stream(), "JETSCHED_LOGS");
+        assert_eq!(n.log_subject("s.nightly.20261125T023000Z", 2), "jetsched.log.2.s.nightly.20261125T023000Z");
+        assert_eq!(n.run_logs_filter("t.a.q1"), "jetsched.log.*.t.a.q1");
         assert_eq!(n.tasks_bucket(), "jetsched-tasks");
         assert_eq!(n.schedules_bucket(), "jetsched-schedules");
         assert_eq!(n.runs_bucket(), "jetsched-runs");
@@ -380,6 +413,7 @@ mod tests {
         assert_eq!(n.parse_inbox_subject("other.due.b"), None);
         assert_eq!(n.parse_task_subject("jetsched.task.q.7"), Some(("q", 7)));
         assert_eq!(n.parse_event_subject("jetsched.event.t.dead"), Some(("t", "dead")));
+        assert_eq!(n.parse_log_subject("jetsched.log.3.t.a.q1"), Some((3, "t.a.q1")));
         let consumer = n.worker_consumer(&n.worker_queue("host-1-42"), 7);
         assert_eq!(n.parse_worker_consumer(&consumer), Some(("_w-host-1-42", 7)));
         assert_eq!(n.parse_worker_queue("_w-host-1-42"), Some("host-1-42"));

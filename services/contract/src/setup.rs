@@ -29,6 +29,10 @@ pub struct Topology {
     pub events_max_age: Duration,
     /// How long dead letters are kept.
     pub dlq_max_age: Duration,
+    /// How long task logs are kept.
+    pub logs_max_age: Duration,
+    /// Most bytes the logs stream holds; the oldest go first.
+    pub logs_max_bytes: i64,
     /// How long a run record is kept after its last change.
     pub runs_max_age: Duration,
     /// A worker whose heartbeat is older than this is gone.
@@ -43,6 +47,8 @@ impl Default for Topology {
             duplicate_window: Duration::from_secs(120),
             events_max_age: Duration::from_secs(7 * 86_400),
             dlq_max_age: Duration::from_secs(30 * 86_400),
+            logs_max_age: Duration::from_secs(3 * 86_400),
+            logs_max_bytes: 1 << 30,
             runs_max_age: Duration::from_secs(7 * 86_400),
             worker_ttl: Duration::from_secs(15),
         }
@@ -52,7 +58,10 @@ impl Default for Topology {
 /// How long a concurrency slot outlives its last refresh.
 pub const SLOT_TTL: Duration = Duration::from_secs(30);
 
-/// The four streams.
+/// Largest message of the logs stream (a worker writes smaller chunks).
+pub const MAX_LOG_MESSAGE: i32 = 64 * 1024;
+
+/// The five streams.
 pub fn stream_configs(names: &Names, topo: &Topology) -> Vec<stream::Config> {
     let base = |name: String, subjects: Vec<String>, description: &str| stream::Config {
         name,
@@ -86,6 +95,16 @@ pub fn stream_configs(names: &Names, topo: &Topology) -> Vec<stream::Config> {
             retention: RetentionPolicy::Limits,
             max_age: topo.dlq_max_age,
             ..base(names.dlq_stream(), vec![names.dead_filter()], "jetsched: dead letters")
+        },
+        stream::Config {
+            // Best effort and bounded: by age, and by size with the oldest
+            // dropped first, so a chatty command cannot fill the disk.
+            retention: RetentionPolicy::Limits,
+            max_age: topo.logs_max_age,
+            max_bytes: topo.logs_max_bytes,
+            max_message_size: MAX_LOG_MESSAGE,
+            discard: stream::DiscardPolicy::Old,
+            ..base(names.logs_stream(), names.logs_subjects(), "jetsched: task logs (handlers' output)")
         },
     ]
 }

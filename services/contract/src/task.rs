@@ -58,6 +58,11 @@ pub struct TaskDef {
     /// Free text for humans.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+    /// Names of the handler's `env` variables or HTTP `headers` whose
+    /// values are secret: the worker masks those values (`***`) in the
+    /// output it captures (task logs, the event's output, a text result).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<String>,
 }
 
 fn default_queue() -> String {
@@ -262,6 +267,7 @@ impl TaskDef {
             rate_limit: None,
             steps: None,
             description: None,
+            secrets: Vec::new(),
         }
     }
 

@@ -550,6 +550,7 @@ fn definitions_the_services_build_validate_and_read_back() {
             per: HumanDuration::from_secs(60),
         }),
         description: Some("all fields".to_string()),
+        secrets: vec!["X-Key".to_string()],
         retry: RetryPolicy { max_attempts: 1, ..RetryPolicy::default() },
         ..TaskDef::with_handler(Handler::Http {
             url: "https://example.com/hook".to_string(),

@@ -63,6 +63,8 @@ pub struct WorkerCtx {
     pub functions: Arc<Functions>,
     /// Releases staged runs at their time.
     pub releaser: Releaser,
+    /// Bytes of output an attempt keeps in the task logs (0: none).
+    pub task_log_limit: usize,
 }
 
 /// The single decision about a message.

@@ -15,6 +15,7 @@ use crate::execute::WorkerCtx;
 use crate::handlers::nats::{Pending, Sent};
 use crate::handlers::{Invocation, Outcome, exec, http, nats};
 use crate::limits::SlotHold;
+use crate::logs::{AttemptLog, LogSink, Source};
 
 /// How an attempt ended.
 #[derive(Debug)]
@@ -64,6 +65,7 @@ pub async fn invocation(ctx: &WorkerCtx, item: &WorkItem, attempt: u32, start: T
         cancel_subject: ctx.publisher.names().cancel_subject(&item.run_id),
         checkpoints: Some(checkpoints),
         shard: item.shard,
+        log: LogSink::default(),
     }
 }
 
@@ -74,19 +76,77 @@ pub async fn invoke(
     item: &WorkItem,
     attempt: u32,
     cancel: &CancellationToken,
-    mut slot: Option<&mut SlotHold>,
+    slot: Option<&mut SlotHold>,
     ahead: Option<Ahead>,
 ) -> Attempt {
-    let timeout = item.def.timeout.0;
-    let (inv, ahead) = match ahead {
+    let (mut inv, ahead) = match ahead {
         Some(Ahead { inv, pending, sent }) => (inv, Some((pending, sent))),
         None => (invocation(ctx, item, attempt, Timestamp::now()).await, None),
     };
+    let subject = ctx.publisher.names().log_subject(&item.run_id, attempt);
+    let log = AttemptLog::start(ctx.publisher.js().clone(), subject, &item.def, ctx.task_log_limit);
+    inv.log = log.sink();
+    let mut attempt = invoke_logged(ctx, msg, item, attempt, cancel, slot, &inv, ahead).await;
+    if let Attempt::Done(outcome) = &mut attempt {
+        log_outcome(&inv.log, item, outcome).await;
+        // The event's copy of the output, and the result kept in the run
+        // record, are masked like the log.
+        let masker = crate::logs::Masker::for_task(&item.def);
+        if !masker.is_empty() {
+            if let Outcome::Success { output: Some(o), .. } | Outcome::Failure { output: Some(o), .. } = outcome {
+                *o = masker.mask(o);
+            }
+            if let Outcome::Success { result, .. } = outcome
+                && let Ok(text) = std::str::from_utf8(result)
+            {
+                *result = masker.mask(text).into();
+            }
+        }
+    }
+    log.finish().await;
+    attempt
+}
+
+/// What a NATS function replied or an HTTP handler answered goes to the
+/// task log (exec output and builtin lines are written as they come), and
+/// so does why an attempt failed.
+async fn log_outcome(log: &LogSink, item: &WorkItem, outcome: &Outcome) {
+    let source = match &item.def.handler {
+        Some(Handler::Nats { .. }) => Some(Source::Reply),
+        Some(Handler::Http { .. }) => Some(Source::Response),
+        _ => None,
+    };
+    match (outcome, source) {
+        (Outcome::Success { result, .. }, Some(source)) if !result.is_empty() => {
+            log.write(source, result.clone()).await
+        }
+        (Outcome::Failure { error, output, .. }, source) => {
+            if let (Some(output), Some(source)) = (output, source) {
+                log.line(source, output).await;
+            }
+            log.line(Source::Jetsched, &format!("failed: {error}")).await;
+        }
+        _ => {}
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn invoke_logged(
+    ctx: &WorkerCtx,
+    msg: &Message,
+    item: &WorkItem,
+    attempt: u32,
+    cancel: &CancellationToken,
+    mut slot: Option<&mut SlotHold>,
+    inv: &Invocation,
+    ahead: Option<(Pending, Sent)>,
+) -> Attempt {
+    let timeout = item.def.timeout.0;
     let checkpoints = Checkpoints::new(ctx.checkpoints.clone(), &item.run_id);
     let mut file =
         matches!(item.def.handler, Some(Handler::Exec { .. })).then(|| CheckpointFile::new(&item.run_id, attempt));
     let stop = CancellationToken::new();
-    let call = call_handler(ctx, item, &inv, ahead, stop.clone(), file.as_ref().map(|f| f.path().to_path_buf()));
+    let call = call_handler(ctx, item, inv, ahead, stop.clone(), file.as_ref().map(|f| f.path().to_path_buf()));
     tokio::pin!(call);
     let beat = (ctx.ack_wait / 3).max(Duration::from_millis(100));
     let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + beat, beat);

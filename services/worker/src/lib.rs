@@ -12,6 +12,7 @@ pub mod fetch;
 pub mod handlers;
 pub mod invoke;
 pub mod limits;
+pub mod logs;
 pub mod presence;
 pub mod record;
 pub mod release;
@@ -78,6 +79,10 @@ pub struct WorkerConfig {
     /// are renewed (and it looks again for work).
     #[arg(long = "idle-poll", env = "JETSCHED_IDLE_POLL", default_value = "250ms", value_parser = parse_duration)]
     pub idle_poll: Duration,
+    /// Bytes of output each attempt keeps in the task logs (the logs
+    /// stream, `jetsched runs logs`); 0 keeps none.
+    #[arg(long = "task-log-limit", env = "JETSCHED_TASK_LOG_LIMIT", default_value_t = 64 * 1024)]
+    pub task_log_limit: usize,
 }
 
 impl Default for WorkerConfig {
@@ -95,6 +100,7 @@ impl Default for WorkerConfig {
             stage_horizon: Duration::from_secs(5),
             aging_step: Duration::from_secs(10),
             max_staged: 20_000,
+            task_log_limit: 64 * 1024,
         }
     }
 }
@@ -149,6 +155,7 @@ pub async fn run(
         rates_kv: handles.rates.clone(),
         functions: functions.clone(),
         releaser: release::Releaser::start(functions, slots.clone()),
+        task_log_limit: config.task_log_limit,
     });
     // During a leader election creating the consumers fails for a few
     // seconds: wait it out rather than exit.
@@ -163,14 +170,13 @@ pub async fn run(
     tokio::spawn(cancels.listen(client.clone(), names.clone(), background.clone()));
     // The heartbeat outlives the shutdown signal: it says `draining` until the drain ends.
     let presence_stop = CancellationToken::new();
-    let _presence_stop = presence_stop.clone().drop_guard();
-    tokio::spawn(presence::heartbeat(
+    let presence = tokio::spawn(presence::heartbeat(
         handles.clone(),
         config.clone(),
         worker_id.clone(),
         slots.clone(),
         shutdown.clone(),
-        presence_stop,
+        presence_stop.clone(),
     ));
     tokio::spawn(fetch::monitor(lanes.clone(), Duration::from_millis(250), background.clone()));
     tokio::spawn(fetch::watch_label_queues(lanes.clone(), handles.clone(), config.clone(), background.clone()));
@@ -257,6 +263,11 @@ pub async fn run(
     if drained.is_err() {
         tracing::warn!("drain deadline passed; unfinished runs will be redelivered to other workers");
         running.abort_all();
+    }
+    // Gone from the workers bucket before the process ends.
+    presence_stop.cancel();
+    if tokio::time::timeout(Duration::from_secs(5), presence).await.is_err() {
+        tracing::warn!(worker = %worker_id, "could not remove this worker's heartbeat; it expires with the bucket's TTL");
     }
     tracing::info!(worker = %worker_id, "worker stopped");
     Ok(())

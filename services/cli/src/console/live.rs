@@ -10,8 +10,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{RawQuery, State};
+use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
-use futures::Stream;
+use axum::response::{IntoResponse, Response};
+use futures::{Stream, StreamExt};
 use jetsched_contract::RunEvent;
 use tokio::sync::broadcast::error::RecvError;
 
@@ -83,6 +85,33 @@ pub async fn stream(
         }
     });
     Sse::new(events).keep_alive(KeepAlive::default())
+}
+
+/// `GET /live/logs?run=<id>&from=<seq>`: a run's task log chunks from
+/// stream sequence `from` on, as they are stored (`event: log`, data: JSON
+/// `{"attempt", "source", "text", "seq"}`; the page inserts the text as text).
+pub async fn logs(State(c): State<Console>, RawQuery(query): RawQuery) -> Response {
+    let params = Params::query(query.as_deref());
+    let Some(run) = params.get("run") else { return (StatusCode::BAD_REQUEST, "run is missing\n").into_response() };
+    let from = params.get("from").and_then(|f| f.parse().ok()).unwrap_or(1);
+    let chunks = match crate::logs::follow(c.h(), run, from).await {
+        Ok((_, chunks)) => chunks,
+        Err(err) => return (StatusCode::BAD_GATEWAY, format!("{err:#}\n")).into_response(),
+    };
+    let events = chunks
+        .map(|chunk| {
+            let event = match chunk {
+                Ok(c) => {
+                    let data =
+                        serde_json::json!({"attempt": c.attempt, "source": c.source, "text": c.text, "seq": c.seq});
+                    Event::default().event("log").data(data.to_string())
+                }
+                Err(err) => Event::default().event("failed").data(format!("{err:#}")),
+            };
+            Ok::<_, Infallible>(event)
+        })
+        .take_until(c.0.shutdown.clone().cancelled_owned());
+    Sse::new(events).keep_alive(KeepAlive::default()).into_response()
 }
 
 fn send(filter: &Filter, live: &Arc<Live>) -> Option<Event> {

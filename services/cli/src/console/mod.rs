@@ -175,7 +175,6 @@ fn router(console: Console) -> Router {
         .route("/schedules/{id}", get(schedules::one))
         .route("/runs", get(runs::list))
         .route("/runs/{id}", get(runs::one))
-        .route("/runs/{id}/logs", get(runs::logs))
         .route("/workflows", get(workflows::list))
         .route("/dlq", get(dlq::list))
         .route("/dlq/{seq}", get(dlq::one))
@@ -186,7 +185,11 @@ fn router(console: Console) -> Router {
         .route("/assets/console.css", get(css))
         .route("/assets/console.js", get(js))
         .layer(axum::middleware::from_fn(bounded));
-    Router::new().route("/live", get(live::stream)).merge(pages).with_state(console)
+    Router::new()
+        .route("/live", get(live::stream))
+        .route("/live/logs", get(live::logs))
+        .merge(pages)
+        .with_state(console)
 }
 
 /// Answers 503 to a page that takes longer than [`REQUEST_TIMEOUT`] (NATS
@@ -212,10 +215,16 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
 
 /// A page's answer: the whole page (with what an action did, `?done=`), or
 /// only its live part (`?part=1`, what the script fetches to refresh it).
-fn respond<'a>(mut page: Page<'a>, body: Markup, params: &'a Params) -> Response {
+fn respond<'a>(page: Page<'a>, body: Markup, params: &'a Params) -> Response {
+    respond_with(page, body, html! {}, params)
+}
+
+/// [`respond`], with `after` below the live part (kept as it is when the
+/// part is refreshed).
+fn respond_with<'a>(mut page: Page<'a>, body: Markup, after: Markup, params: &'a Params) -> Response {
     let live = html! { div #live-part { (body) } };
     page.notice = params.get("done");
-    let markup = if params.get("part").is_some() { live } else { page.render(live) };
+    let markup = if params.get("part").is_some() { live } else { page.render(html! { (live) (after) }) };
     ([(header::CACHE_CONTROL, "no-store")], markup).into_response()
 }
 

@@ -9,7 +9,7 @@ use jiff::Timestamp;
 use maud::{Markup, html};
 
 use super::view::{self, Page, Section};
-use super::{Console, Req, failure, respond};
+use super::{Console, Req, failure, respond, respond_with};
 use crate::inspect::StoredEvent;
 use crate::runlist::ListArgs;
 
@@ -150,7 +150,10 @@ async fn payload(h: &Handles, r: &RunRecord) -> anyhow::Result<(Option<Payload>,
 /// `GET /runs/{id}`.
 pub async fn one(State(c): State<Console>, Path(id): Path<String>, Req { session, params }: Req) -> Response {
     match run_body(&c, &session, &id).await {
-        Ok((body, live)) => respond(Page::new(&id, Section::Runs, &session).live_part(live), body, &params),
+        Ok((body, live)) => {
+            let logs = logs(c.h(), &id).await;
+            respond_with(Page::new(&id, Section::Runs, &session).live_part(live), body, logs, &params)
+        }
         Err(err) => failure(&session, err),
     }
 }
@@ -248,7 +251,29 @@ fn timeline(record: &RunRecord, events: &[StoredEvent]) -> Markup {
     }
 }
 
-/// `GET /runs/{id}/logs`: the run's captured output.
-pub async fn logs(Path(id): Path<String>, Req { session, .. }: Req) -> Response {
-    failure(&session, crate::admin::bad(format!("no logs kept for {id}")))
+/// Most log text shown when the page loads (the rest with `jetsched runs logs`).
+const LOG_SHOWN: usize = 64 * 1024;
+
+/// The run's task logs, then live: the page's script streams what comes
+/// next from `/live/logs`.
+async fn logs(h: &Handles, id: &str) -> Markup {
+    let (chunks, cut) = match crate::logs::read(h, id, 1, LOG_SHOWN).await {
+        Ok(r) => r,
+        Err(err) => return html! { h2 { "Logs" } p.err { "cannot read the logs: " (format!("{err:#}")) } },
+    };
+    let next = chunks.last().map_or(1, |c| c.seq + 1);
+    html! {
+        h2 { "Logs" }
+        @if cut { p.note { "Only the first " (LOG_SHOWN / 1024) " KiB are shown; " code { "jetsched runs logs " (id) } " prints all." } }
+        section #logs data-run=(id) data-next=(next) {
+            pre.data.log #log-text {
+                @for (i, c) in chunks.iter().enumerate() {
+                    @let changed = i == 0 || (chunks[i - 1].attempt, &chunks[i - 1].source) != (c.attempt, &c.source);
+                    @if changed { span.src data-key={ (c.attempt) "/" (c.source) } { "attempt " (c.attempt) " · " (c.source) "\n" } }
+                    span { (c.text) }
+                }
+            }
+            @if chunks.is_empty() { p.note #no-logs { "No output stored yet." } }
+        }
+    }
 }

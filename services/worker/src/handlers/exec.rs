@@ -18,6 +18,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use super::{Invocation, Outcome};
+use crate::logs::{LogSink, Source};
 
 /// Exit code that asks for a retry (sysexits.h EX_TEMPFAIL).
 pub const EXIT_RETRY: i32 = 75;
@@ -119,8 +120,12 @@ pub async fn run(
     let stdout = child.stdout.take();
     let stderr = child.stderr.take();
     let wait = async {
-        let (_, out, err, status) =
-            tokio::join!(feed, read_limited(stdout, limit), read_limited(stderr, limit), child.wait());
+        let (_, out, err, status) = tokio::join!(
+            feed,
+            read_limited(stdout, limit, &inv.log, Source::Stdout),
+            read_limited(stderr, limit, &inv.log, Source::Stderr),
+            child.wait()
+        );
         (out, err, status)
     };
     tokio::pin!(wait);
@@ -193,8 +198,9 @@ impl Drop for Group {
     }
 }
 
-/// Reads a pipe to the end, keeping the first `limit` bytes.
-async fn read_limited(pipe: Option<impl AsyncRead + Unpin>, limit: usize) -> Vec<u8> {
+/// Reads a pipe to the end, keeping the first `limit` bytes, and passes
+/// everything on to the task log as it comes.
+async fn read_limited(pipe: Option<impl AsyncRead + Unpin>, limit: usize, log: &LogSink, source: Source) -> Vec<u8> {
     let Some(mut pipe) = pipe else { return Vec::new() };
     let mut kept = Vec::new();
     let mut buf = [0u8; 8192];
@@ -202,6 +208,7 @@ async fn read_limited(pipe: Option<impl AsyncRead + Unpin>, limit: usize) -> Vec
         match pipe.read(&mut buf).await {
             Ok(0) | Err(_) => return kept,
             Ok(n) => {
+                log.write(source, bytes::Bytes::copy_from_slice(&buf[..n])).await;
                 let room = limit.saturating_sub(kept.len());
                 kept.extend_from_slice(&buf[..n.min(room)]);
             }
@@ -238,6 +245,7 @@ mod tests {
             cancel_subject: "jetsched.cancel.r1".into(),
             checkpoints: None,
             shard: None,
+            log: LogSink::default(),
         }
     }
 

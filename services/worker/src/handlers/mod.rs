@@ -81,9 +81,17 @@ pub struct Invocation {
     pub checkpoints: Option<crate::checkpoint::Checkpoints>,
     /// For a broadcast run: this worker's share.
     pub shard: Option<jetsched_contract::message::Shard>,
+    /// The attempt's task log (see [`Invocation::log`]).
+    pub log: crate::logs::LogSink,
 }
 
 impl Invocation {
+    /// Adds `line` to this attempt's task log (`jetsched runs logs`, the
+    /// console's run page), with the task's secrets masked.
+    pub async fn log(&self, line: &str) {
+        self.log.line(crate::logs::Source::Log, line).await;
+    }
+
     /// Saves `value` as this run's checkpoint; the next attempt receives it
     /// in [`Invocation::checkpoint`].
     pub async fn save_checkpoint(&self, value: &Value) -> anyhow::Result<()> {

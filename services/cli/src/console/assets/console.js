@@ -8,6 +8,42 @@
   const mode = body.dataset.refresh;
   const state = document.getElementById("live-state");
   const say = (text) => { if (state) state.textContent = text; };
+
+  // A run's task log: append chunks as they are stored (as text, never markup).
+  const logs = document.getElementById("logs");
+  if (logs && logs.dataset.run) {
+    const text = document.getElementById("log-text");
+    const heads = text.querySelectorAll("span.src");
+    let lastKey = heads.length ? heads[heads.length - 1].dataset.key : null;
+    let next = Number(logs.dataset.next || 1);
+    const open = () => {
+      const url = "/live/logs?run=" + encodeURIComponent(logs.dataset.run) + "&from=" + next;
+      const source = new EventSource(url);
+      source.addEventListener("log", (e) => {
+        const c = JSON.parse(e.data);
+        if (c.seq < next) return;
+        next = c.seq + 1;
+        const key = c.attempt + "/" + c.source;
+        if (key !== lastKey) {
+          const head = document.createElement("span");
+          head.className = "src";
+          head.dataset.key = key;
+          head.textContent = "attempt " + c.attempt + " · " + c.source + "\n";
+          text.appendChild(head);
+          lastKey = key;
+        }
+        const body = document.createElement("span");
+        body.textContent = c.text;
+        text.appendChild(body);
+        const none = document.getElementById("no-logs");
+        if (none) none.remove();
+      });
+      // Reopen from the next chunk rather than from where the page began.
+      source.onerror = () => { source.close(); setTimeout(open, 2000); };
+    };
+    open();
+  }
+
   if (query === undefined) { say("live: off"); return; }
 
   // Part pages: refetch #live-part at most every 2 s.

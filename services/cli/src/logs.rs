@@ -1,0 +1,153 @@
+//! Reading a run's task logs: the chunks the worker stored on
+//! `<prefix>.log.<attempt>.<run id>` in the logs stream, oldest first
+//! (`nats stream view JETSCHED_LOGS --subject 'jetsched.log.*.<run id>'`).
+//! `jetsched runs logs` prints them (and follows a running run with `-f`);
+//! the console's run page shows them and streams new ones.
+
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::DeliverPolicy;
+use async_nats::jetstream::consumer::pull::OrderedConfig;
+use futures::{Stream, StreamExt};
+use jetsched_contract::{Handles, RunRecord, headers};
+
+/// One stored chunk of output.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Chunk {
+    /// Its sequence in the logs stream (read on from the next one).
+    pub seq: u64,
+    /// The attempt that wrote it.
+    pub attempt: u32,
+    /// `stdout`, `stderr`, `reply`, `response`, `log` or `jetsched`.
+    pub source: String,
+    /// The text (secrets already masked by the worker).
+    pub text: String,
+}
+
+/// How long one read may wait for a stored chunk.
+const READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The chunks of `run_id` from stream sequence `from` on, as they are
+/// stored (the stream does not end: it waits for more).
+pub async fn follow(
+    h: &Handles,
+    run_id: &str,
+    from: u64,
+) -> anyhow::Result<(u64, impl Stream<Item = anyhow::Result<Chunk>> + use<>)> {
+    let stream = h.js.get_stream(h.names.logs_stream()).await?;
+    let consumer = stream
+        .create_consumer(OrderedConfig {
+            filter_subject: h.names.run_logs_filter(run_id),
+            deliver_policy: DeliverPolicy::ByStartSequence { start_sequence: from.max(1) },
+            ..Default::default()
+        })
+        .await?;
+    let pending = consumer.cached_info().num_pending;
+    let names = h.names.clone();
+    let messages = consumer.messages().await?;
+    let chunks = messages.map(move |msg| {
+        let msg = msg?;
+        let info = msg.info().map_err(|e| anyhow::anyhow!("{e}"))?;
+        let attempt = names.parse_log_subject(&msg.subject).map_or(0, |(a, _)| a);
+        let source = msg
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(headers::LOG_SOURCE))
+            .map_or_else(|| "output".to_string(), |v| v.as_str().to_string());
+        Ok(Chunk {
+            seq: info.stream_sequence,
+            attempt,
+            source,
+            text: String::from_utf8_lossy(&msg.payload).into_owned(),
+        })
+    });
+    Ok((pending, chunks))
+}
+
+/// The chunks of `run_id` stored now from `from` on, up to `max_bytes` of
+/// text; and whether some were left out.
+pub async fn read(h: &Handles, run_id: &str, from: u64, max_bytes: usize) -> anyhow::Result<(Vec<Chunk>, bool)> {
+    let (pending, chunks) = follow(h, run_id, from).await?;
+    let mut chunks = std::pin::pin!(chunks);
+    let mut out = Vec::new();
+    let mut bytes = 0;
+    for _ in 0..pending {
+        let chunk = tokio::time::timeout(READ_TIMEOUT, chunks.next())
+            .await
+            .map_err(|_| anyhow::anyhow!("reading the logs of {run_id} timed out"))?
+            .ok_or_else(|| anyhow::anyhow!("reading the logs of {run_id} ended early"))??;
+        bytes += chunk.text.len();
+        if bytes > max_bytes {
+            return Ok((out, true));
+        }
+        out.push(chunk);
+    }
+    Ok((out, false))
+}
+
+/// `jetsched runs logs RUN [-f]`: prints the run's logs; with `follow`,
+/// keeps printing until the run has ended.
+pub async fn print(h: &Handles, run_id: &str, follow_on: bool) -> anyhow::Result<()> {
+    if h.runs.get(run_id).await?.is_none() {
+        return Err(crate::admin::bad(format!("no run {run_id} (run records are kept 7 days)")));
+    }
+    let mut header = Header::default();
+    let (chunks, _) = read(h, run_id, 1, usize::MAX).await?;
+    let mut next = 1;
+    for c in &chunks {
+        header.print(c);
+        next = c.seq + 1;
+    }
+    if !follow_on {
+        if chunks.is_empty() {
+            eprintln!("no output stored for {run_id}");
+        }
+        return Ok(());
+    }
+    let (_, live) = follow(h, run_id, next).await?;
+    let mut live = std::pin::pin!(live);
+    let mut watch = h.runs.watch_with_history(run_id).await?;
+    let shutdown = jetsched_runtime::shutdown_on_signals();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            chunk = live.next() => match chunk {
+                Some(c) => {
+                    let c = c?;
+                    header.print(&c);
+                    next = c.seq + 1;
+                }
+                None => anyhow::bail!("the logs stream ended"),
+            },
+            entry = watch.next() => {
+                let Some(entry) = entry else { anyhow::bail!("the runs bucket watch ended") };
+                let ended = serde_json::from_slice::<RunRecord>(&entry?.value).is_ok_and(|r| r.status.is_terminal());
+                if ended {
+                    // The worker stores an attempt's logs before its outcome: what is left is all there.
+                    for c in read(h, run_id, next, usize::MAX).await?.0 {
+                        header.print(&c);
+                    }
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+/// Prints a line naming the attempt and source whenever they change.
+#[derive(Default)]
+struct Header(Option<(u32, String)>);
+
+impl Header {
+    fn print(&mut self, c: &Chunk) {
+        let now = (c.attempt, c.source.clone());
+        if self.0.as_ref() != Some(&now) {
+            println!("--- attempt {}, {} ---", c.attempt, c.source);
+            self.0 = Some(now);
+        }
+        print!("{}", c.text);
+        if !c.text.ends_with('\n') {
+            println!();
+        }
+    }
+}
