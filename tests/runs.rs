@@ -16,7 +16,8 @@ use tokio::io::AsyncBufReadExt;
 
 /// The run ids a `runs list` printed, in order.
 fn ids(stdout: &str) -> Vec<String> {
-    stdout.lines().filter_map(|l| l.split_whitespace().next()).map(str::to_string).collect()
+    // A header line (RUN STATUS ...), then one run per line.
+    stdout.lines().skip(1).filter_map(|l| l.split_whitespace().next()).map(str::to_string).collect()
 }
 
 /// The `--before` cursor a page printed on stderr, if any.

@@ -269,16 +269,19 @@ impl BenchEnv {
         use futures::StreamExt;
         let mut pending = futures::stream::FuturesUnordered::new();
         let mut n = 0;
+        let bar = crate::stats::progress("publishing");
         for (subject, payload) in messages {
             if pending.len() >= 4096 {
                 pending.next().await.transpose()?;
             }
             pending.push(self.handles.js.publish(subject, payload.into()).await?.into_future());
             n += 1;
+            bar.inc(1);
         }
         while let Some(r) = pending.next().await {
             r?;
         }
+        bar.finish_and_clear();
         Ok(n)
     }
 

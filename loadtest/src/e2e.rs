@@ -168,6 +168,16 @@ pub async fn run(env: &BenchEnv, args: Args, telemetry: &Telemetry, sink: &Count
         ms(call.percentile(50.0)),
         ms(call.percentile(99.0)),
     );
+    crate::stats::plot(
+        "e2e",
+        &format!("e2e at {} runs/s: latency distribution", args.rate),
+        &[
+            ("submit -> handler start", &to_start),
+            ("submit -> succeeded", &to_done),
+            ("submit -> queued", &dispatch),
+            ("queued -> started", &claim),
+        ],
+    );
     services.stop().await;
     Ok(())
 }

@@ -71,6 +71,15 @@ pub async fn run(env: &BenchEnv, args: Args) -> anyhow::Result<()> {
         ours.summary(),
         if early > 0 { format!(" ({early} started early!)") } else { String::new() }
     );
+    crate::stats::plot(
+        "herd",
+        &format!("{} schedules due at one instant: nominal -> start", args.schedules),
+        &[
+            ("jetsched: handler start", &ours),
+            ("NATS cron: message stored", &nats),
+            ("floor: request received", &floor),
+        ],
+    );
     let ratio = ours.percentile(99.0).as_secs_f64() / nats.percentile(99.0).as_secs_f64().max(1e-9);
     println!("herd p99 ratio jetsched / NATS cron: {ratio:.3} (goal <= 0.5)");
     let over_floor = ours.percentile(99.0).as_secs_f64() / floor.percentile(99.0).as_secs_f64().max(1e-9);

@@ -54,6 +54,11 @@ pub async fn run(env: &BenchEnv, args: Args) -> anyhow::Result<()> {
     wait_until(Duration::from_secs(args.seconds as u64 + 60), || measured(&starts) >= wanted).await?;
     let (mut samples, early) = noop::lateness(&starts, |t| t >= from && t < until);
     services.stop().await;
+    crate::stats::plot(
+        "steady",
+        &format!("steady {} fires/s: nominal -> handler start", args.rate),
+        &[("nominal -> handler start", &samples)],
+    );
     println!(
         "steady {} fires/s for {} s (lookahead {:?}): nominal -> handler start {} ({} runs{}) (goal p99 <= 5 ms)",
         args.rate,

@@ -462,16 +462,10 @@ pub fn is(task: &'static str, status: RunStatus) -> impl Fn(&RunEvent) -> bool {
 
 /// `GET path` against a local HTTP endpoint: (status code, body).
 pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream.write_all(req.as_bytes()).await.unwrap();
-    let mut buf = Vec::new();
-    stream.read_to_end(&mut buf).await.unwrap();
-    let text = String::from_utf8_lossy(&buf).to_string();
-    let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-    (status, body)
+    jetsched_runtime::telemetry::install_crypto_provider();
+    let response = reqwest::get(format!("http://{addr}{path}")).await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.text().await.unwrap())
 }
 
 /// Polls `check` every 50 ms until it returns `Some`, failing after `secs`.
@@ -609,8 +603,8 @@ impl StubRequest {
     }
 }
 
-/// A scripted HTTP endpoint: answers its n-th request with `responses[n]`
-/// (the last one repeats) and records every request.
+/// A scripted HTTP endpoint (axum): answers its n-th request with
+/// `responses[n]` (the last one repeats; body `{}`) and records every request.
 pub struct HttpStub {
     pub url: String,
     pub requests: mpsc::UnboundedReceiver<StubRequest>,
@@ -618,55 +612,27 @@ pub struct HttpStub {
 
 impl HttpStub {
     pub async fn start(responses: Vec<(u16, Vec<(&'static str, &'static str)>)>) -> HttpStub {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/hook", listener.local_addr().unwrap());
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            let mut n = 0;
-            while let Ok((mut stream, _)) = listener.accept().await {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                let head_end = loop {
-                    if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                        break Some(i + 4);
-                    }
-                    match stream.read(&mut chunk).await {
-                        Ok(0) | Err(_) => break None,
-                        Ok(k) => buf.extend_from_slice(&chunk[..k]),
-                    }
-                };
-                let Some(head_end) = head_end else { continue };
-                let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
-                let mut lines = head.lines();
-                let method = lines.next().unwrap_or("").split(' ').next().unwrap_or("").to_string();
-                let headers: Vec<(String, String)> = lines
-                    .filter_map(|l| l.split_once(':').map(|(k, v)| (k.trim().to_string(), v.trim().to_string())))
-                    .collect();
-                let len: usize = headers
-                    .iter()
-                    .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
-                    .and_then(|(_, v)| v.parse().ok())
-                    .unwrap_or(0);
-                while buf.len() < head_end + len {
-                    match stream.read(&mut chunk).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(k) => buf.extend_from_slice(&chunk[..k]),
-                    }
-                }
-                let body = String::from_utf8_lossy(&buf[head_end..]).to_string();
-                let _ = tx.send(StubRequest { at: jiff::Timestamp::now(), method, headers, body });
-                let (status, extra) = responses[n.min(responses.len() - 1)].clone();
-                n += 1;
-                let mut response = format!("HTTP/1.1 {status} X\r\nContent-Length: 2\r\nConnection: close\r\n");
-                for (k, v) in extra {
-                    response.push_str(&format!("{k}: {v}\r\n"));
-                }
-                response.push_str("\r\n{}");
-                let _ = stream.write_all(response.as_bytes()).await;
-                let _ = stream.shutdown().await;
+        let served = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let answer = move |method: axum::http::Method, headers: axum::http::HeaderMap, body: String| {
+            let n = served.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let headers = headers
+                .iter()
+                .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or_default().to_string()))
+                .collect();
+            let _ = tx.send(StubRequest { at: jiff::Timestamp::now(), method: method.to_string(), headers, body });
+            let (status, extra) = responses[n.min(responses.len() - 1)].clone();
+            let mut response = axum::response::Response::new(axum::body::Body::from("{}"));
+            *response.status_mut() = axum::http::StatusCode::from_u16(status).unwrap();
+            for (k, v) in extra {
+                response.headers_mut().insert(k, v.parse().unwrap());
             }
-        });
+            async move { response }
+        };
+        let app = axum::Router::new().fallback(answer);
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
         HttpStub { url, requests: rx }
     }
 

@@ -96,6 +96,49 @@ pub(crate) async fn list_keys(store: &async_nats::jetstream::kv::Store) -> anyho
     Ok(())
 }
 
+/// `jetsched init`: creates what is missing, one progress step per stream
+/// or bucket (on a cluster each waits for its replicas), and says what it made.
+pub async fn init(nats: &jetsched_runtime::NatsArgs, topology: &jetsched_contract::Topology) -> anyhow::Result<()> {
+    let names = nats.names()?;
+    let client = jetsched_runtime::connect(nats, "jetsched-init", false).await?;
+    let js = jetsched_runtime::jetstream(client.clone());
+    let steps = jetsched_contract::setup::setup_steps(&names, topology);
+    let bar = indicatif::ProgressBar::new(steps as u64);
+    if let Ok(style) = indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {msg}") {
+        bar.set_style(style);
+    }
+    let mut created = Vec::new();
+    // JetStream may need a few seconds to answer (a leader election on a cluster).
+    let give_up = tokio::time::Instant::now() + jetsched_runtime::service::ADMIN_PATIENCE;
+    let mut backoff = jetsched_runtime::Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+    loop {
+        bar.set_position(0);
+        let made = jetsched_contract::setup::ensure_with(&js, &names, topology, |name, made| {
+            bar.set_message(name.to_string());
+            bar.inc(1);
+            if made {
+                created.push(name.to_string());
+            }
+        })
+        .await;
+        match made {
+            Ok(()) => break,
+            Err(err) if tokio::time::Instant::now() < give_up => {
+                bar.suspend(|| tracing::warn!(%err, "JetStream not ready; retrying"));
+                backoff.wait().await;
+            }
+            Err(err) => return Err(err.into()),
+        }
+    }
+    bar.finish_and_clear();
+    match created.is_empty() {
+        true => println!("streams and buckets ready under prefix {names} (all existed)"),
+        false => println!("streams and buckets ready under prefix {names} (created {})", created.join(", ")),
+    }
+    let _ = client.drain().await;
+    Ok(())
+}
+
 /// `jetsched submit` options.
 #[derive(Debug, clap::Args)]
 pub struct SubmitArgs {
@@ -209,6 +252,23 @@ pub async fn events(h: &Handles, args: EventsArgs) -> anyhow::Result<()> {
                 }
             }
         }
+    }
+}
+
+/// A table for a listing: a header line and aligned columns, no borders
+/// (the first column stays the first word of each line, for scripts).
+pub fn table(header: &[&str]) -> comfy_table::Table {
+    let mut t = comfy_table::Table::new();
+    t.load_preset(comfy_table::presets::NOTHING)
+        .set_content_arrangement(comfy_table::ContentArrangement::Disabled)
+        .set_header(header.to_vec());
+    t
+}
+
+/// Prints `t` without the padding comfy-table puts at line ends.
+pub fn print_table(t: &comfy_table::Table) {
+    for line in t.lines() {
+        println!("{}", line.trim_end().trim_start_matches(' '));
     }
 }
 

@@ -42,19 +42,35 @@ pub async fn dlq(h: &Handles, cmd: DlqCmd) -> anyhow::Result<()> {
     match cmd {
         DlqCmd::List { task, limit } => list(h, task, limit).await,
         DlqCmd::Replay { seq } => {
+            let bar = indicatif::ProgressBar::new(seq.len() as u64);
             for s in seq {
                 let run_id = replay(h, s).await?;
-                println!("replayed DLQ #{s} as {run_id}");
+                bar.suspend(|| println!("replayed DLQ #{s} as {run_id}"));
+                bar.inc(1);
             }
+            bar.finish_and_clear();
             Ok(())
         }
     }
 }
 
 async fn list(h: &Handles, task: Option<String>, limit: usize) -> anyhow::Result<()> {
-    for d in entries(h, task.as_deref(), limit).await? {
-        println!("#{:<6} {}  {:<16} {:<40} {}", d.seq, d.at, d.task, d.run_id.as_deref().unwrap_or("-"), d.reason);
+    let letters = entries(h, task.as_deref(), limit).await?;
+    if letters.is_empty() {
+        eprintln!("the dead-letter queue is empty");
+        return Ok(());
     }
+    let mut t = crate::admin::table(&["SEQ", "STORED", "TASK", "RUN", "REASON"]);
+    for d in letters {
+        t.add_row(vec![
+            format!("#{}", d.seq),
+            d.at.round(jiff::Unit::Millisecond).unwrap_or(d.at).to_string(),
+            d.task,
+            d.run_id.unwrap_or_else(|| "-".to_string()),
+            d.reason,
+        ]);
+    }
+    crate::admin::print_table(&t);
     Ok(())
 }
 

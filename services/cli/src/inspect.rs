@@ -117,6 +117,24 @@ pub async fn cancel(h: &Handles, id: &str) -> anyhow::Result<RunStatus> {
     anyhow::bail!("run {id} keeps changing; try again")
 }
 
+/// A run record's cells in `runs list`: run, status, task, attempt,
+/// created, and its error or the run it replays.
+pub fn record_row(r: &RunRecord) -> Vec<String> {
+    let note = match (&r.error, &r.replay_of) {
+        (Some(e), _) => format!("error: {e}"),
+        (None, Some(of)) => format!("replays {of}"),
+        (None, None) => String::new(),
+    };
+    vec![
+        r.run_id.clone(),
+        r.status.as_str().to_string(),
+        r.task.clone(),
+        r.attempt.to_string(),
+        r.created_at.round(jiff::Unit::Millisecond).unwrap_or(r.created_at).to_string(),
+        note,
+    ]
+}
+
 /// One line per run record.
 pub fn format_record(r: &RunRecord) -> String {
     let mut line = format!(
@@ -283,28 +301,36 @@ pub async fn status(h: &Handles, args: StatusArgs) -> anyhow::Result<()> {
     let inbox = h.js.get_stream(h.names.inbox_stream()).await?.get_info().await?;
     println!("inbox: {} waiting for a dispatcher", inbox.state.messages);
     let rows = backlog(h).await?;
-    println!("backlog (queue, band: waiting / in progress):");
-    if rows.iter().all(|r| r.waiting == 0 && r.running == 0) {
+    println!("backlog:");
+    let busy: Vec<&Backlog> = rows.iter().filter(|r| r.waiting > 0 || r.running > 0).collect();
+    if busy.is_empty() {
         println!("  none");
-    }
-    for r in rows.iter().filter(|r| r.waiting > 0 || r.running > 0) {
-        println!("  {:<16} band {}: {} / {}", r.queue, r.band, r.waiting, r.running);
+    } else {
+        let mut t = crate::admin::table(&["QUEUE", "BAND", "WAITING", "IN PROGRESS"]);
+        for r in busy {
+            t.add_row(vec![r.queue.clone(), r.band.to_string(), r.waiting.to_string(), r.running.to_string()]);
+        }
+        crate::admin::print_table(&t);
     }
 
     // Workers.
     let workers = workers(h).await?;
     println!("workers: {}", workers.len());
-    for w in &workers {
-        let age = Timestamp::now().duration_since(w.heartbeat_at).as_secs();
-        let labels: Vec<String> = w.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        println!(
-            "  {:<24} queues {:<20} busy {}/{}  seen {age}s ago  {}",
-            w.id,
-            w.queues.join(","),
-            w.busy,
-            w.slots,
-            labels.join(",")
-        );
+    if !workers.is_empty() {
+        let mut t = crate::admin::table(&["WORKER", "QUEUES", "BUSY", "SEEN", "STATE", "LABELS"]);
+        for w in &workers {
+            let age = Timestamp::now().duration_since(w.heartbeat_at).as_secs();
+            let labels: Vec<String> = w.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            t.add_row(vec![
+                w.id.clone(),
+                w.queues.join(","),
+                format!("{}/{}", w.busy, w.slots),
+                format!("{age}s ago"),
+                if w.draining { "draining" } else { "serving" }.to_string(),
+                labels.join(","),
+            ]);
+        }
+        crate::admin::print_table(&t);
     }
 
     // Recent failures.

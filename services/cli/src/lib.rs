@@ -126,11 +126,7 @@ async fn run(cli: Cli, telemetry: Option<&jetsched_runtime::telemetry::Telemetry
         Command::Ticker(args) => services::ticker(&cli.nats, &topology, args, metrics).await,
         Command::Dispatcher(args) => services::dispatcher(&cli.nats, &topology, args, metrics).await,
         Command::Worker(args) => services::worker(&cli.nats, &topology, args, metrics).await,
-        Command::Init => {
-            let handles = open(&cli.nats, &topology, "jetsched-init", false).await?;
-            println!("streams and buckets ready under prefix {}", handles.names);
-            Ok(())
-        }
+        Command::Init => admin::init(&cli.nats, &topology).await,
         Command::Task(cmd) => admin::task(&open(&cli.nats, &topology, "jetsched-cli", false).await?, cmd).await,
         Command::Schedule(cmd) => schedule::run(&cli.nats, &topology, cmd).await,
         Command::Submit(args) => admin::submit(&open(&cli.nats, &topology, "jetsched-cli", false).await?, args).await,

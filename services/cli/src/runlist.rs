@@ -28,7 +28,7 @@ use jetsched_contract::{Handles, RunEvent, RunRecord, RunStatus, parse_duration,
 use jiff::{SignedDuration, Timestamp};
 
 use crate::admin::BadInput;
-use crate::inspect::format_record;
+use crate::inspect::record_row;
 
 /// The first window of a scan, in stream messages (grown from the page size).
 const FIRST_WINDOW: u64 = 64;
@@ -84,11 +84,14 @@ pub struct Page {
 /// Prints a page of runs, and the cursor of the next one on stderr.
 pub async fn list(h: &Handles, args: ListArgs) -> anyhow::Result<()> {
     let page = page(h, &args).await?;
-    for r in &page.runs {
-        println!("{}", format_record(r));
-    }
     if page.runs.is_empty() {
         eprintln!("no runs match");
+    } else {
+        let mut t = crate::admin::table(&["RUN", "STATUS", "TASK", "ATTEMPT", "CREATED", "ERROR / REPLAYS"]);
+        for r in &page.runs {
+            t.add_row(record_row(r));
+        }
+        crate::admin::print_table(&t);
     }
     if let Some(next) = page.next {
         eprintln!("more: repeat with --before {next}");

@@ -245,15 +245,34 @@ pub fn worker_consumer(names: &Names, queue: &str, band: u8, ack_wait: Duration)
 
 /// Creates every stream and bucket that does not exist yet.
 pub async fn ensure(js: &Context, names: &Names, topo: &Topology) -> Result<(), SetupError> {
+    ensure_with(js, names, topo, |_, _| {}).await
+}
+
+/// How many streams and buckets [`ensure`] sets up.
+pub fn setup_steps(names: &Names, topo: &Topology) -> usize {
+    stream_configs(names, topo).len() + bucket_configs(names, topo).len()
+}
+
+/// [`ensure`], calling `done(name, created)` after each stream or bucket.
+pub async fn ensure_with(
+    js: &Context,
+    names: &Names,
+    topo: &Topology,
+    mut done: impl FnMut(&str, bool),
+) -> Result<(), SetupError> {
     for config in stream_configs(names, topo) {
         let name = config.name.clone();
+        let created = js.get_stream(&name).await.is_err();
         js.get_or_create_stream(config).await.map_err(|e| SetupError::new(&name, e))?;
+        done(&name, created);
     }
     for config in bucket_configs(names, topo) {
         let name = config.bucket.clone();
-        if js.get_key_value(&name).await.is_err() {
+        let created = js.get_key_value(&name).await.is_err();
+        if created {
             js.create_key_value(config).await.map_err(|e| SetupError::new(&name, e))?;
         }
+        done(&name, created);
     }
     Ok(())
 }
