@@ -446,3 +446,38 @@ async fn a_runs_logs_stream_into_its_page_while_it_goes() {
     browser.js("document.getElementById('logs').scrollIntoView(); return true;").await;
     browser.screenshot("console-logs").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_prints_the_console_url_among_its_first_lines_and_serves_it() {
+    use tokio::io::AsyncBufReadExt;
+    let env = Env::start().await;
+    let mut up = tokio::process::Command::new(env!("CARGO_BIN_EXE_jetsched"))
+        .args(["up", "--examples", "--quiet", "--console", "127.0.0.1:0", "--http-addr", "off"])
+        .env("NATS_URL", env.url())
+        .env("JETSCHED_LOG", "error")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(up.stderr.take().unwrap()).lines();
+    let mut first = Vec::new();
+    let url = within(60, "the console's URL", async {
+        loop {
+            let line = lines.next_line().await.unwrap().expect("up printed no console URL");
+            first.push(line.clone());
+            if let Some(rest) = line.strip_prefix("jetsched: console at ") {
+                return rest.split_whitespace().next().unwrap().to_string();
+            }
+        }
+    })
+    .await;
+    assert!(first.len() <= 3, "the URL comes among the first lines: {first:?}");
+    let browser = Browser::start().await;
+    browser.goto(&url).await;
+    live(&browser).await;
+    // The examples' workflow is drawn on the Workflows page.
+    browser.goto(&format!("{url}workflows")).await;
+    browser.find(20, "section[data-workflow='morning-report'] #dag g[data-step='greet']").await;
+}

@@ -7,6 +7,7 @@
 
 mod baseline;
 mod bench;
+mod console;
 mod dispatch;
 mod e2e;
 mod herd;
@@ -64,6 +65,9 @@ enum Command {
     /// `jetsched runs list` over a million stored runs: time and peak memory
     /// per kind of query.
     RunsList(runlist::Args),
+    /// The web console under 1,000 runs/s of events with 50 live streams
+    /// open: delivery to every stream, CPU and memory against a budget.
+    Console(console::Args),
     /// jetsched, the raw baseline, and BullMQ and Celery on Redis in one
     /// sitting, as one table (peers installed by `loadtest/peers/setup`).
     Peers(peers::Args),
@@ -95,6 +99,7 @@ fn main() -> anyhow::Result<()> {
             Command::RunsList(args) => runlist::run(&env, args).await,
             Command::Dispatch(args) => dispatch::run(&env, args).await,
             Command::Peers(args) => peers::run(&env, args).await,
+            Command::Console(args) => console::run(&env, args).await,
             Command::Baseline(args) => baseline::publish_rate(&env, &args).await.map(|rate| {
                 println!(
                     "raw JetStream async publish (Nats-Msg-Id, {} B, {} in flight): {rate:.0} msg/s",

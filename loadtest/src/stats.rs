@@ -40,6 +40,19 @@ impl Samples {
         Duration::from_micros(self.0.value_at_percentile(p))
     }
 
+    /// Adds every sample of `other`.
+    pub fn merge(&mut self, other: &Samples) {
+        if let Err(err) = self.0.add(&other.0) {
+            println!("samples not merged: {err}");
+        }
+    }
+
+    /// How many samples are longer than `d`.
+    pub fn count_above(&self, d: Duration) -> u64 {
+        let above = (d.as_micros() as u64).saturating_add(1);
+        if above > self.0.max() { 0 } else { self.0.count_between(above, self.0.max()) }
+    }
+
     /// `p50 .. p99 .. max ..`.
     pub fn summary(&mut self) -> String {
         let (p50, p99, max) = (self.percentile(50.0), self.percentile(99.0), Duration::from_micros(self.0.max()));

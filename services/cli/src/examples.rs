@@ -11,6 +11,7 @@ pub const TASKS: &[(&str, &str)] = &[
     ("hello", include_str!("../../../examples/tasks/hello.json")),
     ("flaky", include_str!("../../../examples/tasks/flaky.json")),
     ("disk-usage", include_str!("../../../examples/tasks/disk-usage.json")),
+    ("morning-report", include_str!("../../../examples/tasks/morning-report.json")),
 ];
 
 /// Schedules: (id, JSON).
@@ -19,6 +20,7 @@ pub const SCHEDULES: &[(&str, &str)] = &[
     ("flaky-every-30s", include_str!("../../../examples/schedules/flaky-every-30s.json")),
     ("disk-usage-each-minute", include_str!("../../../examples/schedules/disk-usage-each-minute.json")),
     ("nightly-berlin", include_str!("../../../examples/schedules/nightly-berlin.json")),
+    ("morning-report-every-minute", include_str!("../../../examples/schedules/morning-report-every-minute.json")),
 ];
 
 /// Programs the example tasks run.
