@@ -481,3 +481,70 @@ async fn up_prints_the_console_url_among_its_first_lines_and_serves_it() {
     browser.goto(&format!("{url}workflows")).await;
     browser.find(20, "section[data-workflow='morning-report'] #dag g[data-step='greet']").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trigger_now_and_backfill_from_the_schedule_page() {
+    let env = Env::start().await;
+    let _fn = env.function("fn.report", |_| Reply::Ok(json!({}))).await;
+    nats_task(&env, "report", "fn.report", json!({})).await;
+    // Hourly, at minute 7: no regular fire during the test.
+    env.put_schedule("hourly", json!({"cron": "7 * * * *", "task": "report"})).await;
+    let _services = env.services();
+    let console = console(&env, true).await;
+    let mut events = env.events().await;
+    let browser = Browser::start().await;
+    log_in(&browser, &console).await;
+    browser.goto(&console.at("/schedules/hourly")).await;
+    browser.click(10, "form[action='/actions/schedules/hourly/trigger'] button").await;
+    let notice = browser.text(10, ".notice").await;
+    let triggered = notice.split("run ").last().unwrap().trim().to_string();
+    assert!(triggered.starts_with("s.hourly."), "{notice}");
+    events
+        .wait_for(30, "the triggered run to succeed", |e| {
+            e.status == RunStatus::Succeeded && e.run_id.as_deref() == Some(triggered.as_str())
+        })
+        .await;
+
+    // Backfill the three occurrences of a past window, under their regular run ids.
+    let hour = |h: i8| jiff::tz::TimeZone::UTC.to_timestamp(jiff::civil::date(2026, 1, 2).at(h, 7, 0, 0)).unwrap();
+    browser.goto(&console.at("/schedules/hourly")).await;
+    browser
+        .js("document.querySelector(\"input[name=from]\").value = '2026-01-02T09:00'; \
+                document.querySelector(\"input[name=to]\").value = '2026-01-02T11:30'; return true;")
+        .await;
+    browser.click(10, "form[action='/actions/schedules/hourly/backfill'] button").await;
+    let notice = browser.text(10, ".notice").await;
+    assert!(notice.contains("3 fires published"), "{notice}");
+    let wanted: Vec<String> =
+        [9, 10, 11].iter().map(|h| jetsched_contract::run::scheduled_run_id("hourly", hour(*h))).collect();
+    for run in &wanted {
+        events
+            .wait_for(30, "a backfilled run to succeed", |e| {
+                e.status == RunStatus::Succeeded && e.run_id.as_deref() == Some(run.as_str())
+            })
+            .await;
+    }
+    // Backfilling the same window again runs nothing twice.
+    browser.goto(&console.at("/schedules/hourly")).await;
+    browser
+        .js("document.querySelector(\"input[name=from]\").value = '2026-01-02T09:00'; \
+                document.querySelector(\"input[name=to]\").value = '2026-01-02T11:30'; return true;")
+        .await;
+    browser.click(10, "form[action='/actions/schedules/hourly/backfill'] button").await;
+    browser.text(10, ".notice").await;
+    // A marker submission after the second backfill: once it succeeded, the
+    // duplicates (published before it) have been dropped by the dispatcher.
+    let marker = jetsched_contract::run::submitted_run_id("report", None, env.submit("report", "{}").await);
+    events
+        .wait_for(30, "the marker", |e| {
+            e.status == RunStatus::Succeeded && e.run_id.as_deref() == Some(marker.as_str())
+        })
+        .await;
+    for run in &wanted {
+        let queued = events
+            .seen
+            .iter()
+            .filter(|(_, e)| e.status == RunStatus::Queued && e.run_id.as_deref() == Some(run.as_str()));
+        assert_eq!(queued.count(), 1, "{run} queued more than once");
+    }
+}

@@ -106,7 +106,10 @@ impl Console {
 pub async fn run(nats: &NatsArgs, args: ConsoleArgs) -> anyhow::Result<()> {
     let shutdown = jetsched_runtime::shutdown_on_signals();
     let client = jetsched_runtime::connect(nats, "jetsched-console", true).await?;
-    let handles = open(jetsched_runtime::jetstream(client), nats.names()?).await;
+    let handles = tokio::select! {
+        h = open(jetsched_runtime::jetstream(client), nats.names()?) => h,
+        _ = shutdown.cancelled() => return Ok(()),
+    };
     let addr = serve(handles.clone(), &args, shutdown.clone()).await?;
     eprintln!("jetsched: console at {} (Ctrl-C stops)", url(addr));
     shutdown.cancelled().await;
