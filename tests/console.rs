@@ -135,13 +135,15 @@ async fn overview_charts_render_with_data() {
     assert!(shown >= 12, "{shown}");
     let failed: u64 = browser.text(5, "#n-failed").await.parse().unwrap();
     assert_eq!(failed, 3, "one failed first attempt per flaky run");
-    // Each chart is an SVG whose runs line rises above its baseline.
+    // Each chart is an SVG; the runs chart's lines (not their 2-point legend
+    // samples) rise from the quiet hour before.
     for id in ["chart-runs", "chart-lateness", "chart-backlog", "chart-failures", "chart-dlq"] {
         assert!(browser.has(&format!("#{id} svg")).await, "chart {id} missing");
     }
     let varying = browser
-        .js("return [...document.querySelectorAll('#chart-runs svg polyline')].some(p => \
-               new Set(p.getAttribute('points').trim().split(/\\s+/).map(xy => xy.split(',')[1])).size > 1);")
+        .js("return [...document.querySelectorAll('#chart-runs svg polyline[stroke-width=\"2\"]')].some(p => { \
+               const pts = p.getAttribute('points').trim().split(/\\s+/); \
+               return pts.length > 2 && new Set(pts.map(xy => xy.split(',')[1])).size > 1; });")
         .await;
     assert_eq!(varying, json!(true), "the runs chart draws no data");
     assert!(browser.has("#chart-failures svg polyline").await);

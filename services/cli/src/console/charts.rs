@@ -13,6 +13,9 @@ pub struct Line {
     pub color: (u8, u8, u8),
     /// (seconds since the epoch, value).
     pub points: Vec<(i64, f64)>,
+    /// Draw a dot at each point too (a series with gaps, such as quantiles
+    /// of slices with no sample, may have single points a line cannot show).
+    pub dots: bool,
 }
 
 /// Chart size in pixels.
@@ -61,6 +64,12 @@ pub fn render(title: &str, unit: &str, now: i64, lines: &[Line]) -> Result<Strin
                 .iter()
                 .map(|(t, v)| ((*t - now) as f64 / 60.0, *v))
                 .filter(|(m, _)| *m >= -minutes && *m <= 0.0);
+            let points: Vec<(f64, f64)> = points.collect();
+            if line.dots {
+                chart
+                    .draw_series(points.iter().map(|p| Circle::new(*p, 3, color.filled())))
+                    .map_err(|e| e.to_string())?;
+            }
             chart
                 .draw_series(LineSeries::new(points, color.stroke_width(2)))
                 .map_err(|e| e.to_string())?
@@ -115,7 +124,12 @@ mod tests {
     #[test]
     fn draws_an_svg_with_a_path_per_line_and_the_legend() {
         let now = 1_000_000;
-        let line = Line { label: "succeeded".into(), color: (1, 2, 3), points: vec![(now - 600, 1.0), (now, 2.0)] };
+        let line = Line {
+            label: "succeeded".into(),
+            color: (1, 2, 3),
+            points: vec![(now - 600, 1.0), (now, 2.0)],
+            dots: false,
+        };
         let svg = render("Runs per second", "runs/s", now, &[line]).unwrap();
         assert!(svg.starts_with("<svg"), "{}", &svg[..40]);
         assert!(svg.contains("succeeded"));
@@ -124,7 +138,7 @@ mod tests {
 
     #[test]
     fn text_is_escaped() {
-        let line = Line { label: "<b>x</b>".into(), color: (1, 2, 3), points: vec![(0, 1.0)] };
+        let line = Line { label: "<b>x</b>".into(), color: (1, 2, 3), points: vec![(0, 1.0)], dots: true };
         let svg = render("a & b", "n", 0, &[line]).unwrap();
         assert!(!svg.contains("<b>"), "{svg}");
     }

@@ -155,7 +155,7 @@ pub async fn serve(handles: Handles, args: &ConsoleArgs, shutdown: CancellationT
         format!("cannot serve the console on {addr}: pick another address with --listen (JETSCHED_CONSOLE_LISTEN)")
     })?;
     let bound = listener.local_addr()?;
-    let stats = Arc::new(Mutex::new(Stats::default()));
+    let stats = Arc::new(Mutex::new(Stats::starting(jiff::Timestamp::now())));
     let (live, _) = broadcast::channel(LIVE_BUFFER);
     tokio::spawn(feed::follow(handles.clone(), stats.clone(), live.clone(), shutdown.clone()));
     tokio::spawn(feed::sample(handles.clone(), stats.clone(), shutdown.clone()));

@@ -37,11 +37,16 @@ fn body(stats: &Stats, instances: &Instances) -> Markup {
     let now = Timestamp::now().as_second();
     let rates: Vec<Line> = DRAWN
         .iter()
-        .map(|s| Line { label: s.as_str().to_string(), color: charts::status_color(*s), points: stats.rate(*s) })
+        .map(|s| Line {
+            label: s.as_str().to_string(),
+            color: charts::status_color(*s),
+            points: stats.rate(*s),
+            dots: false,
+        })
         .collect();
     let lateness = vec![
-        Line { label: "p50".into(), color: PALETTE[0], points: stats.lateness(0.5) },
-        Line { label: "p99".into(), color: PALETTE[3], points: stats.lateness(0.99) },
+        Line { label: "p50".into(), color: PALETTE[0], points: stats.lateness(0.5), dots: true },
+        Line { label: "p99".into(), color: PALETTE[3], points: stats.lateness(0.99), dots: true },
     ];
     // Queues and bands that held nothing in the hour are left out.
     let backlog: Vec<Line> = stats
@@ -52,6 +57,7 @@ fn body(stats: &Stats, instances: &Instances) -> Markup {
             label: format!("{queue} band {band}"),
             color: PALETTE[i % PALETTE.len()],
             points: series.iter().map(|(t, v)| (*t, *v as f64)).collect(),
+            dots: series.len() < 2,
         })
         .collect();
     let failures = vec![
@@ -59,17 +65,20 @@ fn body(stats: &Stats, instances: &Instances) -> Markup {
             label: "failed/s".into(),
             color: charts::status_color(RunStatus::Failed),
             points: stats.rate(RunStatus::Failed),
+            dots: false,
         },
         Line {
             label: "dead/s".into(),
             color: charts::status_color(RunStatus::Dead),
             points: stats.rate(RunStatus::Dead),
+            dots: false,
         },
     ];
     let dlq = vec![Line {
         label: "messages".into(),
         color: PALETTE[4],
         points: stats.dlq().iter().map(|(t, v)| (*t, *v as f64)).collect(),
+        dots: stats.dlq().len() < 2,
     }];
     let chart = |title: &str, unit: &str, id: &str, lines: &[Line]| match charts::render(title, unit, now, lines) {
         Ok(svg) => html! { figure #(id) { (view::svg(&svg)) } },

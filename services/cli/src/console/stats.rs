@@ -74,6 +74,20 @@ fn index(status: RunStatus) -> usize {
 }
 
 impl Stats {
+    /// Statistics that know the hour before `start` (the console read the
+    /// events stream from there): its slices exist, empty, so rates read 0
+    /// there rather than nothing.
+    pub fn starting(start: Timestamp) -> Stats {
+        let mut stats = Stats::default();
+        let end = slice_of(start);
+        let mut t = end - SLICE_SECS * (SLICES as i64 - 1);
+        while t <= end {
+            stats.slices.extend(Slice::new(t));
+            t += SLICE_SECS;
+        }
+        stats
+    }
+
     /// Counts one event.
     pub fn record(&mut self, e: &RunEvent) {
         self.events += 1;
@@ -227,6 +241,17 @@ mod tests {
         assert_eq!(rate.iter().map(|r| r.1).collect::<Vec<_>>(), vec![0.2, 0.0, 0.0, 0.1]);
         assert_eq!(stats.total(RunStatus::Succeeded), 3);
         assert_eq!(stats.total(RunStatus::Failed), 0);
+    }
+
+    #[test]
+    fn a_console_that_read_an_hour_back_knows_the_hour_was_quiet() {
+        let start: Timestamp = "2026-01-01T01:00:05Z".parse().unwrap();
+        let mut stats = Stats::starting(start);
+        stats.record(&event(RunStatus::Succeeded, "2026-01-01T01:00:06Z"));
+        let rate = stats.rate(RunStatus::Succeeded);
+        assert_eq!(rate.len(), SLICES);
+        assert_eq!(rate.iter().filter(|r| r.1 > 0.0).count(), 1);
+        assert_eq!(rate[0].0, "2026-01-01T00:00:10Z".parse::<Timestamp>().unwrap().as_second());
     }
 
     #[test]
