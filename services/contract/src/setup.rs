@@ -31,7 +31,10 @@ pub struct Topology {
     pub dlq_max_age: Duration,
     /// How long task logs are kept.
     pub logs_max_age: Duration,
-    /// Most bytes the logs stream holds; the oldest go first.
+    /// Most bytes the logs stream holds, the oldest dropped first; -1: no
+    /// bound but age. A bound is reserved from the account's JetStream
+    /// storage when the stream is created (and creation fails when the
+    /// server has less), so none is set by default.
     pub logs_max_bytes: i64,
     /// How long a run record is kept after its last change.
     pub runs_max_age: Duration,
@@ -48,7 +51,7 @@ impl Default for Topology {
             events_max_age: Duration::from_secs(7 * 86_400),
             dlq_max_age: Duration::from_secs(30 * 86_400),
             logs_max_age: Duration::from_secs(3 * 86_400),
-            logs_max_bytes: 1 << 30,
+            logs_max_bytes: -1,
             runs_max_age: Duration::from_secs(7 * 86_400),
             worker_ttl: Duration::from_secs(15),
         }
@@ -97,8 +100,9 @@ pub fn stream_configs(names: &Names, topo: &Topology) -> Vec<stream::Config> {
             ..base(names.dlq_stream(), vec![names.dead_filter()], "jetsched: dead letters")
         },
         stream::Config {
-            // Best effort and bounded: by age, and by size with the oldest
-            // dropped first, so a chatty command cannot fill the disk.
+            // Best effort and bounded by age (and by size when one is set),
+            // the oldest dropped first; each attempt keeps at most the
+            // worker's --task-log-limit.
             retention: RetentionPolicy::Limits,
             max_age: topo.logs_max_age,
             max_bytes: topo.logs_max_bytes,
