@@ -10,7 +10,7 @@ pub mod console;
 pub mod dlq;
 pub mod examples;
 pub mod inspect;
-pub mod logs;
+mod logs;
 mod runlist;
 pub mod schedule;
 pub mod services;

@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use jetsched_contract::Handles;
 use jiff::Timestamp;
 
-use super::schedules::url_encode;
+use super::view::url_encode;
 use super::{Console, Params};
 use crate::admin::{BadInput, bad};
 

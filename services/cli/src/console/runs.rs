@@ -18,25 +18,6 @@ const PAGE: usize = 50;
 /// Dead letters searched for a run's payload.
 const DLQ_SEARCH: usize = 1_000;
 
-/// One row of a run table for a record (same columns as an event's row).
-pub fn record_row(r: &RunRecord) -> Markup {
-    let took = match (r.started_at, r.finished_at) {
-        (Some(s), Some(f)) => Some(f.duration_since(s).as_millis()),
-        _ => None,
-    };
-    html! {
-        tr data-run=(r.run_id) data-status=(r.status.as_str()) {
-            td { (view::time(r.updated_at)) }
-            td { (view::badge(r.status)) }
-            td.mono { (r.task) }
-            td { (view::run_link(&r.run_id)) }
-            td { @if r.attempt > 0 { (r.attempt) } }
-            td { @if let Some(ms) = took { (ms) " ms" } }
-            td.err { @if let Some(e) = &r.error { (view::cut(e, 300).0) } }
-        }
-    }
-}
-
 /// `GET /runs?task=&schedule=&status=&since=&until=&before=`.
 pub async fn list(State(c): State<Console>, Req { session, params }: Req) -> Response {
     let when = |name: &str| -> anyhow::Result<Option<Timestamp>> {
@@ -68,7 +49,7 @@ pub async fn list(State(c): State<Console>, Req { session, params }: Req) -> Res
     let mut live = Vec::new();
     for key in ["task", "schedule", "status"] {
         if let Some(v) = params.get(key) {
-            live.push(format!("{key}={}", super::schedules::url_encode(v)));
+            live.push(format!("{key}={}", view::url_encode(v)));
         }
     }
     let next = found.next.map(|n| {
@@ -76,7 +57,7 @@ pub async fn list(State(c): State<Console>, Req { session, params }: Req) -> Res
             .0
             .iter()
             .filter(|(k, v)| k != "before" && k != "part" && !v.is_empty())
-            .map(|(k, v)| format!("{k}={}", super::schedules::url_encode(v)))
+            .map(|(k, v)| format!("{k}={}", view::url_encode(v)))
             .collect();
         q.push(format!("before={n}"));
         q.join("&")
@@ -99,7 +80,7 @@ pub async fn list(State(c): State<Console>, Req { session, params }: Req) -> Res
             label { " until " input name="until" value=[params.get("until")] placeholder="RFC 3339" size="12"; }
             " " button type="submit" { "Filter" }
         }
-        (view::event_table(html! { @for r in &found.runs { (record_row(r)) } }))
+        (view::event_table(html! { @for r in &found.runs { (view::record_row(r)) } }))
         @if found.runs.is_empty() { p.note #no-runs { "No run matches." } }
         @if let Some(next) = next { p { a href={ "/runs?" (next) } { "Older runs →" } } }
         @if live_rows { p.note { "New runs matching the filter appear at the top as they happen." } }
@@ -175,8 +156,8 @@ async fn run_body(c: &Console, session: &super::auth::Session, id: &str) -> anyh
         workflow = Some(super::workflows::graph(&steps, state, &live));
     }
     let live = match &record.workflow {
-        Some(_) => format!("workflow={}", super::schedules::url_encode(id)),
-        None => format!("run={}", super::schedules::url_encode(id)),
+        Some(_) => format!("workflow={}", view::url_encode(id)),
+        None => format!("run={}", view::url_encode(id)),
     };
     let base = format!("/actions/runs/{id}");
     let body = html! {
@@ -186,7 +167,7 @@ async fn run_body(c: &Console, session: &super::auth::Session, id: &str) -> anyh
             @if let Some(d) = &dead { (view::action(session, &format!("{base}/retry"), "Retry", &[("seq", &d.seq.to_string())])) }
         }
         table.facts {
-            tr { th { "task" } td.mono { a href={ "/runs?task=" (super::schedules::url_encode(&record.task)) } { (record.task) } } }
+            tr { th { "task" } td.mono { a href={ "/runs?task=" (view::url_encode(&record.task)) } { (record.task) } } }
             @if let Some(s) = &record.schedule { tr { th { "schedule" } td.mono { a href={ "/schedules/" (s) } { (s) } } } }
             @if let Some(t) = record.scheduled_for { tr { th { "scheduled for" } td { (t) } } }
             tr { th { "queue, band" } td.mono { (record.queue) ", " (record.band) } }

@@ -177,11 +177,6 @@ pub async fn one(State(c): State<Console>, Path(id): Path<String>, Req { session
         h2 { "Definition" }
         (view::json(&s.json))
     };
-    let live = format!("schedule={}", url_encode(&id));
+    let live = format!("schedule={}", view::url_encode(&id));
     respond(Page::new(&id, Section::Schedules, &session).live_part(live), body, &params)
-}
-
-/// `s` as a query value.
-pub fn url_encode(s: &str) -> String {
-    form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }

@@ -3,7 +3,7 @@
 //! templates: every interpolated value is HTML-escaped unless it is wrapped
 //! in `PreEscaped`, which only the server's own SVG charts are.
 
-use jetsched_contract::{RunEvent, RunStatus};
+use jetsched_contract::{RunEvent, RunRecord, RunStatus};
 use jiff::Timestamp;
 use maud::{DOCTYPE, Markup, PreEscaped, html};
 
@@ -181,6 +181,25 @@ pub fn event_row(e: &RunEvent) -> Markup {
     }
 }
 
+/// One row of a run table for a record (same columns as an event's row).
+pub fn record_row(r: &RunRecord) -> Markup {
+    let took = match (r.started_at, r.finished_at) {
+        (Some(s), Some(f)) => Some(f.duration_since(s).as_millis()),
+        _ => None,
+    };
+    html! {
+        tr data-run=(r.run_id) data-status=(r.status.as_str()) {
+            td { (time(r.updated_at)) }
+            td { (badge(r.status)) }
+            td.mono { (r.task) }
+            td { (run_link(&r.run_id)) }
+            td { @if r.attempt > 0 { (r.attempt) } }
+            td { @if let Some(ms) = took { (ms) " ms" } }
+            td.err { @if let Some(e) = &r.error { (cut(e, 300).0) } }
+        }
+    }
+}
+
 /// The header of a table of [`event_row`]s.
 pub fn event_table(rows: Markup) -> Markup {
     html! {
@@ -207,6 +226,11 @@ pub fn action(session: &Session, action: &str, label: &str, fields: &[(&str, &st
 /// Server-drawn SVG (plotters' output, not user text) inline in a page.
 pub fn svg(svg: &str) -> Markup {
     html! { div.chart { (PreEscaped(svg)) } }
+}
+
+/// `s` as a query value.
+pub fn url_encode(s: &str) -> String {
+    form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
 
 /// `n` followed by `one` or `many`.

@@ -176,7 +176,7 @@ pub async fn list(State(c): State<Console>, Req { session, params }: Req) -> Res
                     None => { (graph(steps, &WorkflowState::default(), &BTreeMap::new())) }
                 }
                 @if !runs.is_empty() {
-                    table.runs { tbody { @for r in runs { (super::runs::record_row(r)) } } }
+                    table.runs { tbody { @for r in runs { (view::record_row(r)) } } }
                 }
             }
         }
