@@ -32,7 +32,7 @@ fn no_worker() -> ServicesConfig {
 }
 
 async fn record(env: &Env, run_id: &str) -> RunRecord {
-    serde_json::from_slice(&env.handles.runs.get(run_id).await.unwrap().expect("run record")).unwrap()
+    env.record(run_id).await
 }
 
 /// Waits until the workers bucket lists `n` workers (routing needs their heartbeats).

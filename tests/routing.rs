@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use harness::*;
-use jetsched_contract::{RunEvent, RunRecord, RunStatus, headers, run};
+use jetsched_contract::{RunEvent, RunStatus, headers, run};
 use jetsched_worker::{Invocation, Outcome};
 use serde_json::json;
 use tokio::sync::Semaphore;
@@ -114,7 +114,7 @@ async fn round_robin_takes_turns_across_dispatchers() {
 
 /// The queue and band in run `id`'s record.
 async fn queue_and_band(env: &Env, id: &str) -> (String, u8) {
-    let record: RunRecord = serde_json::from_slice(&env.handles.runs.get(id).await.unwrap().unwrap()).unwrap();
+    let record = env.record(id).await;
     (record.queue, record.band)
 }
 

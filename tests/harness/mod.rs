@@ -16,6 +16,7 @@ use async_nats::{Client, HeaderMap};
 use futures::StreamExt;
 use jetsched_contract::{Handles, Names, RunEvent, RunStatus, Topology};
 use jetsched_natsbox::{ClusterOptions, LocalCluster, LocalServer, Preference, ServerOptions};
+use jetsched_runtime::RunStore;
 use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -49,6 +50,11 @@ pub struct Env {
     pub client: Client,
     pub handles: Handles,
     pub names: Names,
+    /// The run store (the one reader and writer of run records).
+    pub runs: RunStore,
+    /// Every event published since the env started, as a subscriber to
+    /// `jetsched.event.>` saw them.
+    log: EventLog,
     _store: tempfile::TempDir,
 }
 
@@ -66,8 +72,16 @@ impl Env {
         })
         .await
         .unwrap();
-        let (client, handles) = connect(&server.url(), &Topology::default()).await;
-        Env { names: handles.names.clone(), nats: Nats::Single(Box::new(server)), client, handles, _store: store }
+        let (client, handles, runs, log) = connect(&server.url(), &Topology::default()).await;
+        Env {
+            names: handles.names.clone(),
+            nats: Nats::Single(Box::new(server)),
+            client,
+            handles,
+            runs,
+            log,
+            _store: store,
+        }
     }
 
     /// Starts a fresh 3-node cluster (pinned release) with R3 streams and
@@ -86,8 +100,17 @@ impl Env {
         })
         .await
         .unwrap();
-        let (client, handles) = connect(&cluster.urls(), &Topology { replicas: 3, ..Topology::default() }).await;
-        Env { names: handles.names.clone(), nats: Nats::Cluster(Box::new(cluster)), client, handles, _store: store }
+        let (client, handles, runs, log) =
+            connect(&cluster.urls(), &Topology { replicas: 3, ..Topology::default() }).await;
+        Env {
+            names: handles.names.clone(),
+            nats: Nats::Cluster(Box::new(cluster)),
+            client,
+            handles,
+            runs,
+            log,
+            _store: store,
+        }
     }
 
     /// The server's URL, or the cluster's seed list.
@@ -154,14 +177,33 @@ impl Env {
         Services { token, tasks }
     }
 
-    /// Every event from the start of the events stream.
+    /// Every event since the env started (live: queued, started and
+    /// succeeded are not stored), read from the first.
     pub async fn events(&self) -> Events {
+        Events { log: self.log.clone(), read: 0, seen: Vec::new(), taken: Default::default() }
+    }
+
+    /// What the events stream holds now (the kept events), oldest first.
+    pub async fn stored_events(&self) -> Vec<RunEvent> {
         let stream = self.handles.js.get_stream(self.names.events_stream()).await.unwrap();
         let consumer = stream
             .create_consumer(OrderedConfig { deliver_policy: DeliverPolicy::All, ..Default::default() })
             .await
             .unwrap();
-        Events { messages: Box::pin(consumer.messages().await.unwrap()), seen: Vec::new(), taken: Default::default() }
+        let mut pending = consumer.cached_info().num_pending;
+        let mut messages = consumer.messages().await.unwrap();
+        let mut out = Vec::new();
+        while pending > 0 {
+            let msg = within(30, "the stored events", messages.next()).await.unwrap().unwrap();
+            pending = msg.info().unwrap().pending;
+            out.push(serde_json::from_slice(&msg.payload).expect("event is a RunEvent"));
+        }
+        out
+    }
+
+    /// The run's record (panics if there is none).
+    pub async fn record(&self, run_id: &str) -> jetsched_contract::RunRecord {
+        self.runs.get(run_id).await.unwrap().unwrap_or_else(|| panic!("no run record for {run_id}")).record
     }
 
     /// Raw KV put, as `nats kv put <bucket> <key> <value>` does.
@@ -269,16 +311,20 @@ enum Nats {
 /// Connects to `url` (a seed list on a cluster) and creates the streams and
 /// buckets; on a fresh cluster JetStream answers only once it has elected a
 /// meta leader, so creation is retried until then.
-async fn connect(url: &str, topology: &Topology) -> (Client, Handles) {
+async fn connect(url: &str, topology: &Topology) -> (Client, Handles, RunStore, EventLog) {
     let seeds = jetsched_runtime::connect::seed_list(url).unwrap();
     let client = async_nats::ConnectOptions::new()
         .retry_on_initial_connect()
         .ping_interval(jetsched_runtime::connect::PING_INTERVAL)
+        // Room for every event of a busy test between two reads of the log.
+        .subscription_capacity(1 << 20)
         .connect(seeds)
         .await
         .unwrap();
     let js = jetsched_runtime::jetstream(client.clone());
     let names = Names::default();
+    // Subscribed before any service runs: the log holds every event.
+    let log = EventLog::follow(&client, &names).await;
     within(60, "JetStream to be ready", async {
         // Until the meta leader is elected: retried with the services' backoff.
         let mut backoff = jetsched_runtime::Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
@@ -288,8 +334,48 @@ async fn connect(url: &str, topology: &Topology) -> (Client, Handles) {
         }
     })
     .await;
-    let handles = Handles::open(js, names).await.unwrap();
-    (client, handles)
+    let handles = Handles::open(js.clone(), names.clone()).await.unwrap();
+    let runs = RunStore::open(jetsched_runtime::Publisher::new(js, names)).await.unwrap();
+    (client, handles, runs, log)
+}
+
+/// Every event published on `jetsched.event.>`, in the order one
+/// subscriber received them (on one server: the order the server handled
+/// them, so an event published after another was received is after it).
+#[derive(Clone)]
+struct EventLog {
+    entries: std::sync::Arc<std::sync::Mutex<Vec<(String, RunEvent)>>>,
+    grew: std::sync::Arc<tokio::sync::Notify>,
+}
+
+impl EventLog {
+    async fn follow(client: &Client, names: &Names) -> EventLog {
+        let mut sub = client.subscribe(names.event_filter()).await.unwrap();
+        client.flush().await.unwrap();
+        let log = EventLog { entries: Default::default(), grew: Default::default() };
+        let feed = log.clone();
+        tokio::spawn(async move {
+            while let Some(msg) = sub.next().await {
+                let event: RunEvent = serde_json::from_slice(&msg.payload).expect("event is a RunEvent");
+                feed.entries.lock().unwrap().push((msg.subject.to_string(), event));
+                feed.grew.notify_waiters();
+            }
+        });
+        log
+    }
+
+    /// Entry `i`, waiting for it.
+    async fn get(&self, i: usize) -> (String, RunEvent) {
+        loop {
+            let grew = self.grew.notified();
+            tokio::pin!(grew);
+            grew.as_mut().enable();
+            if let Some(e) = self.entries.lock().unwrap().get(i) {
+                return e.clone();
+            }
+            grew.await;
+        }
+    }
 }
 
 /// Which services to run, with what settings.
@@ -383,15 +469,10 @@ impl Function {
     }
 }
 
-/// The events stream, read from its start.
+/// The events published since the env started, read from the first.
 pub struct Events {
-    messages: std::pin::Pin<
-        Box<
-            dyn futures::Stream<
-                    Item = Result<async_nats::jetstream::Message, async_nats::jetstream::consumer::pull::OrderedError>,
-                > + Send,
-        >,
-    >,
+    log: EventLog,
+    read: usize,
     /// Everything read so far.
     pub seen: Vec<(String, RunEvent)>,
     /// Indices in `seen` already handed out by `wait_for`/`wait_for_n`.
@@ -401,9 +482,8 @@ pub struct Events {
 impl Events {
     /// The next event (any), with its subject.
     pub async fn next(&mut self) -> (String, RunEvent) {
-        let msg = self.messages.next().await.expect("events stream ended").expect("events stream error");
-        let event: RunEvent = serde_json::from_slice(&msg.payload).expect("event is a RunEvent");
-        let item = (msg.subject.to_string(), event);
+        let item = self.log.get(self.read).await;
+        self.read += 1;
         self.seen.push(item.clone());
         item
     }

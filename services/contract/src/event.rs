@@ -66,6 +66,15 @@ impl RunStatus {
         }
     }
 
+    /// True for the statuses the events stream keeps: everything that needs
+    /// an operator's attention or explains why a run did not happen. The
+    /// rest (`queued`, `started`, `succeeded`) are published live only;
+    /// their history is the run record's (`nats kv history jetsched-runs
+    /// <run-id>`), so a successful run costs no stored event.
+    pub fn is_kept(self) -> bool {
+        !matches!(self, RunStatus::Queued | RunStatus::Started | RunStatus::Succeeded)
+    }
+
     /// True once nothing more will happen to the run.
     pub fn is_terminal(self) -> bool {
         matches!(

@@ -6,6 +6,7 @@
 
 pub mod duration;
 pub mod event;
+pub mod hash;
 pub mod headers;
 pub mod message;
 pub mod names;

@@ -38,6 +38,11 @@ pub fn validate_name(kind: &'static str, name: &str) -> Result<(), NameError> {
     if ok { Ok(()) } else { Err(NameError { kind, name: name.to_string() }) }
 }
 
+/// The stream behind KV bucket `bucket` (JetStream's naming).
+pub fn bucket_stream(bucket: &str) -> String {
+    format!("KV_{bucket}")
+}
+
 /// Which kind of message arrived on the inbox stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum InboxKind {
@@ -107,6 +112,11 @@ impl Names {
     /// Every event of every task.
     pub fn event_filter(&self) -> String {
         format!("{}.event.>", self.prefix)
+    }
+
+    /// The events of every task with one of `statuses`, one subject each.
+    pub fn event_status_subjects<'s>(&self, statuses: impl IntoIterator<Item = &'s str>) -> Vec<String> {
+        statuses.into_iter().map(|s| self.event_subject("*", s)).collect()
     }
 
     /// A dead letter of `task`.
@@ -221,7 +231,7 @@ impl Names {
             key.push('=');
             key.push_str(v);
         }
-        format!("_l-{:08x}", crate::run::fnv1a(key.as_bytes()) as u32)
+        format!("_l-{:08x}", crate::hash::fnv1a(key.as_bytes()) as u32)
     }
 
     /// Dispatched work, consumed by workers.
@@ -264,7 +274,7 @@ impl Names {
     /// The stream behind the runs bucket (JetStream names a bucket's stream
     /// `KV_<bucket>`): read in stream order, it lists runs by last change.
     pub fn runs_bucket_stream(&self) -> String {
-        format!("KV_{}", self.runs_bucket())
+        bucket_stream(&self.runs_bucket())
     }
 
     /// The subject of run records whose keys match `key_filter` (a key or a

@@ -11,6 +11,7 @@ use async_nats::jetstream::kv;
 use async_nats::jetstream::stream::{self, RetentionPolicy, StorageType};
 use async_nats::jetstream::{self, Context};
 
+use crate::event::RunStatus;
 use crate::names::Names;
 
 /// Cluster-wide storage settings.
@@ -78,9 +79,12 @@ pub fn stream_configs(names: &Names, topo: &Topology) -> Vec<stream::Config> {
             ..base(names.tasks_stream(), names.tasks_subjects(), "jetsched: dispatched work")
         },
         stream::Config {
+            // Keeps the events that need attention or explain a run that did
+            // not happen; queued, started and succeeded are live only (their
+            // history is the run record's), so a successful run stores no event.
             retention: RetentionPolicy::Limits,
             max_age: topo.events_max_age,
-            ..base(names.events_stream(), vec![names.event_filter()], "jetsched: run events")
+            ..base(names.events_stream(), kept_event_subjects(names), "jetsched: run events that need attention")
         },
         stream::Config {
             retention: RetentionPolicy::Limits,
@@ -89,6 +93,15 @@ pub fn stream_configs(names: &Names, topo: &Topology) -> Vec<stream::Config> {
         },
     ]
 }
+
+/// The subjects of the events stream: one per kept status.
+pub fn kept_event_subjects(names: &Names) -> Vec<String> {
+    names.event_status_subjects(RunStatus::ALL.into_iter().filter(|s| s.is_kept()).map(RunStatus::as_str))
+}
+
+/// Revisions of a run record kept (KV's most): its full history, the
+/// timeline `jetsched runs get` shows (`nats kv history jetsched-runs <id>`).
+pub const RUN_HISTORY: i64 = 64;
 
 /// The five buckets of the SPEC.
 pub fn bucket_configs(names: &Names, topo: &Topology) -> Vec<kv::Config> {
@@ -104,7 +117,7 @@ pub fn bucket_configs(names: &Names, topo: &Topology) -> Vec<kv::Config> {
     vec![
         base(names.tasks_bucket(), "jetsched: task definitions", 10, Duration::ZERO),
         base(names.schedules_bucket(), "jetsched: schedules", 10, Duration::ZERO),
-        base(names.runs_bucket(), "jetsched: run records", 1, topo.runs_max_age),
+        base(names.runs_bucket(), "jetsched: run records and their history", RUN_HISTORY, topo.runs_max_age),
         // Entries expire unless refreshed: a silent worker drops out.
         base(names.workers_bucket(), "jetsched: live workers", 1, topo.worker_ttl),
         base(names.checkpoints_bucket(), "jetsched: handler checkpoints", 1, topo.runs_max_age),
@@ -224,22 +237,39 @@ pub fn worker_consumer(names: &Names, queue: &str, band: u8, ack_wait: Duration)
     }
 }
 
-/// Creates every stream and bucket that does not exist yet.
+/// Creates every stream and bucket that does not exist yet, and brings the
+/// subjects of existing streams and the history of existing buckets to
+/// what this version needs (an older `init` kept every event, and one
+/// revision per run).
 pub async fn ensure(js: &Context, names: &Names, topo: &Topology) -> Result<(), SetupError> {
     for config in stream_configs(names, topo) {
         let name = config.name.clone();
-        js.get_or_create_stream(config).await.map_err(|e| SetupError::new(&name, e))?;
+        let mut stream = js.get_or_create_stream(config.clone()).await.map_err(|e| SetupError::new(&name, e))?;
+        let current = stream.info().await.map_err(|e| SetupError::new(&name, e))?.config.clone();
+        if current.subjects != config.subjects {
+            let updated = stream::Config { subjects: config.subjects, ..current };
+            js.update_stream(updated).await.map_err(|e| SetupError::new(&name, e))?;
+        }
     }
     for config in bucket_configs(names, topo) {
         let name = config.bucket.clone();
         if js.get_key_value(&name).await.is_err() {
             js.create_key_value(config).await.map_err(|e| SetupError::new(&name, e))?;
+            continue;
+        }
+        let stream_name = crate::names::bucket_stream(&name);
+        let mut stream = js.get_stream(&stream_name).await.map_err(|e| SetupError::new(&name, e))?;
+        let current = stream.info().await.map_err(|e| SetupError::new(&name, e))?.config.clone();
+        if current.max_messages_per_subject < config.history {
+            let updated = stream::Config { max_messages_per_subject: config.history, ..current };
+            js.update_stream(updated).await.map_err(|e| SetupError::new(&name, e))?;
         }
     }
     Ok(())
 }
 
-/// Handles on every bucket and stream a service uses.
+/// Handles on every bucket and stream a service uses, but the runs bucket:
+/// its one owner is the run store (`jetsched_runtime::RunStore`).
 #[derive(Clone)]
 pub struct Handles {
     /// JetStream context.
@@ -250,8 +280,6 @@ pub struct Handles {
     pub tasks: kv::Store,
     /// `jetsched-schedules`.
     pub schedules: kv::Store,
-    /// `jetsched-runs`.
-    pub runs: kv::Store,
     /// `jetsched-workers`.
     pub workers: kv::Store,
     /// `jetsched-checkpoints`.
@@ -274,7 +302,6 @@ impl Handles {
         Ok(Handles {
             tasks: open(names.tasks_bucket()).await?,
             schedules: open(names.schedules_bucket()).await?,
-            runs: open(names.runs_bucket()).await?,
             workers: open(names.workers_bucket()).await?,
             checkpoints: open(names.checkpoints_bucket()).await?,
             windows: open(names.windows_bucket()).await?,
@@ -301,6 +328,11 @@ pub struct SetupError {
 }
 
 impl SetupError {
+    /// `what` could not be set up or opened because of `source`.
+    pub fn from_source(what: &str, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        SetupError::new(what, source)
+    }
+
     fn new(what: &str, source: impl std::error::Error + Send + Sync + 'static) -> Self {
         SetupError { what: what.to_string(), source: Box::new(source) }
     }

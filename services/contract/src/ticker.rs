@@ -13,7 +13,7 @@
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
-use crate::run::fnv1a;
+use crate::hash::fnv1a;
 
 /// How many partitions schedules are split into. Fixed: changing it would
 /// move schedules between partitions and invalidate every watermark.

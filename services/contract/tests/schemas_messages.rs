@@ -420,30 +420,7 @@ fn values_the_services_write_validate_and_read_back() {
     }
 
     // Run records: as created by a dispatcher, finished, a workflow run and one of its steps.
-    let created = RunRecord {
-        run_id: "t.resize-image.q7".to_string(),
-        task: "resize-image".to_string(),
-        schedule: None,
-        status: RunStatus::Queued,
-        attempt: 0,
-        queue: "default".to_string(),
-        band: 5,
-        scheduled_for: None,
-        created_at: Timestamp::now(),
-        updated_at: Timestamp::now(),
-        started_at: None,
-        finished_at: None,
-        error: None,
-        source_seq: 7,
-        task_seq: None,
-        worker: None,
-        cancel_requested: false,
-        replay_of: None,
-        parent: None,
-        step: None,
-        workflow: None,
-        result: None,
-    };
+    let created = RunRecord::new("t.resize-image.q7", "resize-image", RunStatus::Queued, "default", 5, 7);
     let finished = RunRecord {
         schedule: Some("nightly".to_string()),
         status: RunStatus::Cancelled,
@@ -457,6 +434,8 @@ fn values_the_services_write_validate_and_read_back() {
         worker: Some("worker-1".to_string()),
         cancel_requested: true,
         replay_of: Some("t.resize-image.q3".to_string()),
+        duration_ms: Some(12),
+        output: Some("resized 3 images".to_string()),
         ..created.clone()
     };
     let workflow = RunRecord {

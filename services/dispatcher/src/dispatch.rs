@@ -4,19 +4,18 @@
 //! and step outcomes go to `crate::workflow`. Bad input is rejected into the
 //! DLQ and acked, never retried.
 
-use std::future::IntoFuture;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::HeaderMap;
-use async_nats::jetstream::kv::{CreateErrorKind, Store};
-use bytes::Bytes;
+use async_nats::jetstream::kv::Store;
 use jetsched_contract::message::Shard;
 use jetsched_contract::{
     DueFire, InboxKind, RunEvent, RunRecord, RunStatus, StepOutcome, StepStart, TaskDef, Window, WorkItem, headers,
     run, validate_name,
 };
-use jetsched_runtime::Publisher;
+pub use jetsched_runtime::Disposition;
+use jetsched_runtime::{Publisher, RunStore, Stored};
 use jiff::Timestamp;
 use serde_json::Value;
 
@@ -26,21 +25,12 @@ use crate::priority::{Weights, band, effective_priority};
 use crate::registry::Registry;
 use crate::route::{self, Target, Unroutable};
 
-/// What to do with the inbox message.
-#[derive(Debug, PartialEq)]
-pub enum Disposition {
-    /// Done (dispatched, rejected or a duplicate).
-    Ack,
-    /// Not yet, or a transient failure: redeliver after the delay.
-    Retry(Duration),
-}
-
 /// Everything a handler needs.
 pub struct Ctx {
     /// Publishes work, events and dead letters.
     pub publisher: Publisher,
     /// Run records.
-    pub runs: Store,
+    pub runs: RunStore,
     /// Schedules (for dependencies between schedules).
     pub schedules: Store,
     /// Task definitions.
@@ -62,7 +52,7 @@ pub struct Inbox<'a> {
     /// Its headers.
     pub headers: Option<&'a HeaderMap>,
     /// Its body.
-    pub payload: &'a Bytes,
+    pub payload: &'a bytes::Bytes,
     /// Its inbox stream sequence.
     pub seq: u64,
 }
@@ -281,119 +271,62 @@ async fn passes_gates(ctx: &Ctx, a: &Accepted) -> anyhow::Result<Gate> {
 
 /// A new record for `a` (or one of its shares).
 pub(crate) fn new_record(a: &Accepted, run_id: &str, queue: &str, band: u8, seq: u64, status: RunStatus) -> RunRecord {
-    let now = Timestamp::now();
     RunRecord {
-        run_id: run_id.to_string(),
-        task: a.task.clone(),
         schedule: a.schedule.clone(),
-        status,
-        attempt: 0,
-        queue: queue.to_string(),
-        band,
         scheduled_for: a.scheduled_for,
-        created_at: now,
-        updated_at: now,
-        started_at: None,
-        finished_at: status.is_terminal().then_some(now),
-        error: None,
-        source_seq: seq,
-        task_seq: None,
-        worker: None,
-        cancel_requested: false,
         replay_of: a.replay_of.clone(),
         parent: a.parent.clone(),
         step: a.step.clone(),
-        workflow: None,
-        result: None,
+        ..RunRecord::new(run_id, &a.task, status, queue, band, seq)
     }
 }
 
-/// Creates the record with KV `create`. `Ok(Some(rev))`: go on (new, or
-/// our own earlier attempt at this very message); `Ok(None)`: a duplicate.
-pub(crate) async fn create_record(ctx: &Ctx, record: &RunRecord) -> anyhow::Result<Option<u64>> {
-    let encoded = serde_json::to_vec(record)?;
-    match ctx.runs.create(&record.run_id, encoded.into()).await {
-        Ok(rev) => Ok(Some(rev)),
-        Err(err) if err.kind() == CreateErrorKind::AlreadyExists => match ctx.runs.entry(&record.run_id).await? {
-            // A dispatcher died before acking: finish its job. Publishing
-            // again is harmless (the work message's Msg-Id is the run id).
-            Some(entry)
-                if serde_json::from_slice::<RunRecord>(&entry.value)
-                    .is_ok_and(|r| r.source_seq == record.source_seq && r.status == record.status) =>
-            {
-                Ok(Some(entry.revision))
-            }
-            _ => Ok(None),
-        },
-        Err(err) => Err(err.into()),
-    }
+/// Creates the record (the exactly-once gate) and announces it.
+/// `Ok(Some(stored))`: go on (new, or our own earlier try at this very
+/// message, still where that try left it); `Ok(None)`: a duplicate, or this
+/// message's run has moved on (a worker took it).
+pub(crate) async fn create_record(ctx: &Ctx, record: RunRecord) -> anyhow::Result<Option<Stored>> {
+    let (seq, status) = (record.source_seq, record.status);
+    Ok(match ctx.runs.create(record).await? {
+        Ok(stored) => Some(stored),
+        // A dispatcher died before acking: finish its job. Publishing the
+        // work again is harmless (its Msg-Id is the run id).
+        Err(existing) if existing.record.source_seq == seq && existing.record.status == status => Some(existing),
+        Err(_) => None,
+    })
 }
 
-/// Creates the run record for `target` and publishes its work and `queued` event.
+/// Creates the run record for `target` (announcing it `queued`) and
+/// publishes its work.
 async fn enqueue(ctx: &Ctx, msg: &Inbox<'_>, a: &Accepted, target: &Target) -> Result<(), Disposition> {
     let names = ctx.publisher.names();
     let record = new_record(a, &target.run_id, &target.queue, target.band, msg.seq, RunStatus::Queued);
-    let revision = match create_record(ctx, &record).await {
-        Ok(Some(rev)) => rev,
-        Ok(None) => return requeued_event(ctx, msg, a, target).await,
+    let stored = match create_record(ctx, record).await {
+        Ok(Some(stored)) => stored,
+        Ok(None) => {
+            tracing::debug!(run_id = %target.run_id, "duplicate of an existing run; dropped");
+            return Ok(());
+        }
         Err(err) => {
             tracing::debug!(run_id = %target.run_id, %err, "cannot create run record; will retry");
             DISPATCHING.failed(&format_args!("cannot create run record: {err}"));
             return Err(RETRY);
         }
     };
-    let item = work_item(a, target.run_id.clone(), target.shard, record.created_at, revision, msg.seq);
+    let item = work_item(a, target.run_id.clone(), target.shard, stored.record.created_at, stored.revision, msg.seq);
     let Ok(body) = serde_json::to_vec(&item) else { return Err(RETRY) };
     let mut h = HeaderMap::new();
     h.insert(headers::RUN_ID, target.run_id.as_str());
     h.insert(headers::TASK, a.task.as_str());
-    let work = ctx.publisher.send(names.task_subject(&target.queue, target.band), h, &target.run_id, body.into());
-    let event = RunEvent { queue: Some(target.queue.clone()), ..event_for(a, &target.run_id, RunStatus::Queued, None) };
-    let queued = ctx.publisher.send_event(&event);
-    let (work, queued) = futures::join!(work, queued);
-    let acked = match (work, queued) {
-        (Ok(w), Ok(q)) => futures::try_join!(w.into_future(), q.into_future())
-            .map(|_| jetsched_runtime::publish::count_event(&event))
-            .map_err(|e| e.to_string()),
-        (Err(e), _) | (_, Err(e)) => Err(e.to_string()),
-    };
-    match acked {
-        Ok(()) => {
+    let subject = names.task_subject(&target.queue, target.band);
+    match ctx.publisher.publish(subject, h, &target.run_id, body.into()).await {
+        Ok(_) => {
             tracing::debug!(run_id = %target.run_id, task = %a.task, queue = %target.queue, band = target.band, "queued");
             Ok(())
         }
         Err(err) => {
             tracing::debug!(run_id = %target.run_id, %err, "cannot publish work; will retry");
             DISPATCHING.failed(&format_args!("cannot publish work: {err}"));
-            Err(RETRY)
-        }
-    }
-}
-
-/// The run exists already. A duplicate (another inbox message) is dropped.
-/// This same inbox message delivered again means an earlier try created the
-/// run and published its work (a worker has moved it on since), but maybe
-/// not its `queued` event (the events stream had no leader): publish that
-/// again (its message id keeps it stored once).
-async fn requeued_event(ctx: &Ctx, msg: &Inbox<'_>, a: &Accepted, target: &Target) -> Result<(), Disposition> {
-    let entry = match ctx.runs.entry(&target.run_id).await {
-        Ok(entry) => entry,
-        Err(err) => {
-            DISPATCHING.failed(&format_args!("cannot read run record: {err}"));
-            return Err(RETRY);
-        }
-    };
-    let same_message =
-        entry.and_then(|e| serde_json::from_slice::<RunRecord>(&e.value).ok()).is_some_and(|r| r.source_seq == msg.seq);
-    if !same_message {
-        tracing::debug!(run_id = %target.run_id, "duplicate of an existing run; dropped");
-        return Ok(());
-    }
-    let event = RunEvent { queue: Some(target.queue.clone()), ..event_for(a, &target.run_id, RunStatus::Queued, None) };
-    match ctx.publisher.event(&event).await {
-        Ok(()) => Ok(()),
-        Err(err) => {
-            DISPATCHING.failed(&format_args!("cannot publish run event: {err}"));
             Err(RETRY)
         }
     }
@@ -418,21 +351,9 @@ fn work_item(a: &Accepted, run_id: String, shard: Option<Shard>, queued_at: Time
     }
 }
 
-/// An event about run `run_id` of `a`.
-pub(crate) fn event_for(a: &Accepted, run_id: &str, status: RunStatus, error: Option<String>) -> RunEvent {
-    RunEvent {
-        schedule: a.schedule.clone(),
-        scheduled_for: a.scheduled_for,
-        error,
-        workflow_run: a.parent.clone(),
-        step: a.step.clone(),
-        ..RunEvent::new(status, &a.task, Some(run_id.to_string()))
-    }
-}
-
 /// Ends a run that never reaches a worker (`skipped` by a gate, or `dead`
-/// when a gate gives up): record, event, a DLQ copy for dead ones, and the
-/// outcome to its workflow if it is a step.
+/// when a gate gives up): a DLQ copy for dead ones, the record (announced),
+/// and the outcome to its workflow if it is a step.
 pub(crate) async fn finish_unrun(
     ctx: &Ctx,
     msg: &Inbox<'_>,
@@ -441,10 +362,25 @@ pub(crate) async fn finish_unrun(
     reason: String,
 ) -> Disposition {
     tracing::info!(run_id = %a.run_id, task = %a.task, %status, %reason, "run ends without running");
+    if status == RunStatus::Dead {
+        let h = msg.headers.cloned().unwrap_or_default();
+        if let Err(err) =
+            ctx.publisher.dead_letter(&a.task, &a.run_id, &reason, msg.subject, h, msg.payload.clone()).await
+        {
+            DISPATCHING.failed(&format_args!("cannot store dead letter: {err}"));
+            return RETRY;
+        }
+    }
     let mut record = new_record(a, &a.run_id, &a.def.queue, 0, msg.seq, status);
     record.error = Some(reason.clone());
-    match create_record(ctx, &record).await {
-        Ok(Some(_)) => {}
+    match create_record(ctx, record).await {
+        Ok(Some(stored)) => {
+            // Our own earlier try: its event may not have gone out.
+            if let Err(err) = ctx.runs.announce(&stored.record).await {
+                DISPATCHING.failed(&format_args!("cannot publish run event: {err}"));
+                return RETRY;
+            }
+        }
         Ok(None) => return Disposition::Ack,
         Err(err) => {
             tracing::debug!(run_id = %a.run_id, %err, "cannot create run record; will retry");
@@ -452,25 +388,16 @@ pub(crate) async fn finish_unrun(
             return RETRY;
         }
     }
-    if status == RunStatus::Dead {
-        let h = msg.headers.cloned().unwrap_or_default();
-        if ctx.publisher.dead_letter(&a.task, &a.run_id, &reason, msg.subject, h, msg.payload.clone()).await.is_err() {
-            return RETRY;
-        }
-    }
-    let event = event_for(a, &a.run_id, status, Some(reason.clone()));
-    if ctx.publisher.event(&event).await.is_err() {
-        return RETRY;
-    }
     if let (Some(parent), Some(step)) = (&a.parent, &a.step)
-        && report_step(ctx, &a.task, parent, step, &a.run_id, status, None, Some(reason)).await.is_err()
+        && let Err(err) = report_step(ctx, &a.task, parent, step, &a.run_id, status, None, Some(reason)).await
     {
+        DISPATCHING.failed(&format_args!("cannot report the step to its workflow: {err}"));
         return RETRY;
     }
     Disposition::Ack
 }
 
-/// Tells workflow run `parent` that its `step` reached `status`.
+/// Tells workflow run `parent` that its `step` (a run of `task`) reached `status`.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn report_step(
     ctx: &Ctx,
@@ -490,30 +417,7 @@ pub(crate) async fn report_step(
         result,
         error,
     };
-    let names = ctx.publisher.names();
-    let id = format!("advance:{run_id}:{status}");
-    ctx.publisher
-        .publish(names.advance_subject(task), HeaderMap::new(), &id, serde_json::to_vec(&outcome)?.into())
-        .await?;
-    Ok(())
-}
-
-/// Marks `run_id` cancel-requested and tells whichever worker holds it.
-pub(crate) async fn request_cancel(ctx: &Ctx, run_id: &str) -> anyhow::Result<()> {
-    for _ in 0..8 {
-        let Some(entry) = ctx.runs.entry(run_id).await? else { return Ok(()) };
-        let mut record: RunRecord = serde_json::from_slice(&entry.value)?;
-        if record.status.is_terminal() || record.cancel_requested {
-            return Ok(());
-        }
-        record.cancel_requested = true;
-        if ctx.runs.update(run_id, serde_json::to_vec(&record)?.into(), entry.revision).await.is_ok() {
-            let client = ctx.publisher.js().client();
-            client.publish(ctx.publisher.names().cancel_subject(run_id), Bytes::new()).await?;
-            return Ok(());
-        }
-    }
-    Ok(())
+    Ok(ctx.runs.report_step(task, &outcome).await?)
 }
 
 /// Reports a rejection and keeps the original in the DLQ.

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use jetsched_contract::schedule::{Overlap, ScheduleDependency};
-use jetsched_contract::{RunRecord, RunStatus, ScheduleDef, run};
+use jetsched_contract::{RunStatus, ScheduleDef, run};
 use jiff::{SignedDuration, Timestamp};
 use serde::{Deserialize, Serialize};
 
@@ -27,7 +27,7 @@ pub enum Gate {
     Fail(String),
 }
 
-/// Overlap bookkeeping of one schedule, under `o.<schedule>` in `jetsched-runs`.
+/// Overlap bookkeeping of one schedule, under `o.<schedule>` in `jetsched-rates`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct OverlapState {
     /// The schedule's latest dispatched run.
@@ -43,10 +43,7 @@ fn overlap_key(schedule: &str) -> String {
 }
 
 async fn status_of(ctx: &Ctx, run_id: &str) -> anyhow::Result<Option<RunStatus>> {
-    Ok(match ctx.runs.get(run_id).await? {
-        Some(v) => serde_json::from_slice::<RunRecord>(&v).ok().map(|r| r.status),
-        None => None,
-    })
+    Ok(ctx.runs.get(run_id).await?.map(|s| s.record.status))
 }
 
 /// Applies the schedule's overlap policy to its fire `run_id`.
@@ -55,7 +52,7 @@ pub async fn overlap(ctx: &Ctx, schedule: &str, policy: Overlap, run_id: &str) -
         return Ok(Gate::Go);
     }
     let key = overlap_key(schedule);
-    let entry = ctx.runs.entry(&key).await?;
+    let entry = ctx.rates.entry(&key).await?;
     let (state, revision) = match &entry {
         Some(e) if e.operation == async_nats::jetstream::kv::Operation::Put => {
             (serde_json::from_slice::<OverlapState>(&e.value).unwrap_or_default(), e.revision)
@@ -89,9 +86,9 @@ pub async fn overlap(ctx: &Ctx, schedule: &str, policy: Overlap, run_id: &str) -
                 let next = OverlapState { buffered: Some(run_id.to_string()), ..state };
                 let value = serde_json::to_vec(&next)?;
                 let stored = if revision == 0 {
-                    ctx.runs.create(&key, value.into()).await.map(|_| ()).map_err(anyhow::Error::from)
+                    ctx.rates.create(&key, value.into()).await.map(|_| ()).map_err(anyhow::Error::from)
                 } else {
-                    ctx.runs.update(&key, value.into(), revision).await.map(|_| ()).map_err(anyhow::Error::from)
+                    ctx.rates.update(&key, value.into(), revision).await.map(|_| ()).map_err(anyhow::Error::from)
                 };
                 // Lost a race with another fire: look again shortly.
                 let _ = stored;
@@ -99,7 +96,7 @@ pub async fn overlap(ctx: &Ctx, schedule: &str, policy: Overlap, run_id: &str) -
             }
         },
         Overlap::CancelPrevious => {
-            crate::dispatch::request_cancel(ctx, &active).await?;
+            ctx.runs.request_cancel(&active).await?;
             Ok(Gate::Go)
         }
     }
@@ -108,7 +105,7 @@ pub async fn overlap(ctx: &Ctx, schedule: &str, policy: Overlap, run_id: &str) -
 /// Records `run_id` as the schedule's active run (after it was queued).
 pub async fn mark_active(ctx: &Ctx, schedule: &str, run_id: &str) -> anyhow::Result<()> {
     let state = OverlapState { active: Some(run_id.to_string()), buffered: None };
-    ctx.runs.put(overlap_key(schedule), serde_json::to_vec(&state)?.into()).await?;
+    ctx.rates.put(overlap_key(schedule), serde_json::to_vec(&state)?.into()).await?;
     Ok(())
 }
 

@@ -17,7 +17,6 @@ use jetsched_contract::parse_duration;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::AckKind;
 use async_nats::jetstream::consumer::PullConsumer;
 use futures::StreamExt;
 use jetsched_contract::{Handles, setup};
@@ -95,7 +94,7 @@ pub async fn run(
             background.clone(),
         ),
         registry: Registry::spawn(handles.workers.clone(), config.worker_ttl, background.clone()),
-        runs: handles.runs.clone(),
+        runs: jetsched_runtime::RunStore::open(publisher.clone()).await?,
         schedules: handles.schedules.clone(),
         weights: Weights {
             importance: config.weight_importance,
@@ -198,11 +197,7 @@ pub async fn run(
                         let now = jiff::Timestamp::now().as_nanosecond();
                         metrics().dispatch_latency.record(((now - stored).max(0) as f64) / 1e9, &[]);
                     }
-                    let outcome = match disposition {
-                        Disposition::Ack => msg.ack().await,
-                        Disposition::Retry(delay) => msg.ack_with(AckKind::Nak(Some(delay))).await,
-                    };
-                    match outcome {
+                    match disposition.apply(&msg).await {
                         Ok(()) => dispatch::DISPATCHING.recovered(),
                         // The message comes back after ack_wait; the run-id gate absorbs it.
                         Err(err) => dispatch::DISPATCHING.failed(&format_args!("cannot ack inbox message: {err}")),

@@ -10,6 +10,7 @@ use std::time::Duration;
 use async_nats::jetstream::consumer::PullConsumer;
 use futures::{StreamExt, TryStreamExt};
 use jetsched_contract::{Handles, RunRecord, RunStatus, WorkItem};
+use jetsched_runtime::{Change, Known};
 use tokio_util::sync::CancellationToken;
 
 use crate::dispatch::Ctx;
@@ -82,13 +83,6 @@ async fn resettle(ctx: &Ctx, item: WorkItem, seq: u64, band: u8) -> anyhow::Resu
     if item.shard.is_some() {
         let reason = "its worker left before running this broadcast share".to_string();
         mark(ctx, &item.run_id, RunStatus::Skipped, &reason).await?;
-        let event = jetsched_contract::RunEvent {
-            error: Some(reason),
-            schedule: item.schedule.clone(),
-            scheduled_for: item.scheduled_for,
-            ..jetsched_contract::RunEvent::new(RunStatus::Skipped, &item.task, Some(item.run_id.clone()))
-        };
-        ctx.publisher.event(&event).await?;
         return Ok(true);
     }
     let labels = item.def.requires.as_ref().map(|r| r.labels.clone()).unwrap_or_default();
@@ -111,18 +105,13 @@ async fn resettle(ctx: &Ctx, item: WorkItem, seq: u64, band: u8) -> anyhow::Resu
 }
 
 async fn mark(ctx: &Ctx, run_id: &str, status: RunStatus, reason: &str) -> anyhow::Result<()> {
-    for _ in 0..8 {
-        let Some(entry) = ctx.runs.entry(run_id).await? else { return Ok(()) };
-        let mut record: RunRecord = serde_json::from_slice(&entry.value)?;
-        if record.status.is_terminal() {
-            return Ok(());
-        }
-        record.status = status;
-        record.error = Some(reason.to_string());
-        record.finished_at = Some(jiff::Timestamp::now());
-        if ctx.runs.update(run_id, serde_json::to_vec(&record)?.into(), entry.revision).await.is_ok() {
-            return Ok(());
-        }
-    }
+    ctx.runs
+        .update(run_id, Known::Read, |current| match current {
+            Some(r) if !r.status.is_terminal() => {
+                Change::Write(RunRecord { status, error: Some(reason.to_string()), ..r.clone() }, ())
+            }
+            _ => Change::Keep(()),
+        })
+        .await?;
     Ok(())
 }

@@ -31,7 +31,9 @@ use std::time::{Duration, SystemTime};
 use anyhow::Context as _;
 use jetsched_contract::ticker::PARTITIONS;
 use jetsched_contract::{Handles, RunEvent, Topology, setup, validate_name};
-use jetsched_runtime::{KvChange, Outage, Publisher, Readiness, StampedChange, metrics, spawn_kv_watch_stamped};
+use jetsched_runtime::{
+    KvChange, Outage, Publisher, Readiness, RunStore, StampedChange, metrics, spawn_kv_watch_stamped,
+};
 use jiff::Timestamp;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -122,7 +124,8 @@ pub async fn run(
     }
     let publisher = Publisher::new(handles.js.clone(), handles.names.clone());
     let epochs = Arc::new(Epochs::default());
-    let (fires, mut stored, firer) = fire::spawn(publisher.clone(), handles.runs.clone(), epochs.clone(), 16_384);
+    let (fires, mut stored, firer) =
+        fire::spawn(publisher.clone(), RunStore::open(publisher.clone()).await?, epochs.clone(), 16_384);
     let (keeper, mut leases, keeper_task) = lease::spawn(id.clone(), buckets);
     let watch = spawn_kv_watch_stamped(handles.schedules.clone(), shutdown.child_token(), 4096);
     let mut changes = spawn_decoder(watch, 4096);

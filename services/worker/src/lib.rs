@@ -74,6 +74,12 @@ pub struct WorkerConfig {
     /// Waiting work rises one priority band per this much waiting.
     #[arg(long = "aging-step", env = "JETSCHED_AGING_STEP", default_value = "10s", value_parser = parse_duration)]
     pub aging_step: Duration,
+    /// A run's first attempt starts without a write to its record; if it is
+    /// still running after this long, its start is stored (so `nats kv get
+    /// jetsched-runs <id>` shows it `started`). A shorter run's next write
+    /// is its end. `0s`: store every start first.
+    #[arg(long = "record-started-after", env = "JETSCHED_RECORD_STARTED_AFTER", default_value = "1s", value_parser = parse_duration)]
+    pub record_started_after: Duration,
     /// How long an idle worker's standing pull requests last before they
     /// are renewed (and it looks again for work).
     #[arg(long = "idle-poll", env = "JETSCHED_IDLE_POLL", default_value = "250ms", value_parser = parse_duration)]
@@ -91,6 +97,7 @@ impl Default for WorkerConfig {
             ack_wait: Duration::from_secs(30),
             drain: Duration::from_secs(30),
             idle_poll: Duration::from_millis(250),
+            record_started_after: Duration::from_secs(1),
             labels: Vec::new(),
             stage_horizon: Duration::from_secs(5),
             aging_step: Duration::from_secs(10),
@@ -128,7 +135,8 @@ pub async fn run(
     let ctx = Arc::new(WorkerCtx {
         client: client.clone(),
         publisher: Publisher::new(handles.js.clone(), names.clone()),
-        runs: handles.runs.clone(),
+        runs: jetsched_runtime::RunStore::open(Publisher::new(handles.js.clone(), names.clone())).await?,
+        record_started_after: config.record_started_after,
         checkpoints: Arc::new(handles.checkpoints.clone()),
         worker_id: worker_id.clone(),
         exec: ExecPolicy {
