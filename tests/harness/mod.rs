@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 pub use jetsched_dispatcher::DispatcherConfig;
 pub use jetsched_ticker::TickerConfig;
 pub use jetsched_worker::WorkerConfig;
-pub use jetsched_worker::handlers::Builtins;
+pub use jetsched_worker::Builtins;
 
 /// Fails the test if `fut` does not finish within `secs`.
 pub async fn within<T>(secs: u64, what: &str, fut: impl Future<Output = T>) -> T {

@@ -11,7 +11,7 @@ use jetsched_runtime::NatsArgs;
 use jetsched_runtime::service::{HttpArgs, finish, start};
 use jetsched_ticker::TickerConfig;
 use jetsched_worker::WorkerConfig;
-use jetsched_worker::handlers::Builtins;
+use jetsched_worker::Builtins;
 use opentelemetry_sdk::metrics::ManualReader;
 
 /// `jetsched ticker` options.

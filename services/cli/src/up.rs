@@ -15,7 +15,7 @@ use jetsched_natsbox::{LocalServer, Preference, ServerOptions};
 use jetsched_runtime::{Health, NatsArgs};
 use jetsched_ticker::TickerConfig;
 use jetsched_worker::WorkerConfig;
-use jetsched_worker::handlers::Builtins;
+use jetsched_worker::Builtins;
 use opentelemetry_sdk::metrics::ManualReader;
 use tokio_util::sync::CancellationToken;
 

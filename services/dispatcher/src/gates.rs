@@ -10,7 +10,7 @@ use jetsched_contract::{RunStatus, ScheduleDef, run};
 use jiff::{SignedDuration, Timestamp};
 use serde::{Deserialize, Serialize};
 
-use crate::dispatch::Ctx;
+use crate::ctx::Ctx;
 
 /// A gate's verdict.
 #[derive(Debug, PartialEq)]

@@ -4,14 +4,15 @@
 //! instant loses nothing; the run-id gate in `jetsched-runs` makes sure the
 //! redelivered copy does not run twice.
 
-pub mod cache;
-pub mod dispatch;
-pub mod gates;
-pub mod priority;
-pub mod registry;
-pub mod reroute;
-pub mod route;
-pub mod workflow;
+mod cache;
+mod ctx;
+mod dispatch;
+mod gates;
+mod priority;
+mod registry;
+mod reroute;
+mod route;
+mod workflow;
 
 use jetsched_contract::parse_duration;
 use std::sync::Arc;
@@ -27,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
 use crate::cache::DefCache;
-use crate::dispatch::{Ctx, Disposition, Inbox};
+use crate::ctx::{Ctx, DISPATCHING, Disposition, Inbox};
 use crate::priority::Weights;
 use crate::registry::Registry;
 
@@ -198,9 +199,9 @@ pub async fn run(
                         metrics().dispatch_latency.record(((now - stored).max(0) as f64) / 1e9, &[]);
                     }
                     match disposition.apply(&msg).await {
-                        Ok(()) => dispatch::DISPATCHING.recovered(),
+                        Ok(()) => DISPATCHING.recovered(),
                         // The message comes back after ack_wait; the run-id gate absorbs it.
-                        Err(err) => dispatch::DISPATCHING.failed(&format_args!("cannot ack inbox message: {err}")),
+                        Err(err) => DISPATCHING.failed(&format_args!("cannot ack inbox message: {err}")),
                     }
                 }
                 .instrument(span),

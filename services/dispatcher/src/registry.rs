@@ -52,7 +52,8 @@ impl Registry {
         registry
     }
 
-    /// A registry holding exactly `workers` (tests, tools).
+    /// A registry holding exactly `workers` (unit tests).
+    #[cfg(test)]
     pub fn fixed(workers: Vec<WorkerInfo>, ttl: Duration) -> Registry {
         Registry {
             workers: Arc::new(RwLock::new(workers.into_iter().map(|w| (w.id.clone(), w)).collect())),

@@ -13,7 +13,7 @@ use jetsched_contract::{Handles, RunRecord, RunStatus, WorkItem};
 use jetsched_runtime::{Change, Known};
 use tokio_util::sync::CancellationToken;
 
-use crate::dispatch::Ctx;
+use crate::ctx::Ctx;
 
 /// Sweeps for departed workers' queues until `shutdown`.
 pub async fn sweep(ctx: std::sync::Arc<Ctx>, handles: Handles, every: Duration, shutdown: CancellationToken) {

@@ -3,78 +3,23 @@
 //! while keeping the message in progress, then map the outcome to exactly one
 //! of ack, nak-with-delay or dead-letter.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_nats::Client;
 use async_nats::jetstream::{AckKind, Message};
 use jetsched_contract::{Handler, RunStatus, WorkItem, run as runid};
-pub use jetsched_runtime::Disposition;
 use jetsched_runtime::metrics::{kv, metrics};
-use jetsched_runtime::{Publisher, RunStore};
 use jiff::Timestamp;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, oneshot};
 use tracing::Instrument as _;
 
-use crate::cancel::Cancels;
 use crate::cancel::Registration;
-use crate::handlers::exec::ExecPolicy;
-use crate::handlers::nats::Functions;
-use crate::handlers::{Builtins, Outcome};
+use crate::ctx::{Disposition, RUNNING, TRANSIENT, WorkerCtx};
+use crate::handlers::Outcome;
 use crate::invoke::{Ahead, Attempt, invocation, invoke};
 use crate::limits::{self, Admission, SlotHold};
 use crate::record::{self, Claim, Ending, Held, Mode};
-use crate::release::{Prepared, Released, Releaser, Staged};
+use crate::release::{Prepared, Released, Staged};
 use crate::settle::{self, ending, give_up, settle};
-
-/// What a worker shares between runs.
-pub struct WorkerCtx {
-    /// For NATS function calls.
-    pub client: Client,
-    /// Events and dead letters.
-    pub publisher: Publisher,
-    /// Run records.
-    pub runs: RunStore,
-    /// An attempt that began without a write is stored `started` once it
-    /// has run this long (zero: every start is stored first).
-    pub record_started_after: Duration,
-    /// `jetsched-checkpoints` (shared: a `Store` is costly to clone).
-    pub checkpoints: std::sync::Arc<async_nats::jetstream::kv::Store>,
-    /// This worker's id.
-    pub worker_id: String,
-    /// Exec allow-list.
-    pub exec: ExecPolicy,
-    /// Rust handlers.
-    pub builtins: Builtins,
-    /// The consumers' ack wait; in-progress acks go out at a third of it.
-    pub ack_wait: Duration,
-    /// Slot capacity.
-    pub slots: Arc<Semaphore>,
-    /// Room for runs held until their release time.
-    pub staged: Arc<Semaphore>,
-    /// Runs due within this are held in memory and released on time;
-    /// later ones go back to the stream until then.
-    pub stage_horizon: Duration,
-    /// Runs on this worker that a cancel request can reach.
-    pub cancels: Cancels,
-    /// Slot capacity (the most a run may require).
-    pub capacity: usize,
-    /// `jetsched-slots`.
-    pub slots_kv: async_nats::jetstream::kv::Store,
-    /// `jetsched-rates`.
-    pub rates_kv: async_nats::jetstream::kv::Store,
-    /// Calls NATS functions.
-    pub functions: Arc<Functions>,
-    /// Releases staged runs at their time.
-    pub releaser: Releaser,
-}
-
-pub const TRANSIENT: Disposition = Disposition::Retry(Duration::from_secs(1));
-
-/// Running work fails for reasons outside the run (a stream or bucket
-/// without a leader, NATS unreachable): one line when it starts, one when it
-/// ends. Each run retries through its work message's redelivery.
-pub(crate) static RUNNING: jetsched_runtime::Outage = jetsched_runtime::Outage::new("running work");
 
 /// Handles one work message, holding `permit` (a slot) while it runs, in a
 /// span that continues the run's trace.

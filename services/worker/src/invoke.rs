@@ -11,7 +11,7 @@ use jiff::{SignedDuration, Timestamp};
 use tokio_util::sync::CancellationToken;
 
 use crate::checkpoint::{CheckpointFile, Checkpoints};
-use crate::execute::WorkerCtx;
+use crate::ctx::WorkerCtx;
 use crate::handlers::nats::{Pending, Sent};
 use crate::handlers::{Invocation, Outcome, exec, http, nats};
 use crate::limits::SlotHold;
@@ -45,7 +45,7 @@ pub async fn invocation(ctx: &WorkerCtx, item: &WorkItem, attempt: u32, start: T
     let checkpoint = if attempt > 1 {
         checkpoints.load().await.unwrap_or_else(|err| {
             tracing::debug!(run_id = %item.run_id, %err, "cannot read checkpoint");
-            crate::execute::RUNNING.failed(&format_args!("cannot read checkpoint: {err}"));
+            crate::ctx::RUNNING.failed(&format_args!("cannot read checkpoint: {err}"));
             None
         })
     } else {
@@ -103,7 +103,7 @@ pub async fn invoke(
             _ = heartbeat.tick() => {
                 if let Err(err) = msg.ack_with(AckKind::Progress).await {
                     tracing::debug!(run_id = %item.run_id, %err, "cannot extend the work message's ack deadline");
-                    crate::execute::RUNNING.failed(&format_args!("cannot extend the work message's ack deadline: {err}"));
+                    crate::ctx::RUNNING.failed(&format_args!("cannot extend the work message's ack deadline: {err}"));
                 }
                 if let Some(f) = file.as_mut() {
                     f.sync(&checkpoints).await;

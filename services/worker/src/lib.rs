@@ -5,17 +5,18 @@
 //! in [`Builtins`] and call [`app::main`] (see `examples/custom_worker.rs`).
 
 pub mod app;
-pub mod cancel;
-pub mod checkpoint;
-pub mod execute;
-pub mod fetch;
-pub mod handlers;
-pub mod invoke;
-pub mod limits;
-pub mod presence;
-pub mod record;
-pub mod release;
-pub mod settle;
+mod cancel;
+mod checkpoint;
+mod ctx;
+mod execute;
+mod fetch;
+mod handlers;
+mod invoke;
+mod limits;
+mod presence;
+mod record;
+mod release;
+mod settle;
 
 use jetsched_contract::parse_duration;
 use std::sync::Arc;
@@ -29,9 +30,13 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 pub use crate::handlers::{Builtins, Invocation, Outcome};
+/// NATS function calls made exactly as the worker makes them (every header;
+/// a request built ahead and sent later), for tools and benchmarks that
+/// must send the same requests.
+pub use crate::handlers::nats::{Functions, Outbound, Pending, outcome as function_outcome};
 
 use crate::cancel::Cancels;
-use crate::execute::WorkerCtx;
+use crate::ctx::WorkerCtx;
 use crate::handlers::exec::ExecPolicy;
 
 /// Worker settings.

@@ -32,7 +32,7 @@ impl SlotHold {
             Ok(rev) => self.revision = rev,
             Err(err) => {
                 tracing::debug!(key = %self.key, %err, "cannot refresh concurrency slot");
-                crate::execute::RUNNING.failed(&format_args!("cannot refresh concurrency slot: {err}"));
+                crate::ctx::RUNNING.failed(&format_args!("cannot refresh concurrency slot: {err}"));
             }
         }
     }

@@ -35,7 +35,7 @@ pub async fn heartbeat(
             && let Err(err) = handles.workers.put(&id, value.into()).await
         {
             tracing::debug!(%err, "cannot publish worker heartbeat");
-            crate::execute::RUNNING.failed(&format_args!("cannot publish worker heartbeat: {err}"));
+            crate::ctx::RUNNING.failed(&format_args!("cannot publish worker heartbeat: {err}"));
         }
         tokio::select! {
             _ = shutdown.cancelled() => break,
