@@ -9,6 +9,7 @@ pub mod event;
 pub mod headers;
 pub mod message;
 pub mod names;
+pub mod overlap;
 pub mod routing;
 pub mod run;
 pub mod schedule;

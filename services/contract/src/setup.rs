@@ -90,7 +90,7 @@ pub fn stream_configs(names: &Names, topo: &Topology) -> Vec<stream::Config> {
     ]
 }
 
-/// The five buckets of the SPEC.
+/// The buckets every service may open (the SPEC's, and the ones jetsched adds).
 pub fn bucket_configs(names: &Names, topo: &Topology) -> Vec<kv::Config> {
     let base = |bucket: String, description: &str, history: i64, max_age: Duration| kv::Config {
         bucket,
@@ -112,6 +112,9 @@ pub fn bucket_configs(names: &Names, topo: &Topology) -> Vec<kv::Config> {
         // A slot whose holder stops refreshing it (a dead worker) frees itself.
         base(names.slots_bucket(), "jetsched: concurrency slots", 1, SLOT_TTL),
         base(names.rates_bucket(), "jetsched: rate-limit counters", 1, Duration::from_secs(86_400)),
+        // No max_age: a schedule's turn must outlive its longest run, or a
+        // fire after an expiry would start beside a run still going.
+        base(names.overlap_bucket(), "jetsched: overlap state of schedules", 1, Duration::ZERO),
     ]
 }
 
@@ -262,6 +265,8 @@ pub struct Handles {
     pub slots: kv::Store,
     /// `jetsched-rates`.
     pub rates: kv::Store,
+    /// `jetsched-overlap`.
+    pub overlap: kv::Store,
 }
 
 impl Handles {
@@ -280,6 +285,7 @@ impl Handles {
             windows: open(names.windows_bucket()).await?,
             slots: open(names.slots_bucket()).await?,
             rates: open(names.rates_bucket()).await?,
+            overlap: open(names.overlap_bucket()).await?,
             js,
             names,
         })
