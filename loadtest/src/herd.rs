@@ -183,9 +183,9 @@ async fn floor(env: &BenchEnv, starts: &noop::Starts, n: usize) -> anyhow::Resul
     for (outbound, reply) in prepared {
         pending.push((functions.send(outbound).await, reply));
     }
-    let replies = pending.into_iter().map(|(sent, reply)| {
-        jetsched_worker::function_outcome(noop::SUBJECT, Duration::from_secs(30), sent, reply)
-    });
+    let replies = pending
+        .into_iter()
+        .map(|(sent, reply)| jetsched_worker::function_outcome(noop::SUBJECT, Duration::from_secs(30), sent, reply));
     for outcome in futures::future::join_all(replies).await {
         anyhow::ensure!(
             matches!(outcome, jetsched_worker::Outcome::Success { .. }),

@@ -24,8 +24,8 @@ use tokio_util::sync::CancellationToken;
 
 pub use jetsched_dispatcher::DispatcherConfig;
 pub use jetsched_ticker::TickerConfig;
-pub use jetsched_worker::WorkerConfig;
 pub use jetsched_worker::Builtins;
+pub use jetsched_worker::WorkerConfig;
 
 /// Fails the test if `fut` does not finish within `secs`.
 pub async fn within<T>(secs: u64, what: &str, fut: impl Future<Output = T>) -> T {
@@ -420,6 +420,46 @@ impl Services {
 impl Drop for Services {
     fn drop(&mut self) {
         self.token.cancel();
+    }
+}
+
+/// A builtin handler that reports each run it is called for and returns
+/// (succeeding) only when the test releases it: a handler held open.
+pub struct Held {
+    entered: mpsc::UnboundedReceiver<String>,
+    release: std::sync::Arc<tokio::sync::Semaphore>,
+}
+
+impl Held {
+    /// Registers it in `builtins` under `name`.
+    pub fn register(builtins: &mut Builtins, name: &str) -> Held {
+        let (tx, entered) = mpsc::unbounded_channel();
+        let release = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+        let gate = release.clone();
+        builtins.register(name, move |inv: jetsched_worker::Invocation| {
+            let _ = tx.send(inv.run_id.clone());
+            let gate = gate.clone();
+            async move {
+                gate.acquire().await.unwrap().forget();
+                jetsched_worker::Outcome::ok(serde_json::json!({"run": inv.run_id}))
+            }
+        });
+        Held { entered, release }
+    }
+
+    /// The run it was called for next.
+    pub async fn next(&mut self, secs: u64) -> String {
+        within(secs, "the held handler to be called", self.entered.recv()).await.unwrap()
+    }
+
+    /// Lets one held call return.
+    pub fn release_one(&self) {
+        self.release.add_permits(1);
+    }
+
+    /// Lets every call return from now on.
+    pub fn release_all(&self) {
+        self.release.add_permits(tokio::sync::Semaphore::MAX_PERMITS / 2);
     }
 }
 

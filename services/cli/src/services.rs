@@ -10,8 +10,8 @@ use jetsched_dispatcher::DispatcherConfig;
 use jetsched_runtime::NatsArgs;
 use jetsched_runtime::service::{HttpArgs, finish, start};
 use jetsched_ticker::TickerConfig;
-use jetsched_worker::WorkerConfig;
 use jetsched_worker::Builtins;
+use jetsched_worker::WorkerConfig;
 use opentelemetry_sdk::metrics::ManualReader;
 
 /// `jetsched ticker` options.

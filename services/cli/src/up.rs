@@ -14,8 +14,8 @@ use jetsched_dispatcher::DispatcherConfig;
 use jetsched_natsbox::{LocalServer, Preference, ServerOptions};
 use jetsched_runtime::{Health, NatsArgs};
 use jetsched_ticker::TickerConfig;
-use jetsched_worker::WorkerConfig;
 use jetsched_worker::Builtins;
+use jetsched_worker::WorkerConfig;
 use opentelemetry_sdk::metrics::ManualReader;
 use tokio_util::sync::CancellationToken;
 

@@ -10,6 +10,7 @@ pub mod hash;
 pub mod headers;
 pub mod message;
 pub mod names;
+pub mod overlap;
 pub mod routing;
 pub mod run;
 pub mod schedule;

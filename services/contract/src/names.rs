@@ -318,6 +318,17 @@ impl Names {
         format!("{}-slots", self.prefix)
     }
 
+    /// Overlap state of schedules whose `overlap` is not `allow`, keyed by
+    /// [`Names::overlap_key`].
+    pub fn overlap_bucket(&self) -> String {
+        format!("{}-overlap", self.prefix)
+    }
+
+    /// The key of `schedule`'s overlap state in the overlap bucket.
+    pub fn overlap_key(&self, schedule: &str) -> String {
+        schedule.to_string()
+    }
+
     /// Rate-limit counters per period.
     pub fn rates_bucket(&self) -> String {
         format!("{}-rates", self.prefix)
@@ -371,6 +382,8 @@ mod tests {
         assert_eq!(n.checkpoints_bucket(), "jetsched-checkpoints");
         assert_eq!(n.ticker_bucket(), "jetsched-ticker");
         assert_eq!(n.ticker_leases_bucket(), "jetsched-ticker-leases");
+        assert_eq!(n.overlap_bucket(), "jetsched-overlap");
+        assert_eq!(n.overlap_key("nightly"), "nightly");
     }
 
     #[test]

@@ -36,6 +36,12 @@ pub fn refired_run_id(schedule: &str, nominal: Timestamp, revision: u64) -> Stri
     format!("{}.r{revision}", scheduled_run_id(schedule, nominal))
 }
 
+/// The run id of share `index` of broadcast run `run_id` (one per matching
+/// worker, numbered from 0): `<run>.w<index>`.
+pub fn share_run_id(run_id: &str, index: u32) -> String {
+    format!("{run_id}.w{index}")
+}
+
 /// The `Nats-Msg-Id` of a schedule's fire at `nominal`: `<schedule>@<RFC 3339>`.
 pub fn due_msg_id(schedule: &str, nominal: Timestamp) -> String {
     format!("{schedule}@{nominal}")

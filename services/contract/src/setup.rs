@@ -103,7 +103,7 @@ pub fn kept_event_subjects(names: &Names) -> Vec<String> {
 /// timeline `jetsched runs get` shows (`nats kv history jetsched-runs <id>`).
 pub const RUN_HISTORY: i64 = 64;
 
-/// The five buckets of the SPEC.
+/// The buckets every service may open (the SPEC's, and the ones jetsched adds).
 pub fn bucket_configs(names: &Names, topo: &Topology) -> Vec<kv::Config> {
     let base = |bucket: String, description: &str, history: i64, max_age: Duration| kv::Config {
         bucket,
@@ -125,6 +125,9 @@ pub fn bucket_configs(names: &Names, topo: &Topology) -> Vec<kv::Config> {
         // A slot whose holder stops refreshing it (a dead worker) frees itself.
         base(names.slots_bucket(), "jetsched: concurrency slots", 1, SLOT_TTL),
         base(names.rates_bucket(), "jetsched: rate-limit counters", 1, Duration::from_secs(86_400)),
+        // No max_age: a schedule's turn must outlive its longest run, or a
+        // fire after an expiry would start beside a run still going.
+        base(names.overlap_bucket(), "jetsched: overlap state of schedules", 1, Duration::ZERO),
     ]
 }
 
@@ -290,6 +293,8 @@ pub struct Handles {
     pub slots: kv::Store,
     /// `jetsched-rates`.
     pub rates: kv::Store,
+    /// `jetsched-overlap`.
+    pub overlap: kv::Store,
 }
 
 impl Handles {
@@ -307,6 +312,7 @@ impl Handles {
             windows: open(names.windows_bucket()).await?,
             slots: open(names.slots_bucket()).await?,
             rates: open(names.rates_bucket()).await?,
+            overlap: open(names.overlap_bucket()).await?,
             js,
             names,
         })

@@ -1,6 +1,6 @@
 //! Keeps `schemas/*.json` and the Rust types in agreement for the messages and records the
 //! services write: run events, run records, due fires, work items, workflow step starts and
-//! outcomes, and the ticker's watermarks and fire counts. `schemas.rs` covers the definitions users write and explains the method; the
+//! outcomes, the ticker's watermarks and fire counts, and the dispatchers' overlap state. `schemas.rs` covers the definitions users write and explains the method; the
 //! shared machinery is in `support/`.
 //!
 //! The services read these with serde alone, so serde is the parser every table is checked
@@ -172,6 +172,31 @@ const INVALID_TICKER_STATES: &[(&str, &str)] = &[
     ("a count of zero", r#"{"fired": 0, "last": "2026-11-25T02:30:00Z"}"#),
     ("a negative count", r#"{"fired": -1, "last": "2026-11-25T02:30:00Z"}"#),
     ("both kinds mixed", r#"{"fired": 1, "last": "2026-11-25T02:30:00Z", "by": "t"}"#),
+];
+
+const VALID_OVERLAP_STATES: &[&str] = &[
+    r#"{}"#,
+    r#"{"active": {"run_id": "s.n.20261125T023000Z", "scheduled_for": "2026-11-25T02:30:00Z", "inbox_seq": 7}}"#,
+    r#"{"active": {"run_id": "s.n.20261125T023000Z", "scheduled_for": "2026-11-25T02:30:00Z", "inbox_seq": 7,
+                   "broadcast": true},
+        "buffered": {"run_id": "s.n.20261125T023100Z", "scheduled_for": "2026-11-25T02:31:00Z", "inbox_seq": 9}}"#,
+];
+
+const INVALID_OVERLAP_STATES: &[(&str, &str)] = &[
+    (
+        "a fire without its inbox sequence",
+        r#"{"active": {"run_id": "s.n.x", "scheduled_for": "2026-11-25T02:30:00Z"}}"#,
+    ),
+    (
+        "a negative inbox sequence",
+        r#"{"active": {"run_id": "s.n.x", "scheduled_for": "2026-11-25T02:30:00Z", "inbox_seq": -1}}"#,
+    ),
+    ("a malformed instant", r#"{"buffered": {"run_id": "s.n.x", "scheduled_for": "soon", "inbox_seq": 1}}"#),
+    ("an unknown field", r#"{"waiting": []}"#),
+    (
+        "an unknown field in a fire",
+        r#"{"active": {"run_id": "s.n.x", "scheduled_for": "2026-11-25T02:30:00Z", "inbox_seq": 1, "x": 1}}"#,
+    ),
 ];
 
 const VALID_DUE_FIRES: &[&str] = &[
@@ -348,6 +373,23 @@ fn schema_and_parser_agree_on_ticker_state() {
     let watermark = Watermark { upto: t("2026-11-25T02:30:00.204Z"), by: "ticker-1".to_string() };
     assert_round_trip("ticker-state.json", &watermark);
     assert_round_trip("ticker-state.json", &FiredCount { fired: 3, last: t("2026-11-25T02:30:00Z") });
+}
+
+#[test]
+fn schema_and_parser_agree_on_overlap_state() {
+    use jetsched_contract::overlap::{OverlapFire, OverlapState};
+    assert_agreement("overlap-state.json", parse_serde::<OverlapState>, VALID_OVERLAP_STATES, INVALID_OVERLAP_STATES);
+    let fire = |n: i64, broadcast: bool| OverlapFire {
+        run_id: format!("s.n.{n}"),
+        scheduled_for: jiff::Timestamp::from_second(n).unwrap(),
+        inbox_seq: n as u64,
+        broadcast,
+    };
+    assert_round_trip("overlap-state.json", &OverlapState::default());
+    assert_round_trip(
+        "overlap-state.json",
+        &OverlapState { active: Some(fire(1, true)), buffered: Some(fire(2, false)) },
+    );
 }
 
 #[test]

@@ -36,6 +36,8 @@ pub struct Ctx {
     pub weights: Weights,
     /// Counters in `jetsched-rates` (the cluster-wide round-robin rotation).
     pub rates: Store,
+    /// Schedules' overlap state (`jetsched-overlap`).
+    pub overlap: Store,
 }
 
 /// The parts of an inbox message the handler reads.
@@ -48,6 +50,8 @@ pub struct Inbox<'a> {
     pub payload: &'a bytes::Bytes,
     /// Its inbox stream sequence.
     pub seq: u64,
+    /// How many times it has been delivered (1 the first time).
+    pub delivered: u64,
 }
 
 pub(crate) const RETRY: Disposition = Disposition::Retry(Duration::from_secs(1));
@@ -134,4 +138,3 @@ pub(crate) async fn report_step(
     };
     Ok(ctx.runs.report_step(task, &outcome).await?)
 }
-

@@ -1,5 +1,5 @@
 //! Handling of one inbox message: validate it, resolve the task, pass the
-//! gates (overlap, dependency, window), route it, create the run record (the
+//! gates (dependency, window, overlap), route it, create the run record (the
 //! exactly-once gate) and publish the work and a `queued` event. Workflows
 //! and step outcomes go to `crate::workflow`. Bad input is rejected into the
 //! DLQ and acked, never retried.
@@ -9,16 +9,15 @@ use std::time::Duration;
 
 use async_nats::HeaderMap;
 use jetsched_contract::message::Shard;
-use jetsched_contract::{
-    DueFire, InboxKind, RunEvent, RunStatus, StepStart, WorkItem, headers,
-    run, validate_name,
-};
+use jetsched_contract::overlap::OverlapFire;
+use jetsched_contract::{DueFire, InboxKind, RunEvent, RunStatus, StepStart, WorkItem, headers, run, validate_name};
 use jiff::Timestamp;
 use serde_json::Value;
 
 use crate::ctx::{Accepted, Ctx, DISPATCHING, Disposition, Inbox, RETRY};
 use crate::ctx::{create_record, new_record, report_step};
 use crate::gates::{self, Gate};
+use crate::overlap;
 use crate::priority::{band, effective_priority};
 use crate::route::{self, Target, Unroutable};
 
@@ -44,6 +43,15 @@ pub async fn handle(ctx: &Ctx, msg: Inbox<'_>) -> Disposition {
     span.record("run_id", accepted.run_id.as_str());
     span.record("task", accepted.task.as_str());
     if accepted.def.steps.is_some() {
+        // A scheduled workflow passes its schedule's gates (a workflow has
+        // no window of its own: its steps have theirs).
+        match passes_gates(ctx, &msg, &accepted, false).await {
+            Ok(Gate::Go | Gate::NotBefore(_)) => {}
+            Ok(Gate::Wait(d)) => return Disposition::Retry(d),
+            Ok(Gate::Skip(reason)) => return finish_unrun(ctx, &msg, &accepted, RunStatus::Skipped, reason).await,
+            Ok(Gate::Fail(reason)) => return finish_unrun(ctx, &msg, &accepted, RunStatus::Dead, reason).await,
+            Err(err) => return gates_failed(&accepted, &err),
+        }
         return crate::workflow::start(ctx, &msg, accepted).await;
     }
     dispatch(ctx, &msg, accepted).await
@@ -139,17 +147,13 @@ async fn accept(ctx: &Ctx, msg: &Inbox<'_>) -> Result<Option<Accepted>, Rejectio
 
 /// Passes the gates, then queues the run (or its shares).
 async fn dispatch(ctx: &Ctx, msg: &Inbox<'_>, mut a: Accepted) -> Disposition {
-    match passes_gates(ctx, &a).await {
+    match passes_gates(ctx, msg, &a, true).await {
         Ok(Gate::Go) => {}
         Ok(Gate::NotBefore(t)) => a.not_before = Some(a.not_before.map_or(t, |nb| nb.max(t))),
         Ok(Gate::Wait(d)) => return Disposition::Retry(d),
         Ok(Gate::Skip(reason)) => return finish_unrun(ctx, msg, &a, RunStatus::Skipped, reason).await,
         Ok(Gate::Fail(reason)) => return finish_unrun(ctx, msg, &a, RunStatus::Dead, reason).await,
-        Err(err) => {
-            tracing::debug!(run_id = %a.run_id, %err, "cannot check the run's gates; will retry");
-            DISPATCHING.failed(&format_args!("cannot check the run's gates: {err}"));
-            return RETRY;
-        }
+        Err(err) => return gates_failed(&a, &err),
     }
     let band = band(effective_priority(a.importance, a.def.expected_duration.map(|d| d.0), &ctx.weights));
     let names = ctx.publisher.names();
@@ -171,32 +175,49 @@ async fn dispatch(ctx: &Ctx, msg: &Inbox<'_>, mut a: Accepted) -> Disposition {
             return d;
         }
     }
-    if let (Some(schedule), Some(due)) = (&a.schedule, &a.due)
-        && due.overlap != jetsched_contract::schedule::Overlap::Allow
-        && let Err(err) = gates::mark_active(ctx, schedule, &a.run_id).await
-    {
-        tracing::warn!(%schedule, %err, "cannot record the schedule's active run");
-    }
     Disposition::Ack
 }
 
-async fn passes_gates(ctx: &Ctx, a: &Accepted) -> anyhow::Result<Gate> {
-    if let Some(due) = &a.due {
-        let gate = gates::overlap(ctx, &due.schedule, due.overlap, &a.run_id).await?;
+/// The gates could not be checked (NATS trouble): retried.
+fn gates_failed(a: &Accepted, err: &anyhow::Error) -> Disposition {
+    tracing::debug!(run_id = %a.run_id, %err, "cannot check the run's gates; will retry");
+    DISPATCHING.failed(&format_args!("cannot check the run's gates: {err}"));
+    RETRY
+}
+
+/// The gates in turn: a scheduled run's dependency, the task's window (if
+/// `window`), then (last, because taking the turn marks the fire as the
+/// schedule's running one) the schedule's overlap policy.
+async fn passes_gates(ctx: &Ctx, msg: &Inbox<'_>, a: &Accepted, window: bool) -> anyhow::Result<Gate> {
+    if let Some(due) = &a.due
+        && let Some(dep) = &due.depends_on
+    {
+        let gate =
+            gates::dependency(ctx, dep, due.timezone.as_deref(), due.scheduled_for, &a.run_id, msg.delivered).await?;
         if gate != Gate::Go {
             return Ok(gate);
         }
-        if let Some(dep) = &due.depends_on {
-            let gate = gates::dependency(ctx, dep, due.timezone.as_deref(), due.scheduled_for).await?;
-            if gate != Gate::Go {
-                return Ok(gate);
-            }
+    }
+    let window = match &a.def.window {
+        Some(w) if window => gates::window(ctx, w, a.not_before.unwrap_or_else(Timestamp::now)).await?,
+        _ => Gate::Go,
+    };
+    if !matches!(window, Gate::Go | Gate::NotBefore(_)) {
+        return Ok(window);
+    }
+    if let Some(due) = &a.due {
+        let fire = OverlapFire {
+            run_id: a.run_id.clone(),
+            scheduled_for: due.scheduled_for,
+            inbox_seq: msg.seq,
+            broadcast: a.def.routing == jetsched_contract::Routing::Broadcast,
+        };
+        let gate = overlap::take_turn(ctx, &due.schedule, due.overlap, fire, msg.delivered).await?;
+        if gate != Gate::Go {
+            return Ok(gate);
         }
     }
-    match &a.def.window {
-        Some(w) => gates::window(ctx, w, a.not_before.unwrap_or_else(Timestamp::now)).await,
-        None => Ok(Gate::Go),
-    }
+    Ok(window)
 }
 
 /// Creates the run record for `target` (announcing it `queued`) and

@@ -8,6 +8,7 @@ mod cache;
 mod ctx;
 mod dispatch;
 mod gates;
+mod overlap;
 mod priority;
 mod registry;
 mod reroute;
@@ -103,6 +104,7 @@ pub async fn run(
             reference: config.duration_reference,
         },
         rates: handles.rates.clone(),
+        overlap: handles.overlap.clone(),
         publisher,
     });
     let permits = Arc::new(Semaphore::new(config.dispatch_concurrency.max(1)));
@@ -183,15 +185,18 @@ pub async fn run(
             inflight.spawn(
                 async move {
                     let _permit = permit;
-                    let (seq, stored) = match msg.info() {
-                        Ok(i) => (i.stream_sequence, Some(i.published.unix_timestamp_nanos())),
-                        Err(_) => (0, None),
+                    let (seq, delivered, stored) = match msg.info() {
+                        Ok(i) => {
+                            (i.stream_sequence, i.delivered.max(0) as u64, Some(i.published.unix_timestamp_nanos()))
+                        }
+                        Err(_) => (0, 1, None),
                     };
                     let inbox = Inbox {
                         subject: msg.subject.as_str(),
                         headers: msg.headers.as_ref(),
                         payload: &msg.payload,
                         seq,
+                        delivered,
                     };
                     let disposition = dispatch::handle(&ctx, inbox).await;
                     if let (Disposition::Ack, Some(stored)) = (&disposition, stored) {

@@ -124,7 +124,7 @@ pub async fn plan(
                 .map(|(i, w)| Target {
                     queue: names.worker_queue(&w.id),
                     band,
-                    run_id: format!("{run_id}.w{i}"),
+                    run_id: jetsched_contract::run::share_run_id(run_id, i as u32),
                     shard: Some(Shard { index: i as u32, total }),
                 })
                 .collect())

@@ -5,7 +5,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::Client;
 pub use jetsched_runtime::Disposition;
 use jetsched_runtime::{Publisher, RunStore};
 use tokio::sync::Semaphore;
@@ -18,8 +17,6 @@ use crate::release::Releaser;
 
 /// What a worker shares between runs.
 pub struct WorkerCtx {
-    /// For NATS function calls.
-    pub client: Client,
     /// Events and dead letters.
     pub publisher: Publisher,
     /// Run records.
@@ -64,4 +61,3 @@ pub const TRANSIENT: Disposition = Disposition::Retry(Duration::from_secs(1));
 /// without a leader, NATS unreachable): one line when it starts, one when it
 /// ends. Each run retries through its work message's redelivery.
 pub(crate) static RUNNING: jetsched_runtime::Outage = jetsched_runtime::Outage::new("running work");
-

@@ -21,7 +21,6 @@
 //! ack wait ran out): the task waiting on it lives until it is answered or
 //! lapses.
 
-use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -195,11 +194,6 @@ impl Lanes {
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Vec<Arc<Lane>>> {
         self.lanes.read().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// The distinct queues served.
-    pub fn queues(&self) -> Vec<String> {
-        self.read().iter().map(|l| l.queue.clone()).collect::<BTreeSet<_>>().into_iter().collect()
     }
 
     /// Lanes to ask, in order of urgency; lanes seen empty at the last poll

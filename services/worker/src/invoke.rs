@@ -83,8 +83,8 @@ pub async fn invoke(
         None => (invocation(ctx, item, attempt, Timestamp::now()).await, None),
     };
     let checkpoints = Checkpoints::new(ctx.checkpoints.clone(), &item.run_id);
-    let mut file =
-        matches!(item.def.handler, Some(Handler::Exec { .. })).then(|| CheckpointFile::new(&item.run_id, attempt));
+    let exec = matches!(item.def.handler, Some(Handler::Exec { .. }));
+    let mut file = exec.then(|| CheckpointFile::new(&item.run_id, attempt));
     let stop = CancellationToken::new();
     let call = call_handler(ctx, item, &inv, ahead, stop.clone(), file.as_ref().map(|f| f.path().to_path_buf()));
     tokio::pin!(call);
@@ -116,10 +116,15 @@ pub async fn invoke(
             _ = cancel.cancelled() => break true,
         }
     };
-    // Stop the handler (exec gets SIGTERM, then SIGKILL after the grace period).
-    stop.cancel();
-    let grace = ctx.exec.grace + Duration::from_secs(1);
-    let _ = tokio::time::timeout(grace, &mut call).await;
+    // Stop the handler: exec gets SIGTERM, then SIGKILL after the grace
+    // period, and is waited for. A NATS function, HTTP call or builtin is
+    // dropped at once (the worker stops waiting for it; a function may
+    // listen on the cancel subject).
+    if exec {
+        stop.cancel();
+        let grace = ctx.exec.grace + Duration::from_secs(1);
+        let _ = tokio::time::timeout(grace, &mut call).await;
+    }
     if let Some(f) = file.as_mut() {
         f.sync(&checkpoints).await;
     }

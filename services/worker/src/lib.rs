@@ -29,11 +29,11 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-pub use crate::handlers::{Builtins, Invocation, Outcome};
 /// NATS function calls made exactly as the worker makes them (every header;
 /// a request built ahead and sent later), for tools and benchmarks that
 /// must send the same requests.
 pub use crate::handlers::nats::{Functions, Outbound, Pending, outcome as function_outcome};
+pub use crate::handlers::{Builtins, Invocation, Outcome};
 
 use crate::cancel::Cancels;
 use crate::ctx::WorkerCtx;
@@ -138,7 +138,6 @@ pub async fn run(
     let client = handles.js.client();
     let functions = handlers::nats::Functions::start(client.clone()).await?;
     let ctx = Arc::new(WorkerCtx {
-        client: client.clone(),
         publisher: Publisher::new(handles.js.clone(), names.clone()),
         runs: jetsched_runtime::RunStore::open(Publisher::new(handles.js.clone(), names.clone())).await?,
         record_started_after: config.record_started_after,
