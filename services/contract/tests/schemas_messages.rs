@@ -49,6 +49,12 @@ const VALID_RUN_EVENTS: &[&str] = &[
     r#"{"run_id": "t.publish.q7.resize", "task": "resize-image", "schedule": null, "status": "expired", "attempt": 0,
         "at": "2026-11-25T02:30:00Z", "scheduled_for": null, "error": "not started within 5m", "duration_ms": null,
         "queue": "_w-worker-1", "workflow_run": "t.publish.q7", "step": "resize"}"#,
+    r#"{"run_id": "t.charge.q7", "task": "charge", "schedule": null, "status": "waiting", "attempt": 0,
+        "at": "2026-11-25T02:30:00Z", "scheduled_for": null, "duration_ms": null, "queue": "default", "worker": "w1",
+        "error": "rate limit of 100 starts per 1m reached for key \"acme\"; waiting for the next period"}"#,
+    r#"{"run_id": "t.charge.q7", "task": "charge", "schedule": null, "status": "started", "attempt": 1,
+        "at": "2026-11-25T02:31:00.2Z", "scheduled_for": null, "error": null, "duration_ms": null, "worker": "w1",
+        "rate_window": "2026-11-25T02:31:00Z"}"#,
     // Readers ignore fields added by later versions.
     r#"{"run_id": "r", "task": "t", "schedule": null, "status": "started", "attempt": 1,
         "at": "2026-11-25T02:30:00Z", "scheduled_for": null, "error": null, "duration_ms": null, "added_later": 1}"#,
@@ -89,6 +95,11 @@ const INVALID_RUN_EVENTS: &[(&str, &str)] = &[
         "a string duration_ms",
         r#"{"run_id": "r", "task": "t", "schedule": null, "status": "succeeded", "attempt": 1,
             "at": "2026-11-25T02:30:00Z", "scheduled_for": null, "error": null, "duration_ms": "12ms"}"#,
+    ),
+    (
+        "a rate_window that is a period number",
+        r#"{"run_id": "r", "task": "t", "schedule": null, "status": "started", "attempt": 1,
+            "at": "2026-11-25T02:30:00Z", "scheduled_for": null, "error": null, "duration_ms": null, "rate_window": 29}"#,
     ),
 ];
 
@@ -141,7 +152,7 @@ const INVALID_RUN_RECORDS: &[(&str, &str)] = &[
         "an unknown step status",
         r#"{"run_id": "t.t.q1", "task": "t", "status": "queued", "attempt": 0, "queue": "default", "band": 5,
             "created_at": "2026-11-25T02:30:00Z", "updated_at": "2026-11-25T02:30:00Z", "source_seq": 1,
-            "workflow": {"steps": {"a": {"status": "waiting"}}}}"#,
+            "workflow": {"steps": {"a": {"status": "pending"}}}}"#,
     ),
     (
         "a step state that is a string",

@@ -205,11 +205,16 @@ async fn process(ctx: &WorkerCtx, msg: &Message, permit: OwnedSemaphorePermit) -
             (permit, Some(settle_after), call, span)
         }
     };
-    let mut slot = None;
+    let (mut slot, mut rate_window) = (None, None);
     if limited {
-        match limits::admit(&ctx.slots_kv, &ctx.rates_kv, &item.task, &item.def, &item.payload, &item.run_id).await {
-            Ok(Admission::Go(hold)) => slot = hold,
-            Ok(Admission::Wait(d)) => return Disposition::Nak(d),
+        let names = ctx.publisher.names();
+        let (task, def, payload, run_id) = (&item.task, &item.def, &item.payload, &item.run_id);
+        match limits::admit(names, &ctx.slots_kv, &ctx.rates_kv, task, def, payload, run_id).await {
+            Ok(Admission::Go { slot: hold, rate_window: window }) => (slot, rate_window) = (hold, window),
+            Ok(Admission::Wait(d, why)) => {
+                announce_wait(ctx, msg, &item, queue, why).await;
+                return Disposition::Nak(d);
+            }
             Err(err) => {
                 tracing::debug!(run_id = %item.run_id, %err, "cannot check limits; will retry");
                 RUNNING.failed(&format_args!("cannot check limits: {err}"));
@@ -238,7 +243,7 @@ async fn process(ctx: &WorkerCtx, msg: &Message, permit: OwnedSemaphorePermit) -
         &item,
         &mut record,
         &mut revision,
-        Controls { cancel: &registration.token, slot: slot.as_deref_mut(), settle_after, ahead, span },
+        Controls { cancel: &registration.token, slot: slot.as_deref_mut(), settle_after, ahead, span, rate_window },
     )
     .await;
     if let Some(s) = slot {
@@ -330,6 +335,31 @@ async fn claim(
     }
 }
 
+/// Tells, once per work message (on its first delivery), that a run cannot
+/// start yet and why: a `waiting` event. Later deliveries of the same
+/// message wait again without a word (the stream would drop the copy within
+/// its duplicate window anyway).
+async fn announce_wait(ctx: &WorkerCtx, msg: &Message, item: &WorkItem, queue: &str, why: String) {
+    tracing::debug!(run_id = %item.run_id, task = %item.task, reason = %why, "run waits");
+    if msg.info().map_or(true, |i| i.delivered > 1) {
+        return;
+    }
+    let event = RunEvent {
+        schedule: item.schedule.clone(),
+        scheduled_for: item.scheduled_for,
+        error: Some(why),
+        queue: Some(queue.to_string()),
+        worker: Some(ctx.worker_id.clone()),
+        workflow_run: item.parent.clone(),
+        step: item.step.clone(),
+        ..RunEvent::new(RunStatus::Waiting, &item.task, Some(item.run_id.clone()))
+    };
+    if let Err(err) = ctx.publisher.event(&event).await {
+        tracing::debug!(run_id = %item.run_id, %err, "cannot publish waiting event");
+        RUNNING.failed(&format_args!("cannot publish waiting event: {err}"));
+    }
+}
+
 /// A run withdrawn before it was claimed (a copy delivered again while its
 /// schedule's ticker withdrew it): claimed only to be ended `cancelled`.
 async fn withdrawn(ctx: &WorkerCtx, msg: &Message, item: &WorkItem, queue: &str, band: u8, seq: u64) -> Disposition {
@@ -400,6 +430,8 @@ struct Controls<'a> {
     ahead: Option<Ahead>,
     /// The handler span, when the call went out already under it.
     span: Option<tracing::Span>,
+    /// The rate-limit period the start was counted in.
+    rate_window: Option<Timestamp>,
 }
 
 async fn run_attempt(
@@ -410,11 +442,15 @@ async fn run_attempt(
     revision: &mut u64,
     controls: Controls<'_>,
 ) -> Disposition {
-    let Controls { cancel, slot, settle_after, ahead, span } = controls;
+    let Controls { cancel, slot, settle_after, ahead, span, rate_window } = controls;
     let attempt = record.attempt;
     tracing::Span::current().record("attempt", attempt);
     tracing::debug!(run_id = %item.run_id, task = %item.task, attempt, "run started");
-    let started = RunEvent { worker: Some(ctx.worker_id.clone()), ..event_for(item, record, RunStatus::Started, None) };
+    let started = RunEvent {
+        worker: Some(ctx.worker_id.clone()),
+        rate_window,
+        ..event_for(item, record, RunStatus::Started, None)
+    };
     let clock = Instant::now();
     let handler = span.unwrap_or_else(|| handler_span(&tracing::Span::current(), item, attempt)());
     // The handler is called first and the `started` event sent right after,
