@@ -59,6 +59,8 @@ pub struct WorkerCtx {
     pub slots_kv: async_nats::jetstream::kv::Store,
     /// `jetsched-rates`.
     pub rates_kv: async_nats::jetstream::kv::Store,
+    /// Cores, memory and disk: offered and held.
+    pub room: Arc<crate::room::Room>,
     /// Calls NATS functions.
     pub functions: Arc<Functions>,
     /// Releases staged runs at their time.
@@ -94,6 +96,7 @@ pub async fn execute(ctx: &WorkerCtx, msg: Message, permit: OwnedSemaphorePermit
     );
     jetsched_runtime::trace::follow(&span, msg.headers.as_ref());
     async {
+        let _busy = ctx.room.busy(1);
         let disposition = process(ctx, &msg, permit).await;
         let result = match disposition {
             Disposition::Ack => msg.ack().await.inspect(|_| RUNNING.recovered()),
@@ -145,8 +148,18 @@ async fn process(ctx: &WorkerCtx, msg: &Message, permit: OwnedSemaphorePermit) -
             return Disposition::Nak(wait - ctx.stage_horizon / 2);
         }
     }
+    let need = item.def.need().resources;
+    let placed = item.def.placed_by_room();
+    if !ctx.room.capacity().covers(&need) {
+        let capacity = ctx.room.capacity();
+        tracing::warn!(run_id = %item.run_id, %need, %capacity, "run needs more than this worker offers");
+        return Disposition::Nak(Duration::from_secs(5));
+    }
     let registration = ctx.cancels.register(&item.run_id);
-    let limited = item.def.concurrency.is_some() || item.def.rate_limit.is_some();
+    let limits = item.def.concurrency.is_some() || item.def.rate_limit.is_some();
+    // Claimed only once its room and limits allow it to start, so that a
+    // wait uses no attempt.
+    let limited = placed || limits;
     // A staged run is claimed before it waits, so that a herd's claims do
     // not pile up at its start time (unless limits must be checked first),
     // and a NATS function's request is built then too.
@@ -206,7 +219,23 @@ async fn process(ctx: &WorkerCtx, msg: &Message, permit: OwnedSemaphorePermit) -
         }
     };
     let (mut slot, mut rate_window) = (None, None);
-    if limited {
+    // The dispatcher saw room here a moment ago; it may be gone by now.
+    let mut reservation = None;
+    if placed {
+        match ctx.room.try_reserve(&item.run_id, need) {
+            Ok(r) => reservation = Some(r),
+            Err(free) => {
+                let why = format!(
+                    "no room on worker {}: the run needs {need}; free: {free} (of {})",
+                    ctx.worker_id,
+                    ctx.room.capacity()
+                );
+                announce_wait(ctx, msg, &item, queue, why).await;
+                return Disposition::Nak(room_wait(msg));
+            }
+        }
+    }
+    if limits {
         let names = ctx.publisher.names();
         let (task, def, payload, run_id) = (&item.task, &item.def, &item.payload, &item.run_id);
         match limits::admit(names, &ctx.slots_kv, &ctx.rates_kv, task, def, payload, run_id).await {
@@ -236,6 +265,7 @@ async fn process(ctx: &WorkerCtx, msg: &Message, permit: OwnedSemaphorePermit) -
     };
     // A run that needs several slots waits here until they are free.
     let extra = if needed > 1 { ctx.slots.clone().acquire_many_owned(needed as u32 - 1).await.ok() } else { None };
+    let _busy = ctx.room.busy(extra.as_ref().map_or(0, |p| p.num_permits()));
     let ahead = ahead.zip(call).map(|((inv, pending), sent)| Ahead { inv, pending, sent });
     let result = run_attempt(
         ctx,
@@ -249,9 +279,17 @@ async fn process(ctx: &WorkerCtx, msg: &Message, permit: OwnedSemaphorePermit) -
     if let Some(s) = slot {
         s.release().await;
     }
+    drop(reservation);
     drop(extra);
     drop(permit);
     result
+}
+
+/// How long a run placed here waits before it looks for room again: longer
+/// the more often it has looked (its work message's deliveries), 100 ms to 2 s.
+fn room_wait(msg: &Message) -> Duration {
+    let looked = msg.info().map_or(1, |i| i.delivered).clamp(1, 6) as u32;
+    Duration::from_millis(100 * 2u64.pow(looked - 1)).min(Duration::from_secs(2))
 }
 
 /// The span of one handler call, a child of `parent` (the run's `execute`
