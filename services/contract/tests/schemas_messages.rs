@@ -18,7 +18,8 @@ use jetsched_contract::schedule::ScheduleDependency;
 use jetsched_contract::ticker::{FiredCount, Watermark};
 use jetsched_contract::workflow::StepState;
 use jetsched_contract::{
-    DueFire, Handler, Overlap, RunEvent, RunRecord, RunStatus, StepOutcome, StepStart, TaskDef, WorkItem, WorkflowState,
+    ByteAmount, Cores, DueFire, Handler, Overlap, Resources, RunEvent, RunRecord, RunStatus, StepOutcome, StepStart,
+    TaskDef, WorkItem, WorkerInfo, WorkflowState,
 };
 use jiff::Timestamp;
 use serde_json::{Value, json};
@@ -175,6 +176,43 @@ const INVALID_RUN_RECORDS: &[(&str, &str)] = &[
 
 const VALID_TICKER_STATES: &[&str] =
     &[r#"{"upto": "2026-11-25T02:30:00.204Z", "by": "ticker-1"}"#, r#"{"fired": 1, "last": "2026-11-25T02:30:00Z"}"#];
+
+const VALID_WORKERS: &[&str] = &[
+    r#"{"id": "w1", "queues": ["default"], "slots": 256, "busy": 0,
+        "started_at": "2026-11-25T02:00:00Z", "heartbeat_at": "2026-11-25T02:30:00Z"}"#,
+    r#"{"id": "gpu-1", "queues": ["default", "gpu"], "slots": 4, "busy": 2, "labels": {"gpu": "true"},
+        "capacity": {"cpu": 8, "memory": "32GiB", "disk": "200GiB"}, "held": {"cpu": 0.5, "memory": "1 GiB"},
+        "holding": ["t.train.q7"], "released": ["t.train.q3"],
+        "started_at": "2026-11-25T02:00:00Z", "heartbeat_at": "2026-11-25T02:30:00.120Z", "added_later": 1}"#,
+];
+
+const INVALID_WORKERS: &[(&str, &str)] = &[
+    (
+        "no id",
+        r#"{"queues": [], "slots": 1, "busy": 0, "started_at": "2026-11-25T02:00:00Z", "heartbeat_at": "2026-11-25T02:30:00Z"}"#,
+    ),
+    ("no heartbeat_at", r#"{"id": "w1", "queues": [], "slots": 1, "busy": 0, "started_at": "2026-11-25T02:00:00Z"}"#),
+    (
+        "a bare-number memory",
+        r#"{"id": "w1", "queues": [], "slots": 1, "busy": 0, "capacity": {"memory": 1024},
+            "started_at": "2026-11-25T02:00:00Z", "heartbeat_at": "2026-11-25T02:30:00Z"}"#,
+    ),
+    (
+        "a negative cpu",
+        r#"{"id": "w1", "queues": [], "slots": 1, "busy": 0, "held": {"cpu": -1},
+            "started_at": "2026-11-25T02:00:00Z", "heartbeat_at": "2026-11-25T02:30:00Z"}"#,
+    ),
+    (
+        "an unknown resource",
+        r#"{"id": "w1", "queues": [], "slots": 1, "busy": 0, "capacity": {"gpus": 1},
+            "started_at": "2026-11-25T02:00:00Z", "heartbeat_at": "2026-11-25T02:30:00Z"}"#,
+    ),
+    (
+        "a negative busy count",
+        r#"{"id": "w1", "queues": [], "slots": 1, "busy": -1,
+            "started_at": "2026-11-25T02:00:00Z", "heartbeat_at": "2026-11-25T02:30:00Z"}"#,
+    ),
+];
 
 const INVALID_TICKER_STATES: &[(&str, &str)] = &[
     ("a watermark without its writer", r#"{"upto": "2026-11-25T02:30:00Z"}"#),
@@ -359,6 +397,31 @@ fn schema_and_parser_agree_on_ticker_state() {
     let watermark = Watermark { upto: t("2026-11-25T02:30:00.204Z"), by: "ticker-1".to_string() };
     assert_round_trip("ticker-state.json", &watermark);
     assert_round_trip("ticker-state.json", &FiredCount { fired: 3, last: t("2026-11-25T02:30:00Z") });
+}
+
+#[test]
+fn schema_and_parser_agree_on_worker_heartbeats() {
+    assert_agreement("worker.json", parse_serde::<WorkerInfo>, VALID_WORKERS, INVALID_WORKERS);
+    let t = |s: &str| -> jiff::Timestamp { s.parse().unwrap() };
+    let gib = |n: u64| ByteAmount(n << 30);
+    let info = WorkerInfo {
+        id: "gpu-1".to_string(),
+        queues: vec!["default".to_string()],
+        slots: 4,
+        busy: 1,
+        labels: BTreeMap::from([("gpu".to_string(), "true".to_string())]),
+        capacity: Resources { cpu: Cores(8000), memory: gib(32), disk: ByteAmount(200_000_000_000) },
+        held: Resources { cpu: Cores(1500), memory: gib(4), disk: ByteAmount(0) },
+        holding: vec!["t.train.q7".to_string()],
+        released: vec!["t.train.q3".to_string()],
+        started_at: t("2026-11-25T02:00:00Z"),
+        heartbeat_at: t("2026-11-25T02:30:00.12Z"),
+    };
+    assert_round_trip("worker.json", &info);
+    assert_round_trip(
+        "worker.json",
+        &WorkerInfo { labels: BTreeMap::new(), holding: vec![], released: vec![], ..info },
+    );
 }
 
 #[test]

@@ -83,6 +83,11 @@ pub const TRANSIENT: Disposition = Disposition::Nak(Duration::from_secs(1));
 /// ends. Each run retries through its work message's redelivery.
 pub(crate) static RUNNING: jetsched_runtime::Outage = jetsched_runtime::Outage::new("running work");
 
+/// Runs placed on this worker that need more than it offers (it restarted
+/// with less under the same id): they wait in its queue until it has room.
+static TOO_BIG: jetsched_runtime::Outage =
+    jetsched_runtime::Outage::new("runs placed here that need more than this worker offers");
+
 /// Handles one work message, holding `permit` (a slot) while it runs, in a
 /// span that continues the run's trace.
 pub async fn execute(ctx: &WorkerCtx, msg: Message, permit: OwnedSemaphorePermit) {
@@ -152,8 +157,12 @@ async fn process(ctx: &WorkerCtx, msg: &Message, permit: OwnedSemaphorePermit) -
     let placed = item.def.placed_by_room();
     if !ctx.room.capacity().covers(&need) {
         let capacity = ctx.room.capacity();
-        tracing::warn!(run_id = %item.run_id, %need, %capacity, "run needs more than this worker offers");
+        tracing::debug!(run_id = %item.run_id, %need, %capacity, "run needs more than this worker offers");
+        TOO_BIG.failed(&format_args!("run {} needs {need}; this worker offers {capacity}", item.run_id));
         return Disposition::Nak(Duration::from_secs(5));
+    }
+    if placed {
+        TOO_BIG.recovered();
     }
     let registration = ctx.cancels.register(&item.run_id);
     let limits = item.def.concurrency.is_some() || item.def.rate_limit.is_some();
