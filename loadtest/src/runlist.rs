@@ -88,6 +88,7 @@ fn event(r: &RunRecord) -> RunEvent {
         workflow_run: None,
         step: None,
         retry_at: None,
+        rate_window: None,
     }
 }
 
