@@ -812,6 +812,16 @@ impl Env {
         store.get(key).await.unwrap()
     }
 
+    /// Waits until the workers bucket lists every one of `ids`.
+    pub async fn wait_for_workers(&self, ids: &[&str]) {
+        let bucket = self.names.workers_bucket();
+        eventually(20, "worker heartbeats", || async {
+            let live: Vec<String> = self.kv_entries(&bucket).await.into_iter().map(|(k, _)| k).collect();
+            ids.iter().all(|id| live.iter().any(|l| l == id)).then_some(())
+        })
+        .await;
+    }
+
     /// Every live key of `bucket` with its value, as `nats kv ls` and `get` show them.
     pub async fn kv_entries(&self, bucket: &str) -> Vec<(String, bytes::Bytes)> {
         let Ok(store) = self.handles.js.get_key_value(bucket).await else { return Vec::new() };

@@ -205,11 +205,13 @@ pub async fn status(h: &Handles, args: StatusArgs) -> anyhow::Result<()> {
         let age = Timestamp::now().duration_since(w.heartbeat_at).as_secs();
         let labels: Vec<String> = w.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
         println!(
-            "  {:<24} queues {:<20} busy {}/{}  seen {age}s ago  {}",
+            "  {:<24} queues {:<20} busy {}/{}  holds {} of {}  seen {age}s ago  {}",
             w.id,
             w.queues.join(","),
             w.busy,
             w.slots,
+            w.held,
+            w.capacity,
             labels.join(",")
         );
     }

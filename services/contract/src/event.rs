@@ -11,6 +11,10 @@ use serde::{Deserialize, Serialize};
 pub enum RunStatus {
     /// Accepted by a dispatcher and waiting for a worker.
     Queued,
+    /// Cannot start yet, for the reason in `error` (no live worker has room
+    /// for it, a rate or concurrency limit); it starts later, with no
+    /// attempt used. Not a state of the run record: the run stays `queued`.
+    Waiting,
     /// A worker started an attempt.
     Started,
     /// The handler succeeded.
@@ -35,8 +39,9 @@ pub enum RunStatus {
 
 impl RunStatus {
     /// Every status, in lifecycle order.
-    pub const ALL: [RunStatus; 11] = [
+    pub const ALL: [RunStatus; 12] = [
         RunStatus::Queued,
+        RunStatus::Waiting,
         RunStatus::Started,
         RunStatus::Succeeded,
         RunStatus::Failed,
@@ -53,6 +58,7 @@ impl RunStatus {
     pub fn as_str(self) -> &'static str {
         match self {
             RunStatus::Queued => "queued",
+            RunStatus::Waiting => "waiting",
             RunStatus::Started => "started",
             RunStatus::Succeeded => "succeeded",
             RunStatus::Failed => "failed",
@@ -115,7 +121,7 @@ pub struct RunEvent {
     pub at: Timestamp,
     /// Nominal fire time of a scheduled run.
     pub scheduled_for: Option<Timestamp>,
-    /// The reason, for failed, dead, rejected, skipped, cancelled and invalid.
+    /// The reason, for waiting, failed, dead, rejected, skipped, cancelled and invalid.
     pub error: Option<String>,
     /// Handler run time of a finished attempt.
     pub duration_ms: Option<u64>,
@@ -150,6 +156,11 @@ pub struct RunEvent {
     /// does not start before; it may start later, when a worker is free).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_at: Option<Timestamp>,
+    /// For `started` of a task with a rate limit: the start of the limit's
+    /// period this start was counted in (at most `limit` starts per key
+    /// share one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_window: Option<Timestamp>,
 }
 
 impl RunEvent {
@@ -175,6 +186,7 @@ impl RunEvent {
             workflow_run: None,
             step: None,
             retry_at: None,
+            rate_window: None,
         }
     }
 

@@ -334,6 +334,21 @@ impl Names {
         format!("{}-rates", self.prefix)
     }
 
+    /// The key in the rates bucket counting the starts of `task` whose
+    /// rate-limit key renders to `key`, in period number `period` (periods of
+    /// the limit's `per`, counted from the Unix epoch). The rendered key is
+    /// hashed: it may hold any character, a KV key may not.
+    pub fn rate_counter_key(&self, task: &str, key: &str, period: u128) -> String {
+        format!("r.{task}.{:016x}.{period}", crate::run::fnv1a(key.as_bytes()))
+    }
+
+    /// The key in the slots bucket of slot `n` (0-based, below the limit)
+    /// of `task`'s concurrency limit for runs whose key renders to `key`
+    /// (hashed, as for [`Names::rate_counter_key`]).
+    pub fn concurrency_slot_key(&self, task: &str, key: &str, n: u32) -> String {
+        format!("c.{task}.{:016x}.{n}", crate::run::fnv1a(key.as_bytes()))
+    }
+
     /// The key in the rates bucket holding `task`'s round-robin rotation
     /// (the next turn to hand out, shared by every dispatcher).
     pub fn round_robin_key(&self, task: &str) -> String {
@@ -407,6 +422,19 @@ mod tests {
         assert_eq!(n.parse_worker_consumer(&consumer), Some(("_w-host-1-42", 7)));
         assert_eq!(n.parse_worker_queue("_w-host-1-42"), Some("host-1-42"));
         assert_eq!(n.parse_worker_queue("default"), None);
+    }
+
+    #[test]
+    fn limit_keys_are_kv_safe_and_distinct_per_key_and_period() {
+        let n = Names::default();
+        let a = n.rate_counter_key("charge", "acme corp/€", 29_000_000);
+        assert!(a.starts_with("r.charge.") && a.ends_with(".29000000"), "{a}");
+        assert!(a.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b'_'), "{a}");
+        assert_ne!(a, n.rate_counter_key("charge", "globex", 29_000_000));
+        assert_ne!(a, n.rate_counter_key("charge", "acme corp/€", 29_000_001));
+        let s = n.concurrency_slot_key("charge", "acme", 2);
+        assert!(s.starts_with("c.charge.") && s.ends_with(".2"), "{s}");
+        assert_ne!(s, n.concurrency_slot_key("charge", "globex", 2));
     }
 
     #[test]

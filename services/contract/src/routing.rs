@@ -14,6 +14,10 @@ pub enum Routing {
     Any,
     /// Matching workers in turn.
     RoundRobin,
+    /// The matching worker with the most room for the run: the one that
+    /// could still take the most runs of its size (cores, memory, disk it
+    /// requires, and slots), by its last heartbeat.
+    LeastLoaded,
     /// The same key (a template over the payload) always goes to the same
     /// worker while the set of workers is unchanged.
     ConsistentHash(String),
@@ -115,6 +119,8 @@ mod tests {
     fn routing_reads_like_the_docs() {
         let r: Routing = serde_json::from_str(r#""round_robin""#).unwrap();
         assert_eq!(r, Routing::RoundRobin);
+        let r: Routing = serde_json::from_str(r#""least_loaded""#).unwrap();
+        assert_eq!(r, Routing::LeastLoaded);
         let r: Routing = serde_json::from_str(r#"{"consistent_hash": "{{payload.user}}"}"#).unwrap();
         assert_eq!(r, Routing::ConsistentHash("{{payload.user}}".into()));
         assert!(serde_json::from_str::<Routing>(r#""random""#).is_err());

@@ -144,6 +144,10 @@ pub struct RunRecord {
     /// For `failed` with an attempt to come: when it is due.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_at: Option<Timestamp>,
+    /// For a task with a rate limit: the start of the period the limiter
+    /// counted the current attempt's start in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_window: Option<Timestamp>,
     /// For a run that succeeded: the handler's result (JSON, at most 64 KiB;
     /// a step's result also goes to the workflow's later steps).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -179,6 +183,7 @@ impl RunRecord {
             duration_ms: None,
             output: None,
             retry_at: None,
+            rate_window: None,
             result: None,
         }
     }
@@ -212,6 +217,7 @@ impl RunRecord {
             workflow_run: self.parent.clone(),
             step: self.step.clone(),
             retry_at: self.retry_at,
+            rate_window: self.rate_window,
             ..RunEvent::new(self.status, &self.task, Some(self.run_id.clone()))
         }
     }

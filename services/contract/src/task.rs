@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::duration::HumanDuration;
 use crate::names::{DEFAULT_QUEUE, validate_name};
+use crate::resources::{ByteAmount, Cores, Need, Resources};
 
 /// Lowest and highest importance.
 pub const IMPORTANCE_RANGE: std::ops::RangeInclusive<u8> = 0..=10;
@@ -46,7 +47,7 @@ pub struct TaskDef {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requires: Option<Requires>,
     /// Which matching worker runs it: any (default), round_robin,
-    /// {"consistent_hash": "<template>"}, broadcast.
+    /// least_loaded, {"consistent_hash": "<template>"}, broadcast.
     #[serde(default, skip_serializing_if = "crate::routing::Routing::is_any")]
     pub routing: crate::routing::Routing,
     /// Starts per period, keyed by a template over the payload.
@@ -207,6 +208,22 @@ pub struct Requires {
     /// Labels the worker must carry with these exact values.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// Cores one run holds while it runs (`2`, `0.5`).
+    #[serde(default, skip_serializing_if = "Cores::is_zero")]
+    pub cpu: Cores,
+    /// Memory one run holds while it runs (`"4GiB"`).
+    #[serde(default, skip_serializing_if = "ByteAmount::is_zero")]
+    pub memory: ByteAmount,
+    /// Disk one run holds while it runs (`"10GiB"`).
+    #[serde(default, skip_serializing_if = "ByteAmount::is_zero")]
+    pub disk: ByteAmount,
+}
+
+impl Requires {
+    /// The cores, memory and disk one run holds.
+    pub fn resources(&self) -> Resources {
+        Resources { cpu: self.cpu, memory: self.memory, disk: self.disk }
+    }
 }
 
 fn default_slots() -> u32 {
@@ -263,6 +280,23 @@ impl TaskDef {
             steps: None,
             description: None,
         }
+    }
+
+    /// What one run takes of a worker: its cores, memory and disk, and its
+    /// slots (at least one).
+    pub fn need(&self) -> Need {
+        match &self.requires {
+            Some(r) => Need { resources: r.resources(), slots: u64::from(r.slots.max(1)) },
+            None => Need { resources: Resources::default(), slots: 1 },
+        }
+    }
+
+    /// True when a dispatcher places each run on a worker with room for it
+    /// (its own queue `_w-<id>`), rather than leaving it on a queue for
+    /// whichever worker asks first: the run requires cores, memory or disk,
+    /// or its routing is `least_loaded`.
+    pub fn placed_by_room(&self) -> bool {
+        self.routing == crate::routing::Routing::LeastLoaded || !self.need().resources.is_zero()
     }
 
     /// Parses and validates a definition.

@@ -24,8 +24,8 @@ use jetsched_contract::schedule::{Dst, DstFold, DstGap, ScheduleDependency};
 use jetsched_contract::task::{Concurrency, Requires, Step, Trigger};
 use jetsched_contract::window::Outside;
 use jetsched_contract::{
-    Handler, HumanDuration, Misfire, MisfirePolicy, Overlap, RateLimit, RetryPolicy, Routing, ScheduleDef, TaskDef,
-    TaskRef, WindowDef,
+    ByteAmount, Cores, Handler, HumanDuration, Misfire, MisfirePolicy, Overlap, RateLimit, RetryPolicy, Routing,
+    ScheduleDef, TaskDef, TaskRef, WindowDef,
 };
 use jiff::Timestamp;
 use serde_json::{Value, json};
@@ -82,6 +82,11 @@ const VALID_TASKS: &[&str] = &[
     r#"{"handler": {"type": "builtin", "name": "noop"}, "retry": {"jitter": 1, "max_backoff": "1h"}}"#,
     r#"{"handler": {"type": "builtin", "name": "noop"}, "requires": {}}"#,
     r#"{"handler": {"type": "builtin", "name": "noop"}, "requires": {"slots": 4, "labels": {"gpu": "a100"}}}"#,
+    r#"{"handler": {"type": "builtin", "name": "noop"}, "requires": {"cpu": 2, "memory": "4GiB", "disk": "10GiB", "slots": 1}}"#,
+    r#"{"handler": {"type": "builtin", "name": "noop"}, "requires": {"cpu": 0.5, "memory": "1.5GB", "disk": "10 GiB"}}"#,
+    r#"{"handler": {"type": "builtin", "name": "noop"}, "requires": {"cpu": 0, "memory": "0B", "disk": "512KiB"}}"#,
+    r#"{"handler": {"type": "builtin", "name": "noop"}, "requires": {"memory": "7B", "disk": "1TB"}, "routing": "least_loaded"}"#,
+    r#"{"handler": {"type": "builtin", "name": "noop"}, "routing": "least_loaded"}"#,
     r#"{"handler": {"type": "builtin", "name": "noop"}, "concurrency": {"key": " x ", "limit": 4294967295}}"#,
     r#"{"handler": {"type": "builtin", "name": "noop"}, "window": "business-hours"}"#,
     r#"{"handler": {"type": "builtin", "name": "noop"}, "queue": "a_", "concurrency": {"key": "{{payload}}", "limit": 1}}"#,
@@ -168,6 +173,16 @@ const INVALID_TASKS: &[(&str, &str)] = &[
     ("requires.slots 0", r#"{"handler": {"type": "builtin", "name": "n"}, "requires": {"slots": 0}}"#),
     ("a non-string label", r#"{"handler": {"type": "builtin", "name": "n"}, "requires": {"labels": {"gpu": true}}}"#),
     ("an unknown requires field", r#"{"handler": {"type": "builtin", "name": "n"}, "requires": {"cpus": 2}}"#),
+    ("a negative cpu", r#"{"handler": {"type": "builtin", "name": "n"}, "requires": {"cpu": -1}}"#),
+    ("a string cpu", r#"{"handler": {"type": "builtin", "name": "n"}, "requires": {"cpu": "2"}}"#),
+    ("more cores than any machine", r#"{"handler": {"type": "builtin", "name": "n"}, "requires": {"cpu": 1000001}}"#),
+    ("a bare-number memory", r#"{"handler": {"type": "builtin", "name": "n"}, "requires": {"memory": 4096}}"#),
+    ("a memory without a unit", r#"{"handler": {"type": "builtin", "name": "n"}, "requires": {"memory": "4096"}}"#),
+    ("a short unit", r#"{"handler": {"type": "builtin", "name": "n"}, "requires": {"memory": "4G"}}"#),
+    ("a unit in lower case", r#"{"handler": {"type": "builtin", "name": "n"}, "requires": {"disk": "10gib"}}"#),
+    ("two spaces before the unit", r#"{"handler": {"type": "builtin", "name": "n"}, "requires": {"disk": "10  GiB"}}"#),
+    ("a negative disk", r#"{"handler": {"type": "builtin", "name": "n"}, "requires": {"disk": "-1GiB"}}"#),
+    ("least loaded spelled otherwise", r#"{"handler": {"type": "builtin", "name": "n"}, "routing": "least-loaded"}"#),
     ("a non-string description", r#"{"handler": {"type": "builtin", "name": "n"}, "description": 5}"#),
     ("an unknown routing", r#"{"handler": {"type": "builtin", "name": "n"}, "routing": "random"}"#),
     ("routing in capitals", r#"{"handler": {"type": "builtin", "name": "n"}, "routing": "ANY"}"#),
@@ -384,6 +399,12 @@ fn what_the_schemas_cannot_express_is_rejected_by_the_parser() {
             ("cycle through a", r#"{"steps": {"a": {"task": "t", "depends_on": ["a"]}}}"#),
             ("unknown step \"zz\"", r#"{"steps": {"a": {"task": "t", "depends_on": ["zz"]}}}"#),
             ("timeout must be greater than 0", r#"{"handler": {"type": "builtin", "name": "n"}, "timeout": "0s"}"#),
+            // Amounts: at least a thousandth of a core, and bytes that fit.
+            (
+                "less than a thousandth of a core",
+                r#"{"handler": {"type": "builtin", "name": "n"}, "requires": {"cpu": 0.0001}}"#,
+            ),
+            ("too large", r#"{"handler": {"type": "builtin", "name": "n"}, "requires": {"memory": "99999999TiB"}}"#),
             // JSON Schema counts 5.0 as an integer; serde does not.
             ("expected u8", r#"{"handler": {"type": "builtin", "name": "n"}, "importance": 5.0}"#),
             ("too large", r#"{"handler": {"type": "builtin", "name": "n"}, "timeout": "99999999999999999999999d"}"#),
@@ -542,7 +563,13 @@ fn definitions_the_services_build_validate_and_read_back() {
         schedule_to_start: Some(HumanDuration::from_secs(90)),
         concurrency: Some(Concurrency { key: "{{payload.customer}}".to_string(), limit: 2 }),
         window: Some("business-hours".to_string()),
-        requires: Some(Requires { slots: 2, labels: BTreeMap::from([("region".to_string(), "eu".to_string())]) }),
+        requires: Some(Requires {
+            slots: 2,
+            labels: BTreeMap::from([("region".to_string(), "eu".to_string())]),
+            cpu: Cores(1500),
+            memory: ByteAmount(3 << 30),
+            disk: ByteAmount(10_000_000_001),
+        }),
         routing: Routing::ConsistentHash("{{payload.customer}}".to_string()),
         rate_limit: Some(RateLimit {
             key: Some("{{payload.customer}}".to_string()),
@@ -580,6 +607,7 @@ fn definitions_the_services_build_validate_and_read_back() {
         full,
         workflow,
         TaskDef { routing: Routing::RoundRobin, ..noop.clone() },
+        TaskDef { routing: Routing::LeastLoaded, ..noop.clone() },
         TaskDef {
             routing: Routing::Broadcast,
             rate_limit: Some(RateLimit { key: None, limit: 1, per: HumanDuration::from_secs(86_400) }),

@@ -18,7 +18,8 @@ use jetsched_contract::schedule::ScheduleDependency;
 use jetsched_contract::ticker::{FiredCount, Watermark};
 use jetsched_contract::workflow::StepState;
 use jetsched_contract::{
-    DueFire, Handler, Overlap, RunEvent, RunRecord, RunStatus, StepOutcome, StepStart, TaskDef, WorkItem, WorkflowState,
+    ByteAmount, Cores, DueFire, Handler, Overlap, Resources, RunEvent, RunRecord, RunStatus, StepOutcome, StepStart,
+    TaskDef, WorkItem, WorkerInfo, WorkflowState,
 };
 use jiff::Timestamp;
 use serde_json::{Value, json};
@@ -49,6 +50,12 @@ const VALID_RUN_EVENTS: &[&str] = &[
     r#"{"run_id": "t.publish.q7.resize", "task": "resize-image", "schedule": null, "status": "expired", "attempt": 0,
         "at": "2026-11-25T02:30:00Z", "scheduled_for": null, "error": "not started within 5m", "duration_ms": null,
         "queue": "_w-worker-1", "workflow_run": "t.publish.q7", "step": "resize"}"#,
+    r#"{"run_id": "t.charge.q7", "task": "charge", "schedule": null, "status": "waiting", "attempt": 0,
+        "at": "2026-11-25T02:30:00Z", "scheduled_for": null, "duration_ms": null, "queue": "default", "worker": "w1",
+        "error": "rate limit of 100 starts per 1m reached for key \"acme\"; waiting for the next period"}"#,
+    r#"{"run_id": "t.charge.q7", "task": "charge", "schedule": null, "status": "started", "attempt": 1,
+        "at": "2026-11-25T02:31:00.2Z", "scheduled_for": null, "error": null, "duration_ms": null, "worker": "w1",
+        "rate_window": "2026-11-25T02:31:00Z"}"#,
     // Readers ignore fields added by later versions.
     r#"{"run_id": "r", "task": "t", "schedule": null, "status": "started", "attempt": 1,
         "at": "2026-11-25T02:30:00Z", "scheduled_for": null, "error": null, "duration_ms": null, "added_later": 1}"#,
@@ -89,6 +96,11 @@ const INVALID_RUN_EVENTS: &[(&str, &str)] = &[
         "a string duration_ms",
         r#"{"run_id": "r", "task": "t", "schedule": null, "status": "succeeded", "attempt": 1,
             "at": "2026-11-25T02:30:00Z", "scheduled_for": null, "error": null, "duration_ms": "12ms"}"#,
+    ),
+    (
+        "a rate_window that is a period number",
+        r#"{"run_id": "r", "task": "t", "schedule": null, "status": "started", "attempt": 1,
+            "at": "2026-11-25T02:30:00Z", "scheduled_for": null, "error": null, "duration_ms": null, "rate_window": 29}"#,
     ),
 ];
 
@@ -141,7 +153,7 @@ const INVALID_RUN_RECORDS: &[(&str, &str)] = &[
         "an unknown step status",
         r#"{"run_id": "t.t.q1", "task": "t", "status": "queued", "attempt": 0, "queue": "default", "band": 5,
             "created_at": "2026-11-25T02:30:00Z", "updated_at": "2026-11-25T02:30:00Z", "source_seq": 1,
-            "workflow": {"steps": {"a": {"status": "waiting"}}}}"#,
+            "workflow": {"steps": {"a": {"status": "pending"}}}}"#,
     ),
     (
         "a step state that is a string",
@@ -164,6 +176,43 @@ const INVALID_RUN_RECORDS: &[(&str, &str)] = &[
 
 const VALID_TICKER_STATES: &[&str] =
     &[r#"{"upto": "2026-11-25T02:30:00.204Z", "by": "ticker-1"}"#, r#"{"fired": 1, "last": "2026-11-25T02:30:00Z"}"#];
+
+const VALID_WORKERS: &[&str] = &[
+    r#"{"id": "w1", "queues": ["default"], "slots": 256, "busy": 0,
+        "started_at": "2026-11-25T02:00:00Z", "heartbeat_at": "2026-11-25T02:30:00Z"}"#,
+    r#"{"id": "gpu-1", "queues": ["default", "gpu"], "slots": 4, "busy": 2, "labels": {"gpu": "true"},
+        "capacity": {"cpu": 8, "memory": "32GiB", "disk": "200GiB"}, "held": {"cpu": 0.5, "memory": "1 GiB"},
+        "holding": ["t.train.q7"], "released": ["t.train.q3"],
+        "started_at": "2026-11-25T02:00:00Z", "heartbeat_at": "2026-11-25T02:30:00.120Z", "added_later": 1}"#,
+];
+
+const INVALID_WORKERS: &[(&str, &str)] = &[
+    (
+        "no id",
+        r#"{"queues": [], "slots": 1, "busy": 0, "started_at": "2026-11-25T02:00:00Z", "heartbeat_at": "2026-11-25T02:30:00Z"}"#,
+    ),
+    ("no heartbeat_at", r#"{"id": "w1", "queues": [], "slots": 1, "busy": 0, "started_at": "2026-11-25T02:00:00Z"}"#),
+    (
+        "a bare-number memory",
+        r#"{"id": "w1", "queues": [], "slots": 1, "busy": 0, "capacity": {"memory": 1024},
+            "started_at": "2026-11-25T02:00:00Z", "heartbeat_at": "2026-11-25T02:30:00Z"}"#,
+    ),
+    (
+        "a negative cpu",
+        r#"{"id": "w1", "queues": [], "slots": 1, "busy": 0, "held": {"cpu": -1},
+            "started_at": "2026-11-25T02:00:00Z", "heartbeat_at": "2026-11-25T02:30:00Z"}"#,
+    ),
+    (
+        "an unknown resource",
+        r#"{"id": "w1", "queues": [], "slots": 1, "busy": 0, "capacity": {"gpus": 1},
+            "started_at": "2026-11-25T02:00:00Z", "heartbeat_at": "2026-11-25T02:30:00Z"}"#,
+    ),
+    (
+        "a negative busy count",
+        r#"{"id": "w1", "queues": [], "slots": 1, "busy": -1,
+            "started_at": "2026-11-25T02:00:00Z", "heartbeat_at": "2026-11-25T02:30:00Z"}"#,
+    ),
+];
 
 const INVALID_TICKER_STATES: &[(&str, &str)] = &[
     ("a watermark without its writer", r#"{"upto": "2026-11-25T02:30:00Z"}"#),
@@ -389,6 +438,31 @@ fn schema_and_parser_agree_on_overlap_state() {
     assert_round_trip(
         "overlap-state.json",
         &OverlapState { active: Some(fire(1, true)), buffered: Some(fire(2, false)) },
+    );
+}
+
+#[test]
+fn schema_and_parser_agree_on_worker_heartbeats() {
+    assert_agreement("worker.json", parse_serde::<WorkerInfo>, VALID_WORKERS, INVALID_WORKERS);
+    let t = |s: &str| -> jiff::Timestamp { s.parse().unwrap() };
+    let gib = |n: u64| ByteAmount(n << 30);
+    let info = WorkerInfo {
+        id: "gpu-1".to_string(),
+        queues: vec!["default".to_string()],
+        slots: 4,
+        busy: 1,
+        labels: BTreeMap::from([("gpu".to_string(), "true".to_string())]),
+        capacity: Resources { cpu: Cores(8000), memory: gib(32), disk: ByteAmount(200_000_000_000) },
+        held: Resources { cpu: Cores(1500), memory: gib(4), disk: ByteAmount(0) },
+        holding: vec!["t.train.q7".to_string()],
+        released: vec!["t.train.q3".to_string()],
+        started_at: t("2026-11-25T02:00:00Z"),
+        heartbeat_at: t("2026-11-25T02:30:00.12Z"),
+    };
+    assert_round_trip("worker.json", &info);
+    assert_round_trip(
+        "worker.json",
+        &WorkerInfo { labels: BTreeMap::new(), holding: vec![], released: vec![], ..info },
     );
 }
 

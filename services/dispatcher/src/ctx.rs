@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::kv::Store;
-use jetsched_contract::{DueFire, RunRecord, RunStatus, StepOutcome, TaskDef, Window};
+use jetsched_contract::{DueFire, RunEvent, RunRecord, RunStatus, StepOutcome, TaskDef, Window};
 pub use jetsched_runtime::Disposition;
 use jetsched_runtime::{Publisher, RunStore, Stored};
 use jiff::Timestamp;
@@ -87,6 +87,20 @@ pub struct Accepted {
     pub step: Option<String>,
     /// The fire, when a schedule fired it.
     pub due: Option<DueFire>,
+}
+
+impl Accepted {
+    /// An event about this run that changes no record (a `waiting` report).
+    pub fn event(&self, status: RunStatus, error: Option<String>) -> RunEvent {
+        RunEvent {
+            schedule: self.schedule.clone(),
+            scheduled_for: self.scheduled_for,
+            error,
+            workflow_run: self.parent.clone(),
+            step: self.step.clone(),
+            ..RunEvent::new(status, &self.task, Some(self.run_id.clone()))
+        }
+    }
 }
 
 /// A new record for `a` (or one of its shares).

@@ -160,8 +160,15 @@ async fn dispatch(ctx: &Ctx, msg: &Inbox<'_>, mut a: Accepted) -> Disposition {
     let targets =
         match route::plan(names, &a.task, &a.def, &a.payload, &a.run_id, band, &ctx.registry, &ctx.rates).await {
             Ok(t) => t,
+            Err(Unroutable::Loading) => return Disposition::Retry(Duration::from_secs(1)),
             Err(Unroutable::Wait(why)) => {
-                tracing::info!(run_id = %a.run_id, %why, "waiting for a worker to route to");
+                tracing::debug!(run_id = %a.run_id, %why, "waiting for a worker to route to");
+                // Stored once per duplicate window of the events stream
+                // (its message id is the run's), however often it is looked at.
+                let event = a.event(RunStatus::Waiting, Some(why));
+                if let Err(err) = ctx.publisher.event(&event).await {
+                    DISPATCHING.failed(&format_args!("cannot publish waiting event: {err}"));
+                }
                 return Disposition::Retry(Duration::from_secs(2));
             }
             Err(Unroutable::Failed(err)) => {
@@ -172,6 +179,10 @@ async fn dispatch(ctx: &Ctx, msg: &Inbox<'_>, mut a: Accepted) -> Disposition {
         };
     for target in &targets {
         if let Err(d) = enqueue(ctx, msg, &a, target).await {
+            // Not sent: the room it was counted against is free again.
+            if let Some(worker) = names.parse_worker_queue(&target.queue) {
+                ctx.registry.unplace(worker, &target.run_id);
+            }
             return d;
         }
     }

@@ -49,6 +49,8 @@ pub struct WorkerCtx {
     pub slots_kv: async_nats::jetstream::kv::Store,
     /// `jetsched-rates`.
     pub rates_kv: async_nats::jetstream::kv::Store,
+    /// Cores, memory and disk: offered and held.
+    pub room: Arc<crate::room::Room>,
     /// Calls NATS functions.
     pub functions: Arc<Functions>,
     /// Releases staged runs at their time.

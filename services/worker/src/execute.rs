@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{AckKind, Message};
-use jetsched_contract::{Handler, RunStatus, WorkItem, run as runid};
+use jetsched_contract::{Handler, RunEvent, RunStatus, WorkItem, run as runid};
 use jetsched_runtime::metrics::{kv, metrics};
 use jiff::Timestamp;
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
@@ -21,6 +21,11 @@ use crate::record::{self, Claim, Ending, Held, Mode};
 use crate::release::{Prepared, Released, Staged};
 use crate::settle::{self, ending, give_up, settle};
 
+/// Runs placed on this worker that need more than it offers (it restarted
+/// with less under the same id): they wait in its queue until it has room.
+static TOO_BIG: jetsched_runtime::Outage =
+    jetsched_runtime::Outage::new("runs placed here that need more than this worker offers");
+
 /// Handles one work message, holding `permit` (a slot) while it runs, in a
 /// span that continues the run's trace.
 pub async fn execute(ctx: &WorkerCtx, msg: Message, permit: OwnedSemaphorePermit) {
@@ -34,6 +39,7 @@ pub async fn execute(ctx: &WorkerCtx, msg: Message, permit: OwnedSemaphorePermit
     );
     jetsched_runtime::trace::follow(&span, msg.headers.as_ref());
     async {
+        let _busy = ctx.room.busy(1);
         let disposition = process(ctx, &msg, permit).await;
         let result = disposition.apply(&msg).await;
         if result.is_ok() && disposition == Disposition::Ack {
@@ -85,8 +91,22 @@ async fn process(ctx: &WorkerCtx, msg: &Message, permit: OwnedSemaphorePermit) -
             return Disposition::Retry(wait - ctx.stage_horizon / 2);
         }
     }
+    let need = item.def.need().resources;
+    let placed = item.def.placed_by_room();
+    if !ctx.room.capacity().covers(&need) {
+        let capacity = ctx.room.capacity();
+        tracing::debug!(run_id = %item.run_id, %need, %capacity, "run needs more than this worker offers");
+        TOO_BIG.failed(&format_args!("run {} needs {need}; this worker offers {capacity}", item.run_id));
+        return Disposition::Retry(Duration::from_secs(5));
+    }
+    if placed {
+        TOO_BIG.recovered();
+    }
     let registration = ctx.cancels.register(&item.run_id);
-    let limited = item.def.concurrency.is_some() || item.def.rate_limit.is_some();
+    let limits = item.def.concurrency.is_some() || item.def.rate_limit.is_some();
+    // Claimed only once its room and limits allow it to start, so that a
+    // wait uses no attempt.
+    let limited = placed || limits;
     // A staged run is claimed before it waits, so that a herd's claims do
     // not pile up at its start time (unless limits must be checked first),
     // and a NATS function's request is built then too.
@@ -143,11 +163,32 @@ async fn process(ctx: &WorkerCtx, msg: &Message, permit: OwnedSemaphorePermit) -
             (permit, Some(settle_after), call, span)
         }
     };
-    let mut slot = None;
-    if limited {
-        match limits::admit(&ctx.slots_kv, &ctx.rates_kv, &item.task, &item.def, &item.payload, &item.run_id).await {
-            Ok(Admission::Go(hold)) => slot = hold,
-            Ok(Admission::Wait(d)) => return Disposition::Retry(d),
+    let (mut slot, mut rate_window) = (None, None);
+    // The dispatcher saw room here a moment ago; it may be gone by now.
+    let mut reservation = None;
+    if placed {
+        match ctx.room.try_reserve(&item.run_id, need) {
+            Ok(r) => reservation = Some(r),
+            Err(free) => {
+                let why = format!(
+                    "no room on worker {}: the run needs {need}; free: {free} (of {})",
+                    ctx.worker_id,
+                    ctx.room.capacity()
+                );
+                announce_wait(ctx, msg, &item, queue, why).await;
+                return Disposition::Retry(room_wait(msg));
+            }
+        }
+    }
+    if limits {
+        let names = ctx.publisher.names();
+        let (task, def, payload, run_id) = (&item.task, &item.def, &item.payload, &item.run_id);
+        match limits::admit(names, &ctx.slots_kv, &ctx.rates_kv, task, def, payload, run_id).await {
+            Ok(Admission::Go { slot: hold, rate_window: window }) => (slot, rate_window) = (hold, window),
+            Ok(Admission::Wait(d, why)) => {
+                announce_wait(ctx, msg, &item, queue, why).await;
+                return Disposition::Retry(d);
+            }
             Err(err) => {
                 tracing::debug!(run_id = %item.run_id, %err, "cannot check limits; will retry");
                 RUNNING.failed(&format_args!("cannot check limits: {err}"));
@@ -178,21 +219,30 @@ async fn process(ctx: &WorkerCtx, msg: &Message, permit: OwnedSemaphorePermit) -
     };
     // A run that needs several slots waits here until they are free.
     let extra = if needed > 1 { ctx.slots.clone().acquire_many_owned(needed as u32 - 1).await.ok() } else { None };
+    let _busy = ctx.room.busy(extra.as_ref().map_or(0, |p| p.num_permits()));
     let ahead = ahead.zip(call).map(|((inv, pending), sent)| Ahead { inv, pending, sent });
     let result = run_attempt(
         ctx,
         msg,
         &item,
         &mut held,
-        Controls { cancel: &registration.token, slot: slot.as_deref_mut(), settle_after, ahead, span },
+        Controls { cancel: &registration.token, slot: slot.as_deref_mut(), settle_after, ahead, span, rate_window },
     )
     .await;
     if let Some(s) = slot {
         s.release().await;
     }
+    drop(reservation);
     drop(extra);
     drop(permit);
     result
+}
+
+/// How long a run placed here waits before it looks for room again: longer
+/// the more often it has looked (its work message's deliveries), 100 ms to 2 s.
+fn room_wait(msg: &Message) -> Duration {
+    let looked = msg.info().map_or(1, |i| i.delivered).clamp(1, 6) as u32;
+    Duration::from_millis(100 * 2u64.pow(looked - 1)).min(Duration::from_secs(2))
 }
 
 /// The span of one handler call, a child of `parent` (the run's `execute`
@@ -276,6 +326,31 @@ async fn claim(
     }
 }
 
+/// Tells, once per work message (on its first delivery), that a run cannot
+/// start yet and why: a `waiting` event. Later deliveries of the same
+/// message wait again without a word (the stream would drop the copy within
+/// its duplicate window anyway).
+async fn announce_wait(ctx: &WorkerCtx, msg: &Message, item: &WorkItem, queue: &str, why: String) {
+    tracing::debug!(run_id = %item.run_id, task = %item.task, reason = %why, "run waits");
+    if msg.info().map_or(true, |i| i.delivered > 1) {
+        return;
+    }
+    let event = RunEvent {
+        schedule: item.schedule.clone(),
+        scheduled_for: item.scheduled_for,
+        error: Some(why),
+        queue: Some(queue.to_string()),
+        worker: Some(ctx.worker_id.clone()),
+        workflow_run: item.parent.clone(),
+        step: item.step.clone(),
+        ..RunEvent::new(RunStatus::Waiting, &item.task, Some(item.run_id.clone()))
+    };
+    if let Err(err) = ctx.publisher.event(&event).await {
+        tracing::debug!(run_id = %item.run_id, %err, "cannot publish waiting event");
+        RUNNING.failed(&format_args!("cannot publish waiting event: {err}"));
+    }
+}
+
 /// A run withdrawn before it was claimed (a copy delivered again while its
 /// schedule's ticker withdrew it): claimed only to be ended `cancelled`.
 async fn withdrawn(ctx: &WorkerCtx, msg: &Message, item: &WorkItem, queue: &str, band: u8, seq: u64) -> Disposition {
@@ -344,6 +419,8 @@ struct Controls<'a> {
     ahead: Option<Ahead>,
     /// The handler span, when the call went out already under it.
     span: Option<tracing::Span>,
+    /// The rate-limit period the start was counted in.
+    rate_window: Option<Timestamp>,
 }
 
 async fn run_attempt(
@@ -353,7 +430,7 @@ async fn run_attempt(
     held: &mut Held,
     controls: Controls<'_>,
 ) -> Disposition {
-    let Controls { cancel, slot, settle_after, ahead, span } = controls;
+    let Controls { cancel, slot, settle_after, ahead, span, rate_window } = controls;
     let attempt = held.record.attempt;
     tracing::Span::current().record("attempt", attempt);
     tracing::debug!(run_id = %item.run_id, task = %item.task, attempt, "run started");
@@ -368,6 +445,7 @@ async fn run_attempt(
     let now = Timestamp::now();
     held.record.started_at = Some(now);
     held.record.updated_at = now;
+    held.record.rate_window = rate_window;
     let started = held.record.clone();
     let announce = async {
         if let Some(t) = settle_after {

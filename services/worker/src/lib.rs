@@ -16,6 +16,7 @@ mod limits;
 mod presence;
 mod record;
 mod release;
+mod room;
 mod settle;
 
 use jetsched_contract::parse_duration;
@@ -23,7 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::AckKind;
-use jetsched_contract::{Handles, validate_name};
+use jetsched_contract::{ByteAmount, Cores, Handles, validate_name};
 use jetsched_runtime::{Outage, Publisher, Readiness};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -66,6 +67,20 @@ pub struct WorkerConfig {
     /// On shutdown, how long running handlers may take to finish.
     #[arg(long = "drain", env = "JETSCHED_DRAIN", default_value = "30s", value_parser = parse_duration)]
     pub drain: Duration,
+    /// Cores offered to tasks' `requires.cpu` (`4`, `1.5`) [default: the
+    /// container's CPU quota (cgroup v2 `cpu.max`) if set, else the cores
+    /// this process may run on].
+    #[arg(long, env = "JETSCHED_CPU")]
+    pub cpu: Option<Cores>,
+    /// Memory offered to tasks' `requires.memory` (`16GiB`) [default: the
+    /// container's memory limit (cgroup v2 `memory.max`) if set, else the
+    /// host's total memory].
+    #[arg(long, env = "JETSCHED_MEMORY")]
+    pub memory: Option<ByteAmount>,
+    /// Disk offered to tasks' `requires.disk` (`100GiB`) [default: the free
+    /// space of the working directory when the worker starts].
+    #[arg(long, env = "JETSCHED_DISK")]
+    pub disk: Option<ByteAmount>,
     /// Labels offered to tasks' `requires.labels`, comma-separated `key=value`.
     #[arg(long, env = "JETSCHED_LABELS", value_delimiter = ',', value_parser = parse_label)]
     pub labels: Vec<(String, String)>,
@@ -104,6 +119,9 @@ impl Default for WorkerConfig {
             idle_poll: Duration::from_millis(250),
             record_started_after: Duration::from_secs(1),
             labels: Vec::new(),
+            cpu: None,
+            memory: None,
+            disk: None,
             stage_horizon: Duration::from_secs(5),
             aging_step: Duration::from_secs(10),
             max_staged: 20_000,
@@ -134,6 +152,7 @@ pub async fn run(
     let worker_id = config.worker_id.clone().unwrap_or_else(|| jetsched_runtime::default_instance_id("worker"));
     validate_name("worker id", &worker_id)?;
     let slots = Arc::new(Semaphore::new(config.slots.max(1)));
+    let room = room::Room::new(room::capacity(config.cpu, config.memory, config.disk));
     let cancels = Cancels::default();
     let client = handles.js.client();
     let functions = handlers::nats::Functions::start(client.clone()).await?;
@@ -159,6 +178,7 @@ pub async fn run(
         capacity: config.slots.max(1),
         slots_kv: handles.slots.clone(),
         rates_kv: handles.rates.clone(),
+        room: room.clone(),
         functions: functions.clone(),
         releaser: release::Releaser::start(functions, slots.clone()),
     });
@@ -177,7 +197,7 @@ pub async fn run(
         handles.clone(),
         config.clone(),
         worker_id.clone(),
-        slots.clone(),
+        room.clone(),
         background.clone(),
     ));
     tokio::spawn(fetch::monitor(lanes.clone(), Duration::from_millis(250), background.clone()));
@@ -187,7 +207,8 @@ pub async fn run(
     // Told by a standing pull request that it brought work.
     let delivered = Arc::new(tokio::sync::Notify::new());
     let mut backlog = false;
-    tracing::info!(worker = %worker_id, queues = ?config.queues, slots = config.slots, "worker started");
+    let capacity = room.capacity();
+    tracing::info!(worker = %worker_id, queues = ?config.queues, slots = config.slots, %capacity, "worker started");
     loop {
         // Forget finished runs and lapsed pull requests.
         while running.try_join_next().is_some() {}

@@ -131,6 +131,7 @@ pub async fn claim(
                 duration_ms: None,
                 output: None,
                 retry_at: None,
+                rate_window: None,
                 ..current.clone()
             })
         };

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use jetsched_contract::{
-    DueFire, RunEvent, RunRecord, ScheduleDef, StepOutcome, StepStart, TaskDef, WindowDef, WorkItem,
+    DueFire, RunEvent, RunRecord, ScheduleDef, StepOutcome, StepStart, TaskDef, WindowDef, WorkItem, WorkerInfo,
 };
 use jsonschema::{Draft, Registry, Validator};
 use serde::Serialize;
@@ -25,7 +25,7 @@ use serde_json::{Map, Value};
 pub type Parser = fn(&str) -> Result<(), String>;
 
 /// Every schema file, with the parser the services use for what it describes.
-pub const SCHEMA_FILES: [(&str, Parser); 11] = [
+pub const SCHEMA_FILES: [(&str, Parser); 12] = [
     ("task.json", parse_task),
     ("schedule.json", parse_schedule),
     ("window.json", parse_window),
@@ -37,6 +37,7 @@ pub const SCHEMA_FILES: [(&str, Parser); 11] = [
     ("step-outcome.json", parse_serde::<StepOutcome>),
     ("ticker-state.json", parse_ticker_state),
     ("overlap-state.json", parse_serde::<jetsched_contract::overlap::OverlapState>),
+    ("worker.json", parse_serde::<WorkerInfo>),
 ];
 
 /// The schemas as JSON and as compiled validators.
