@@ -9,7 +9,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use async_nats::HeaderMap;
 use futures::StreamExt;
-use jetsched_contract::{Handles, RunEvent, RunStatus, TaskDef, headers, run, validate_name};
+use jetsched_contract::{Handles, Role, RunEvent, RunStatus, TaskDef, headers, run, validate_name};
+use jetsched_runtime::NatsArgs;
 
 /// Input the user must fix (exit code 2).
 #[derive(Debug, thiserror::Error)]
@@ -121,8 +122,13 @@ pub struct SubmitArgs {
 }
 
 /// Publishes a submission (like `nats pub jetsched.submit.<task> '<json>'`).
-pub async fn submit(h: &Handles, args: SubmitArgs) -> anyhow::Result<()> {
+pub async fn submit(nats: &NatsArgs, args: SubmitArgs) -> anyhow::Result<()> {
     validate_name("task", &args.task).map_err(|e| bad(e.to_string()))?;
+    // As the submitter role: it may publish submissions and nothing else,
+    // so no stream or bucket is opened.
+    let names = nats.names()?;
+    let client = jetsched_runtime::connect_as(nats, Role::Submitter, "jetsched-cli", false).await?;
+    let js = jetsched_runtime::jetstream(client.clone());
     let payload = match &args.payload {
         Some(p) => {
             let bytes = read_definition(p)?;
@@ -146,10 +152,8 @@ pub async fn submit(h: &Handles, args: SubmitArgs) -> anyhow::Result<()> {
     if let Some(id) = &args.id {
         hdrs.insert(headers::NATS_MSG_ID, id.as_str());
     }
-    let client = h.js.client();
-    let mut events =
-        if args.wait { Some(client.subscribe(h.names.event_subject(&args.task, "*")).await?) } else { None };
-    let ack = h.js.publish_with_headers(h.names.submit_subject(&args.task), hdrs, payload.into()).await?.await?;
+    let mut events = if args.wait { Some(client.subscribe(names.event_subject(&args.task, "*")).await?) } else { None };
+    let ack = js.publish_with_headers(names.submit_subject(&args.task), hdrs, payload.into()).await?.await?;
     let run_id = run::submitted_run_id(&args.task, args.id.as_deref(), ack.sequence);
     if ack.duplicate {
         println!("{run_id} (duplicate of an earlier submission with the same --id; not submitted again)");

@@ -244,6 +244,25 @@ impl Names {
         format!("{}_DLQ", self.upper)
     }
 
+    // ---- NATS-level names a role's permissions are built from ----
+
+    /// The inbox prefix of a client playing `role` (`_INBOX_<prefix>_<role>`):
+    /// replies to its requests arrive under it, so that one role's
+    /// permissions can let it read its own replies and nobody else's.
+    pub fn inbox_prefix(&self, role: &str) -> String {
+        format!("_INBOX_{}_{role}", self.prefix)
+    }
+
+    /// The stream JetStream keeps bucket `bucket` in.
+    pub fn bucket_stream(&self, bucket: &str) -> String {
+        format!("KV_{bucket}")
+    }
+
+    /// Every subject of bucket `bucket` (puts, deletes and purges of any key).
+    pub fn bucket_subjects(&self, bucket: &str) -> String {
+        format!("$KV.{bucket}.>")
+    }
+
     // ---- buckets ----
 
     /// Task definitions, keyed by task name.
@@ -264,7 +283,7 @@ impl Names {
     /// The stream behind the runs bucket (JetStream names a bucket's stream
     /// `KV_<bucket>`): read in stream order, it lists runs by last change.
     pub fn runs_bucket_stream(&self) -> String {
-        format!("KV_{}", self.runs_bucket())
+        self.bucket_stream(&self.runs_bucket())
     }
 
     /// The subject of run records whose keys match `key_filter` (a key or a

@@ -22,7 +22,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::AckKind;
-use jetsched_contract::{Handles, validate_name};
+use jetsched_contract::permissions::direct_get_subject;
+use jetsched_contract::{Handles, Scope, validate_name};
 use jetsched_runtime::{Outage, Publisher, Readiness};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -99,6 +100,28 @@ impl Default for WorkerConfig {
     }
 }
 
+impl WorkerConfig {
+    /// Fixes this worker's id (the default, `<hostname>-<pid>`, when none
+    /// was given) and returns it: its own queue, and so its permissions,
+    /// depend on it.
+    pub fn fix_id(&mut self) -> String {
+        self.worker_id.get_or_insert_with(|| jetsched_runtime::default_instance_id("worker")).clone()
+    }
+
+    /// What this worker's NATS permissions must cover at start-up: its
+    /// queues, its own queue and the label queues of its labels (function
+    /// subjects are named by tasks, so they are not known yet).
+    pub fn scope(&self) -> Scope {
+        Scope {
+            queues: self.queues.clone(),
+            worker_ids: self.worker_id.iter().cloned().collect(),
+            labels: self.labels.iter().cloned().collect(),
+            functions: Vec::new(),
+            tasks: Vec::new(),
+        }
+    }
+}
+
 fn parse_label(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.trim().to_string())),
@@ -153,8 +176,17 @@ pub async fn run(
     // During a leader election creating the consumers fails for a few
     // seconds: wait it out rather than exit.
     static OPENING: Outage = Outage::new("opening the work consumers");
-    let Some(lanes) =
-        jetsched_runtime::until_ok(&OPENING, &shutdown, || fetch::Lanes::open(&handles, &config, &worker_id)).await
+    let read_heads =
+        jetsched_runtime::access::ask(&client).await.may_publish(&direct_get_subject(&names.tasks_stream()));
+    if !read_heads {
+        tracing::info!(
+            "this user may not read the head of work lanes; waiting times are measured from when this worker first saw work waiting"
+        );
+    }
+    let Some(lanes) = jetsched_runtime::until_ok(&OPENING, &shutdown, || {
+        fetch::Lanes::open(&handles, &config, &worker_id, read_heads)
+    })
+    .await
     else {
         return Ok(());
     };
