@@ -156,12 +156,7 @@ impl Env {
 
     /// Every event from the start of the events stream.
     pub async fn events(&self) -> Events {
-        let stream = self.handles.js.get_stream(self.names.events_stream()).await.unwrap();
-        let consumer = stream
-            .create_consumer(OrderedConfig { deliver_policy: DeliverPolicy::All, ..Default::default() })
-            .await
-            .unwrap();
-        Events { messages: Box::pin(consumer.messages().await.unwrap()), seen: Vec::new(), taken: Default::default() }
+        Events::read(&self.handles).await
     }
 
     /// Raw KV put, as `nats kv put <bucket> <key> <value>` does.
@@ -399,6 +394,16 @@ pub struct Events {
 }
 
 impl Events {
+    /// Every event from the start of the events stream `handles` open.
+    pub async fn read(handles: &Handles) -> Events {
+        let stream = handles.js.get_stream(handles.names.events_stream()).await.unwrap();
+        let consumer = stream
+            .create_consumer(OrderedConfig { deliver_policy: DeliverPolicy::All, ..Default::default() })
+            .await
+            .unwrap();
+        Events { messages: Box::pin(consumer.messages().await.unwrap()), seen: Vec::new(), taken: Default::default() }
+    }
+
     /// The next event (any), with its subject.
     pub async fn next(&mut self) -> (String, RunEvent) {
         let msg = self.messages.next().await.expect("events stream ended").expect("events stream error");
