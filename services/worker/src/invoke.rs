@@ -138,7 +138,10 @@ async fn call_handler(
     stop: CancellationToken,
     checkpoint_file: Option<std::path::PathBuf>,
 ) -> Outcome {
-    match &item.def.handler {
+    if let Err(refused) = ctx.sizes.check_payload(&inv.payload) {
+        return refused;
+    }
+    let outcome = match &item.def.handler {
         Some(Handler::Nats { subject }) => match ahead {
             None => ctx.functions.call(subject, inv).await,
             Some((pending, Sent::Yes(result))) => nats::outcome(subject, inv.timeout, result, pending).await,
@@ -148,7 +151,7 @@ async fn call_handler(
                 nats::outcome(subject, inv.timeout, result, pending).await
             }
         },
-        Some(Handler::Http { url, method, headers }) => http::call(url, method, headers, inv).await,
+        Some(Handler::Http { url, method, headers }) => http::call(&ctx.http, url, method, headers, inv).await,
         Some(Handler::Exec { command, env }) => {
             let mut env = env.clone();
             if let Some(path) = checkpoint_file {
@@ -161,5 +164,6 @@ async fn call_handler(
             None => Outcome::permanent(format!("no builtin handler {name:?} is registered in this worker")),
         },
         None => Outcome::permanent("a workflow task has no handler of its own"),
-    }
+    };
+    ctx.sizes.check_output(outcome)
 }

@@ -75,6 +75,24 @@ pub struct WorkerConfig {
     /// Waiting work rises one priority band per this much waiting.
     #[arg(long = "aging-step", env = "JETSCHED_AGING_STEP", default_value = "10s", value_parser = parse_duration)]
     pub aging_step: Duration,
+    /// Hosts, `*.domains` and address ranges (CIDR) HTTP handlers may
+    /// reach, comma-separated [default: any that --deny-http does not deny].
+    #[arg(long = "allow-http", env = "JETSCHED_ALLOW_HTTP", value_delimiter = ',')]
+    pub allow_http: Vec<String>,
+    /// Hosts, `*.domains` and address ranges HTTP handlers may never reach,
+    /// checked on every address a name resolves to; `none` denies nothing.
+    /// The default denies link-local addresses and cloud metadata services.
+    #[arg(long = "deny-http", env = "JETSCHED_DENY_HTTP", value_delimiter = ',', default_value = handlers::reach::DEFAULT_DENY)]
+    pub deny_http: Vec<String>,
+    /// Largest payload (as JSON) a handler is called with; a larger run
+    /// fails at once with the reason (copy in the DLQ).
+    #[arg(long = "max-payload", env = "JETSCHED_MAX_PAYLOAD", default_value = "1MiB")]
+    pub max_payload: bytesize::ByteSize,
+    /// Largest result a handler may return (a NATS reply, an HTTP body,
+    /// exec's stdout, a builtin's result); a larger one fails the run,
+    /// never cut.
+    #[arg(long = "max-output", env = "JETSCHED_MAX_OUTPUT", default_value = "64KiB")]
+    pub max_output: bytesize::ByteSize,
     /// How long an idle worker's standing pull requests last before they
     /// are renewed (and it looks again for work).
     #[arg(long = "idle-poll", env = "JETSCHED_IDLE_POLL", default_value = "250ms", value_parser = parse_duration)]
@@ -96,6 +114,10 @@ impl Default for WorkerConfig {
             stage_horizon: Duration::from_secs(5),
             aging_step: Duration::from_secs(10),
             max_staged: 20_000,
+            allow_http: Vec::new(),
+            deny_http: handlers::reach::DEFAULT_DENY.split(',').map(str::to_string).collect(),
+            max_payload: bytesize::ByteSize::mib(1),
+            max_output: bytesize::ByteSize::kib(64),
         }
     }
 }
@@ -144,6 +166,20 @@ pub async fn run(
     let names = handles.names.clone();
     let worker_id = config.worker_id.clone().unwrap_or_else(|| jetsched_runtime::default_instance_id("worker"));
     validate_name("worker id", &worker_id)?;
+    let reach = handlers::reach::Reach::new(&config.allow_http, &config.deny_http)
+        .map_err(|e| anyhow::anyhow!("--allow-http/--deny-http: {e}"))?;
+    let sizes = handlers::Sizes {
+        max_payload: usize::try_from(config.max_payload.as_u64()).unwrap_or(usize::MAX),
+        max_output: usize::try_from(config.max_output.as_u64()).unwrap_or(usize::MAX),
+    };
+    let http = handlers::http::Http::new(reach, sizes.max_output).map_err(anyhow::Error::msg)?;
+    if sizes.max_output > settle::MAX_RECORDED_RESULT {
+        tracing::warn!(
+            max_output = sizes.max_output,
+            recorded = settle::MAX_RECORDED_RESULT,
+            "--max-output is above what a run record keeps: larger results succeed but are not recorded"
+        );
+    }
     let slots = Arc::new(Semaphore::new(config.slots.max(1)));
     let cancels = Cancels::default();
     let client = handles.js.client();
@@ -156,6 +192,7 @@ pub async fn run(
         worker_id: worker_id.clone(),
         exec: ExecPolicy {
             allowed: config.allow_exec.clone(),
+            max_output: sizes.max_output,
             processes: Arc::new(Semaphore::new(
                 config.exec_slots.unwrap_or_else(handlers::exec::default_exec_slots).max(1),
             )),
@@ -172,6 +209,8 @@ pub async fn run(
         rates_kv: handles.rates.clone(),
         functions: functions.clone(),
         releaser: release::Releaser::start(functions, slots.clone()),
+        http,
+        sizes,
     });
     // During a leader election creating the consumers fails for a few
     // seconds: wait it out rather than exit.
