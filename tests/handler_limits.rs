@@ -126,3 +126,59 @@ async fn payloads_and_results_over_the_limits_fail_the_run_with_the_reason_and_a
     let result = serde_json::to_string(&record.result).unwrap();
     assert!(result.matches('y').count() == 500, "the whole result is kept: {} bytes", result.len());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_in_payloads_never_reach_the_logs_at_the_default_level() {
+    const SECRET: &str = "SECRET-7f3a9c-hunter2";
+    let env = Env::start().await;
+    let _ok = env.function("fn.ok", |_| Reply::Ok(json!({"done": true}))).await;
+    let _fail =
+        env.function("fn.fail", |_| Reply::Fail { error: "the function refused".into(), retryable: false }).await;
+    env.put_task("ok", json!({"handler": {"type": "nats", "subject": "fn.ok"}})).await;
+    env.put_task("fail", json!({"handler": {"type": "nats", "subject": "fn.fail"}})).await;
+    env.put_task("echo", json!({"handler": {"type": "exec", "command": ["sh", "-c", "cat; cat >&2; exit 3"]}})).await;
+    env.put_task("meta", json!({"handler": {"type": "http", "url": "http://169.254.169.254/"}})).await;
+    env.put_schedule("tick", json!({"every": "1s", "task": "ok", "payload": {"token": SECRET}})).await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("jetsched.log");
+    // The binary's default filter (`--log`), spelled out because the
+    // harness otherwise quiets it.
+    let _up = env.spawn_jetsched_logged(
+        &["up", "--http-addr", "off", "--allow-exec", "sh", "--max-payload", "64KiB"],
+        "info,async_nats=warn",
+        &log,
+    );
+    let mut events = env.events().await;
+    let secret = json!({"password": SECRET}).to_string();
+    for task in ["ok", "fail", "echo", "meta", "no-such-task"] {
+        env.submit(task, &secret).await;
+    }
+    env.submit("ok", &format!(r#"{{"password": "{SECRET}""#)).await; // not JSON
+    env.submit("ok", &json!({"password": SECRET, "pad": "p".repeat(70_000)}).to_string()).await; // too big
+    events
+        .wait_for(30, "a run with a secret", |e| {
+            e.task == "ok" && e.schedule.is_none() && e.status == RunStatus::Succeeded
+        })
+        .await;
+    events
+        .wait_for(30, "a scheduled run with a secret", |e| {
+            e.schedule.as_deref() == Some("tick") && e.status == RunStatus::Succeeded
+        })
+        .await;
+    for task in ["fail", "echo", "meta"] {
+        events
+            .wait_for(30, "a failing run with a secret", move |e| e.task == task && e.status == RunStatus::Dead)
+            .await;
+    }
+    events.wait_for(30, "the unknown task", |e| e.task == "no-such-task" && e.status == RunStatus::Rejected).await;
+    events.wait_for(30, "the malformed submission", is("ok", RunStatus::Rejected)).await;
+    events.wait_for(30, "the oversized payload", is("ok", RunStatus::Dead)).await;
+
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("worker started") && text.contains("schedules loaded"), "the log was written:\n{text}");
+    assert!(
+        !text.contains(SECRET),
+        "a payload's secret is in the log:\n{}",
+        text.lines().filter(|l| l.contains(SECRET)).collect::<Vec<_>>().join("\n")
+    );
+}

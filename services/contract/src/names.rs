@@ -22,7 +22,7 @@ pub const MAX_NAME_LEN: usize = 64;
 
 /// A name that is not `^[A-Za-z0-9_-]{1,64}$`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid {kind} name {name:?}: must be 1-64 characters of A-Z, a-z, 0-9, '_' or '-'")]
+#[error("invalid {kind} name {}: must be 1-64 characters of A-Z, a-z, 0-9, '_' or '-'", crate::headers::shown(name))]
 pub struct NameError {
     /// What was being named (task, schedule, queue, ...).
     pub kind: &'static str,
