@@ -36,6 +36,8 @@ pub const REPLAY_OF: &str = "Jetsched-Replay-Of";
 pub const SHARD_INDEX: &str = "Jetsched-Shard-Index";
 /// To a handler of a broadcast run: how many workers got a share.
 pub const SHARD_TOTAL: &str = "Jetsched-Shard-Total";
+/// The key a sealed payload (the whole body) is sealed with (see `codec`).
+pub const KEY_ID: &str = "Jetsched-Key-Id";
 /// W3C trace context.
 pub const TRACEPARENT: &str = "traceparent";
 /// W3C trace state.

@@ -4,6 +4,7 @@
 //! contract lives in one place; `schemas/` is its JSON Schema form and a test
 //! keeps the two in agreement.
 
+pub mod codec;
 pub mod duration;
 pub mod event;
 pub mod headers;

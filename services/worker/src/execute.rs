@@ -67,6 +67,8 @@ pub struct WorkerCtx {
     pub http: crate::handlers::http::Http,
     /// Largest payload and result.
     pub sizes: crate::handlers::Sizes,
+    /// Keys that open sealed payloads for local handlers (`--payload-key-file`).
+    pub keyring: Option<Arc<jetsched_contract::codec::Keyring>>,
 }
 
 /// The single decision about a message.

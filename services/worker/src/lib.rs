@@ -16,6 +16,7 @@ pub mod presence;
 pub mod record;
 pub mod release;
 pub mod settle;
+pub mod submit;
 
 use jetsched_contract::parse_duration;
 use std::sync::Arc;
@@ -93,6 +94,11 @@ pub struct WorkerConfig {
     /// never cut.
     #[arg(long = "max-output", env = "JETSCHED_MAX_OUTPUT", default_value = "64KiB")]
     pub max_output: bytesize::ByteSize,
+    /// Key file (`<key id> <base64 key>` per line, the first seals) that
+    /// opens sealed payloads for HTTP, exec and Rust handlers and seals
+    /// their results (docs/HANDLERS.md, "Sealed payloads").
+    #[arg(long = "payload-key-file", env = "JETSCHED_PAYLOAD_KEY_FILE")]
+    pub payload_key_file: Option<std::path::PathBuf>,
     /// How long an idle worker's standing pull requests last before they
     /// are renewed (and it looks again for work).
     #[arg(long = "idle-poll", env = "JETSCHED_IDLE_POLL", default_value = "250ms", value_parser = parse_duration)]
@@ -118,6 +124,7 @@ impl Default for WorkerConfig {
             deny_http: handlers::reach::DEFAULT_DENY.split(',').map(str::to_string).collect(),
             max_payload: bytesize::ByteSize::mib(1),
             max_output: bytesize::ByteSize::kib(64),
+            payload_key_file: None,
         }
     }
 }
@@ -180,6 +187,10 @@ pub async fn run(
             "--max-output is above what a run record keeps: larger results succeed but are not recorded"
         );
     }
+    let keyring = match &config.payload_key_file {
+        Some(path) => Some(Arc::new(jetsched_contract::codec::Keyring::from_file(path)?)),
+        None => None,
+    };
     let slots = Arc::new(Semaphore::new(config.slots.max(1)));
     let cancels = Cancels::default();
     let client = handles.js.client();
@@ -211,6 +222,7 @@ pub async fn run(
         releaser: release::Releaser::start(functions, slots.clone()),
         http,
         sizes,
+        keyring,
     });
     // During a leader election creating the consumers fails for a few
     // seconds: wait it out rather than exit.
