@@ -30,6 +30,7 @@ use async_nats::jetstream::Message;
 use async_nats::jetstream::consumer::{PullConsumer, pull};
 use async_nats::jetstream::stream::Stream as JsStream;
 use futures::StreamExt;
+use jetsched_contract::permissions::direct_get_subject;
 use jetsched_contract::{BANDS, Handles, Names, TaskDef, setup};
 use jetsched_runtime::metrics::{kv, metrics};
 use jetsched_runtime::{Backoff, KvChange, Outage, spawn_kv_watch};
@@ -176,20 +177,16 @@ pub struct Lanes {
     aging_step: Duration,
     /// Whether this worker may read the head of a lane (a direct get on the
     /// tasks stream: any queue's work, so the worker role is not allowed
-    /// it); without, a head's waiting time is estimated.
-    read_heads: bool,
+    /// it); without, a head's waiting time is estimated. Unknown (false)
+    /// until the monitor has asked the server.
+    read_heads: AtomicBool,
 }
 
 impl Lanes {
     /// Opens the lanes of the configured queues and of this worker's own queue.
-    pub async fn open(
-        handles: &Handles,
-        config: &WorkerConfig,
-        worker_id: &str,
-        read_heads: bool,
-    ) -> anyhow::Result<Lanes> {
+    pub async fn open(handles: &Handles, config: &WorkerConfig, worker_id: &str) -> anyhow::Result<Lanes> {
         let lanes = Lanes {
-            read_heads,
+            read_heads: AtomicBool::new(false),
             lanes: RwLock::new(Vec::new()),
             stream: handles.stream(&handles.names.tasks_stream()).await?,
             names: handles.names.clone(),
@@ -345,8 +342,18 @@ pub async fn probe(lanes: &Lanes, permits: &mut Vec<OwnedSemaphorePermit>) -> Ve
 }
 
 /// Polls every lane's consumer: what waits and since when (for ordering
-/// and aging), and the backlog gauge.
-pub async fn monitor(lanes: Arc<Lanes>, every: Duration, shutdown: CancellationToken) {
+/// and aging), and the backlog gauge. First it asks the server whether this
+/// worker may read lane heads (off the start-up path: the answer only
+/// refines aging).
+pub async fn monitor(lanes: Arc<Lanes>, client: async_nats::Client, every: Duration, shutdown: CancellationToken) {
+    let tasks = lanes.names.tasks_stream();
+    let read_heads = jetsched_runtime::access::ask(&client).await.may_publish(&direct_get_subject(&tasks));
+    if !read_heads {
+        tracing::info!(
+            "this user may not read the head of work lanes; waiting times are measured from when this worker first saw work waiting"
+        );
+    }
+    lanes.read_heads.store(read_heads, Ordering::Relaxed);
     loop {
         let snapshot: Vec<Arc<Lane>> = lanes.read().clone();
         for lane in snapshot {
@@ -356,7 +363,7 @@ pub async fn monitor(lanes: Arc<Lanes>, every: Duration, shutdown: CancellationT
             lane.in_flight.store(info.num_ack_pending as u64, Ordering::Relaxed);
             // The next undelivered message is the lane's head; its store
             // time is how long the lane's oldest work has waited.
-            let head = if info.num_pending > 0 && !lanes.read_heads {
+            let head = if info.num_pending > 0 && !lanes.read_heads.load(Ordering::Relaxed) {
                 lane.waiting_since(info.delivered.stream_sequence, jiff::Timestamp::now())
             } else if info.num_pending > 0 {
                 lanes

@@ -23,7 +23,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::AckKind;
-use jetsched_contract::permissions::direct_get_subject;
 use jetsched_contract::{Handles, Scope, validate_name};
 use jetsched_runtime::{Outage, Publisher, Readiness};
 use tokio::sync::Semaphore;
@@ -227,17 +226,8 @@ pub async fn run(
     // During a leader election creating the consumers fails for a few
     // seconds: wait it out rather than exit.
     static OPENING: Outage = Outage::new("opening the work consumers");
-    let read_heads =
-        jetsched_runtime::access::ask(&client).await.may_publish(&direct_get_subject(&names.tasks_stream()));
-    if !read_heads {
-        tracing::info!(
-            "this user may not read the head of work lanes; waiting times are measured from when this worker first saw work waiting"
-        );
-    }
-    let Some(lanes) = jetsched_runtime::until_ok(&OPENING, &shutdown, || {
-        fetch::Lanes::open(&handles, &config, &worker_id, read_heads)
-    })
-    .await
+    let Some(lanes) =
+        jetsched_runtime::until_ok(&OPENING, &shutdown, || fetch::Lanes::open(&handles, &config, &worker_id)).await
     else {
         return Ok(());
     };
@@ -251,7 +241,7 @@ pub async fn run(
         slots.clone(),
         background.clone(),
     ));
-    tokio::spawn(fetch::monitor(lanes.clone(), Duration::from_millis(250), background.clone()));
+    tokio::spawn(fetch::monitor(lanes.clone(), client.clone(), Duration::from_millis(250), background.clone()));
     tokio::spawn(fetch::watch_label_queues(lanes.clone(), handles.clone(), config.clone(), background.clone()));
     ready.set(true);
     let mut running = JoinSet::new();
