@@ -156,12 +156,7 @@ impl Env {
 
     /// Every event from the start of the events stream.
     pub async fn events(&self) -> Events {
-        let stream = self.handles.js.get_stream(self.names.events_stream()).await.unwrap();
-        let consumer = stream
-            .create_consumer(OrderedConfig { deliver_policy: DeliverPolicy::All, ..Default::default() })
-            .await
-            .unwrap();
-        Events { messages: Box::pin(consumer.messages().await.unwrap()), seen: Vec::new(), taken: Default::default() }
+        Events::read(&self.handles).await
     }
 
     /// Raw KV put, as `nats kv put <bucket> <key> <value>` does.
@@ -439,6 +434,16 @@ pub struct Events {
 }
 
 impl Events {
+    /// Every event from the start of the events stream `handles` open.
+    pub async fn read(handles: &Handles) -> Events {
+        let stream = handles.js.get_stream(handles.names.events_stream()).await.unwrap();
+        let consumer = stream
+            .create_consumer(OrderedConfig { deliver_policy: DeliverPolicy::All, ..Default::default() })
+            .await
+            .unwrap();
+        Events { messages: Box::pin(consumer.messages().await.unwrap()), seen: Vec::new(), taken: Default::default() }
+    }
+
     /// The next event (any), with its subject.
     pub async fn next(&mut self) -> (String, RunEvent) {
         let msg = self.messages.next().await.expect("events stream ended").expect("events stream error");
@@ -656,8 +661,13 @@ pub struct HttpStub {
 
 impl HttpStub {
     pub async fn start(responses: Vec<(u16, Vec<(&'static str, &'static str)>)>) -> HttpStub {
+        Self::start_on("127.0.0.1", responses).await
+    }
+
+    /// The same, listening on `ip` (any loopback address: 127.0.0.2, ...).
+    pub async fn start_on(ip: &str, responses: Vec<(u16, Vec<(&'static str, &'static str)>)>) -> HttpStub {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
         let url = format!("http://{}/hook", listener.local_addr().unwrap());
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(async move {

@@ -199,18 +199,12 @@ async fn accept(ctx: &Ctx, msg: &Inbox<'_>) -> Result<Option<Accepted>, Rejectio
     };
     let importance = match header(headers::IMPORTANCE) {
         None => def.importance,
-        Some(v) => match v.trim().parse::<u8>() {
-            Ok(i) if i <= 10 => i,
-            _ => return Err(with_run(format!("{} must be a whole number 0-10, got {v:?}", headers::IMPORTANCE))),
-        },
+        Some(v) => headers::parse_importance(&v).map_err(with_run)?,
     };
-    let not_before =
-        match (header(headers::NOT_BEFORE), due.as_ref().and_then(|d| d.not_before)) {
-            (Some(v), _) => Some(v.trim().parse::<Timestamp>().map_err(|e| {
-                with_run(format!("{} must be an RFC 3339 instant, got {v:?} ({e})", headers::NOT_BEFORE))
-            })?),
-            (None, staged) => staged,
-        };
+    let not_before = match (header(headers::NOT_BEFORE), due.as_ref().and_then(|d| d.not_before)) {
+        (Some(v), _) => Some(headers::parse_not_before(&v).map_err(with_run)?),
+        (None, staged) => staged,
+    };
     let (schedule, scheduled_for) = match (&due, &step) {
         (Some(d), _) => (Some(d.schedule.clone()), Some(d.scheduled_for)),
         (None, Some(s)) => (s.schedule.clone(), s.scheduled_for),

@@ -2,6 +2,7 @@
 //! TLS), logging, shutdown on signals, publishing with deterministic ids, and
 //! a resilient KV watch.
 
+pub mod access;
 pub mod connect;
 pub mod health;
 pub mod instance;
@@ -15,7 +16,7 @@ pub mod shutdown;
 pub mod telemetry;
 pub mod trace;
 
-pub use connect::{NatsArgs, connect, jetstream};
+pub use connect::{NatsArgs, connect, connect_as, jetstream};
 pub use health::{Health, Readiness};
 pub use instance::default_instance_id;
 pub use kvwatch::{KvChange, StampedChange, spawn_kv_watch, spawn_kv_watch_stamped};

@@ -65,6 +65,12 @@ pub struct WorkerCtx {
     pub functions: Arc<Functions>,
     /// Releases staged runs at their time.
     pub releaser: Releaser,
+    /// HTTP handlers' client (where they may go, how much they may read).
+    pub http: crate::handlers::http::Http,
+    /// Largest payload and result.
+    pub sizes: crate::handlers::Sizes,
+    /// Keys that open sealed payloads for local handlers (`--payload-key-file`).
+    pub keyring: Option<Arc<jetsched_contract::codec::Keyring>>,
 }
 
 /// The single decision about a message.
@@ -190,7 +196,9 @@ async fn process(ctx: &WorkerCtx, msg: &Message, permit: OwnedSemaphorePermit) -
                     Ok(c) => c,
                     Err(d) => return d,
                 };
-                if let Some(Handler::Nats { subject }) = &item.def.handler {
+                // A payload over the limit is not sent ahead: the attempt refuses it.
+                let fits = ctx.sizes.check_payload(&item.payload).is_ok();
+                if let (Some(Handler::Nats { subject }), true) = (&item.def.handler, fits) {
                     let inv = invocation(ctx, &item, record.attempt, at).await;
                     let (mut outbound, pending) = ctx.functions.prepare(subject, &inv);
                     if !jetsched_runtime::telemetry::tracing_recorded() {
