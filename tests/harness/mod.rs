@@ -520,6 +520,13 @@ pub struct Events {
 }
 
 impl Events {
+    /// Every event published from now on under the names `handles` use, as
+    /// its user sees them (live).
+    pub async fn read(handles: &Handles) -> Events {
+        let log = EventLog::follow(&handles.js.client(), &handles.names).await;
+        Events { log, read: 0, seen: Vec::new(), taken: Default::default() }
+    }
+
     /// The next event (any), with its subject.
     pub async fn next(&mut self) -> (String, RunEvent) {
         let item = self.log.get(self.read).await;
@@ -736,8 +743,13 @@ pub struct HttpStub {
 
 impl HttpStub {
     pub async fn start(responses: Vec<(u16, Vec<(&'static str, &'static str)>)>) -> HttpStub {
+        Self::start_on("127.0.0.1", responses).await
+    }
+
+    /// The same, listening on `ip` (any loopback address: 127.0.0.2, ...).
+    pub async fn start_on(ip: &str, responses: Vec<(u16, Vec<(&'static str, &'static str)>)>) -> HttpStub {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
         let url = format!("http://{}/hook", listener.local_addr().unwrap());
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(async move {

@@ -9,7 +9,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use async_nats::HeaderMap;
 use futures::StreamExt;
-use jetsched_contract::{Handles, RunEvent, RunStatus, TaskDef, headers, run, validate_name};
+use jetsched_contract::{Handles, Role, RunEvent, RunStatus, TaskDef, headers, run, validate_name};
+use jetsched_runtime::NatsArgs;
 
 /// Input the user must fix (exit code 2).
 #[derive(Debug, thiserror::Error)]
@@ -118,11 +119,21 @@ pub struct SubmitArgs {
     /// With --wait: give up after this long.
     #[arg(long, default_value = "5m", value_parser = parse_duration)]
     pub timeout: Duration,
+    /// Seal the payload with the first key of this file (AES-256-GCM): the
+    /// streams and the NATS operator see only ciphertext; workers and
+    /// functions holding the key open it (docs/HANDLERS.md, "Sealed payloads").
+    #[arg(long = "payload-key-file", env = "JETSCHED_PAYLOAD_KEY_FILE")]
+    pub payload_key_file: Option<std::path::PathBuf>,
 }
 
 /// Publishes a submission (like `nats pub jetsched.submit.<task> '<json>'`).
-pub async fn submit(h: &Handles, args: SubmitArgs) -> anyhow::Result<()> {
+pub async fn submit(nats: &NatsArgs, args: SubmitArgs) -> anyhow::Result<()> {
     validate_name("task", &args.task).map_err(|e| bad(e.to_string()))?;
+    // As the submitter role: it may publish submissions and nothing else,
+    // so no stream or bucket is opened.
+    let names = nats.names()?;
+    let client = jetsched_runtime::connect_as(nats, Role::Submitter, "jetsched-cli", false).await?;
+    let js = jetsched_runtime::jetstream(client.clone());
     let payload = match &args.payload {
         Some(p) => {
             let bytes = read_definition(p)?;
@@ -146,10 +157,16 @@ pub async fn submit(h: &Handles, args: SubmitArgs) -> anyhow::Result<()> {
     if let Some(id) = &args.id {
         hdrs.insert(headers::NATS_MSG_ID, id.as_str());
     }
-    let client = h.js.client();
-    let mut events =
-        if args.wait { Some(client.subscribe(h.names.event_subject(&args.task, "*")).await?) } else { None };
-    let ack = h.js.publish_with_headers(h.names.submit_subject(&args.task), hdrs, payload.into()).await?.await?;
+    let payload = match &args.payload_key_file {
+        None => payload,
+        Some(path) => {
+            let keyring = jetsched_contract::codec::Keyring::from_file(path).map_err(|e| bad(e.to_string()))?;
+            hdrs.insert(headers::KEY_ID, keyring.active());
+            serde_json::to_vec(&keyring.seal(&payload)?)?
+        }
+    };
+    let mut events = if args.wait { Some(client.subscribe(names.event_subject(&args.task, "*")).await?) } else { None };
+    let ack = publish_patiently(&js, names.submit_subject(&args.task), hdrs, payload.into(), args.id.is_some()).await?;
     let run_id = run::submitted_run_id(&args.task, args.id.as_deref(), ack.sequence);
     if ack.duplicate {
         println!("{run_id} (duplicate of an earlier submission with the same --id; not submitted again)");
@@ -175,6 +192,41 @@ pub async fn submit(h: &Handles, args: SubmitArgs) -> anyhow::Result<()> {
                     _ => {}
                 }
             }
+        }
+    }
+}
+
+/// Publishes, riding out a leader election for up to
+/// [`jetsched_runtime::service::ADMIN_PATIENCE`]: "no stream" (no leader
+/// answered, nothing stored) is retried with backoff, and so is a timeout
+/// when the message has an id (the stream drops a second copy).
+async fn publish_patiently(
+    js: &async_nats::jetstream::Context,
+    subject: String,
+    headers: HeaderMap,
+    payload: bytes::Bytes,
+    idempotent: bool,
+) -> anyhow::Result<async_nats::jetstream::publish::PublishAck> {
+    use async_nats::jetstream::context::PublishErrorKind;
+    let give_up = tokio::time::Instant::now() + jetsched_runtime::service::ADMIN_PATIENCE;
+    let mut backoff = jetsched_runtime::Backoff::new(Duration::from_millis(200), Duration::from_secs(2));
+    loop {
+        let sent = js.publish_with_headers(subject.clone(), headers.clone(), payload.clone()).await;
+        let acked = match sent {
+            Ok(pending) => pending.await,
+            Err(e) => Err(e),
+        };
+        match acked {
+            Ok(ack) => return Ok(ack),
+            Err(e)
+                if tokio::time::Instant::now() < give_up
+                    && (e.kind() == PublishErrorKind::StreamNotFound
+                        || (idempotent && e.kind() == PublishErrorKind::TimedOut)) =>
+            {
+                tracing::debug!(%e, "JetStream not ready; retrying the submission");
+                backoff.wait().await;
+            }
+            Err(e) => return Err(e).with_context(|| format!("cannot publish to {subject}")),
         }
     }
 }

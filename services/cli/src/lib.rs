@@ -9,6 +9,7 @@ pub mod admin;
 pub mod dlq;
 pub mod examples;
 pub mod inspect;
+pub mod permissions;
 mod runlist;
 pub mod schedule;
 pub mod services;
@@ -68,6 +69,9 @@ enum Command {
     /// Inspect and replay dead letters (stream JETSCHED_DLQ).
     #[command(subcommand)]
     Dlq(dlq::DlqCmd),
+    /// Print the NATS publish/subscribe allow-lists a role needs
+    /// (ticker, dispatcher, worker, admin, submitter, function).
+    Permissions(permissions::PermissionsArgs),
 }
 
 /// Parses the command line, runs it, and maps errors to exit codes
@@ -128,11 +132,15 @@ async fn run(cli: Cli, telemetry: Option<&jetsched_runtime::telemetry::Telemetry
         }
         Command::Task(cmd) => admin::task(&open(&cli.nats, &topology, "jetsched-cli", false).await?, cmd).await,
         Command::Schedule(cmd) => schedule::run(&cli.nats, &topology, cmd).await,
-        Command::Submit(args) => admin::submit(&open(&cli.nats, &topology, "jetsched-cli", false).await?, args).await,
+        Command::Submit(args) => admin::submit(&cli.nats, args).await,
         Command::Events(args) => admin::events(&open(&cli.nats, &topology, "jetsched-cli", false).await?, args).await,
         Command::Runs(cmd) => inspect::runs(&open(&cli.nats, &topology, "jetsched-cli", false).await?, cmd).await,
         Command::Status(args) => inspect::status(&open(&cli.nats, &topology, "jetsched-cli", false).await?, args).await,
         Command::Dlq(cmd) => dlq::dlq(&open(&cli.nats, &topology, "jetsched-cli", false).await?, cmd).await,
+        Command::Permissions(args) => {
+            print!("{}", permissions::render(&cli.nats.names()?, &args)?);
+            Ok(())
+        }
     }
 }
 

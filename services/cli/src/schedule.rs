@@ -86,9 +86,9 @@ pub enum ScheduleCmd {
         /// Start after this instant (RFC 3339) [default: now].
         #[arg(long)]
         from: Option<String>,
-        /// How many fire times.
-        #[arg(short = 'n', long = "count", default_value_t = 10)]
-        count: usize,
+        /// How many fire times (at most 10000).
+        #[arg(short = 'n', long = "count", default_value_t = 10, value_parser = clap::value_parser!(u16).range(1..=10_000))]
+        count: u16,
     },
 }
 
@@ -209,7 +209,8 @@ async fn trigger(h: &Handles, id: &str, payload: Option<&str>) -> anyhow::Result
 }
 
 /// Prints the next `count` fire times after `from` (default now).
-fn preview(id: Option<&str>, def: &ScheduleDef, from: Option<&str>, count: usize) -> anyhow::Result<()> {
+fn preview(id: Option<&str>, def: &ScheduleDef, from: Option<&str>, count: u16) -> anyhow::Result<()> {
+    let count = usize::from(count);
     let from: Timestamp = match from {
         Some(f) => f.parse().map_err(|e| bad(format!("--from {f:?}: {e}")))?,
         None => Timestamp::now(),

@@ -4,6 +4,7 @@
 //! contract lives in one place; `schemas/` is its JSON Schema form and a test
 //! keeps the two in agreement.
 
+pub mod codec;
 pub mod duration;
 pub mod event;
 pub mod hash;
@@ -11,6 +12,7 @@ pub mod headers;
 pub mod message;
 pub mod names;
 pub mod overlap;
+pub mod permissions;
 pub mod resources;
 pub mod routing;
 pub mod run;
@@ -25,6 +27,7 @@ pub use duration::{HumanDuration, parse_duration};
 pub use event::{RunEvent, RunStatus};
 pub use message::{DueFire, WithdrawReply, WorkItem, WorkerInfo};
 pub use names::{BANDS, DEFAULT_PREFIX, DEFAULT_QUEUE, InboxKind, NameError, Names, UNDISPATCHED_QUEUE, validate_name};
+pub use permissions::{Granted, Missing, Permissions, Role, Scope};
 pub use resources::{ByteAmount, Cores, Need, Resources, Room};
 pub use routing::{RateLimit, Routing, render_template};
 pub use run::RunRecord;

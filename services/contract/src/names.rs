@@ -22,7 +22,7 @@ pub const MAX_NAME_LEN: usize = 64;
 
 /// A name that is not `^[A-Za-z0-9_-]{1,64}$`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid {kind} name {name:?}: must be 1-64 characters of A-Z, a-z, 0-9, '_' or '-'")]
+#[error("invalid {kind} name {}: must be 1-64 characters of A-Z, a-z, 0-9, '_' or '-'", crate::headers::shown(name))]
 pub struct NameError {
     /// What was being named (task, schedule, queue, ...).
     pub kind: &'static str,
@@ -36,11 +36,6 @@ pub fn validate_name(kind: &'static str, name: &str) -> Result<(), NameError> {
         && name.len() <= MAX_NAME_LEN
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
     if ok { Ok(()) } else { Err(NameError { kind, name: name.to_string() }) }
-}
-
-/// The stream behind KV bucket `bucket` (JetStream's naming).
-pub fn bucket_stream(bucket: &str) -> String {
-    format!("KV_{bucket}")
 }
 
 /// Which kind of message arrived on the inbox stream.
@@ -254,6 +249,25 @@ impl Names {
         format!("{}_DLQ", self.upper)
     }
 
+    // ---- NATS-level names a role's permissions are built from ----
+
+    /// The inbox prefix of a client playing `role` (`_INBOX_<prefix>_<role>`):
+    /// replies to its requests arrive under it, so that one role's
+    /// permissions can let it read its own replies and nobody else's.
+    pub fn inbox_prefix(&self, role: &str) -> String {
+        format!("_INBOX_{}_{role}", self.prefix)
+    }
+
+    /// The stream JetStream keeps bucket `bucket` in.
+    pub fn bucket_stream(&self, bucket: &str) -> String {
+        format!("KV_{bucket}")
+    }
+
+    /// Every subject of bucket `bucket` (puts, deletes and purges of any key).
+    pub fn bucket_subjects(&self, bucket: &str) -> String {
+        format!("$KV.{bucket}.>")
+    }
+
     // ---- buckets ----
 
     /// Task definitions, keyed by task name.
@@ -274,7 +288,7 @@ impl Names {
     /// The stream behind the runs bucket (JetStream names a bucket's stream
     /// `KV_<bucket>`): read in stream order, it lists runs by last change.
     pub fn runs_bucket_stream(&self) -> String {
-        bucket_stream(&self.runs_bucket())
+        self.bucket_stream(&self.runs_bucket())
     }
 
     /// The subject of run records whose keys match `key_filter` (a key or a

@@ -260,7 +260,7 @@ pub async fn ensure(js: &Context, names: &Names, topo: &Topology) -> Result<(), 
             js.create_key_value(config).await.map_err(|e| SetupError::new(&name, e))?;
             continue;
         }
-        let stream_name = crate::names::bucket_stream(&name);
+        let stream_name = names.bucket_stream(&name);
         let mut stream = js.get_stream(&stream_name).await.map_err(|e| SetupError::new(&name, e))?;
         let current = stream.info().await.map_err(|e| SetupError::new(&name, e))?.config.clone();
         if current.max_messages_per_subject < config.history {

@@ -302,7 +302,7 @@ impl TaskDef {
     /// Parses and validates a definition.
     pub fn from_json(bytes: &[u8]) -> Result<TaskDef, String> {
         let def: TaskDef = serde_json::from_slice(bytes).map_err(|e| format!("malformed task definition: {e}"))?;
-        def.validate()?;
+        def.validate().map_err(crate::headers::bounded)?;
         Ok(def)
     }
 
@@ -377,12 +377,23 @@ fn validate_handler(h: &Handler) -> Result<(), String> {
                 return Err(format!("handler.subject {subject:?} must be a concrete NATS subject (no wildcards)"));
             }
         }
-        Handler::Http { url, method, .. } => {
-            if !(url.starts_with("http://") || url.starts_with("https://")) {
+        Handler::Http { url, method, headers } => {
+            if !(url.starts_with("http://") || url.starts_with("https://")) || url.chars().any(char::is_control) {
                 return Err(format!("handler.url {url:?} must start with http:// or https://"));
             }
             if !["GET", "POST", "PUT", "PATCH", "DELETE"].contains(&method.to_ascii_uppercase().as_str()) {
                 return Err(format!("handler.method {method:?} must be GET, POST, PUT, PATCH or DELETE"));
+            }
+            // No header may smuggle a line break (a second header) or be
+            // anything but an RFC 9110 token.
+            for (name, value) in headers {
+                let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+                if name.is_empty() || !name.bytes().all(token) {
+                    return Err(format!("handler.headers: {name:?} is not a header name"));
+                }
+                if value.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
+                    return Err(format!("handler.headers.{name}: a value cannot hold line breaks or NUL"));
+                }
             }
         }
         Handler::Exec { command, .. } => {

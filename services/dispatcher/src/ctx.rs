@@ -115,18 +115,27 @@ pub(crate) fn new_record(a: &Accepted, run_id: &str, queue: &str, band: u8, seq:
     }
 }
 
-/// Creates the record (the exactly-once gate) and announces it.
-/// `Ok(Some(stored))`: go on (new, or our own earlier try at this very
-/// message, still where that try left it); `Ok(None)`: a duplicate, or this
-/// message's run has moved on (a worker took it).
-pub(crate) async fn create_record(ctx: &Ctx, record: RunRecord) -> anyhow::Result<Option<Stored>> {
+/// What creating a run's record found.
+pub(crate) enum Created {
+    /// Created now (and announced).
+    New(Stored),
+    /// Created by an earlier try at this very message (a dispatcher died
+    /// before acking), still where that try left it: finish its job
+    /// (publishing again is harmless: message ids).
+    Again(Stored),
+    /// A duplicate of an existing run, or this message's run moved on.
+    Duplicate,
+}
+
+/// Creates the record (the exactly-once gate); the run store announces it.
+pub(crate) async fn create_record(ctx: &Ctx, record: RunRecord) -> anyhow::Result<Created> {
     let (seq, status) = (record.source_seq, record.status);
     Ok(match ctx.runs.create(record).await? {
-        Ok(stored) => Some(stored),
-        // A dispatcher died before acking: finish its job. Publishing the
-        // work again is harmless (its Msg-Id is the run id).
-        Err(existing) if existing.record.source_seq == seq && existing.record.status == status => Some(existing),
-        Err(_) => None,
+        Ok(stored) => Created::New(stored),
+        Err(existing) if existing.record.source_seq == seq && existing.record.status == status => {
+            Created::Again(existing)
+        }
+        Err(_) => Created::Duplicate,
     })
 }
 

@@ -15,7 +15,7 @@ use jiff::Timestamp;
 use serde_json::Value;
 
 use crate::ctx::{Accepted, Ctx, DISPATCHING, Disposition, Inbox, RETRY};
-use crate::ctx::{create_record, new_record, report_step};
+use crate::ctx::{Created, create_record, new_record, report_step};
 use crate::gates::{self, Gate};
 use crate::overlap;
 use crate::priority::{band, effective_priority};
@@ -112,18 +112,12 @@ async fn accept(ctx: &Ctx, msg: &Inbox<'_>) -> Result<Option<Accepted>, Rejectio
     };
     let importance = match header(headers::IMPORTANCE) {
         None => def.importance,
-        Some(v) => match v.trim().parse::<u8>() {
-            Ok(i) if i <= 10 => i,
-            _ => return Err(with_run(format!("{} must be a whole number 0-10, got {v:?}", headers::IMPORTANCE))),
-        },
+        Some(v) => headers::parse_importance(&v).map_err(with_run)?,
     };
-    let not_before =
-        match (header(headers::NOT_BEFORE), due.as_ref().and_then(|d| d.not_before)) {
-            (Some(v), _) => Some(v.trim().parse::<Timestamp>().map_err(|e| {
-                with_run(format!("{} must be an RFC 3339 instant, got {v:?} ({e})", headers::NOT_BEFORE))
-            })?),
-            (None, staged) => staged,
-        };
+    let not_before = match (header(headers::NOT_BEFORE), due.as_ref().and_then(|d| d.not_before)) {
+        (Some(v), _) => Some(headers::parse_not_before(&v).map_err(with_run)?),
+        (None, staged) => staged,
+    };
     let (schedule, scheduled_for) = match (&due, &step) {
         (Some(d), _) => (Some(d.schedule.clone()), Some(d.scheduled_for)),
         (None, Some(s)) => (s.schedule.clone(), s.scheduled_for),
@@ -237,8 +231,8 @@ async fn enqueue(ctx: &Ctx, msg: &Inbox<'_>, a: &Accepted, target: &Target) -> R
     let names = ctx.publisher.names();
     let record = new_record(a, &target.run_id, &target.queue, target.band, msg.seq, RunStatus::Queued);
     let stored = match create_record(ctx, record).await {
-        Ok(Some(stored)) => stored,
-        Ok(None) => {
+        Ok(Created::New(stored) | Created::Again(stored)) => stored,
+        Ok(Created::Duplicate) => {
             tracing::debug!(run_id = %target.run_id, "duplicate of an existing run; dropped");
             return Ok(());
         }
@@ -309,14 +303,15 @@ pub(crate) async fn finish_unrun(
     let mut record = new_record(a, &a.run_id, &a.def.queue, 0, msg.seq, status);
     record.error = Some(reason.clone());
     match create_record(ctx, record).await {
-        Ok(Some(stored)) => {
+        Ok(Created::New(_)) => {}
+        Ok(Created::Again(stored)) => {
             // Our own earlier try: its event may not have gone out.
             if let Err(err) = ctx.runs.announce(&stored.record).await {
                 DISPATCHING.failed(&format_args!("cannot publish run event: {err}"));
                 return RETRY;
             }
         }
-        Ok(None) => return Disposition::Ack,
+        Ok(Created::Duplicate) => return Disposition::Ack,
         Err(err) => {
             tracing::debug!(run_id = %a.run_id, %err, "cannot create run record; will retry");
             DISPATCHING.failed(&format_args!("cannot create run record: {err}"));

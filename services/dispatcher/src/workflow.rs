@@ -17,7 +17,7 @@ use jetsched_contract::{RunRecord, RunStatus, StepOutcome, StepStart};
 use jetsched_runtime::{Change, Known, Stored};
 use jiff::Timestamp;
 
-use crate::ctx::{Accepted, Ctx, DISPATCHING, Disposition, Inbox, RETRY, create_record, new_record, report_step};
+use crate::ctx::{Accepted, Created, Ctx, DISPATCHING, Disposition, Inbox, RETRY, create_record, new_record, report_step};
 
 /// Starts workflow run `a`: its record (announced `started`), its root steps.
 pub async fn start(ctx: &Ctx, msg: &Inbox<'_>, a: Accepted) -> Disposition {
@@ -33,8 +33,8 @@ pub async fn start(ctx: &Ctx, msg: &Inbox<'_>, a: Accepted) -> Disposition {
         ..new_record(&a, &a.run_id, &a.def.queue, 0, msg.seq, RunStatus::Started)
     };
     let stored = match create_record(ctx, record).await {
-        Ok(Some(stored)) => stored,
-        Ok(None) => return Disposition::Ack,
+        Ok(Created::New(stored) | Created::Again(stored)) => stored,
+        Ok(Created::Duplicate) => return Disposition::Ack,
         Err(err) => {
             tracing::debug!(run_id = %a.run_id, %err, "cannot create workflow record; will retry");
             DISPATCHING.failed(&format_args!("cannot create workflow record: {err}"));

@@ -2,6 +2,7 @@
 //! TLS), logging, shutdown on signals, publishing with deterministic ids, and
 //! a resilient KV watch.
 
+pub mod access;
 pub mod connect;
 mod disposition;
 pub mod health;
@@ -18,7 +19,7 @@ pub mod shutdown;
 pub mod telemetry;
 pub mod trace;
 
-pub use connect::{NatsArgs, connect, jetstream};
+pub use connect::{NatsArgs, connect, connect_as, jetstream};
 pub use disposition::Disposition;
 pub use health::{Health, Readiness};
 pub use instance::default_instance_id;

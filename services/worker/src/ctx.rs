@@ -55,6 +55,12 @@ pub struct WorkerCtx {
     pub functions: Arc<Functions>,
     /// Releases staged runs at their time.
     pub releaser: Releaser,
+    /// HTTP handlers' client (where they may go, how much they may read).
+    pub http: crate::handlers::http::Http,
+    /// Largest payload and result.
+    pub sizes: crate::handlers::Sizes,
+    /// Keys that open sealed payloads for local handlers (`--payload-key-file`).
+    pub keyring: Option<Arc<jetsched_contract::codec::Keyring>>,
 }
 
 pub const TRANSIENT: Disposition = Disposition::Retry(Duration::from_secs(1));

@@ -128,7 +128,9 @@ async fn process(ctx: &WorkerCtx, msg: &Message, permit: OwnedSemaphorePermit) -
                     Ok(c) => c,
                     Err(d) => return d,
                 };
-                if let Some(Handler::Nats { subject }) = &item.def.handler {
+                // A payload over the limit is not sent ahead: the attempt refuses it.
+                let fits = ctx.sizes.check_payload(&item.payload).is_ok();
+                if let (Some(Handler::Nats { subject }), true) = (&item.def.handler, fits) {
                     let inv = invocation(ctx, &item, held.record.attempt, at).await;
                     let (mut outbound, pending) = ctx.functions.prepare(subject, &inv);
                     if !jetsched_runtime::telemetry::tracing_recorded() {

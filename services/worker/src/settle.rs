@@ -94,10 +94,13 @@ pub async fn report_finished(ctx: &WorkerCtx, record: &RunRecord) -> anyhow::Res
     Ok(ctx.runs.report_if_step(record).await?)
 }
 
+/// The largest result a run record keeps.
+pub const MAX_RECORDED_RESULT: usize = 64 * 1024;
+
 /// A handler's result as JSON for a workflow's later steps: its JSON if it
-/// is JSON, else its text; nothing past 64 KiB.
+/// is JSON, else its text; nothing past [`MAX_RECORDED_RESULT`].
 pub fn result_json(result: &[u8]) -> Option<Value> {
-    if result.is_empty() || result.len() > 64 * 1024 {
+    if result.is_empty() || result.len() > MAX_RECORDED_RESULT {
         return None;
     }
     serde_json::from_slice(result).ok().or_else(|| Some(Value::String(String::from_utf8_lossy(result).into_owned())))
