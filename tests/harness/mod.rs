@@ -19,12 +19,16 @@ use jetsched_natsbox::{ClusterOptions, LocalCluster, LocalServer, Preference, Se
 use jetsched_runtime::RunStore;
 use serde_json::Value;
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
+
 use tokio_util::sync::CancellationToken;
 
+// The services' settings, for the tests that choose them.
+#[allow(unused_imports)]
 pub use jetsched_dispatcher::DispatcherConfig;
+#[allow(unused_imports)]
 pub use jetsched_ticker::TickerConfig;
 pub use jetsched_worker::Builtins;
+#[allow(unused_imports)]
 pub use jetsched_worker::WorkerConfig;
 
 /// Fails the test if `fut` does not finish within `secs`.
@@ -149,32 +153,11 @@ impl Env {
         self.services_with(ServicesConfig::default())
     }
 
-    /// Runs the chosen services with the given settings.
+    /// Runs the chosen services with the given settings (as `jetsched up`
+    /// does, on this env's connection).
     pub fn services_with(&self, cfg: ServicesConfig) -> Services {
         let token = CancellationToken::new();
-        let mut tasks = Vec::new();
-        let h = &self.handles;
-        if let Some(c) = cfg.ticker {
-            tasks.push(tokio::spawn(jetsched_ticker::run(c, h.clone(), cfg.health.component("ticker"), token.clone())));
-        }
-        if let Some(c) = cfg.dispatcher {
-            tasks.push(tokio::spawn(jetsched_dispatcher::run(
-                c,
-                h.clone(),
-                cfg.health.component("dispatcher"),
-                token.clone(),
-            )));
-        }
-        if let Some(c) = cfg.worker {
-            tasks.push(tokio::spawn(jetsched_worker::run(
-                c,
-                h.clone(),
-                cfg.builtins.clone(),
-                cfg.health.component("worker"),
-                token.clone(),
-            )));
-        }
-        Services { token, tasks }
+        Services { running: Some(cfg.spawn(|_| self.handles.clone(), &token)), token }
     }
 
     /// Every event since the env started (live: queued, started and
@@ -379,40 +362,19 @@ impl EventLog {
 }
 
 /// Which services to run, with what settings.
-#[derive(Clone)]
-pub struct ServicesConfig {
-    pub ticker: Option<TickerConfig>,
-    pub dispatcher: Option<DispatcherConfig>,
-    pub worker: Option<WorkerConfig>,
-    pub builtins: Builtins,
-    /// Readiness of the services started, for /readyz tests.
-    pub health: jetsched_runtime::Health,
-}
-
-impl Default for ServicesConfig {
-    fn default() -> Self {
-        ServicesConfig {
-            ticker: Some(TickerConfig::default()),
-            dispatcher: Some(DispatcherConfig::default()),
-            worker: Some(WorkerConfig::default()),
-            builtins: Builtins::default(),
-            health: jetsched_runtime::Health::default(),
-        }
-    }
-}
+pub type ServicesConfig = jetsched::local::LocalServices;
 
 /// In-process services, stopped on drop.
 pub struct Services {
     token: CancellationToken,
-    tasks: Vec<JoinHandle<anyhow::Result<()>>>,
+    running: Option<jetsched::local::Running>,
 }
 
 impl Services {
     /// Stops them and waits for them to drain.
     pub async fn stop(mut self) {
-        self.token.cancel();
-        for t in self.tasks.drain(..) {
-            within(40, "services to stop", t).await.unwrap().unwrap();
+        if let Some(running) = self.running.take() {
+            within(40, "services to stop", running.stop()).await.unwrap();
         }
     }
 }

@@ -5,15 +5,16 @@
 
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
-pub mod admin;
-pub mod dlq;
-pub mod examples;
-pub mod inspect;
-pub mod permissions;
+mod admin;
+mod dlq;
+mod examples;
+mod inspect;
+pub mod local;
+mod permissions;
 mod runlist;
-pub mod schedule;
-pub mod services;
-pub mod up;
+mod schedule;
+mod services;
+mod up;
 
 use std::process::ExitCode;
 

@@ -17,7 +17,9 @@ use jetsched_contract::{RunRecord, RunStatus, StepOutcome, StepStart};
 use jetsched_runtime::{Change, Known, Stored};
 use jiff::Timestamp;
 
-use crate::ctx::{Accepted, Created, Ctx, DISPATCHING, Disposition, Inbox, RETRY, create_record, new_record, report_step};
+use crate::ctx::{
+    Accepted, Created, Ctx, DISPATCHING, Disposition, Inbox, RETRY, create_record, new_record, report_step,
+};
 
 /// Starts workflow run `a`: its record (announced `started`), its root steps.
 pub async fn start(ctx: &Ctx, msg: &Inbox<'_>, a: Accepted) -> Disposition {
