@@ -33,15 +33,21 @@ async fn a_draining_worker_finishes_its_run_takes_no_new_one_and_exits_0() {
     let mut calls = env.function("fn.slow", |_| Reply::After(Duration::from_secs(2), json!({}))).await;
     env.put_task("slow", json!({"handler": {"type": "nats", "subject": "fn.slow"}, "timeout": "30s"})).await;
     let _dispatcher = env.services_with(ServicesConfig { ticker: None, worker: None, ..ServicesConfig::default() });
-    let mut worker = env.spawn_jetsched(&["worker", "--worker-id", "w1", "--drain", "20s"]);
+    let logs = tempfile::tempdir().unwrap();
+    let log = logs.path().join("worker.log");
+    let mut worker = env.spawn_jetsched_logged(&["worker", "--worker-id", "w1", "--drain", "20s"], "info", &log);
     let mut events = env.events().await;
 
     env.publish(env.names.submit_subject("slow"), &[(headers::NATS_MSG_ID, "a")], "{}").await;
     let first = calls.next_call(30).await;
     let a = first.header(headers::RUN_ID).unwrap();
-    // Run a is in its handler: stop the worker, then offer it run b.
+    // Run a is in its handler: stop the worker, then, once it drains, offer it run b.
     let pid = rustix::process::Pid::from_raw(worker.id().unwrap() as i32).unwrap();
     rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    eventually(20, "the worker to drain", || async {
+        std::fs::read_to_string(&log).unwrap_or_default().contains("worker draining").then_some(())
+    })
+    .await;
     env.publish(env.names.submit_subject("slow"), &[(headers::NATS_MSG_ID, "b")], "{}").await;
     let status = within(25, "the worker to exit within its drain", worker.wait()).await.unwrap();
     assert_eq!(status.code(), Some(0), "{status:?}");

@@ -110,9 +110,9 @@ pub async fn run(
     };
     let ended = services.spawn(handles_for, &shutdown).join().await;
     for h in [&ticker_handles, &dispatcher_handles, &worker_handles] {
-        let _ = h.js.client().drain().await;
+        jetsched_runtime::service::close(&h.js.client()).await;
     }
-    let _ = client.drain().await;
+    jetsched_runtime::service::close(&client).await;
     if let Some(mut server) = server {
         tokio::task::spawn_blocking(move || server.stop()).await?;
         eprintln!("jetsched: nats-server stopped");

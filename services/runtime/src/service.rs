@@ -173,6 +173,14 @@ pub async fn start(
 
 /// Flushes the connection after the service returned.
 pub async fn finish(handles: Handles, result: anyhow::Result<()>) -> anyhow::Result<()> {
-    let _ = handles.js.client().drain().await;
+    close(&handles.js.client()).await;
     result
+}
+
+/// Closes a connection without losing what was published on it: the live
+/// events (core messages, no ack) of the last runs are flushed to the
+/// server before the connection drains, or they would die with the process.
+pub async fn close(client: &async_nats::Client) {
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), client.flush()).await;
+    let _ = client.drain().await;
 }
