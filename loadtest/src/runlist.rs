@@ -59,12 +59,10 @@ pub async fn run(env: &BenchEnv, args: Args) -> anyhow::Result<()> {
     let now = Timestamp::now();
     let t0 = Instant::now();
     let names = &env.names;
-    let n = env
-        .publish_many((0..args.runs).map(|i| {
-            let r = record(i, now);
-            (names.runs_bucket_subject(&r.run_id), serde_json::to_vec(&r).unwrap_or_default())
-        }))
-        .await?;
+    let store =
+        jetsched_runtime::RunStore::open(jetsched_runtime::Publisher::new(env.handles.js.clone(), names.clone()))
+            .await?;
+    let n = store.import((0..args.runs).map(|i| record(i, now))).await?;
     env.publish_many((0..args.runs).map(|i| record(i, now)).filter(|r| r.status.is_kept()).map(|r| {
         (names.event_subject(&r.task, r.status.as_str()), serde_json::to_vec(&r.event()).unwrap_or_default())
     }))
