@@ -69,25 +69,14 @@ fn record(i: usize, now: Timestamp) -> RunRecord {
 
 fn event(r: &RunRecord) -> RunEvent {
     RunEvent {
-        run_id: Some(r.run_id.clone()),
-        task: r.task.clone(),
         schedule: r.schedule.clone(),
-        status: r.status,
         attempt: r.attempt,
         at: r.updated_at,
-        scheduled_for: None,
         error: r.error.clone(),
         duration_ms: Some(3),
-        bucket: None,
-        key: None,
-        revision: None,
-        count: None,
         queue: Some(r.queue.clone()),
         worker: r.worker.clone(),
-        output: None,
-        workflow_run: None,
-        step: None,
-        retry_at: None,
+        ..RunEvent::new(r.status, r.task.clone(), Some(r.run_id.clone()))
     }
 }
 

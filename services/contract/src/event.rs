@@ -31,11 +31,14 @@ pub enum RunStatus {
     Missed,
     /// A schedule or task definition that cannot be used.
     Invalid,
+    /// Progress of a backfill (not a run): started, advanced, done,
+    /// cancelled or failed.
+    Backfill,
 }
 
 impl RunStatus {
     /// Every status, in lifecycle order.
-    pub const ALL: [RunStatus; 11] = [
+    pub const ALL: [RunStatus; 12] = [
         RunStatus::Queued,
         RunStatus::Started,
         RunStatus::Succeeded,
@@ -47,6 +50,7 @@ impl RunStatus {
         RunStatus::Rejected,
         RunStatus::Missed,
         RunStatus::Invalid,
+        RunStatus::Backfill,
     ];
 
     /// The subject token and JSON spelling.
@@ -63,6 +67,7 @@ impl RunStatus {
             RunStatus::Rejected => "rejected",
             RunStatus::Missed => "missed",
             RunStatus::Invalid => "invalid",
+            RunStatus::Backfill => "backfill",
         }
     }
 
@@ -141,6 +146,12 @@ pub struct RunEvent {
     /// does not start before; it may start later, when a worker is free).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_at: Option<Timestamp>,
+    /// For `invalid` reports about a task's trigger: its index in `triggers`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trigger: Option<u32>,
+    /// For `backfill`: which backfill, where it stands and its counts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backfill: Option<crate::backfill::BackfillReport>,
 }
 
 impl RunEvent {
@@ -166,6 +177,8 @@ impl RunEvent {
             workflow_run: None,
             step: None,
             retry_at: None,
+            trigger: None,
+            backfill: None,
         }
     }
 
@@ -187,6 +200,13 @@ impl RunEvent {
     /// are about: the definition's key and revision, or the schedule, the
     /// last occurrence and the count.
     pub fn msg_id(&self) -> String {
+        if let Some(b) = &self.backfill {
+            return format!("backfill:{}:{}:{}", b.id, b.status.as_str(), b.progress.handled());
+        }
+        if let (None, Some(i)) = (&self.run_id, self.trigger) {
+            let key = self.key.as_deref().unwrap_or(&self.task);
+            return format!("{}:{key}:{}:trigger{i}", self.status, self.revision.unwrap_or_default());
+        }
         match (&self.run_id, self.status) {
             (Some(run), status) => format!("{run}:{status}:{}", self.attempt),
             (None, status) => format!(
