@@ -6,6 +6,7 @@
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 pub mod admin;
+pub mod backfill;
 pub mod dlq;
 pub mod examples;
 pub mod inspect;
@@ -48,7 +49,8 @@ enum Command {
     Dispatcher(services::DispatcherArgs),
     /// Run the worker service (executes tasks).
     Worker(services::WorkerArgs),
-    /// Create jetsched's streams and buckets if they do not exist.
+    /// Create jetsched's streams and buckets if they do not exist, and
+    /// capture the plain subjects task triggers name.
     Init,
     /// Manage task definitions (bucket jetsched-tasks).
     #[command(subcommand)]
@@ -124,7 +126,7 @@ async fn run(cli: Cli, telemetry: Option<&jetsched_runtime::telemetry::Telemetry
         Command::Init => {
             let handles = open(&cli.nats, &topology, "jetsched-init", false).await?;
             println!("streams and buckets ready under prefix {}", handles.names);
-            Ok(())
+            admin::capture_trigger_subjects(&handles).await
         }
         Command::Task(cmd) => admin::task(&open(&cli.nats, &topology, "jetsched-cli", false).await?, cmd).await,
         Command::Schedule(cmd) => schedule::run(&cli.nats, &topology, cmd).await,
