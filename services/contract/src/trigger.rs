@@ -189,7 +189,7 @@ impl EventTrigger {
             if let Some(s) = &filter.subject {
                 validate_subject_filter(s).map_err(|e| format!("filter.subject: {e}"))?;
             }
-            if filter.headers.keys().any(|k| k.is_empty() || k.contains([':', ' ', '\r', '\n'])) {
+            if filter.headers.keys().any(|k| k.is_empty() || k.contains(':') || k.chars().any(char::is_whitespace)) {
                 return Err("filter.headers: header names must be non-empty, without ':' or spaces".to_string());
             }
         }
@@ -336,12 +336,24 @@ pub struct TriggerEvent {
     /// KV: the key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
-    /// KV: `put`, `delete` or `purge`.
+    /// KV: what happened to the key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub operation: Option<String>,
+    pub operation: Option<KvOperation>,
     /// KV: the key's revision (the same number as `seq`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revision: Option<u64>,
+}
+
+/// What a KV change did to its key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KvOperation {
+    /// A value was written.
+    Put,
+    /// The key was deleted.
+    Delete,
+    /// The key and its history were purged.
+    Purge,
 }
 
 impl TriggerEvent {

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use async_nats::HeaderMap;
-use jetsched_contract::trigger::{Source, render_event_template, render_mapping};
+use jetsched_contract::trigger::{KvOperation, Source, render_event_template, render_mapping};
 use jetsched_contract::{EventTrigger, Names, TriggerEvent, run};
 use jiff::Timestamp;
 use serde_json::Value;
@@ -55,16 +55,16 @@ pub fn event(names: &Names, trigger: &EventTrigger, m: &Stored<'_>) -> TriggerEv
     };
     if let Source::Kv { bucket, .. } = trigger.source() {
         let operation = match event.headers.get(KV_OPERATION).map(String::as_str) {
-            Some("DEL") => "delete",
-            Some("PURGE") => "purge",
-            _ => "put",
+            Some("DEL") => KvOperation::Delete,
+            Some("PURGE") => KvOperation::Purge,
+            _ => KvOperation::Put,
         };
-        if operation != "put" {
+        if operation != KvOperation::Put {
             event.data = Value::Null;
         }
         event.key = names.parse_kv_subject(bucket, m.subject).map(str::to_string);
         event.bucket = Some(bucket.to_string());
-        event.operation = Some(operation.to_string());
+        event.operation = Some(operation);
         event.revision = Some(m.seq);
     }
     event
@@ -156,14 +156,14 @@ mod tests {
         let t = trigger(json!({"kv": "config", "key": "pricing.>"}));
         let put = event(&names, &t, &stored("KV_config", "$KV.config.pricing.eu", 17, None, b"12.5"));
         assert_eq!(
-            (put.key.as_deref(), put.operation.as_deref(), put.revision),
-            (Some("pricing.eu"), Some("put"), Some(17))
+            (put.key.as_deref(), put.operation, put.revision),
+            (Some("pricing.eu"), Some(KvOperation::Put), Some(17))
         );
         assert_eq!(put.data, json!(12.5));
         let mut h = HeaderMap::new();
         h.insert(KV_OPERATION, "DEL");
         let del = event(&names, &t, &stored("KV_config", "$KV.config.pricing.eu", 18, Some(&h), b""));
-        assert_eq!((del.operation.as_deref(), del.data.clone()), (Some("delete"), Value::Null));
+        assert_eq!((del.operation, del.data.clone()), (Some(KvOperation::Delete), Value::Null));
         assert_eq!(single("reprice", &t, &del).msg_id, "reprice-KV_config-18");
     }
 
