@@ -73,14 +73,20 @@ const ROUNDS: u64 = 5;
 async fn ten_thousand_events_run_exactly_once_while_the_host_is_killed_and_restarted() {
     let env = Env::start().await;
     let mut calls = env.function("fn.bulk", |_| Reply::Ok(json!({}))).await;
+    let batch_calls = env.function("fn.batches", |_| Reply::Ok(json!({}))).await;
     let _services = dispatch_and_work(&env);
     user_stream(&env, "ORDERS", &["orders.>"]).await;
-    let trigger = json!({"stream": "ORDERS", "subject": "orders.created.>"});
-    env.put_task("bulk", json!({"handler": handler("fn.bulk"), "triggers": [trigger.clone()]})).await;
+    // Two tasks on the same events: one run per event, and batches.
+    let single = json!({"stream": "ORDERS", "subject": "orders.created.>"});
+    let batched = json!({"stream": "ORDERS", "subject": "orders.created.>", "batch": {"max": 50, "within": "200ms"}});
+    env.put_task("bulk", json!({"handler": handler("fn.bulk"), "triggers": [single.clone()]})).await;
+    env.put_task("bulkb", json!({"handler": handler("fn.batches"), "triggers": [batched.clone()]})).await;
+    let batches = collect(batch_calls);
 
     // Events arrive in rounds. Each round is published while no ticker runs;
     // a ticker is then started and SIGKILLed once part of the round has run,
-    // so that it dies with events in flight (pulled, submitted, not acked).
+    // so that it dies with events in flight (pulled, submitted, not acked)
+    // and batches half gathered.
     let per_round = EVENTS / ROUNDS;
     let mut seen: BTreeMap<u64, String> = BTreeMap::new();
     let mut seqs = Vec::new();
@@ -118,14 +124,16 @@ async fn ten_thousand_events_run_exactly_once_while_the_host_is_killed_and_resta
         }
     })
     .await;
-    let consumer = trigger_consumer(&env, "bulk", trigger);
-    let last = *seqs.last().unwrap();
-    // Quiet: every event acked by the trigger, every submission dispatched.
-    eventually(120, "the trigger and the dispatcher to be done", || async {
-        let t = consumer_info(&env, "ORDERS", &consumer).await?;
+    let last = seqs.iter().copied().max().unwrap();
+    // Quiet: every event acked by both triggers, every submission dispatched.
+    let consumers = [trigger_consumer(&env, "bulk", single), trigger_consumer(&env, "bulkb", batched)];
+    eventually(120, "the triggers and the dispatcher to be done", || async {
+        for consumer in &consumers {
+            let t = consumer_info(&env, "ORDERS", consumer).await?;
+            (t.ack_floor.stream_sequence >= last && t.num_ack_pending == 0 && t.num_pending == 0).then_some(())?;
+        }
         let d = consumer_info(&env, &env.names.inbox_stream(), &env.names.dispatcher_consumer()).await?;
-        let done = t.ack_floor.stream_sequence >= last && t.num_ack_pending == 0 && t.num_pending == 0;
-        (done && d.num_pending == 0 && d.num_ack_pending == 0).then_some(())
+        (d.num_pending == 0 && d.num_ack_pending == 0).then_some(())
     })
     .await;
     drop(ticker);
@@ -137,6 +145,39 @@ async fn ten_thousand_events_run_exactly_once_while_the_host_is_killed_and_resta
     for (seq, run_id) in &seen {
         assert_eq!(run_id, &format!("t.bulk.m-bulk-ORDERS-{seq}"), "the run id is the event's position");
     }
+
+    // Every batch run was called (one call each: no worker dies here), and
+    // the batches hold every event exactly once.
+    let batch_runs = run_ids(&env, "t.bulkb.").await;
+    let calls = eventually(120, "every batch run to be called", || async {
+        let calls = batches.lock().unwrap().clone();
+        (calls.len() >= batch_runs.len()).then_some(calls)
+    })
+    .await;
+    assert_eq!(calls.len(), batch_runs.len(), "one call per batch run");
+    let mut in_batches: Vec<u64> =
+        calls.iter().flat_map(|c| c.payload.as_array().unwrap().iter().map(|e| e["seq"].as_u64().unwrap())).collect();
+    in_batches.sort_unstable();
+    assert_eq!(in_batches.len() as u64, EVENTS, "no event in two batches, none left out");
+    assert_eq!(in_batches.into_iter().collect::<BTreeSet<_>>(), expected);
+    for c in &calls {
+        let events = c.payload.as_array().unwrap();
+        assert!(events.len() <= 50, "at most max events per batch");
+        let (first, last) = (&events[0]["seq"], &events[events.len() - 1]["seq"]);
+        assert_eq!(c.header(headers::RUN_ID).unwrap(), format!("t.bulkb.m-bulkb-ORDERS-{first}-{last}"));
+    }
+}
+
+/// Gathers a function's calls in the background.
+fn collect(mut function: Function) -> std::sync::Arc<std::sync::Mutex<Vec<Call>>> {
+    let calls = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = calls.clone();
+    tokio::spawn(async move {
+        while let Some(call) = function.calls.recv().await {
+            sink.lock().unwrap().push(call);
+        }
+    });
+    calls
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -229,12 +270,9 @@ async fn batches_gather_up_to_max_events_and_a_debounced_burst_runs_its_last_eve
     let _services = dispatch_and_work(&env);
     user_stream(&env, "SENSORS", &["sensor.>"]).await;
     let mapping = json!({"value": "{{data.v}}", "at": "{{seq}}"});
-    env.put_task(
-        "batched",
-        json!({"handler": handler("fn.batch"),
-               "triggers": [{"stream": "SENSORS", "subject": "sensor.temp.>", "batch": {"max": 3, "within": "1h"}, "payload": mapping}]}),
-    )
-    .await;
+    let batched = json!({"handler": handler("fn.batch"),
+           "triggers": [{"stream": "SENSORS", "subject": "sensor.temp.>", "batch": {"max": 3, "within": "1h"}, "payload": mapping}]});
+    env.put_task("batched", batched.clone()).await;
     env.put_task(
         "debounced",
         json!({"handler": handler("fn.burst"),
@@ -253,6 +291,10 @@ async fn batches_gather_up_to_max_events_and_a_debounced_burst_runs_its_last_eve
             doors.insert(door, env.publish(format!("sensor.door.{door}"), &[], &format!(r#"{{"i": {i}}}"#)).await);
         }
     }
+    // An edit that keeps the trigger's source keeps the events before it.
+    let mut edited = batched;
+    edited["description"] = json!("edited after its events were published");
+    env.put_task("batched", edited).await;
     let _ticker = env.services_with(ServicesConfig {
         dispatcher: None,
         worker: None,
@@ -292,6 +334,76 @@ async fn batches_gather_up_to_max_events_and_a_debounced_burst_runs_its_last_eve
     assert_eq!(third[1]["at"].as_u64(), Some(t8));
     let side = env.publish("sensor.door.side".into(), &[], "{}").await;
     assert_eq!(bursts.next_call(30).await.payload["seq"].as_u64(), Some(side));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_journaled_by_a_host_that_died_is_submitted_once_and_its_events_not_batched_again() {
+    use jetsched_contract::ticker::{JournaledBatch, TriggerState, partition_of, trigger_key};
+    let env = Env::start().await;
+    let mut batches = env.function("fn.j", |_| Reply::Ok(json!({}))).await;
+    let _services = dispatch_and_work(&env);
+    user_stream(&env, "SENSORS", &["sensor.>"]).await;
+    let trigger = json!({"stream": "SENSORS", "batch": {"max": 4, "within": "1h"}, "payload": "{{seq}}"});
+    env.put_task("journaled", json!({"handler": handler("fn.j"), "triggers": [trigger.clone()]})).await;
+    for i in 1..=7 {
+        assert_eq!(env.publish("sensor.t".into(), &[], &i.to_string()).await, i);
+    }
+
+    // A host that died: it held events 1-3 (pulled, never acked), journaled
+    // them as a batch (gathered early, `within`), and its submission was
+    // stored; then it was killed before acking them.
+    let consumer = trigger_consumer(&env, "journaled", trigger);
+    let stream = env.handles.js.get_stream("SENSORS").await.unwrap();
+    let config = jetsched_contract::setup::trigger_consumer(
+        consumer.clone(),
+        None,
+        jiff::Timestamp::UNIX_EPOCH,
+        std::time::Duration::from_secs(1),
+        "the dead host's".into(),
+    );
+    let held = stream.create_consumer(config).await.unwrap();
+    let mut dead = held.fetch().max_messages(3).messages().await.unwrap();
+    for _ in 0..3 {
+        dead.next().await.unwrap().unwrap();
+    }
+    let msg_id = jetsched_contract::run::trigger_msg_id("journaled", "SENSORS", 1, Some(3));
+    let journal = TriggerState {
+        task: "journaled".into(),
+        stream: "SENSORS".into(),
+        consumer: consumer.clone(),
+        batch: Some(JournaledBatch { msg_id: msg_id.clone(), seqs: vec![1, 2, 3] }),
+    };
+    let topology = jetsched_contract::Topology::default();
+    let ttl = std::time::Duration::from_secs(10);
+    jetsched_contract::setup::ensure_ticker(&env.handles.js, &env.names, &topology, ttl).await.unwrap();
+    env.kv_put(
+        &env.names.ticker_bucket(),
+        &trigger_key(partition_of(&consumer), &consumer),
+        &serde_json::to_string(&journal).unwrap(),
+    )
+    .await;
+    env.publish(env.names.submit_subject("journaled"), &[(headers::NATS_MSG_ID, &msg_id)], "[1, 2, 3]").await;
+
+    // The next host: the journaled batch runs once; events 1-3 come back
+    // after their ack wait and are acknowledged, not batched with later ones.
+    let _ticker = env.services_with(ServicesConfig { dispatcher: None, worker: None, ..ServicesConfig::default() });
+    let mut runs = Vec::new();
+    for _ in 0..2 {
+        runs.push(batches.next_call(30).await.payload);
+    }
+    runs.sort_by_key(|p| p[0].as_u64());
+    assert_eq!(runs, vec![json!([1, 2, 3]), json!([4, 5, 6, 7])]);
+    // Events 1-3 came back (after the dead host's ack wait) and were acked
+    // as the journaled batch's.
+    eventually(30, "events 1-7 to be acknowledged", || async {
+        let info = consumer_info(&env, "SENSORS", &consumer).await?;
+        (info.ack_floor.stream_sequence >= 7 && info.num_ack_pending == 0).then_some(())
+    })
+    .await;
+    for i in 8..=11 {
+        env.publish("sensor.t".into(), &[], &i.to_string()).await;
+    }
+    assert_eq!(batches.next_call(30).await.payload, json!([8, 9, 10, 11]), "no event of the journaled batch again");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -131,8 +131,14 @@ pub async fn run(
     // An event held by a ticker that died comes back after this: about
     // when the next ticker takes the partition over.
     let ack_wait = buckets.lease_ttl.max(Duration::from_secs(2));
-    let trigger_ctx = triggers::Ctx::new(handles.names.clone(), handles.js.clone(), buckets.state.clone(), ack_wait);
-    let trigger_host = triggers::spawn(Arc::new(trigger_ctx), handles.tasks.clone(), owned_rx.clone(), hosted.clone());
+    let trigger_ctx = triggers::Ctx::new(
+        handles.names.clone(),
+        handles.js.clone(),
+        buckets.state.clone(),
+        handles.tasks.clone(),
+        ack_wait,
+    );
+    let trigger_host = triggers::spawn(Arc::new(trigger_ctx), owned_rx.clone(), hosted.clone());
     let backfills = backfill::spawn(id.clone(), handles.clone(), owned_rx, hosted.clone());
     let epochs = Arc::new(Epochs::default());
     let (fires, mut stored, firer) = fire::spawn(publisher.clone(), handles.runs.clone(), epochs.clone(), 16_384);

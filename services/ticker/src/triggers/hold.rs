@@ -19,7 +19,7 @@
 //! names it).
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
 use async_nats::jetstream::kv::UpdateErrorKind;
@@ -58,12 +58,13 @@ pub async fn consume(ctx: &Ctx, spec: &Spec, opened: Opened, token: &Cancellatio
                 key: trigger_key(spec.partition, &spec.consumer),
                 opened,
                 pending: Vec::new(),
+                queue: VecDeque::new(),
                 bytes: 0,
                 first_at: None,
                 outstanding: HashSet::new(),
             };
             let result = b.run(token).await;
-            nak_all(b.pending.iter().map(|(m, _)| m)).await;
+            nak_all(b.pending.iter().chain(b.queue.iter()).map(|(m, _)| m)).await;
             result
         }
         (None, Some(after)) => {
@@ -132,6 +133,8 @@ struct Batcher<'a> {
     opened: Opened,
     /// The batch being gathered, and the size of its events' JSON.
     pending: Vec<(Message, TriggerEvent)>,
+    /// Events delivered that wait for room in the batch.
+    queue: VecDeque<(Message, TriggerEvent)>,
     bytes: usize,
     first_at: Option<Instant>,
     /// Sequences of the journaled batch not yet known acknowledged; no new
@@ -150,58 +153,90 @@ impl Batcher<'_> {
         let mut pulls = Pulls::new(&consumer);
         let mut tick = tokio::time::interval(TICK);
         let mut alive = tokio::time::interval(self.ctx.ack_wait / 3);
-        let mut accounted_at = Instant::now();
         loop {
-            let room = self.pending.len() < self.max;
-            if room {
-                pulls.request(self.max.min(256)).await?;
+            self.admit(token).await?;
+            // Between two pull requests every event delivered to this host
+            // is one it holds: the moment to account for the journal.
+            if !self.outstanding.is_empty() && !pulls.is_active() {
+                self.account().await;
+                self.admit(token).await?;
+            }
+            // Events are always read off a pull request (so that none waits
+            // unseen, unkept), but only as many are asked for as a batch has
+            // room for; while the journal is not accounted for, a request
+            // stands anyway, for its events to come back through.
+            let mut want = self.max.saturating_sub(self.pending.len() + self.queue.len());
+            if !self.outstanding.is_empty() && self.queue.len() < self.max {
+                want = want.max(self.outstanding.len());
+            }
+            if want > 0 {
+                pulls.request(want).await?;
             }
             tokio::select! {
                 biased;
                 _ = token.cancelled() => return Ok(()),
                 _ = tick.tick() => {
-                    if !self.outstanding.is_empty() && accounted_at.elapsed() >= Duration::from_millis(500) {
-                        accounted_at = Instant::now();
-                        self.account().await;
-                    }
                     let due = self.first_at.is_some_and(|t| t.elapsed() >= self.within);
-                    if (due || self.pending.len() >= self.max) && !self.flush(token).await? {
+                    if due && !self.flush(token).await? {
                         return Ok(());
                     }
                 }
-                _ = alive.tick() => keep_alive(self.pending.iter().map(|(m, _)| m)).await,
-                next = pulls.next(), if room => {
+                _ = alive.tick() => keep_alive(self.pending.iter().chain(self.queue.iter()).map(|(m, _)| m)).await,
+                next = pulls.next(), if pulls.is_active() => {
                     let Some(msg) = next? else { continue };
-                    self.take(msg, token).await?;
+                    self.receive(msg).await;
                 }
             }
         }
     }
 
-    /// One delivered event: an event of the journaled batch is acked; others
-    /// join the batch being gathered.
-    async fn take(&mut self, msg: Message, token: &CancellationToken) -> Result<(), String> {
+    /// One delivered event: an event of the journaled batch is acked, one
+    /// filtered out too; a redelivery of an event held replaces it; others
+    /// wait in the queue for room in the batch.
+    async fn receive(&mut self, msg: Message) {
         let Some(event) = event_of(self.ctx, self.spec, &self.opened.stream_name, &msg) else {
             ack(&msg).await;
-            return Ok(());
+            return;
         };
         if self.outstanding.contains(&event.seq) {
             if msg.double_ack().await.is_ok() {
                 self.outstanding.remove(&event.seq);
             }
-            return Ok(());
+            return;
         }
         if !event::passes(&self.spec.trigger, &event) {
             ack(&msg).await;
-            return Ok(());
+            return;
         }
-        self.bytes += serde_json::to_vec(&event::payload(&self.spec.trigger, &event)).map_or(0, |b| b.len());
-        self.first_at.get_or_insert_with(Instant::now);
-        self.pending.push((msg, event));
-        if self.pending.len() >= self.max || self.bytes >= MAX_BATCH_BYTES {
-            self.flush(token).await?;
+        let seq = event.seq;
+        if let Some(held) = self.pending.iter_mut().chain(self.queue.iter_mut()).find(|(_, e)| e.seq == seq) {
+            held.0 = msg;
+            return;
         }
-        Ok(())
+        self.queue.push_back((msg, event));
+    }
+
+    /// Moves queued events into the batch, submitting it each time it is
+    /// full (once the previous one is accounted for).
+    async fn admit(&mut self, token: &CancellationToken) -> Result<(), String> {
+        loop {
+            if self.pending.len() >= self.max || self.bytes >= MAX_BATCH_BYTES {
+                if !self.outstanding.is_empty() || !self.flush(token).await? {
+                    return Ok(());
+                }
+                continue;
+            }
+            let Some((msg, event)) = self.queue.pop_front() else { return Ok(()) };
+            if self.outstanding.contains(&event.seq) {
+                if msg.double_ack().await.is_ok() {
+                    self.outstanding.remove(&event.seq);
+                }
+                continue;
+            }
+            self.bytes += serde_json::to_vec(&event::payload(&self.spec.trigger, &event)).map_or(0, |b| b.len());
+            self.first_at.get_or_insert_with(Instant::now);
+            self.pending.push((msg, event));
+        }
     }
 
     /// Journals, submits and acknowledges the batch gathered so far (once
@@ -317,7 +352,7 @@ impl Batcher<'_> {
     async fn account(&mut self) {
         let mut consumer = self.opened.consumer.clone();
         match consumer.info().await {
-            Ok(info) if info.num_ack_pending <= self.pending.len() => self.outstanding.clear(),
+            Ok(info) if info.num_ack_pending <= self.pending.len() + self.queue.len() => self.outstanding.clear(),
             Ok(_) => {}
             Err(err) => tracing::debug!(%err, "cannot read the trigger consumer's state"),
         }
@@ -328,6 +363,8 @@ impl Batcher<'_> {
 struct Held {
     msg: Message,
     event: TriggerEvent,
+    /// Submitted at this instant unless a later event of the burst comes.
+    due: Instant,
 }
 
 struct Debouncer<'a> {
@@ -337,8 +374,9 @@ struct Debouncer<'a> {
     opened: Opened,
     /// Latest event per burst key.
     held: HashMap<String, Held>,
-    /// When each held event is due (stale entries skipped).
-    timers: BinaryHeap<Reverse<(Instant, u64, String)>>,
+    /// One timer per burst: when it was last known due (a burst that
+    /// went on is put back with its new due time when its timer comes).
+    timers: BinaryHeap<Reverse<(Instant, String)>>,
     /// Per key, the last event submitted and when: an older event of that
     /// key arriving later (redelivered after a takeover) is dropped.
     done: HashMap<String, (u64, Instant)>,
@@ -354,7 +392,7 @@ impl Debouncer<'_> {
             if room {
                 pulls.request(256).await?;
             }
-            let next_due = self.timers.peek().map_or(Instant::now() + TICK, |Reverse((at, _, _))| *at);
+            let next_due = self.timers.peek().map_or(Instant::now() + TICK, |Reverse((at, _))| *at);
             tokio::select! {
                 biased;
                 _ = token.cancelled() => return Ok(()),
@@ -368,7 +406,7 @@ impl Debouncer<'_> {
                     let keep = self.ctx.ack_wait * 2 + self.after;
                     self.done.retain(|_, (_, at)| at.elapsed() < keep);
                 }
-                next = pulls.next(), if room => {
+                next = pulls.next(), if pulls.is_active() => {
                     let Some(msg) = next? else { continue };
                     self.take(msg).await;
                 }
@@ -392,32 +430,38 @@ impl Debouncer<'_> {
             ack(&msg).await;
             return;
         }
-        let seq = event.seq;
-        if let Some(older) = self.held.insert(key.clone(), Held { msg, event }) {
-            ack(&older.msg).await;
+        if let Some(held) = self.held.get_mut(&key)
+            && held.event.seq == event.seq
+        {
+            // A redelivery of the event held: keep the newer delivery.
+            held.msg = msg;
+            return;
         }
-        self.timers.push(Reverse((Instant::now() + self.after, seq, key)));
+        let due = Instant::now() + self.after;
+        match self.held.insert(key.clone(), Held { msg, event, due }) {
+            Some(older) => ack(&older.msg).await,
+            None => self.timers.push(Reverse((due, key))),
+        }
     }
 
     /// Submits every burst that has been quiet long enough. `false` if stopped meanwhile.
     async fn fire_due(&mut self, token: &CancellationToken) -> bool {
-        while let Some(Reverse((at, seq, _))) = self.timers.peek() {
-            if *at > Instant::now() {
-                break;
-            }
-            let seq = *seq;
-            let Some(Reverse((_, _, key))) = self.timers.pop() else { break };
-            if self.held.get(&key).is_none_or(|h| h.event.seq != seq) {
+        while self.timers.peek().is_some_and(|Reverse((at, _))| *at <= Instant::now()) {
+            let Some(Reverse((_, key))) = self.timers.pop() else { break };
+            let Some(held) = self.held.remove(&key) else { continue };
+            if held.due > Instant::now() {
+                // The burst went on: wait for its new end.
+                self.timers.push(Reverse((held.due, key.clone())));
+                self.held.insert(key, held);
                 continue;
             }
-            let Some(held) = self.held.remove(&key) else { continue };
             let submission = event::single(&self.spec.task, &self.spec.trigger, &held.event);
             if !submit_until_stored(self.ctx, self.spec, &submission, held.msg.headers.as_ref(), token).await {
                 self.held.insert(key, held);
                 return false;
             }
             ack(&held.msg).await;
-            self.done.insert(key, (seq, Instant::now()));
+            self.done.insert(key, (held.event.seq, Instant::now()));
         }
         true
     }

@@ -58,6 +58,8 @@ pub struct Ctx {
     pub publisher: Publisher,
     /// The ticker bucket: trigger registrations and batch journals.
     pub state: Store,
+    /// Task definitions (their history dates a trigger's first appearance).
+    pub tasks: Store,
     /// Ack wait of trigger consumers.
     pub ack_wait: Duration,
     /// `invalid` reports published by this process (each once).
@@ -66,9 +68,9 @@ pub struct Ctx {
 
 impl Ctx {
     /// A context for triggers hosted by one ticker.
-    pub fn new(names: Names, js: Context, state: Store, ack_wait: Duration) -> Ctx {
+    pub fn new(names: Names, js: Context, state: Store, tasks: Store, ack_wait: Duration) -> Ctx {
         let publisher = Publisher::new(js.clone(), names.clone());
-        Ctx { names, js, publisher, state, ack_wait, reported: Mutex::new(HashSet::new()) }
+        Ctx { names, js, publisher, state, tasks, ack_wait, reported: Mutex::new(HashSet::new()) }
     }
 
     /// Publishes an `invalid` report about trigger `spec` (once per process
@@ -95,8 +97,8 @@ impl Ctx {
 
 /// Starts the trigger host. It runs the triggers of the partitions `owned`
 /// says this ticker holds, until `shutdown` fires.
-pub fn spawn(ctx: Arc<Ctx>, tasks: Store, owned: watch::Receiver<u64>, shutdown: CancellationToken) -> JoinHandle<()> {
-    let watch = spawn_kv_watch_stamped(tasks, shutdown.child_token(), 1024);
+pub fn spawn(ctx: Arc<Ctx>, owned: watch::Receiver<u64>, shutdown: CancellationToken) -> JoinHandle<()> {
+    let watch = spawn_kv_watch_stamped(ctx.tasks.clone(), shutdown.child_token(), 1024);
     let host = Host {
         ctx,
         defs: HashMap::new(),

@@ -23,7 +23,7 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use jetsched_contract::ticker::{TriggerState, trigger_key};
 use jetsched_contract::trigger::Source;
-use jetsched_contract::{EventTrigger, TriggerEvent, setup};
+use jetsched_contract::{EventTrigger, TaskDef, TriggerEvent, setup};
 use jetsched_runtime::{Backoff, Outage};
 use jiff::Timestamp;
 use tokio_util::sync::CancellationToken;
@@ -134,18 +134,43 @@ async fn open(ctx: &Ctx, spec: &Spec) -> Result<Option<Opened>, String> {
         Err(err) => return Err(format!("cannot read stream {stream_name}: {err}")),
     };
     let (state, state_revision) = register(&ctx.state, spec, &stream_name).await?;
-    let config = setup::trigger_consumer(
-        spec.consumer.clone(),
-        filter,
-        spec.start,
-        ctx.ack_wait,
-        format!("jetsched trigger {} of task {}", spec.index, spec.task),
-    );
-    let consumer = stream
-        .get_or_create_consumer(&spec.consumer, config)
-        .await
-        .map_err(|e| format!("cannot open consumer {} on {stream_name}: {e}", spec.consumer))?;
+    let consumer = match stream.get_consumer(&spec.consumer).await {
+        Ok(consumer) => consumer,
+        Err(_) => {
+            let config = setup::trigger_consumer(
+                spec.consumer.clone(),
+                filter,
+                first_defined(ctx, spec).await,
+                ctx.ack_wait,
+                format!("jetsched trigger {} of task {}", spec.index, spec.task),
+            );
+            stream
+                .create_consumer(config)
+                .await
+                .map_err(|e| format!("cannot create consumer {} on {stream_name}: {e}", spec.consumer))?
+        }
+    };
     Ok(Some(Opened { stream, stream_name, consumer, state, state_revision }))
+}
+
+/// When the trigger's source first appeared in the task's definition, as
+/// far back as the bucket's history goes (edits that kept the source do not
+/// move it): a consumer created late still reads every event since.
+async fn first_defined(ctx: &Ctx, spec: &Spec) -> Timestamp {
+    let identity = spec.trigger.source().identity();
+    let Ok(history) = ctx.tasks.history(&spec.task).await else { return spec.start };
+    let entries: Vec<_> = history.filter_map(|e| async move { e.ok() }).collect().await;
+    let mut start = spec.start;
+    for entry in entries.iter().rev() {
+        let has_source = entry.operation == async_nats::jetstream::kv::Operation::Put
+            && TaskDef::from_json(&entry.value)
+                .is_ok_and(|d| d.triggers.iter().any(|t| t.source().identity() == identity));
+        if !has_source {
+            break;
+        }
+        start = Timestamp::from_nanosecond(entry.created.unix_timestamp_nanos()).unwrap_or(start).min(start);
+    }
+    start
 }
 
 fn is_not_found(err: &async_nats::jetstream::context::GetStreamError) -> bool {
@@ -306,6 +331,11 @@ pub(crate) struct Pulls<'a> {
 impl<'a> Pulls<'a> {
     pub fn new(consumer: &'a PullConsumer) -> Self {
         Pulls { consumer, batch: None }
+    }
+
+    /// Whether a request stands (events may still come from it).
+    pub fn is_active(&self) -> bool {
+        self.batch.is_some()
     }
 
     /// Sends a request for up to `n` events unless one stands.
