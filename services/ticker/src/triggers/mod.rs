@@ -264,14 +264,25 @@ impl Host {
             .filter(|(c, r)| all.get(*c).is_none_or(|s| !wanted(s) || !same(s, &r.spec)))
             .map(|(c, _)| c.clone())
             .collect();
-        for consumer in stale {
-            let Some(r) = self.running.remove(&consumer) else { continue };
+        // Stopped together (each hands its held events back), then the
+        // consumers of removed triggers are deleted.
+        let stopping: Vec<(String, Running)> =
+            stale.into_iter().filter_map(|c| self.running.remove(&c).map(|r| (c, r))).collect();
+        for (_, r) in &stopping {
             r.token.cancel();
-            let _ = tokio::time::timeout(Duration::from_secs(10), r.handle).await;
+        }
+        let mut removed = Vec::new();
+        let mut handles = Vec::new();
+        for (consumer, r) in stopping {
             if !all.contains_key(&consumer) && wanted(&r.spec) {
-                let (stream, _) = r.spec.stream_and_filter(&self.ctx);
-                forget(&self.ctx, &stream, &consumer, r.spec.partition).await;
+                removed.push((consumer, r.spec));
             }
+            handles.push(r.handle);
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(10), futures::future::join_all(handles)).await;
+        for (consumer, spec) in removed {
+            let (stream, _) = spec.stream_and_filter(&self.ctx);
+            forget(&self.ctx, &stream, &consumer, spec.partition).await;
         }
         for (consumer, spec) in &all {
             if wanted(spec) && !self.running.contains_key(consumer) {
