@@ -12,7 +12,9 @@ mod secure;
 
 use futures::StreamExt;
 use harness::{Events, is, within};
-use jetsched_contract::permissions::{ACCOUNT_INFO_SUBJECT, Permissions, Role, Scope, USER_INFO_SUBJECT};
+use jetsched_contract::permissions::{
+    ACCOUNT_INFO_SUBJECT, Permissions, Role, STREAM_LIST_SUBJECT, Scope, USER_INFO_SUBJECT,
+};
 use jetsched_contract::{Handles, Names, RunStatus};
 use jetsched_runtime::Readiness;
 use secure::{Probe, SecureServer, Tls, User};
@@ -92,7 +94,10 @@ impl Tenant {
 /// Every subject `theirs` may use that `ours` may not, tried as `ours`:
 /// returns what the server let through.
 async fn crossings(server: &SecureServer, ours: &Tenant, theirs: &Tenant) -> Vec<String> {
-    let shared = |s: &String| s == USER_INFO_SUBJECT || s == ACCOUNT_INFO_SUBJECT;
+    // Account-wide reads every tenant has (documented in OPERATIONS.md,
+    // "Tenants"): its own user info, the account's JetStream totals, and the
+    // stream listing (names and subjects) tickers check trigger subjects with.
+    let shared = |s: &String| s == USER_INFO_SUBJECT || s == ACCOUNT_INFO_SUBJECT || s == STREAM_LIST_SUBJECT;
     let mut through = Vec::new();
     for role in Role::ALL {
         let mut probe = Probe::connect(server, ours.user(role), &ours.names, role).await;

@@ -46,6 +46,30 @@ pub enum TaskCmd {
     },
 }
 
+/// Read-modify-write of the value under `key` (a `what`), with
+/// compare-and-set: `change` gets the current value and returns the new one,
+/// or `None` for nothing to do; a concurrent change makes it read again.
+/// Returns the revision written, if any.
+pub(crate) async fn edit(
+    store: &async_nats::jetstream::kv::Store,
+    key: &str,
+    what: &str,
+    mut change: impl FnMut(&[u8]) -> anyhow::Result<Option<Vec<u8>>>,
+) -> anyhow::Result<Option<u64>> {
+    use async_nats::jetstream::kv::{Operation, UpdateErrorKind};
+    for _ in 0..5 {
+        let entry = store.entry(key).await?.filter(|e| e.operation == Operation::Put);
+        let entry = entry.ok_or_else(|| bad(format!("no {what} named {key}")))?;
+        let Some(bytes) = change(&entry.value)? else { return Ok(None) };
+        match store.update(key, bytes.into(), entry.revision).await {
+            Ok(revision) => return Ok(Some(revision)),
+            Err(err) if err.kind() == UpdateErrorKind::WrongLastRevision => continue,
+            Err(err) => return Err(err.into()),
+        }
+    }
+    anyhow::bail!("{what} {key} keeps changing; try again")
+}
+
 /// Reads a definition argument: inline JSON, `@file`, or `-` (stdin).
 pub(crate) fn read_definition(arg: &str) -> anyhow::Result<Vec<u8>> {
     if arg == "-" {
@@ -57,6 +81,34 @@ pub(crate) fn read_definition(arg: &str) -> anyhow::Result<Vec<u8>> {
         return std::fs::read(path).map_err(|e| bad(format!("cannot read {path}: {e}")));
     }
     Ok(arg.as_bytes().to_vec())
+}
+
+/// Makes the triggers stream capture the plain subjects the stored task
+/// definitions' triggers name (the tickers keep it so; `init` does it once),
+/// and says which cannot be captured.
+pub async fn capture_trigger_subjects(h: &Handles) -> anyhow::Result<()> {
+    let mut subjects = Vec::new();
+    let mut keys = h.tasks.keys().await?;
+    while let Some(key) = keys.next().await {
+        let key = key?;
+        let Some(value) = h.tasks.get(&key).await? else { continue };
+        let Ok(def) = TaskDef::from_json(&value) else { continue };
+        for t in &def.triggers {
+            if let jetsched_contract::trigger::Source::Subject(s) = t.source() {
+                subjects.push(s.to_string());
+            }
+        }
+    }
+    if subjects.is_empty() {
+        // Nothing to capture: the stream keeps its placeholder subject.
+        return Ok(());
+    }
+    let conflicts = jetsched_contract::setup::sync_trigger_subjects(&h.js, &h.names, &subjects).await?;
+    println!("{} captures {} trigger subject(s)", h.names.triggers_stream(), subjects.len() - conflicts.len());
+    for c in &conflicts {
+        println!("not captured: {}", c.reason);
+    }
+    Ok(())
 }
 
 /// Runs a `task` verb.

@@ -6,6 +6,7 @@
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 mod admin;
+mod backfill;
 mod dlq;
 mod examples;
 mod inspect;
@@ -50,7 +51,8 @@ enum Command {
     Dispatcher(services::DispatcherArgs),
     /// Run the worker service (executes tasks).
     Worker(services::WorkerArgs),
-    /// Create jetsched's streams and buckets if they do not exist.
+    /// Create jetsched's streams and buckets if they do not exist, and
+    /// capture the plain subjects task triggers name.
     Init,
     /// Manage task definitions (bucket jetsched-tasks).
     #[command(subcommand)]
@@ -129,7 +131,7 @@ async fn run(cli: Cli, telemetry: Option<&jetsched_runtime::telemetry::Telemetry
         Command::Init => {
             let handles = open(&cli.nats, &topology, "jetsched-init", false).await?;
             println!("streams and buckets ready under prefix {}", handles.names);
-            Ok(())
+            admin::capture_trigger_subjects(&handles).await
         }
         Command::Task(cmd) => admin::task(&open(&cli.nats, &topology, "jetsched-cli", false).await?, cmd).await,
         Command::Schedule(cmd) => schedule::run(&cli.nats, &topology, cmd).await,

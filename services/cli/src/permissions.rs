@@ -42,6 +42,10 @@ pub struct PermissionsArgs {
     /// Submitter: tasks it may submit, comma-separated [default: every task].
     #[arg(long, value_delimiter = ',')]
     pub tasks: Vec<String>,
+    /// Ticker: streams its event triggers may read besides jetsched's own
+    /// capture stream, comma-separated (`ORDERS`, `KV_config` for a bucket).
+    #[arg(long = "trigger-streams", value_delimiter = ',')]
+    pub trigger_streams: Vec<String>,
 }
 
 /// The allow-lists `args` asks for, rendered.
@@ -57,6 +61,7 @@ pub fn render(names: &Names, args: &PermissionsArgs) -> anyhow::Result<String> {
         labels,
         functions: args.functions.clone(),
         tasks: args.tasks.clone(),
+        trigger_streams: args.trigger_streams.clone(),
     };
     let permissions = Permissions::of(args.role, names, &scope).map_err(|e| BadInput(e.to_string()))?;
     Ok(match args.format {

@@ -3,7 +3,7 @@
 //! computes fire times locally with the ticker's own calendar code.
 
 use async_nats::HeaderMap;
-use async_nats::jetstream::kv::{Operation, UpdateErrorKind};
+use async_nats::jetstream::kv::Operation;
 use jetsched_calendar::Cron;
 use jetsched_contract::{DueFire, Handles, ScheduleDef, Topology, headers, run, validate_name};
 use jetsched_runtime::NatsArgs;
@@ -11,7 +11,7 @@ use jiff::tz::{AmbiguousOffset, TimeZone};
 use jiff::{SignedDuration, Timestamp};
 use serde_json::Value;
 
-use crate::admin::{bad, list_keys, print_value, read_definition};
+use crate::admin::{bad, edit, list_keys, print_value, read_definition};
 
 /// `jetsched schedule ...`
 #[derive(Debug, clap::Subcommand)]
@@ -90,6 +90,20 @@ pub enum ScheduleCmd {
         #[arg(short = 'n', long = "count", default_value_t = 10, value_parser = clap::value_parser!(u16).range(1..=10_000))]
         count: u16,
     },
+    /// Run every fire of a schedule in a past range, with the run ids the
+    /// ticker uses (nats kv put jetsched-backfills <id> '{"schedule": ..., "from": ..., "to": ...}').
+    ///
+    /// A fire that already ran (or is running) is not run again. The ticker
+    /// holding the schedule executes it, at most --max-in-flight runs at a
+    /// time, resuming after a restart; this command follows its record and
+    /// prints a summary: fired, already ran, skipped (not due yet: the
+    /// ticker fires those itself). --dry-run lists the fires instead.
+    Backfill(crate::backfill::BackfillArgs),
+    /// Stop a backfill (nats kv get, then nats kv update jetsched-backfills <id> with "status": "cancelled").
+    BackfillCancel {
+        /// Backfill id.
+        id: String,
+    },
 }
 
 /// Runs a `schedule` verb; connects only when it needs the server.
@@ -118,59 +132,58 @@ pub async fn run(nats: &NatsArgs, topology: &Topology, cmd: ScheduleCmd) -> anyh
         ScheduleCmd::Resume { id } => set_paused(&h, &id, false).await?,
         ScheduleCmd::Trigger { id, payload } => trigger(&h, &id, payload.as_deref()).await?,
         ScheduleCmd::Preview { id: Some(id), from, count, .. } => {
-            let (def, _, _) = stored(&h, &id).await?;
+            let def = stored(&h, &id).await?;
             preview(Some(&id), &def, from.as_deref(), count)?;
         }
         ScheduleCmd::Preview { id: None, .. } => {}
+        ScheduleCmd::Backfill(args) => crate::backfill::backfill(&h, args).await?,
+        ScheduleCmd::BackfillCancel { id } => crate::backfill::cancel(&h, &id).await?,
     }
     Ok(())
 }
 
-/// The stored schedule `id`: parsed, as JSON, and its revision.
-async fn stored(h: &Handles, id: &str) -> anyhow::Result<(ScheduleDef, Value, u64)> {
+/// The stored schedule `id`, parsed.
+pub(crate) async fn stored(h: &Handles, id: &str) -> anyhow::Result<ScheduleDef> {
     validate_name("schedule", id).map_err(|e| bad(e.to_string()))?;
     let entry = h.schedules.entry(id).await?.filter(|e| e.operation == Operation::Put);
     let entry = entry.ok_or_else(|| bad(format!("no schedule named {id}")))?;
-    let def = ScheduleDef::from_json(id, &entry.value)
-        .map_err(|e| bad(format!("schedule {id} is invalid ({e}); fix it with schedule put")))?;
-    let json = serde_json::from_slice(&entry.value)?;
-    Ok((def, json, entry.revision))
+    ScheduleDef::from_json(id, &entry.value)
+        .map_err(|e| bad(format!("schedule {id} is invalid ({e}); fix it with schedule put")))
 }
 
 /// Read-modify-write of the `paused` flag, retried when someone else
 /// changed the schedule in between.
 async fn set_paused(h: &Handles, id: &str, paused: bool) -> anyhow::Result<()> {
+    validate_name("schedule", id).map_err(|e| bad(e.to_string()))?;
     let verb = if paused { "paused" } else { "resumed" };
-    for _ in 0..5 {
-        let (def, mut json, revision) = stored(h, id).await?;
+    let written = edit(&h.schedules, id, "schedule", |value| {
+        let def = ScheduleDef::from_json(id, value)
+            .map_err(|e| bad(format!("schedule {id} is invalid ({e}); fix it with schedule put")))?;
         if def.paused == paused {
             println!("schedule {id} is already {}", if paused { "paused" } else { "running" });
-            return Ok(());
+            return Ok(None);
         }
+        let mut json: Value = serde_json::from_slice(value)?;
         let Some(fields) = json.as_object_mut() else { return Err(bad(format!("schedule {id} is not an object"))) };
         if paused {
             fields.insert("paused".to_string(), Value::Bool(true));
         } else {
             fields.remove("paused");
         }
-        let bytes = serde_json::to_vec(&json)?;
-        match h.schedules.update(id, bytes.into(), revision).await {
-            Ok(rev) => {
-                println!("schedule {id} {verb} (revision {rev})");
-                return Ok(());
-            }
-            Err(err) if err.kind() == UpdateErrorKind::WrongLastRevision => continue,
-            Err(err) => return Err(err.into()),
-        }
+        Ok(Some(serde_json::to_vec(&json)?))
+    })
+    .await?;
+    if let Some(rev) = written {
+        println!("schedule {id} {verb} (revision {rev})");
     }
-    anyhow::bail!("schedule {id} keeps changing; try again")
+    Ok(())
 }
 
 /// Publishes one fire of `id` now. The nominal time is now to the
 /// millisecond, moved on by a millisecond while it is one of the schedule's
 /// own occurrences, so the run never takes a regular fire's run id.
 async fn trigger(h: &Handles, id: &str, payload: Option<&str>) -> anyhow::Result<()> {
-    let (def, _, _) = stored(h, id).await?;
+    let def = stored(h, id).await?;
     let calendar = def.calendar().map_err(bad)?;
     let ms = SignedDuration::from_millis(1);
     let now = Timestamp::now();
@@ -247,8 +260,7 @@ fn preview(id: Option<&str>, def: &ScheduleDef, from: Option<&str>, count: u16) 
     let mut shown = 0;
     for t in calendar.iter_after(from).take(count) {
         shown += 1;
-        let local = t.to_zoned_datetime(tz.clone());
-        let local = local.strftime("%Y-%m-%d %H:%M:%S%.f %:z %Z").to_string();
+        let local = local_time(&tz, t);
         let mut line = format!("{shown:>3}  {:<26}{local:<34}", t.to_string());
         if let (false, Some(id)) = (jitter.is_zero(), id) {
             let start = jetsched_calendar::jitter_offset(id, t, jitter);
@@ -267,9 +279,14 @@ fn preview(id: Option<&str>, def: &ScheduleDef, from: Option<&str>, count: u16) 
     Ok(())
 }
 
+/// `t` on the wall clock of `tz`, with its offset and zone abbreviation.
+pub(crate) fn local_time(tz: &TimeZone, t: Timestamp) -> String {
+    t.to_zoned_datetime(tz.clone()).strftime("%Y-%m-%d %H:%M:%S%.f %:z %Z").to_string()
+}
+
 /// Why a fire time looks odd on the wall clock: a repeated local time, or a
 /// local time shifted out of a DST gap.
-fn dst_note(tz: &TimeZone, cron: Option<&Cron>, t: Timestamp) -> Option<&'static str> {
+pub(crate) fn dst_note(tz: &TimeZone, cron: Option<&Cron>, t: Timestamp) -> Option<&'static str> {
     let civil = tz.to_datetime(t);
     match tz.to_ambiguous_timestamp(civil).offset() {
         AmbiguousOffset::Fold { before, .. } if tz.to_offset(t) == before => {

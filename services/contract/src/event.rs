@@ -35,11 +35,14 @@ pub enum RunStatus {
     Missed,
     /// A schedule or task definition that cannot be used.
     Invalid,
+    /// Progress of a backfill (not a run): started, advanced, done,
+    /// cancelled or failed.
+    Backfill,
 }
 
 impl RunStatus {
     /// Every status, in lifecycle order.
-    pub const ALL: [RunStatus; 12] = [
+    pub const ALL: [RunStatus; 13] = [
         RunStatus::Queued,
         RunStatus::Waiting,
         RunStatus::Started,
@@ -52,6 +55,7 @@ impl RunStatus {
         RunStatus::Rejected,
         RunStatus::Missed,
         RunStatus::Invalid,
+        RunStatus::Backfill,
     ];
 
     /// The subject token and JSON spelling.
@@ -69,6 +73,7 @@ impl RunStatus {
             RunStatus::Rejected => "rejected",
             RunStatus::Missed => "missed",
             RunStatus::Invalid => "invalid",
+            RunStatus::Backfill => "backfill",
         }
     }
 
@@ -161,6 +166,12 @@ pub struct RunEvent {
     /// share one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_window: Option<Timestamp>,
+    /// For `invalid` reports about a task's trigger: its index in `triggers`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trigger: Option<u32>,
+    /// For `backfill`: which backfill, where it stands and its counts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backfill: Option<crate::backfill::BackfillReport>,
 }
 
 impl RunEvent {
@@ -187,6 +198,8 @@ impl RunEvent {
             step: None,
             retry_at: None,
             rate_window: None,
+            trigger: None,
+            backfill: None,
         }
     }
 
@@ -208,6 +221,13 @@ impl RunEvent {
     /// are about: the definition's key and revision, or the schedule, the
     /// last occurrence and the count.
     pub fn msg_id(&self) -> String {
+        if let Some(b) = &self.backfill {
+            return format!("backfill:{}:{}:{}", b.id, b.status.as_str(), b.progress.handled());
+        }
+        if let (None, Some(i)) = (&self.run_id, self.trigger) {
+            let key = self.key.as_deref().unwrap_or(&self.task);
+            return format!("{}:{key}:{}:trigger{i}", self.status, self.revision.unwrap_or_default());
+        }
         match (&self.run_id, self.status) {
             (Some(run), status) => format!("{run}:{status}:{}", self.attempt),
             (None, status) => format!(

@@ -4,6 +4,7 @@
 //! contract lives in one place; `schemas/` is its JSON Schema form and a test
 //! keeps the two in agreement.
 
+pub mod backfill;
 pub mod codec;
 pub mod duration;
 pub mod event;
@@ -20,9 +21,11 @@ pub mod schedule;
 pub mod setup;
 pub mod task;
 pub mod ticker;
+pub mod trigger;
 pub mod window;
 pub mod workflow;
 
+pub use backfill::{Backfill, BackfillProgress, BackfillReport, BackfillStatus};
 pub use duration::{HumanDuration, parse_duration};
 pub use event::{RunEvent, RunStatus};
 pub use message::{DueFire, WithdrawReply, WorkItem, WorkerInfo};
@@ -34,5 +37,6 @@ pub use run::RunRecord;
 pub use schedule::{Misfire, MisfirePolicy, Overlap, ScheduleDef, TaskRef};
 pub use setup::{Handles, SetupError, TickerBuckets, Topology};
 pub use task::{Handler, RetryPolicy, TaskDef};
+pub use trigger::{EventTrigger, TriggerEvent};
 pub use window::{Window, WindowDef};
 pub use workflow::{StepOutcome, StepStart, WorkflowState};

@@ -268,6 +268,28 @@ impl Names {
         format!("$KV.{bucket}.>")
     }
 
+    /// Events published to the plain subjects task triggers name, captured
+    /// so that none is lost once the server acknowledged it.
+    pub fn triggers_stream(&self) -> String {
+        format!("{}_TRIGGERS", self.upper)
+    }
+
+    /// The subject the triggers stream holds while no trigger names a plain
+    /// subject (a stream needs at least one); nothing is published to it.
+    pub fn triggers_idle_subject(&self) -> String {
+        format!("{}.triggers.idle", self.prefix)
+    }
+
+    /// The subject of keys matching `key_filter` in bucket `bucket`'s stream.
+    pub fn kv_subject(&self, bucket: &str, key_filter: &str) -> String {
+        format!("$KV.{bucket}.{key_filter}")
+    }
+
+    /// The key a subject of bucket `bucket`'s stream is for.
+    pub fn parse_kv_subject<'a>(&self, bucket: &str, subject: &'a str) -> Option<&'a str> {
+        subject.strip_prefix("$KV.")?.strip_prefix(bucket)?.strip_prefix('.')
+    }
+
     // ---- buckets ----
 
     /// Task definitions, keyed by task name.
@@ -294,12 +316,12 @@ impl Names {
     /// The subject of run records whose keys match `key_filter` (a key or a
     /// filter with `*`/`>`), in the runs bucket's stream.
     pub fn runs_bucket_subject(&self, key_filter: &str) -> String {
-        format!("$KV.{}.{key_filter}", self.runs_bucket())
+        self.kv_subject(&self.runs_bucket(), key_filter)
     }
 
     /// The run record key a runs bucket stream subject is for.
     pub fn parse_runs_bucket_subject<'a>(&self, subject: &'a str) -> Option<&'a str> {
-        subject.strip_prefix("$KV.")?.strip_prefix(self.runs_bucket().as_str())?.strip_prefix('.')
+        self.parse_kv_subject(&self.runs_bucket(), subject)
     }
 
     /// Worker heartbeats, keyed by worker id.
@@ -320,6 +342,11 @@ impl Names {
     /// The ticker's partition leases and live members (entries expire unless refreshed).
     pub fn ticker_leases_bucket(&self) -> String {
         format!("{}-ticker-leases", self.prefix)
+    }
+
+    /// Backfills (a schedule's fires over a past range), keyed by backfill id.
+    pub fn backfills_bucket(&self) -> String {
+        format!("{}-backfills", self.prefix)
     }
 
     /// Time windows, keyed by window name.
@@ -381,6 +408,15 @@ impl Names {
         format!("worker-{queue}-{band}")
     }
 
+    /// The durable consumer reading the events of one trigger of `task`
+    /// (`source` is [`crate::trigger::Source::identity`]) on its source
+    /// stream: `<prefix>-trg-<task>-<hash of the source>`. Editing a
+    /// trigger's batching, filter or mapping keeps it (and its position);
+    /// changing its source makes a new one.
+    pub fn trigger_consumer(&self, task: &str, source: &str) -> String {
+        format!("{}-trg-{task}-{:08x}", self.prefix, crate::run::fnv1a(source.as_bytes()) as u32)
+    }
+
     /// Queue and band of a worker consumer's name.
     pub fn parse_worker_consumer<'a>(&self, name: &'a str) -> Option<(&'a str, u8)> {
         let (queue, band) = name.strip_prefix("worker-")?.rsplit_once('-')?;
@@ -413,6 +449,13 @@ mod tests {
         assert_eq!(n.ticker_leases_bucket(), "jetsched-ticker-leases");
         assert_eq!(n.overlap_bucket(), "jetsched-overlap");
         assert_eq!(n.overlap_key("nightly"), "nightly");
+        assert_eq!(n.backfills_bucket(), "jetsched-backfills");
+        assert_eq!(n.triggers_stream(), "JETSCHED_TRIGGERS");
+        assert_eq!(n.bucket_stream("config"), "KV_config");
+        assert_eq!(n.kv_subject("config", "pricing.>"), "$KV.config.pricing.>");
+        assert_eq!(n.parse_kv_subject("config", "$KV.config.pricing.eu"), Some("pricing.eu"));
+        let consumer = n.trigger_consumer("email", "subject\u{1f}orders.>");
+        assert!(consumer.starts_with("jetsched-trg-email-") && consumer.len() == "jetsched-trg-email-".len() + 8);
     }
 
     #[test]

@@ -25,6 +25,11 @@ pub const USER_INFO_SUBJECT: &str = "$SYS.REQ.USER.INFO";
 /// client reads it before it creates a bucket.
 pub const ACCOUNT_INFO_SUBJECT: &str = "$JS.API.INFO";
 
+/// The JetStream API subject of stream listings (names and subjects of the
+/// account's streams, not their messages): tickers and the admin use it to
+/// check that the subjects event triggers capture are in no other stream.
+pub const STREAM_LIST_SUBJECT: &str = "$JS.API.STREAM.LIST";
+
 /// The NATS function subjects a worker calls and functions serve when none
 /// are named: the convention the docs and examples use.
 pub const DEFAULT_FUNCTIONS: &str = "fn.>";
@@ -103,6 +108,10 @@ pub struct Scope {
     pub functions: Vec<String>,
     /// Submitter: the tasks it may submit (empty: every task).
     pub tasks: Vec<String>,
+    /// Ticker: the streams event triggers may read besides jetsched's own
+    /// capture stream (a user stream `ORDERS`, or `KV_<bucket>` for a
+    /// bucket): the ticker manages its trigger consumers on them.
+    pub trigger_streams: Vec<String>,
 }
 
 impl Default for Scope {
@@ -113,6 +122,7 @@ impl Default for Scope {
             labels: BTreeMap::new(),
             functions: vec![DEFAULT_FUNCTIONS.to_string()],
             tasks: Vec::new(),
+            trigger_streams: Vec::new(),
         }
     }
 }
@@ -149,7 +159,7 @@ impl Permissions {
     pub fn of(role: Role, names: &Names, scope: &Scope) -> Result<Permissions, ScopeError> {
         let mut p = Permissions::default();
         match role {
-            Role::Ticker => p.ticker(names),
+            Role::Ticker => p.ticker(names, scope)?,
             Role::Dispatcher => p.dispatcher(names),
             Role::Worker => p.worker(names, scope)?,
             Role::Admin => p.admin(names),
@@ -232,7 +242,7 @@ impl Permissions {
         self.kv_write(names, &names.runs_bucket());
     }
 
-    fn ticker(&mut self, names: &Names) {
+    fn ticker(&mut self, names: &Names, scope: &Scope) -> Result<(), ScopeError> {
         self.service(names, Role::Ticker);
         self.publish(names.due_subject(">"));
         // Asks the worker holding a staged run of a deleted schedule to withdraw it.
@@ -248,6 +258,36 @@ impl Permissions {
             self.kv_read(names, &config.bucket);
             self.kv_write(names, &config.bucket);
         }
+        // Event triggers are part of the task definitions.
+        self.kv_read(names, &names.tasks_bucket());
+        // Backfills: it executes them and writes their progress.
+        self.kv_read(names, &names.backfills_bucket());
+        self.kv_write(names, &names.backfills_bucket());
+        // Event triggers: a durable consumer per trigger on its source
+        // stream (jetsched's capture stream, or a stream the scope names),
+        // the capture stream's subjects kept in sync, and the other streams'
+        // subjects listed to report overlaps.
+        self.publish(STREAM_LIST_SUBJECT.to_string());
+        self.publish(stream_api("UPDATE", &names.triggers_stream()));
+        let mut sources = vec![names.triggers_stream()];
+        for stream in &scope.trigger_streams {
+            check_subject(stream)?;
+            if stream.contains(['.', '*', '>']) {
+                return Err(ScopeError::Subject(stream.clone()));
+            }
+            sources.push(stream.clone());
+        }
+        for s in sources {
+            self.publish(stream_api("INFO", &s));
+            self.publish(format!("$JS.API.STREAM.MSG.GET.{s}"));
+            self.publish(format!("$JS.API.CONSUMER.CREATE.{s}.>"));
+            self.publish(format!("$JS.API.CONSUMER.DURABLE.CREATE.{s}.*"));
+            for op in ["INFO", "DELETE", "MSG.NEXT"] {
+                self.publish(format!("$JS.API.CONSUMER.{op}.{s}.*"));
+            }
+            self.publish(format!("$JS.ACK.{s}.>"));
+        }
+        Ok(())
     }
 
     fn dispatcher(&mut self, names: &Names) {
@@ -313,8 +353,11 @@ impl Permissions {
     }
 
     fn admin(&mut self, names: &Names) {
-        // No stream lists: they would show other tenants' streams.
         self.publish(USER_INFO_SUBJECT.to_string());
+        // Stream lists show other tenants' stream names and subjects (not
+        // their messages): only to check that the subjects event triggers
+        // capture are in no other stream (`init` with triggers defined).
+        self.publish(STREAM_LIST_SUBJECT.to_string());
         self.publish(ACCOUNT_INFO_SUBJECT.to_string());
         let topo = Topology::default();
         let mut streams: Vec<String> = setup::stream_configs(names, &topo).into_iter().map(|c| c.name).collect();

@@ -53,6 +53,16 @@ pub struct RateLimit {
 /// Renders `{{payload.a.b}}` placeholders with values from `payload`
 /// (strings as they are, anything else as compact JSON, missing as empty).
 pub fn render_template(template: &str, payload: &Value) -> String {
+    render_placeholders(template, |expr| match expr.strip_prefix("payload") {
+        Some(path) if path.is_empty() || path.starts_with('.') => lookup(payload, path),
+        _ => None,
+    })
+}
+
+/// Replaces each `{{expr}}` in `template` with what `resolve` finds for the
+/// trimmed `expr` (strings as they are, anything else as compact JSON,
+/// nothing or `null` as empty).
+pub fn render_placeholders<'v>(template: &str, resolve: impl Fn(&str) -> Option<&'v Value>) -> String {
     let mut out = String::new();
     let mut rest = template;
     while let Some(start) = rest.find("{{") {
@@ -61,25 +71,28 @@ pub fn render_template(template: &str, payload: &Value) -> String {
             out.push_str(&rest[start..]);
             return out;
         };
-        let expr = rest[start + 2..start + end].trim();
-        if let Some(path) = expr.strip_prefix("payload") {
-            let mut v = Some(payload);
-            for part in path.split('.').filter(|p| !p.is_empty()) {
-                v = v.and_then(|v| match v {
-                    Value::Array(a) => part.parse::<usize>().ok().and_then(|i| a.get(i)),
-                    other => other.get(part),
-                });
-            }
-            match v {
-                Some(Value::String(s)) => out.push_str(s),
-                Some(Value::Null) | None => {}
-                Some(other) => out.push_str(&other.to_string()),
-            }
+        match resolve(rest[start + 2..start + end].trim()) {
+            Some(Value::String(s)) => out.push_str(s),
+            Some(Value::Null) | None => {}
+            Some(other) => out.push_str(&other.to_string()),
         }
         rest = &rest[start + end + 2..];
     }
     out.push_str(rest);
     out
+}
+
+/// The value at a dotted `path` in `root` (array members by index); an
+/// empty path is `root` itself.
+pub fn lookup<'v>(root: &'v Value, path: &str) -> Option<&'v Value> {
+    let mut v = Some(root);
+    for part in path.split('.').filter(|p| !p.is_empty()) {
+        v = v.and_then(|v| match v {
+            Value::Array(a) => part.parse::<usize>().ok().and_then(|i| a.get(i)),
+            other => other.get(part),
+        });
+    }
+    v
 }
 
 /// Checks a template: every placeholder is `{{payload...}}`.

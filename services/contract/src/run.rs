@@ -8,6 +8,9 @@
 //! - submitted with `Nats-Msg-Id`: `t.<task>.m-<id>` (hashed if the id has
 //!   characters a KV key cannot hold)
 //! - submitted without: `t.<task>.q<inbox stream sequence>`
+//! - started by an event trigger: a submission whose `Nats-Msg-Id` is
+//!   [`trigger_msg_id`] (`<task>-<stream>-<sequence>`, a batch
+//!   `<task>-<stream>-<first>-<last>`), so `t.<task>.m-<that>`
 //!
 //! All runs of a schedule share a key prefix: `nats kv ls jetsched-runs` and
 //! watches on `s.nightly.>` find them.
@@ -56,6 +59,19 @@ pub fn submitted_run_id(task: &str, msg_id: Option<&str>, inbox_seq: u64) -> Str
             if safe { format!("t.{task}.m-{id}") } else { format!("t.{task}.h-{:016x}", fnv1a(id.as_bytes())) }
         }
         _ => format!("t.{task}.q{inbox_seq}"),
+    }
+}
+
+/// The `Nats-Msg-Id` of the submission an event trigger of `task` makes for
+/// the message at sequence `first` of `stream` (a KV trigger: the bucket's
+/// stream `KV_<bucket>`, the sequence being the key's revision), or for a
+/// batch of messages from `first` to `last`. The task is part of it because
+/// the inbox drops duplicates across every task; the run id is then
+/// [`submitted_run_id`] of it.
+pub fn trigger_msg_id(task: &str, stream: &str, first: u64, last: Option<u64>) -> String {
+    match last {
+        Some(last) => format!("{task}-{stream}-{first}-{last}"),
+        None => format!("{task}-{stream}-{first}"),
     }
 }
 
@@ -322,6 +338,14 @@ mod tests {
     fn an_ended_run_says_so() {
         let err = check_transition("s.n.1", Some(RunStatus::Succeeded), RunStatus::Started).unwrap_err();
         assert_eq!(err.to_string(), "run s.n.1 cannot go from succeeded to started: the run has ended");
+    }
+
+    #[test]
+    fn trigger_ids_name_the_source_position() {
+        assert_eq!(trigger_msg_id("email", "ORDERS", 42, None), "email-ORDERS-42");
+        assert_eq!(trigger_msg_id("email", "ORDERS", 42, Some(50)), "email-ORDERS-42-50");
+        let id = trigger_msg_id("email", "KV_config", 7, None);
+        assert_eq!(submitted_run_id("email", Some(&id), 1), "t.email.m-email-KV_config-7");
     }
 
     #[test]

@@ -261,6 +261,10 @@ impl ScheduleDef {
     fn validate_task(&self) -> Result<(), String> {
         match &self.task {
             TaskRef::Name(n) => validate_name("task", n).map_err(|e| e.to_string()),
+            TaskRef::Inline(def) if !def.triggers.is_empty() => Err(
+                "inline task: triggers belong to task definitions in the tasks bucket, not to a schedule's inline task"
+                    .to_string(),
+            ),
             TaskRef::Inline(def) => def.validate().map_err(|e| format!("inline task: {e}")),
         }
     }

@@ -30,6 +30,9 @@ pub struct Topology {
     pub events_max_age: Duration,
     /// How long dead letters are kept.
     pub dlq_max_age: Duration,
+    /// How long events captured for plain-subject triggers are kept (a
+    /// trigger whose tickers are all down longer loses the oldest).
+    pub triggers_max_age: Duration,
     /// How long a run record is kept after its last change.
     pub runs_max_age: Duration,
     /// A worker whose heartbeat is older than this is gone.
@@ -44,6 +47,7 @@ impl Default for Topology {
             duplicate_window: Duration::from_secs(120),
             events_max_age: Duration::from_secs(7 * 86_400),
             dlq_max_age: Duration::from_secs(30 * 86_400),
+            triggers_max_age: Duration::from_secs(7 * 86_400),
             runs_max_age: Duration::from_secs(7 * 86_400),
             worker_ttl: Duration::from_secs(15),
         }
@@ -53,7 +57,7 @@ impl Default for Topology {
 /// How long a concurrency slot outlives its last refresh.
 pub const SLOT_TTL: Duration = Duration::from_secs(30);
 
-/// The four streams.
+/// The five streams.
 pub fn stream_configs(names: &Names, topo: &Topology) -> Vec<stream::Config> {
     let base = |name: String, subjects: Vec<String>, description: &str| stream::Config {
         name,
@@ -90,6 +94,21 @@ pub fn stream_configs(names: &Names, topo: &Topology) -> Vec<stream::Config> {
             retention: RetentionPolicy::Limits,
             max_age: topo.dlq_max_age,
             ..base(names.dlq_stream(), vec![names.dead_filter()], "jetsched: dead letters")
+        },
+        stream::Config {
+            // Limits, not interest or work queue: several tasks may trigger
+            // on one subject (each with its own consumer), and an event must
+            // be kept from the moment the server acknowledges it, whether or
+            // not a consumer exists yet. Its subjects are the plain subjects
+            // task triggers name (kept in sync by the tickers, see
+            // `sync_trigger_subjects`); a placeholder while there are none.
+            retention: RetentionPolicy::Limits,
+            max_age: topo.triggers_max_age,
+            ..base(
+                names.triggers_stream(),
+                vec![names.triggers_idle_subject()],
+                "jetsched: events published to subjects that task triggers name",
+            )
         },
     ]
 }
@@ -128,6 +147,8 @@ pub fn bucket_configs(names: &Names, topo: &Topology) -> Vec<kv::Config> {
         // No max_age: a schedule's turn must outlive its longest run, or a
         // fire after an expiry would start beside a run still going.
         base(names.overlap_bucket(), "jetsched: overlap state of schedules", 1, Duration::ZERO),
+        // Kept until deleted: a backfill's record is its progress report.
+        base(names.backfills_bucket(), "jetsched: backfills and their progress", 5, Duration::ZERO),
     ]
 }
 
@@ -240,6 +261,108 @@ pub fn worker_consumer(names: &Names, queue: &str, band: u8, ack_wait: Duration)
     }
 }
 
+/// The durable consumer of one event trigger on its source stream.
+pub fn trigger_consumer(
+    name: String,
+    filter: Option<String>,
+    start: jiff::Timestamp,
+    ack_wait: Duration,
+    description: String,
+) -> pull::Config {
+    pull::Config {
+        durable_name: Some(name),
+        description: Some(description),
+        filter_subject: filter.unwrap_or_default(),
+        // Events stored since the trigger was defined (the KV write time of
+        // the definition that added it), not the stream's whole history.
+        deliver_policy: DeliverPolicy::ByStartTime {
+            start_time: time::OffsetDateTime::from_unix_timestamp_nanos(start.as_nanosecond())
+                .unwrap_or(time::OffsetDateTime::UNIX_EPOCH),
+        },
+        ack_policy: AckPolicy::Explicit,
+        // A ticker that dies holding events (in flight, or gathered into a
+        // batch or a debounce burst) has them redelivered after this, to the
+        // ticker that takes the trigger over. Holders send in-progress acks
+        // at a third of it. Too short and events are submitted twice under
+        // load (harmless, same run id, but wasted); too long and a takeover
+        // waits for them.
+        ack_wait,
+        // Unlimited: an event is acked once its submission is stored; a
+        // failure to store it is transient and must not drop it.
+        max_deliver: -1,
+        // Events held at once: in flight, in batches and debounce bursts.
+        // Bounds the host's memory; a full debounce table waits for bursts
+        // to end.
+        max_ack_pending: 10_000,
+        ..Default::default()
+    }
+}
+
+/// A plain trigger subject jetsched cannot capture, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubjectConflict {
+    /// The subject.
+    pub subject: String,
+    /// What prevents it (another stream holds overlapping subjects).
+    pub reason: String,
+}
+
+/// Makes the triggers stream hold exactly the plain subjects in `wanted`
+/// (reduced to a minimal cover), except those overlapping a subject of
+/// another stream, which are returned as conflicts: the server refuses a
+/// subject in two streams, and such events are already stored by the other
+/// stream (a trigger names it with `"stream"`). Updates the stream only
+/// when its subjects change.
+pub async fn sync_trigger_subjects(
+    js: &Context,
+    names: &Names,
+    wanted: &[String],
+) -> Result<Vec<SubjectConflict>, SetupError> {
+    use futures::TryStreamExt as _;
+    let ours = names.triggers_stream();
+    let others: Vec<stream::Info> = js
+        .streams()
+        .try_collect::<Vec<_>>()
+        .await
+        .map_err(|e| SetupError::new("stream list", e))?
+        .into_iter()
+        .filter(|info| info.config.name != ours)
+        .collect();
+    let mut conflicts = Vec::new();
+    let mut keep = Vec::new();
+    for subject in crate::trigger::minimal_cover(wanted) {
+        let clash = others.iter().find_map(|info| {
+            info.config
+                .subjects
+                .iter()
+                .find(|theirs| crate::trigger::subjects_overlap(&subject, theirs))
+                .map(|theirs| (info.config.name.clone(), theirs.clone()))
+        });
+        match clash {
+            Some((stream, theirs)) => conflicts.push(SubjectConflict {
+                reason: format!(
+                    "subject {subject} overlaps subject {theirs} of stream {stream}, which already stores those \
+                     events: trigger on that stream instead ({{\"stream\": \"{stream}\", \"subject\": \"{subject}\"}})"
+                ),
+                subject,
+            }),
+            None => keep.push(subject),
+        }
+    }
+    if keep.is_empty() {
+        keep.push(names.triggers_idle_subject());
+    }
+    let mut stream = js.get_stream(&ours).await.map_err(|e| SetupError::new(&ours, e))?;
+    let info = stream.info().await.map_err(|e| SetupError::new(&ours, e))?;
+    let mut current = info.config.subjects.clone();
+    current.sort();
+    if current != keep {
+        let config = stream::Config { subjects: keep, ..info.config.clone() };
+        js.update_stream(config).await.map_err(|e| SetupError::new(&ours, e))?;
+    }
+    Ok(conflicts)
+}
+
 /// Creates every stream and bucket that does not exist yet, and brings the
 /// subjects of existing streams and the history of existing buckets to
 /// what this version needs (an older `init` kept every event, and one
@@ -249,7 +372,9 @@ pub async fn ensure(js: &Context, names: &Names, topo: &Topology) -> Result<(), 
         let name = config.name.clone();
         let mut stream = js.get_or_create_stream(config.clone()).await.map_err(|e| SetupError::new(&name, e))?;
         let current = stream.info().await.map_err(|e| SetupError::new(&name, e))?.config.clone();
-        if current.subjects != config.subjects {
+        // Only the events stream's subjects changed between versions (the
+        // triggers stream's follow the task definitions: not reset here).
+        if name == names.events_stream() && current.subjects != config.subjects {
             let updated = stream::Config { subjects: config.subjects, ..current };
             js.update_stream(updated).await.map_err(|e| SetupError::new(&name, e))?;
         }
@@ -295,6 +420,8 @@ pub struct Handles {
     pub rates: kv::Store,
     /// `jetsched-overlap`.
     pub overlap: kv::Store,
+    /// `jetsched-backfills`.
+    pub backfills: kv::Store,
 }
 
 impl Handles {
@@ -313,6 +440,7 @@ impl Handles {
             slots: open(names.slots_bucket()).await?,
             rates: open(names.rates_bucket()).await?,
             overlap: open(names.overlap_bucket()).await?,
+            backfills: open(names.backfills_bucket()).await?,
             js,
             names,
         })

@@ -56,6 +56,9 @@ pub struct TaskDef {
     /// Workflow steps; a task with steps is a DAG of other tasks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub steps: Option<BTreeMap<String, Step>>,
+    /// Events that start runs: a user stream, a plain subject, or a KV key filter.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub triggers: Vec<crate::trigger::EventTrigger>,
     /// Free text for humans.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
@@ -278,6 +281,7 @@ impl TaskDef {
             routing: crate::routing::Routing::Any,
             rate_limit: None,
             steps: None,
+            triggers: Vec::new(),
             description: None,
         }
     }
@@ -358,6 +362,7 @@ impl TaskDef {
         {
             return Err("requires.slots must be at least 1".to_string());
         }
+        crate::trigger::validate_triggers(&self.triggers)?;
         match (&self.handler, &self.steps) {
             (Some(_), Some(_)) => Err("a task has either a handler or steps, not both".to_string()),
             (None, None) => Err("a task needs a handler (or steps, for a workflow)".to_string()),

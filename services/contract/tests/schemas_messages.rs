@@ -1,6 +1,7 @@
 //! Keeps `schemas/*.json` and the Rust types in agreement for the messages and records the
 //! services write: run events, run records, due fires, work items, workflow step starts and
-//! outcomes, the ticker's watermarks and fire counts, and the dispatchers' overlap state. `schemas.rs` covers the definitions users write and explains the method; the
+//! outcomes, the ticker's watermarks, fire counts and trigger registrations, the event a
+//! triggered run gets, and the dispatchers' overlap state. `schemas.rs` covers the definitions users write and explains the method; the
 //! shared machinery is in `support/`.
 //!
 //! The services read these with serde alone, so serde is the parser every table is checked
@@ -15,11 +16,11 @@ use std::collections::BTreeMap;
 
 use jetsched_contract::message::Shard;
 use jetsched_contract::schedule::ScheduleDependency;
-use jetsched_contract::ticker::{FiredCount, Watermark};
+use jetsched_contract::ticker::{FiredCount, JournaledBatch, TriggerState, Watermark};
 use jetsched_contract::workflow::StepState;
 use jetsched_contract::{
-    ByteAmount, Cores, DueFire, Handler, Overlap, Resources, RunEvent, RunRecord, RunStatus, StepOutcome, StepStart,
-    TaskDef, WorkItem, WorkerInfo, WorkflowState,
+    BackfillProgress, BackfillReport, BackfillStatus, ByteAmount, Cores, DueFire, Handler, Overlap, Resources,
+    RunEvent, RunRecord, RunStatus, StepOutcome, StepStart, TaskDef, TriggerEvent, WorkItem, WorkerInfo, WorkflowState,
 };
 use jiff::Timestamp;
 use serde_json::{Value, json};
@@ -174,8 +175,12 @@ const INVALID_RUN_RECORDS: &[(&str, &str)] = &[
     ),
 ];
 
-const VALID_TICKER_STATES: &[&str] =
-    &[r#"{"upto": "2026-11-25T02:30:00.204Z", "by": "ticker-1"}"#, r#"{"fired": 1, "last": "2026-11-25T02:30:00Z"}"#];
+const VALID_TICKER_STATES: &[&str] = &[
+    r#"{"upto": "2026-11-25T02:30:00.204Z", "by": "ticker-1"}"#,
+    r#"{"fired": 1, "last": "2026-11-25T02:30:00Z"}"#,
+    r#"{"task": "email", "stream": "ORDERS", "consumer": "jetsched-trg-email-1a2b3c4d"}"#,
+    r#"{"task": "email", "stream": "ORDERS", "consumer": "c", "batch": {"msg_id": "email-ORDERS-1-3", "seqs": [1, 3]}}"#,
+];
 
 const VALID_WORKERS: &[&str] = &[
     r#"{"id": "w1", "queues": ["default"], "slots": 256, "busy": 0,
@@ -221,6 +226,36 @@ const INVALID_TICKER_STATES: &[(&str, &str)] = &[
     ("a count of zero", r#"{"fired": 0, "last": "2026-11-25T02:30:00Z"}"#),
     ("a negative count", r#"{"fired": -1, "last": "2026-11-25T02:30:00Z"}"#),
     ("both kinds mixed", r#"{"fired": 1, "last": "2026-11-25T02:30:00Z", "by": "t"}"#),
+    ("a trigger without its consumer", r#"{"task": "email", "stream": "ORDERS"}"#),
+    ("a batch without its id", r#"{"task": "t", "stream": "S", "consumer": "c", "batch": {"seqs": [1]}}"#),
+    (
+        "a batch with a negative sequence",
+        r#"{"task": "t", "stream": "S", "consumer": "c", "batch": {"msg_id": "m", "seqs": [-1]}}"#,
+    ),
+];
+
+const VALID_TRIGGER_EVENTS: &[&str] = &[
+    r#"{"subject": "orders.created.eu", "stream": "ORDERS", "seq": 42, "time": "2026-11-25T02:30:00Z", "data": {"id": 7}}"#,
+    r#"{"subject": "orders.x", "stream": "JETSCHED_TRIGGERS", "seq": 1, "time": "2026-11-25T02:30:00Z",
+        "headers": {"Tenant": "acme"}, "data": "plain text"}"#,
+    r#"{"subject": "$KV.config.pricing.eu", "stream": "KV_config", "seq": 17, "time": "2026-11-25T02:30:00Z",
+        "data": null, "bucket": "config", "key": "pricing.eu", "operation": "delete", "revision": 17}"#,
+];
+
+const INVALID_TRIGGER_EVENTS: &[(&str, &str)] = &[
+    ("no data", r#"{"subject": "a", "stream": "S", "seq": 1, "time": "2026-11-25T02:30:00Z"}"#),
+    (
+        "an unknown operation",
+        r#"{"subject": "a", "stream": "S", "seq": 1, "time": "2026-11-25T02:30:00Z", "data": 1, "operation": "update"}"#,
+    ),
+    (
+        "an unknown field",
+        r#"{"subject": "a", "stream": "S", "seq": 1, "time": "2026-11-25T02:30:00Z", "data": 1, "extra": 1}"#,
+    ),
+    (
+        "a header with a list of values",
+        r#"{"subject": "a", "stream": "S", "seq": 1, "time": "2026-11-25T02:30:00Z", "data": 1, "headers": {"A": ["x"]}}"#,
+    ),
 ];
 
 const VALID_OVERLAP_STATES: &[&str] = &[
@@ -418,6 +453,13 @@ fn schema_and_parser_agree_on_due_fires_and_work_items() {
 #[test]
 fn schema_and_parser_agree_on_ticker_state() {
     assert_agreement("ticker-state.json", parse_ticker_state, VALID_TICKER_STATES, INVALID_TICKER_STATES);
+    let trigger = TriggerState {
+        task: "email".into(),
+        stream: "ORDERS".into(),
+        consumer: "jetsched-trg-email-1a2b3c4d".into(),
+        batch: Some(JournaledBatch { msg_id: "email-ORDERS-4-9".into(), seqs: vec![4, 7, 9] }),
+    };
+    assert_round_trip("ticker-state.json", &trigger);
     let t = |s: &str| -> jiff::Timestamp { s.parse().unwrap() };
     let watermark = Watermark { upto: t("2026-11-25T02:30:00.204Z"), by: "ticker-1".to_string() };
     assert_round_trip("ticker-state.json", &watermark);
@@ -464,6 +506,24 @@ fn schema_and_parser_agree_on_worker_heartbeats() {
         "worker.json",
         &WorkerInfo { labels: BTreeMap::new(), holding: vec![], released: vec![], ..info },
     );
+}
+
+#[test]
+fn schema_and_parser_agree_on_trigger_events() {
+    assert_agreement("trigger-event.json", parse_serde::<TriggerEvent>, VALID_TRIGGER_EVENTS, INVALID_TRIGGER_EVENTS);
+    let event = TriggerEvent {
+        subject: "$KV.config.pricing.eu".into(),
+        stream: "KV_config".into(),
+        seq: 17,
+        time: "2026-11-25T02:30:00Z".parse().unwrap(),
+        headers: BTreeMap::from([("KV-Operation".to_string(), "DEL".to_string())]),
+        data: Value::Null,
+        bucket: Some("config".into()),
+        key: Some("pricing.eu".into()),
+        operation: Some(jetsched_contract::trigger::KvOperation::Delete),
+        revision: Some(17),
+    };
+    assert_round_trip("trigger-event.json", &event);
 }
 
 #[test]
@@ -531,6 +591,29 @@ fn values_the_services_write_validate_and_read_back() {
         RunEvent::invalid("jetsched-schedules", "nightly", 7, "unknown time zone \"Mars/Olympus\""),
         RunEvent::invalid("jetsched-tasks", "not a name", 1, "invalid key"),
         RunEvent::invalid("jetsched-windows", "office", 2, "the window is never open (weekly has no ranges)"),
+        RunEvent {
+            trigger: Some(1),
+            ..RunEvent::invalid("jetsched-tasks", "email", 3, "triggers[1]: stream ORDERS does not exist")
+        },
+        RunEvent {
+            schedule: Some("nightly".to_string()),
+            bucket: Some("jetsched-backfills".to_string()),
+            key: Some("march".to_string()),
+            backfill: Some(BackfillReport {
+                id: "march".to_string(),
+                status: BackfillStatus::Running,
+                progress: BackfillProgress {
+                    total: 31,
+                    fired: 2,
+                    already_ran: 1,
+                    skipped: 0,
+                    cursor: Some(t("2026-03-03T01:30:00Z")),
+                    by: "ticker-1".to_string(),
+                    updated_at: t("2026-11-25T09:00:00Z"),
+                },
+            }),
+            ..RunEvent::new(RunStatus::Backfill, "resize-image", None)
+        },
     ] {
         assert_round_trip("run-event.json", &event);
     }

@@ -177,6 +177,7 @@ impl WorkerConfig {
             labels: self.labels.iter().cloned().collect(),
             functions: Vec::new(),
             tasks: Vec::new(),
+            trigger_streams: Vec::new(),
         }
     }
 }
