@@ -698,8 +698,12 @@ mod tests {
                 responses: None,
             };
             // Only asking the server who one is, the account's JetStream
-            // totals, and function subjects (users' own) are shared.
-            let shared = |s: &String| s == USER_INFO_SUBJECT || s == ACCOUNT_INFO_SUBJECT || s.starts_with("fn.");
+            // totals, the list of stream names (triggers look for users'
+            // streams; it shows names, never contents) and function subjects
+            // (users' own) are shared.
+            let shared = |s: &String| {
+                s == USER_INFO_SUBJECT || s == ACCOUNT_INFO_SUBJECT || s == STREAM_LIST_SUBJECT || s.starts_with("fn.")
+            };
             for s in pb.publish.iter().filter(|s| !shared(s)) {
                 assert!(!granted_a.may_publish(s), "{role}: tenant-a may publish to tenant-b's {s}");
             }
