@@ -3,9 +3,9 @@
 //! submissions with `Nats-Msg-Id`, a NATS function answering), while nodes
 //! are killed and restarted, leaders are stepped down, services are killed,
 //! the whole cluster restarts, and a node is cut off. Every test then reads
-//! the durable record (run records and the events stream, after the fact)
-//! and checks that every fire in the schedules' range and every acknowledged
-//! submission succeeded exactly once, and that nothing else ran.
+//! the durable record (every stored change of every run record, after the
+//! fact) and checks that every fire in the schedules' range and every
+//! acknowledged submission succeeded exactly once, and that nothing else ran.
 //!
 //! Services run as real `jetsched` processes (two of each), so that they can
 //! be SIGKILLed. The tests of this file take turns: each starts a cluster
@@ -21,12 +21,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::HeaderMap;
-use async_nats::jetstream::consumer::DeliverPolicy;
-use async_nats::jetstream::consumer::pull::OrderedConfig;
 use futures::StreamExt;
 use harness::*;
+use jetsched_contract::RunStatus;
 use jetsched_contract::run::{scheduled_run_id, submitted_run_id};
-use jetsched_contract::{RunEvent, RunRecord, RunStatus};
 use jiff::{SignedDuration, Timestamp};
 use serde_json::json;
 use tokio::process::Child;
@@ -141,11 +139,10 @@ impl Load {
     /// has been fired), then stops submitting.
     async fn wind_down(&mut self, env: &Env) {
         let last: Vec<String> = (0..SCHEDULES).map(|i| scheduled_run_id(&format!("s{i}"), self.last)).collect();
-        let runs = env.handles.js.get_key_value(env.names.runs_bucket()).await.unwrap();
         let range = self.last.duration_since(Timestamp::now()).as_secs().max(0) as u64;
         eventually(range + 180, "the last fire of every schedule", || async {
             for id in &last {
-                runs.get(id).await.ok()??;
+                env.runs.get(id).await.ok()??;
             }
             Some(())
         })
@@ -186,36 +183,32 @@ impl Load {
     }
 
     /// Waits until every expected run has succeeded, then checks from the
-    /// durable record that each succeeded exactly once and nothing else ran.
+    /// durable record (every stored change of every run record) that each
+    /// succeeded exactly once and nothing else ran.
     async fn verify(&mut self, env: &Env) {
         self.wind_down(env).await;
         let expected = self.expected();
         assert!(expected.len() > SCHEDULES * 10, "the load ran: {} runs", expected.len());
         let mut succeeded: BTreeMap<String, usize> = BTreeMap::new();
         let mut others: BTreeSet<String> = BTreeSet::new();
-        let stream = env.handles.js.get_stream(env.names.events_stream()).await.unwrap();
-        let consumer = stream
-            .create_consumer(OrderedConfig { deliver_policy: DeliverPolicy::All, ..Default::default() })
-            .await
-            .unwrap();
-        let mut messages = consumer.messages().await.unwrap();
+        let mut changes = Box::pin(env.runs.all_changes().await.unwrap());
         let mut missing = expected.len();
         let mut history: BTreeMap<String, Vec<String>> = BTreeMap::new();
         let mut seen_to = 0;
+        let runs_stream = env.names.runs_bucket_stream();
         let read = tokio::time::timeout(Duration::from_secs(180), async {
             loop {
-                // Done once every expected run succeeded and the stream is read to its end.
-                if missing == 0 && seen_to >= stream.get_info().await.unwrap().state.last_sequence {
+                // Done once every expected run succeeded and the bucket is read to its end.
+                let last = env.handles.js.get_stream(&runs_stream).await.unwrap().cached_info().state.last_sequence;
+                if missing == 0 && seen_to >= last {
                     return;
                 }
-                let Some(Ok(msg)) = messages.next().await else { continue };
-                seen_to = msg.info().unwrap().stream_sequence;
-                let event: RunEvent = serde_json::from_slice(&msg.payload).unwrap();
-                let Some(run_id) = event.run_id else { continue };
-                history.entry(run_id.clone()).or_default().push(format!("{:?}#{}", event.status, event.attempt));
+                let Some(Ok((seq, run_id, record))) = changes.next().await else { continue };
+                seen_to = seq;
+                history.entry(run_id.clone()).or_default().push(format!("{:?}#{}", record.status, record.attempt));
                 if !expected.contains(&run_id) {
-                    others.insert(format!("{run_id} {:?}", event.status));
-                } else if event.status == RunStatus::Succeeded {
+                    others.insert(format!("{run_id} {:?}", record.status));
+                } else if record.status == RunStatus::Succeeded {
                     let n = succeeded.entry(run_id).or_default();
                     *n += 1;
                     if *n == 1 {
@@ -226,11 +219,10 @@ impl Load {
         })
         .await;
         if read.is_err() {
-            let runs = env.handles.js.get_key_value(env.names.runs_bucket()).await.unwrap();
             let mut examples = String::new();
             for id in expected.iter().filter(|id| !succeeded.contains_key(*id)).take(12) {
-                let record = runs.get(id).await.ok().flatten().map(|v| String::from_utf8_lossy(&v).into_owned());
-                examples.push_str(&format!("{id}: events {:?}, record {record:?}\n", history.get(id)));
+                let record = env.runs.get(id).await.ok().flatten().map(|s| s.record);
+                examples.push_str(&format!("{id}: changes {:?}, record {record:?}\n", history.get(id)));
             }
             panic!("{missing} of {} runs never succeeded, e.g.\n{examples}{}", expected.len(), self.dump_logs());
         }
@@ -238,11 +230,9 @@ impl Load {
         assert!(doubled.is_empty(), "runs that succeeded more than once: {doubled:?}");
         assert!(others.is_empty(), "runs that should not exist: {others:?}");
         eprintln!("{} runs checked; service logs:\n{}", expected.len(), self.dump_logs());
-        // And each run record says so.
-        let runs = env.handles.js.get_key_value(env.names.runs_bucket()).await.unwrap();
+        // And each run record says so now.
         for id in &expected {
-            let value = runs.get(id).await.unwrap().unwrap_or_else(|| panic!("no run record for {id}"));
-            let record: RunRecord = serde_json::from_slice(&value).unwrap();
+            let record = env.record(id).await;
             assert_eq!(record.status, RunStatus::Succeeded, "{id}: {record:?}");
         }
     }
@@ -424,7 +414,7 @@ async fn whole_cluster_restarted_with_sync_always_loses_nothing_acknowledged() {
     wait_healthy(&env).await;
     // Let the load get going, then crash every node at once.
     eventually(30, "runs to succeed before the crash", || async {
-        let stream = env.handles.js.get_stream(env.names.events_stream()).await.ok()?;
+        let stream = env.handles.js.get_stream(env.names.runs_bucket_stream()).await.ok()?;
         (stream.cached_info().state.messages > 100).then_some(())
     })
     .await;
@@ -448,7 +438,7 @@ async fn node_cut_off_longer_than_a_lease_then_healed_loses_and_doubles_nothing(
     let mut load = Load::start(&env, 40).await;
     wait_healthy(&env).await;
     // Cut off the node that leads the runs bucket, for longer than a lease lasts.
-    let runs_stream = format!("KV_{}", env.names.runs_bucket());
+    let runs_stream = env.names.runs_bucket_stream();
     let leader = stream_leader(&env, &runs_stream).await;
     let node: usize = leader.trim_start_matches('n').parse::<usize>().unwrap() - 1;
     env.cluster().partition(node).unwrap();
@@ -474,7 +464,6 @@ async fn a_seed_list_with_its_first_node_down_serves_the_cli_and_the_services() 
     wait_healthy(&env).await;
     let seeds = env.url();
     assert_eq!(seeds.split(',').count(), 3, "a seed list of three: {seeds}");
-    let mut events = env.events().await;
     // The first seed is down: every client must go on to the next.
     env.cluster().node(0).kill();
     let logs = tempfile::tempdir().unwrap();
@@ -483,11 +472,7 @@ async fn a_seed_list_with_its_first_node_down_serves_the_cli_and_the_services() 
     let (code, out, err) = env.jetsched(&["submit", TASK, r#"{"via":"cli"}"#, "--id", "seeded", "--wait"]).await;
     assert_eq!(code, 0, "jetsched submit with NATS_URL={seeds}: {out}{err}");
     let run_id = submitted_run_id(TASK, Some("seeded"), 0);
-    events
-        .wait_for(60, "the submitted run to succeed", |e| {
-            e.run_id.as_deref() == Some(run_id.as_str()) && e.status == RunStatus::Succeeded
-        })
-        .await;
+    succeeds(&env, &run_id, 60).await;
 }
 
 /// CPU time (user + system) `pid` has used, in clock ticks (1/100 s on Linux).
@@ -531,12 +516,16 @@ async fn a_worker_stays_quiet_and_idle_while_its_stream_has_no_leader() {
     env.cluster().node(2).restart().unwrap();
     wait_healthy(&env).await;
     let _dispatcher = env.spawn_jetsched_logged(&["dispatcher"], "warn", &logs.path().join("dispatcher.log"));
-    let mut events = env.events().await;
     let seq = env.submit(TASK, r#"{"after":"outage"}"#).await;
     let run_id = submitted_run_id(TASK, None, seq);
-    events
-        .wait_for(90, "a run after the outage", |e| {
-            e.run_id.as_deref() == Some(run_id.as_str()) && e.status == RunStatus::Succeeded
-        })
-        .await;
+    succeeds(&env, &run_id, 90).await;
+}
+
+/// Waits up to `secs` for run `run_id` to succeed (read from its record: the
+/// test's own connection may be moving between nodes).
+async fn succeeds(env: &Env, run_id: &str, secs: u64) {
+    eventually(secs, "the run to succeed", || async {
+        (env.runs.get(run_id).await.ok()??.record.status == RunStatus::Succeeded).then_some(())
+    })
+    .await;
 }

@@ -36,6 +36,40 @@ const SERVICES: [&str; 3] = ["ticker", "dispatcher", "worker"];
 const NODES: usize = 3;
 /// Replicas of each jetsched service.
 const SERVICE_REPLICAS: u64 = 2;
+/// The one-shot command that creates streams and buckets before the services start.
+const INIT: &str = "init";
+
+/// The NATS user (and role) a jetsched command runs as.
+fn role_of(sub: &str) -> &'static str {
+    match sub {
+        "ticker" => "ticker",
+        "dispatcher" => "dispatcher",
+        "worker" => "worker",
+        INIT => "admin",
+        other => panic!("no role for `jetsched {other}`"),
+    }
+}
+
+/// A jetsched container connects over TLS (the CA it names is mounted) as
+/// the user of its role, with a password that is not in the file.
+fn check_secured(c: &Container, mounted: impl Fn(&str) -> bool) {
+    let origin = &c.origin;
+    let role = role_of(c.args.first().expect("a command"));
+    assert_eq!(c.env.get("NATS_USER").cloned().flatten().as_deref(), Some(role), "{origin}: connects as {role}");
+    let password = c.env.get("NATS_PASSWORD").unwrap_or_else(|| panic!("{origin}: NATS_PASSWORD"));
+    let var = format!("${{JETSCHED_{}_PASSWORD:?", role.to_uppercase());
+    assert!(
+        password.as_deref().is_none_or(|p| p.starts_with(&var)),
+        "{origin}: the password comes from {var}...}} or a Secret, not the file: {password:?}"
+    );
+    let ca = c.env.get("NATS_CA").cloned().flatten().unwrap_or_else(|| panic!("{origin}: NATS_CA"));
+    let dir = ca.rsplit_once('/').map(|(d, _)| d.to_string()).unwrap_or_default();
+    assert!(mounted(&ca) || mounted(&dir), "{origin}: {ca} is mounted");
+    assert_eq!(c.env.get("NATS_TLS_REQUIRED").cloned().flatten().as_deref(), Some("true"), "{origin}: TLS required");
+    for var in ["NATS_TOKEN", "NATS_CREDS", "NATS_NKEY"] {
+        assert!(!c.env.contains_key(var), "{origin}: authenticates by its role's user, not {var}");
+    }
+}
 
 fn workspace_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -156,7 +190,7 @@ fn check_container(c: &Container) -> u16 {
 fn try_container(c: &Container) -> Result<u16, String> {
     let origin = &c.origin;
     let sub = c.args.first().ok_or_else(|| format!("{origin}: no command"))?;
-    if !SERVICES.contains(&sub.as_str()) {
+    if !SERVICES.contains(&sub.as_str()) && sub != INIT {
         return Err(format!("{origin}: runs `jetsched {sub}`, not a service"));
     }
     let readable = env_args(sub);
@@ -165,6 +199,11 @@ fn try_container(c: &Container) -> Result<u16, String> {
     let mut argv = vec!["jetsched".to_string(), sub.clone()];
     for (name, value) in &c.env {
         if !(name.starts_with("JETSCHED_") || name.starts_with("NATS_")) {
+            continue;
+        }
+        // `jetsched init` shares the services' settings (one ConfigMap);
+        // those it has no use for are left out.
+        if sub == INIT && !readable.contains_key(name) && env_args("ticker").contains_key(name) {
             continue;
         }
         let arg = readable.get(name).ok_or_else(|| format!("{origin}: `jetsched {sub}` does not read {name}"))?;
@@ -190,6 +229,9 @@ fn try_container(c: &Container) -> Result<u16, String> {
         return Err(format!("{origin}: `{}` is refused:\n{err}", argv.join(" ")));
     }
 
+    if sub == INIT {
+        return Ok(0); // serves nothing
+    }
     let flag_value = c.args.iter().position(|a| a == "--http-addr").and_then(|i| c.args.get(i + 1).cloned());
     let env_value = c.env.get("JETSCHED_HTTP_ADDR").cloned().flatten();
     let default =
@@ -240,6 +282,9 @@ fn check_compose_nats(compose: &Value) -> ComposeCluster {
     assert!(sync.eq_ignore_ascii_case("always"), "nats-cluster.conf: sync_interval is {sync:?}, not always");
     let store_dir = conf.text(&["jetstream", "store_dir"]).expect("nats-cluster.conf: jetstream.store_dir");
     let client_port = port_of(conf.text(&["listen"]).expect("nats-cluster.conf: listen"));
+    assert!(conf.text(&["tls", "cert_file"]).is_some(), "nats-cluster.conf: TLS on the client port");
+    assert_eq!(conf.text(&["cluster", "tls", "verify"]), Some("true"), "nats-cluster.conf: mutual TLS on routes");
+    check_users(&conf);
     let monitor_port = port_of(conf.text(&["http"]).expect("nats-cluster.conf: http (monitoring)"));
     let route_port = port_of(conf.text(&["cluster", "listen"]).expect("nats-cluster.conf: cluster.listen"));
     assert!(conf.text(&["cluster", "name"]).is_some(), "nats-cluster.conf: cluster.name");
@@ -285,6 +330,15 @@ fn check_compose_nats(compose: &Value) -> ComposeCluster {
         assert!(mounted("nats-cluster.conf", &config), "compose {name}: mounts nats-cluster.conf at {config}");
         assert!(mounted("-data", store_dir), "compose {name}: a volume of its own at {store_dir}");
 
+        assert!(mounted("permissions", "/etc/nats/permissions"), "compose {name}: mounts deploy/permissions");
+        for file in ["cert_file", "key_file", "ca_file"] {
+            for block in [&["tls"][..], &["cluster", "tls"][..]] {
+                let path = conf.text(&[block, &[file]].concat()).unwrap_or_else(|| panic!("{block:?}.{file}"));
+                let dir = path.rsplit_once('/').map(|(d, _)| d).unwrap_or_default();
+                assert!(mounted("secrets/tls", dir), "compose {name}: mounts deploy/secrets/tls at {dir} for {path}");
+            }
+        }
+        assert_eq!(strings(&service["env_file"]), [".env"], "compose {name}: role passwords from deploy/.env");
         let check = strings(at(service, &["healthcheck", "test"])).join(" ");
         let url = format!("127.0.0.1:{monitor_port}/healthz?js-enabled-only=true");
         assert!(check.contains(&url), "compose {name}: health check asks {url}, not: {check}");
@@ -301,7 +355,7 @@ fn check_compose_nats(compose: &Value) -> ComposeCluster {
 fn compose_runs_a_three_node_cluster_and_two_of_each_service_on_it() {
     let compose = yaml("deploy/docker-compose.yml");
     let cluster = check_compose_nats(&compose);
-    let mut seen = BTreeSet::new();
+    let mut replicas: BTreeMap<String, u64> = BTreeMap::new();
     for (name, service) in compose["services"].as_mapping().expect("compose: services") {
         let name = name.as_str().expect("service name");
         if cluster.nodes.contains(name) {
@@ -314,16 +368,14 @@ fn compose_runs_a_three_node_cluster_and_two_of_each_service_on_it() {
             .map(|(k, v)| (k.as_str().expect("variable name").to_string(), text(v)))
             .collect();
         let container = Container { origin: format!("compose {name}"), args: strings(&service["command"]), env };
-        let port = check_container(&container);
-        seen.insert(container.args[0].clone());
-
+        let mounts = strings(&service["volumes"]);
+        check_secured(&container, |path| mounts.iter().any(|m| m.split(':').nth(1) == Some(path)));
         let url = container.env["NATS_URL"].clone().expect("NATS_URL");
         let seeds = seed_list(&url);
         let hosts: BTreeSet<String> = seeds.iter().map(|(h, _)| h.clone()).collect();
         assert_eq!(hosts, cluster.nodes, "compose {name}: NATS_URL lists every node");
         assert!(seeds.iter().all(|(_, p)| *p == cluster.client_port), "compose {name}: NATS_URL uses the client port");
         assert_eq!(container.env["JETSCHED_REPLICAS"].as_deref(), Some("3"), "compose {name}: R3 streams");
-        assert_eq!(at(service, &["deploy", "replicas"]).as_u64(), Some(SERVICE_REPLICAS), "compose {name}: replicas");
         for node in &cluster.nodes {
             assert_eq!(
                 at(service, &["depends_on", node, "condition"]).as_str(),
@@ -331,6 +383,18 @@ fn compose_runs_a_three_node_cluster_and_two_of_each_service_on_it() {
                 "compose {name}: waits for {node} to be healthy"
             );
         }
+        if container.args.first().map(String::as_str) == Some(INIT) {
+            check_container(&container);
+            continue;
+        }
+        assert_eq!(
+            at(service, &["depends_on", INIT, "condition"]).as_str(),
+            Some("service_completed_successfully"),
+            "compose {name}: waits for `jetsched init`"
+        );
+        let port = check_container(&container);
+        *replicas.entry(container.args[0].clone()).or_default() +=
+            at(service, &["deploy", "replicas"]).as_u64().unwrap_or(1);
         let check = strings(at(service, &["healthcheck", "test"])).join(" ");
         let tcp = format!("/dev/tcp/127.0.0.1/{port} ");
         assert!(
@@ -338,7 +402,8 @@ fn compose_runs_a_three_node_cluster_and_two_of_each_service_on_it() {
             "compose {name}: health check asks /readyz on port {port}: {check}"
         );
     }
-    assert_eq!(seen, SERVICES.iter().map(|s| s.to_string()).collect(), "compose: every service runs");
+    let expected: BTreeMap<String, u64> = SERVICES.iter().map(|s| (s.to_string(), SERVICE_REPLICAS)).collect();
+    assert_eq!(replicas, expected, "compose: every service runs, two of each");
 }
 
 // ---------------------------------------------------------------------------
@@ -377,10 +442,15 @@ fn kubernetes_deployments_run_services_with_accepted_settings_and_probes_on_thei
         .map(|d| (at(d, &["metadata", "name"]).as_str().expect("ConfigMap name").to_string(), &d["data"]))
         .collect();
     let mut seen = BTreeSet::new();
-    for deployment in docs.iter().filter(|d| d["kind"].as_str() == Some("Deployment")) {
-        let name = at(deployment, &["metadata", "name"]).as_str().expect("Deployment name");
-        assert_eq!(at(deployment, &["spec", "replicas"]).as_u64(), Some(SERVICE_REPLICAS), "{name}: replicas");
-        let containers = at(deployment, &["spec", "template", "spec", "containers"]).as_sequence().expect("containers");
+    let workloads = ["Deployment", "StatefulSet", "Job"];
+    for deployment in docs.iter().filter(|d| workloads.contains(&d["kind"].as_str().unwrap_or_default())) {
+        let name = at(deployment, &["metadata", "name"]).as_str().expect("workload name");
+        let kind = deployment["kind"].as_str().unwrap_or_default();
+        if kind != "Job" {
+            assert_eq!(at(deployment, &["spec", "replicas"]).as_u64(), Some(SERVICE_REPLICAS), "{name}: replicas");
+        }
+        let pod = at(deployment, &["spec", "template", "spec"]);
+        let containers = pod["containers"].as_sequence().expect("containers");
         for container in containers {
             let mut env = BTreeMap::new();
             for from in container["envFrom"].as_sequence().into_iter().flatten() {
@@ -390,18 +460,41 @@ fn kubernetes_deployments_run_services_with_accepted_settings_and_probes_on_thei
                     env.insert(k.as_str().expect("key").to_string(), text(v));
                 }
             }
+            let mut secrets = BTreeMap::new();
             for var in container["env"].as_sequence().into_iter().flatten() {
-                env.insert(var["name"].as_str().expect("env name").to_string(), text(&var["value"]));
+                let var_name = var["name"].as_str().expect("env name").to_string();
+                let secret = at(var, &["valueFrom", "secretKeyRef"]);
+                if !secret.is_null() {
+                    secrets.insert(var_name.clone(), (text(&secret["name"]), text(&secret["key"])));
+                }
+                env.insert(var_name, text(&var["value"]));
             }
-            let c = Container { origin: format!("Deployment {name}"), args: strings(&container["args"]), env };
+            let c = Container { origin: format!("{kind} {name}"), args: strings(&container["args"]), env };
+            let mounts: Vec<String> = container["volumeMounts"]
+                .as_sequence()
+                .into_iter()
+                .flatten()
+                .filter_map(|m| text(&m["mountPath"]))
+                .collect();
+            check_secured(&c, |path| mounts.iter().any(|m| m == path));
+            let role = role_of(&c.args[0]);
+            assert_eq!(
+                secrets.get("NATS_PASSWORD"),
+                Some(&(Some("jetsched-nats-users".to_string()), Some(role.to_string()))),
+                "{name}: NATS_PASSWORD from the Secret jetsched-nats-users, key {role}"
+            );
             let port = check_container(&c);
-            seen.insert(c.args[0].clone());
 
             let seeds = seed_list(c.env["NATS_URL"].as_deref().expect("NATS_URL"));
             let hosts: BTreeSet<String> = seeds.iter().map(|(h, _)| h.clone()).collect();
             assert_eq!(hosts, pods, "{name}: NATS_URL lists the chart's pods");
             assert!(seeds.iter().all(|(_, p)| u64::from(*p) == client_port), "{name}: NATS_URL uses the client port");
             assert_eq!(c.env["JETSCHED_REPLICAS"].as_deref(), Some("3"), "{name}: R3 streams");
+            if kind == "Job" {
+                assert_eq!(c.args[0], INIT, "{name}: the Job runs `jetsched init`");
+                continue;
+            }
+            seen.insert(c.args[0].clone());
 
             let named_ports: BTreeMap<String, u64> = container["ports"]
                 .as_sequence()
@@ -431,18 +524,42 @@ fn kubernetes_deployments_run_services_with_accepted_settings_and_probes_on_thei
 fn nats_server_accepts_the_cluster_config() {
     let binary = jetsched_natsbox::find_or_install(&workspace_root().join(".jetsched/bin"), Preference::PinnedOnly)
         .expect("nats-server available");
+    // The layout compose mounts, with certificates and passwords made here
+    // as deploy/make-secrets.sh would.
+    let dir = tempfile::tempdir().unwrap();
+    let tls = dir.path().join("tls");
+    std::fs::create_dir_all(&tls).unwrap();
+    let ca = rcgen::generate_simple_self_signed(vec!["nats-1".to_string()]).unwrap();
+    std::fs::write(tls.join("server.pem"), ca.cert.pem()).unwrap();
+    std::fs::write(tls.join("server-key.pem"), ca.signing_key.serialize_pem()).unwrap();
+    std::fs::write(tls.join("ca.pem"), ca.cert.pem()).unwrap();
+    let permissions = dir.path().join("permissions");
+    std::fs::create_dir_all(&permissions).unwrap();
+    for role in ROLES {
+        std::fs::copy(
+            workspace_root().join(format!("deploy/permissions/{role}.conf")),
+            permissions.join(format!("{role}.conf")),
+        )
+        .unwrap();
+    }
+    let config = read("deploy/nats-cluster.conf").replace("/etc/nats/tls/", &format!("{}/", tls.display()));
+    let path = dir.path().join("nats-cluster.conf");
+    std::fs::write(&path, config).unwrap();
     // -t parses and checks the file without starting (route hosts are not resolved).
-    let out = Process::new(binary)
-        .args(["-t", "-c"])
-        .arg(workspace_root().join("deploy/nats-cluster.conf"))
-        .env("NATS_SERVER_NAME", "nats-1")
-        .output()
-        .expect("run nats-server -t");
+    let mut cmd = Process::new(&binary);
+    cmd.args(["-t", "-c"]).arg(&path).env("NATS_SERVER_NAME", "nats-1");
+    for role in ROLES {
+        cmd.env(format!("JETSCHED_{}_PASSWORD", role.to_uppercase()), "not-a-secret");
+    }
+    let out = cmd.output().expect("run nats-server -t");
     assert!(
         out.status.success(),
         "nats-server -t refused deploy/nats-cluster.conf: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // Without the passwords in the environment it refuses to start.
+    let out = Process::new(&binary).args(["-t", "-c"]).arg(&path).env("NATS_SERVER_NAME", "nats-1").output().unwrap();
+    assert!(!out.status.success(), "the config starts without the role passwords");
 }
 
 #[test]
@@ -452,11 +569,160 @@ fn docker_compose_accepts_the_compose_file() {
         eprintln!("note: `docker compose` is not installed here; deploy/docker-compose.yml not checked by it");
         return;
     }
-    let out = Process::new("docker")
-        .args(["compose", "-f"])
-        .arg(workspace_root().join("deploy/docker-compose.yml"))
-        .args(["config", "-q"])
-        .output()
-        .expect("run docker compose config");
+    let mut cmd = Process::new("docker");
+    cmd.args(["compose", "-f"]).arg(workspace_root().join("deploy/docker-compose.yml")).args(["config", "-q"]);
+    // The passwords deploy/make-secrets.sh writes to deploy/.env.
+    for role in ROLES {
+        cmd.env(format!("JETSCHED_{}_PASSWORD", role.to_uppercase()), "not-a-secret");
+    }
+    let out = cmd.output().expect("run docker compose config");
     assert!(out.status.success(), "docker compose config: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+// ---------------------------------------------------------------------------
+// Users and permissions: one NATS user per role, exactly `jetsched permissions`.
+// ---------------------------------------------------------------------------
+
+/// The roles deploy/ has a user for.
+const ROLES: [&str; 6] = ["ticker", "dispatcher", "worker", "admin", "submitter", "function"];
+
+/// `jetsched permissions <role> --format json <args>`, run with the real binary.
+fn cli_permissions(role: &str, args: &[String]) -> serde_json::Value {
+    let out = Process::new(env!("CARGO_BIN_EXE_jetsched"))
+        .args(["permissions", role, "--format", "json"])
+        .args(args)
+        .env_remove("JETSCHED_PREFIX")
+        .output()
+        .expect("run jetsched permissions");
+    assert!(out.status.success(), "jetsched permissions {role}: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("JSON")
+}
+
+/// A nats-server config value as JSON (`true`/`false` texts as booleans).
+fn conf_json(conf: &Conf) -> serde_json::Value {
+    match conf {
+        Conf::Map(map) => map.iter().map(|(k, v)| (k.clone(), conf_json(v))).collect(),
+        Conf::List(items) => items.iter().map(conf_json).collect(),
+        Conf::Text(t) if t == "true" => serde_json::Value::Bool(true),
+        Conf::Text(t) if t == "false" => serde_json::Value::Bool(false),
+        Conf::Text(t) => serde_json::Value::String(t.clone()),
+    }
+}
+
+/// The worker arguments of `jetsched permissions worker` that cover every
+/// worker deploy/ runs: their queues, and their ids (compose's fixed ids,
+/// the StatefulSet's pod names).
+fn deployed_worker_args() -> Vec<String> {
+    let compose = yaml("deploy/docker-compose.yml");
+    let mut queues = BTreeSet::new();
+    let mut ids = BTreeSet::new();
+    for (_, service) in compose["services"].as_mapping().expect("services") {
+        let args = strings(&service["command"]);
+        if args.first().map(String::as_str) != Some("worker") {
+            continue;
+        }
+        let queue = args.iter().position(|a| a == "--queues").map(|i| args[i + 1].clone());
+        queues.extend(queue.unwrap_or_else(|| "default".into()).split(',').map(str::to_string));
+        ids.insert(text(at(service, &["environment", "JETSCHED_WORKER_ID"])).expect("compose workers have fixed ids"));
+    }
+    for doc in yaml_docs("deploy/kubernetes/jetsched.yaml") {
+        if doc["kind"].as_str() != Some("StatefulSet") {
+            continue;
+        }
+        let name = at(&doc, &["metadata", "name"]).as_str().expect("name");
+        let replicas = at(&doc, &["spec", "replicas"]).as_u64().expect("replicas");
+        ids.extend((0..replicas).map(|i| format!("{name}-{i}")));
+        for c in at(&doc, &["spec", "template", "spec", "containers"]).as_sequence().into_iter().flatten() {
+            let args = strings(&c["args"]);
+            let queue = args.iter().position(|a| a == "--queues").map(|i| args[i + 1].clone());
+            queues.extend(queue.unwrap_or_else(|| "default".into()).split(',').map(str::to_string));
+        }
+    }
+    let join = |set: BTreeSet<String>| set.into_iter().collect::<Vec<_>>().join(",");
+    vec!["--queues".into(), join(queues), "--worker-id".into(), join(ids)]
+}
+
+fn role_args(role: &str) -> Vec<String> {
+    if role == "worker" { deployed_worker_args() } else { Vec::new() }
+}
+
+/// nats-cluster.conf has one user per role, its password from the
+/// environment, its permissions from deploy/permissions/<role>.conf.
+fn check_users(conf: &Conf) {
+    let Some(Conf::List(users)) = conf.get(&["authorization", "users"]) else {
+        panic!("nats-cluster.conf: authorization.users")
+    };
+    let mut seen = BTreeSet::new();
+    for user in users {
+        let name = user.text(&["user"]).expect("user name");
+        assert_eq!(
+            user.text(&["password"]),
+            Some(format!("$JETSCHED_{}_PASSWORD", name.to_uppercase()).as_str()),
+            "nats-cluster.conf: {name}'s password comes from the environment"
+        );
+        assert_eq!(user.text(&["include"]), Some(format!("permissions/{name}.conf").as_str()), "{name}: permissions");
+        seen.insert(name.to_string());
+    }
+    assert_eq!(seen, ROLES.iter().map(|r| r.to_string()).collect(), "nats-cluster.conf: a user per role");
+}
+
+#[test]
+fn deploy_permissions_are_what_jetsched_permissions_prints() {
+    let values = yaml(HELM_VALUES);
+    let helm_users = at(&values, &["config", "merge", "authorization", "users"]).as_sequence().expect("helm users");
+    for role in ROLES {
+        let expected = cli_permissions(role, &role_args(role));
+        let file = ConfReader::parse(&read(&format!("deploy/permissions/{role}.conf")));
+        let permissions = file.get(&["permissions"]).unwrap_or_else(|| panic!("{role}.conf: a permissions block"));
+        assert_eq!(
+            conf_json(permissions),
+            expected,
+            "deploy/permissions/{role}.conf differs from `jetsched permissions {role}`: run deploy/permissions/regenerate.sh"
+        );
+        let user = helm_users
+            .iter()
+            .find(|u| u["user"].as_str() == Some(role))
+            .unwrap_or_else(|| panic!("{HELM_VALUES}: a user {role}"));
+        let helm: serde_json::Value = serde_json::to_value(&user["permissions"]).unwrap();
+        assert_eq!(helm, expected, "{HELM_VALUES}: {role}'s permissions: run deploy/permissions/regenerate.sh");
+        let var = format!("JETSCHED_{}_PASSWORD", role.to_uppercase());
+        assert_eq!(user["password"].as_str(), Some(format!("<< ${var} >>").as_str()), "{HELM_VALUES}: {role} password");
+        let secret = at(&values, &["container", "env", &var, "valueFrom", "secretKeyRef"]);
+        assert_eq!(secret["name"].as_str(), Some("jetsched-nats-users"), "{HELM_VALUES}: {var} from the Secret");
+        assert_eq!(secret["key"].as_str(), Some(role), "{HELM_VALUES}: {var} key");
+    }
+    assert_eq!(helm_users.len(), ROLES.len(), "{HELM_VALUES}: one user per role");
+    for port in [&["config", "nats", "tls"][..], &["config", "cluster", "tls"][..]] {
+        assert_eq!(
+            at(&values, &[port, &["enabled"]].concat()).as_bool(),
+            Some(true),
+            "{HELM_VALUES}: {port:?} enabled"
+        );
+    }
+}
+
+#[test]
+fn no_secret_is_committed() {
+    let ignored = read(".gitignore");
+    for path in ["/deploy/secrets", "/deploy/.env"] {
+        assert!(ignored.lines().any(|l| l.trim() == path), ".gitignore keeps {path} out of git");
+    }
+    let out = Process::new("git").args(["ls-files", "deploy"]).current_dir(workspace_root()).output().unwrap();
+    let files = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(files.contains("deploy/nats-cluster.conf"), "git lists deploy/: {files}");
+    for file in files.lines() {
+        assert!(!file.starts_with("deploy/secrets/") && file != "deploy/.env", "{file} is committed");
+        let text = std::fs::read_to_string(workspace_root().join(file)).unwrap_or_default();
+        assert!(!text.contains("PRIVATE KEY-----"), "{file} holds a private key");
+        for line in text.lines().map(str::trim) {
+            let Some(value) = line.strip_prefix("password:").or_else(|| line.strip_prefix("NATS_PASSWORD:")) else {
+                continue;
+            };
+            let value = value.trim();
+            assert!(
+                value.starts_with('$') || value.starts_with("<< $") || value.starts_with("${"),
+                "{file}: a password that is not a reference: {line}"
+            );
+        }
+    }
 }

@@ -1,7 +1,8 @@
 //! The dispatcher's rules on a real nats-server: priority with aging,
 //! workflows (DAGs with trigger rules and results), time windows, label
-//! routing and broadcast, concurrency limits across replicas, overlap, and a
-//! dispatcher killed in the middle of a workflow.
+//! routing and broadcast, concurrency limits across replicas, and a
+//! dispatcher killed in the middle of a workflow. Overlap policies are in
+//! `overlap.rs`, schedule dependencies in `depends.rs`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -32,7 +33,7 @@ fn no_worker() -> ServicesConfig {
 }
 
 async fn record(env: &Env, run_id: &str) -> RunRecord {
-    serde_json::from_slice(&env.handles.runs.get(run_id).await.unwrap().expect("run record")).unwrap()
+    env.record(run_id).await
 }
 
 /// Waits until the workers bucket lists `n` workers (routing needs their heartbeats).
@@ -377,23 +378,6 @@ async fn concurrency_limit_of_one_per_customer_holds_across_two_dispatchers_and_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn overlap_skip_skips_fires_while_a_run_is_in_progress() {
-    let env = Env::start().await;
-    let _fn = env.function("fn.slow", |_| Reply::After(Duration::from_millis(2500), json!({}))).await;
-    env.put_task("slow", json!({"handler": {"type": "nats", "subject": "fn.slow"}})).await;
-    env.put_schedule("busy", json!({"every": "1s", "task": "slow", "overlap": "skip"})).await;
-    let _services = env.services();
-    let mut events = env.events().await;
-
-    events.wait_for(20, "a run to succeed", is("slow", RunStatus::Succeeded)).await;
-    let skipped = events.seen_with("slow", RunStatus::Skipped);
-    assert!(!skipped.is_empty(), "fires during the run were skipped");
-    assert!(skipped[0].error.as_deref().unwrap().contains("still running"), "{skipped:?}");
-    let started = events.seen_with("slow", RunStatus::Started);
-    assert_eq!(started.len(), 1, "never two runs at once");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_a_dispatcher_mid_workflow_loses_no_step_and_runs_none_twice() {
     let env = Env::start().await;
     let mut fns = Vec::new();
@@ -417,31 +401,4 @@ async fn killing_a_dispatcher_mid_workflow_loses_no_step_and_runs_none_twice() {
         let n = f.drain().len();
         assert_eq!(n, 1, "step {s} ran {n} times");
     }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn schedule_waits_for_the_schedule_it_depends_on() {
-    let env = Env::start().await;
-    let _e = env.function("fn.extract", |_| Reply::After(Duration::from_millis(1500), json!({}))).await;
-    let _r = env.function("fn.report", |_| Reply::Ok(json!({}))).await;
-    env.put_task("extract", json!({"handler": {"type": "nats", "subject": "fn.extract"}})).await;
-    env.put_task("report", json!({"handler": {"type": "nats", "subject": "fn.report"}})).await;
-    let at = |secs| jiff::Timestamp::now().checked_add(jiff::SignedDuration::from_secs(secs)).unwrap().to_string();
-    env.put_schedule("extract-daily", json!({"at": at(1), "task": "extract"})).await;
-    env.put_schedule(
-        "report-daily",
-        json!({"at": at(2), "task": "report", "depends_on": {"schedule": "extract-daily", "wait": "30s"}}),
-    )
-    .await;
-    let _services = env.services();
-    let mut events = env.events().await;
-
-    events.wait_for(30, "the report to run", is("report", RunStatus::Started)).await;
-    events.wait_for(5, "the extract to have succeeded", is("extract", RunStatus::Succeeded)).await;
-    let position =
-        |task: &str, status: RunStatus| events.seen.iter().position(|(_, e)| e.task == task && e.status == status);
-    assert!(
-        position("extract", RunStatus::Succeeded) < position("report", RunStatus::Started),
-        "the report waited for the extract (events stream order)"
-    );
 }

@@ -34,7 +34,9 @@ async fn a_draining_worker_finishes_its_run_takes_no_new_one_and_exits_0() {
     let mut calls = env.function("fn.slow", |_| Reply::After(Duration::from_secs(2), json!({}))).await;
     env.put_task("slow", json!({"handler": {"type": "nats", "subject": "fn.slow"}, "timeout": "30s"})).await;
     let _dispatcher = env.services_with(ServicesConfig { ticker: None, worker: None, ..ServicesConfig::default() });
-    let mut worker = env.spawn_jetsched(&["worker", "--worker-id", "w1", "--drain", "20s"]);
+    let logs = tempfile::tempdir().unwrap();
+    let log = logs.path().join("worker.log");
+    let mut worker = env.spawn_jetsched_logged(&["worker", "--worker-id", "w1", "--drain", "20s"], "info", &log);
     let mut events = env.events().await;
 
     env.publish(env.names.submit_subject("slow"), &[(headers::NATS_MSG_ID, "a")], "{}").await;

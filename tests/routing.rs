@@ -8,12 +8,12 @@
 
 mod harness;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use harness::*;
-use jetsched_contract::{RunEvent, RunRecord, RunStatus, headers, run};
+use jetsched_contract::{RunEvent, RunStatus, headers, run};
 use jetsched_worker::{Invocation, Outcome};
 use serde_json::json;
 use tokio::sync::Semaphore;
@@ -26,16 +26,6 @@ fn worker(id: &str, builtins: &Builtins, f: impl FnOnce(&mut WorkerConfig)) -> S
 
 fn dispatcher() -> ServicesConfig {
     ServicesConfig { ticker: None, worker: None, ..ServicesConfig::default() }
-}
-
-/// Waits until the workers bucket lists every one of `ids`.
-async fn wait_for_workers(env: &Env, ids: &[&str]) {
-    let bucket = env.names.workers_bucket();
-    eventually(20, "worker heartbeats", || async {
-        let live: BTreeSet<String> = env.kv_entries(&bucket).await.into_iter().map(|(k, _)| k).collect();
-        ids.iter().all(|id| live.contains(*id)).then_some(())
-    })
-    .await;
 }
 
 /// A builtin that succeeds at once.
@@ -75,7 +65,7 @@ async fn round_robin_takes_turns_across_dispatchers() {
     let ids = ["rr-a", "rr-b", "rr-c"];
     let builtins = noop();
     let _workers: Vec<Services> = ids.iter().map(|id| env.services_with(worker(id, &builtins, |_| {}))).collect();
-    wait_for_workers(&env, &ids).await;
+    env.wait_for_workers(&ids).await;
     let queue = |e: &RunEvent| e.queue.clone().unwrap().strip_prefix("_w-").unwrap().to_string();
     let mut events = env.events().await;
     let mut order = Vec::new();
@@ -114,7 +104,7 @@ async fn round_robin_takes_turns_across_dispatchers() {
 
 /// The queue and band in run `id`'s record.
 async fn queue_and_band(env: &Env, id: &str) -> (String, u8) {
-    let record: RunRecord = serde_json::from_slice(&env.handles.runs.get(id).await.unwrap().unwrap()).unwrap();
+    let record = env.record(id).await;
     (record.queue, record.band)
 }
 
@@ -143,7 +133,7 @@ async fn routed_high_priority_run_overtakes_a_routed_backlog() {
     let gate = Arc::new(Semaphore::new(0));
     let builtins = gated(entered.clone(), gate.clone());
     let _w = env.services_with(worker("prio-1", &builtins, |w| w.slots = 1));
-    wait_for_workers(&env, &["prio-1"]).await;
+    env.wait_for_workers(&["prio-1"]).await;
     let _d = env.services_with(dispatcher());
     let mut events = env.events().await;
     let submit = |id: &'static str, importance: &'static str, body: &'static str| {
@@ -257,7 +247,7 @@ async fn broadcast_shares_carry_each_workers_shard_index_and_the_total() {
     let builtins = Builtins::default();
     let _w: Vec<Services> =
         ids.iter().map(|id| env.services_with(worker(id, &builtins, |w| w.allow_exec = vec!["sh".into()]))).collect();
-    wait_for_workers(&env, &ids).await;
+    env.wait_for_workers(&ids).await;
     let _d = env.services_with(dispatcher());
     let mut events = env.events().await;
 

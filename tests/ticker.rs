@@ -126,16 +126,22 @@ async fn staged_fire_is_queued_ahead_of_its_time_and_starts_on_time() {
     let env = Env::start().await;
     let mut calls = env.function("fn.tick", |_| Reply::Ok(json!({}))).await;
     env.put_task("tick", json!({"handler": {"type": "nats", "subject": "fn.tick"}})).await;
-    let ticker = TickerConfig { lookahead: Duration::from_secs(2), ..TickerConfig::default() };
+    let lookahead = Duration::from_secs(3);
+    let ticker = TickerConfig { lookahead, ..TickerConfig::default() };
     let _services = env.services_with(ServicesConfig { ticker: Some(ticker), ..ServicesConfig::default() });
     let mut events = env.events().await;
+    let put_at = Timestamp::now();
     env.put_schedule("staged", json!({"every": "1s", "task": "tick"})).await;
 
-    let queued = events.wait_for_n(3, 15, "three staged fires", queued("staged")).await;
-    // The first fire may be staged late (the schedule has just been put);
-    // the next ones are staged a lookahead before they are due.
-    let late: Vec<&RunEvent> = queued[1..].iter().filter(|e| Some(e.at) >= e.scheduled_for).collect();
-    assert!(late.is_empty(), "fires after the first are queued before their time: {late:?}");
+    // The fires due within a lookahead of the put are released at once, as
+    // soon as the schedule is seen; every later one is staged a lookahead
+    // before it is due.
+    let staged_from = put_at.checked_add(lookahead + Duration::from_secs(1)).unwrap();
+    let queued = events
+        .wait_for_n(3, 20, "three staged fires", |e| queued("staged")(e) && e.scheduled_for > Some(staged_from))
+        .await;
+    let late: Vec<&RunEvent> = queued.iter().filter(|e| Some(e.at) >= e.scheduled_for).collect();
+    assert!(late.is_empty(), "fires are queued before their time: {late:?}");
     for _ in 0..3 {
         let call = calls.next_call(10).await;
         let nominal: Timestamp = call.header(headers::SCHEDULED_FOR).unwrap().parse().unwrap();

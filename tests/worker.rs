@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use harness::*;
-use jetsched_contract::{RunRecord, RunStatus, headers};
+use jetsched_contract::{RunEvent, RunRecord, RunStatus, headers};
 use jetsched_worker::{Invocation, Outcome};
 use serde_json::json;
 
@@ -23,7 +23,7 @@ fn worker_with(f: impl FnOnce(&mut WorkerConfig)) -> ServicesConfig {
 }
 
 async fn record(env: &Env, run_id: &str) -> RunRecord {
-    serde_json::from_slice(&env.handles.runs.get(run_id).await.unwrap().expect("run record")).unwrap()
+    env.record(run_id).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -227,13 +227,14 @@ async fn worker_killed_mid_run_gives_exactly_one_more_attempt_with_the_last_chec
     let run_id = first.header(headers::RUN_ID).unwrap();
     // The function saves progress the way any function can: a KV put.
     env.handles.checkpoints.put(&run_id, r#"{"step":7}"#.into()).await.unwrap();
-    // The worker calls the handler before it reports the start: kill it
-    // only once attempt 1's start is stored, so that both starts are seen.
-    events
-        .wait_for(20, "attempt 1 to start", |e| {
-            e.run_id.as_deref() == Some(run_id.as_str()) && e.status == RunStatus::Started && e.attempt == 1
-        })
-        .await;
+    // The worker calls the handler before it stores the start (a first
+    // attempt's start is stored once it has run --record-started-after):
+    // kill it only once attempt 1's start is stored, so that it counts.
+    eventually(20, "attempt 1's start to be stored", || async {
+        let r = env.runs.get(&run_id).await.ok()??.record;
+        (r.status == RunStatus::Started && r.attempt == 1).then_some(())
+    })
+    .await;
     doomed.start_kill().unwrap();
     doomed.wait().await.unwrap();
     let _survivor = env.spawn_jetsched(&["worker", "--ack-wait", "2s"]);
@@ -421,12 +422,23 @@ async fn a_worker_whose_consumers_the_server_forgot_creates_them_again() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn runs_that_went_on_while_the_events_stream_was_away_report_every_event_when_it_returns() {
+async fn runs_go_on_while_the_events_stream_is_away_and_their_failures_are_stored_when_it_returns() {
     let env = Env::start().await;
-    let _fn = env.function("fn.away", |_| Reply::Ok(json!({}))).await;
+    let _ok = env.function("fn.away", |_| Reply::Ok(json!({}))).await;
+    // Fails every first attempt, then succeeds.
+    let _flaky = env
+        .function("fn.flaky", |call| match call.header(headers::ATTEMPT).as_deref() {
+            Some("1") => Reply::Fail { error: "first try".into(), retryable: true },
+            _ => Reply::Ok(json!({})),
+        })
+        .await;
     env.put_task("away", json!({"handler": {"type": "nats", "subject": "fn.away"}})).await;
+    env.put_task(
+        "flaky",
+        json!({"handler": {"type": "nats", "subject": "fn.flaky"}, "retry": {"initial_backoff": "100ms"}}),
+    )
+    .await;
     let _services = env.services();
-    let mut events = env.events().await;
     // The events stream stops taking jetsched's events (as while it has no
     // leader: publishes find no stream); the runs bucket and the other
     // streams go on.
@@ -434,30 +446,40 @@ async fn runs_that_went_on_while_the_events_stream_was_away_report_every_event_w
     let config = stream.info().await.unwrap().config.clone();
     let elsewhere = async_nats::jetstream::stream::Config { subjects: vec!["elsewhere.>".into()], ..config.clone() };
     env.handles.js.update_stream(elsewhere).await.unwrap();
-    let mut run_ids = Vec::new();
-    for i in 0..5 {
-        let seq = env.submit("away", &format!(r#"{{"i":{i}}}"#)).await;
-        run_ids.push(format!("t.away.q{seq}"));
+    // Successful runs store no event: they go on and end `succeeded`.
+    for i in 0..3 {
+        let id = format!("t.away.q{}", env.submit("away", &format!(r#"{{"i":{i}}}"#)).await);
+        eventually(60, "the run to succeed without the events stream", || async {
+            (env.runs.get(&id).await.ok()??.record.status == RunStatus::Succeeded).then_some(())
+        })
+        .await;
     }
-    // The runs themselves go on: each record reaches `succeeded`.
-    for id in &run_ids {
-        eventually(60, "the run to succeed without its events", || async {
-            let value = env.handles.runs.get(id).await.ok()??;
-            let record: RunRecord = serde_json::from_slice(&value).ok()?;
-            (record.status == RunStatus::Succeeded).then_some(())
+    // A failed attempt's event must be kept: its retry waits for it.
+    let mut flaky = Vec::new();
+    for i in 0..2 {
+        flaky.push(format!("t.flaky.q{}", env.submit("flaky", &format!(r#"{{"i":{i}}}"#)).await));
+    }
+    for id in &flaky {
+        eventually(60, "the first attempt to fail", || async {
+            (env.runs.get(id).await.ok()??.record.status == RunStatus::Failed).then_some(())
         })
         .await;
     }
     env.handles.js.update_stream(config).await.unwrap();
-    // Once the stream is back, every run's queued and succeeded events are stored.
-    for id in &run_ids {
-        for status in [RunStatus::Queued, RunStatus::Succeeded] {
-            events
-                .wait_for(60, "the event an outage held back", |e| {
-                    e.run_id.as_deref() == Some(id) && e.status == status
-                })
-                .await;
-        }
+    // Once the stream is back, each failure is stored, and only then does the
+    // next attempt run.
+    for id in &flaky {
+        let record = eventually(60, "the retry to succeed", || async {
+            let r = env.runs.get(id).await.ok()??.record;
+            (r.status == RunStatus::Succeeded).then_some(r)
+        })
+        .await;
+        assert_eq!(record.attempt, 2, "{record:?}");
+        let stored = env.stored_events().await;
+        let failed: Vec<&RunEvent> =
+            stored.iter().filter(|e| e.run_id.as_deref() == Some(id) && e.status == RunStatus::Failed).collect();
+        assert_eq!(failed.len(), 1, "the failure of {id} is stored once: {stored:?}");
+        assert_eq!(failed[0].attempt, 1);
     }
 }
 

@@ -10,7 +10,7 @@ use async_nats::Client;
 use async_nats::jetstream::stream;
 use jetsched_contract::{Handles, Names, Topology};
 use jetsched_natsbox::{ClusterOptions, LocalCluster, LocalServer, Preference, ServerOptions};
-use tokio::task::JoinHandle;
+
 use tokio_util::sync::CancellationToken;
 
 /// How long stream and bucket creation is retried: a fresh cluster elects
@@ -125,12 +125,14 @@ impl BenchEnv {
         let token = CancellationToken::new();
         let (t, d, w) =
             (self.connect("ticker").await?, self.connect("dispatcher").await?, self.connect("worker").await?);
-        let tasks = vec![
-            tokio::spawn(jetsched_ticker::run(ticker, t, Default::default(), token.clone())),
-            tokio::spawn(jetsched_dispatcher::run(Default::default(), d, Default::default(), token.clone())),
-            tokio::spawn(jetsched_worker::run(worker, w, Default::default(), Default::default(), token.clone())),
-        ];
-        Ok(Services { token, tasks, processes: Vec::new() })
+        let services =
+            jetsched::local::LocalServices { ticker: Some(ticker), worker: Some(worker), ..Default::default() };
+        let handles_for = |role: &str| match role {
+            "ticker" => t.clone(),
+            "dispatcher" => d.clone(),
+            _ => w.clone(),
+        };
+        Ok(Services { token: token.clone(), running: Some(services.spawn(handles_for, &token)), processes: Vec::new() })
     }
 }
 
@@ -202,15 +204,15 @@ where
 
 pub struct Services {
     token: CancellationToken,
-    tasks: Vec<JoinHandle<anyhow::Result<()>>>,
+    running: Option<jetsched::local::Running>,
     processes: Vec<tokio::process::Child>,
 }
 
 impl Services {
     pub async fn stop(self) {
         self.token.cancel();
-        for t in self.tasks {
-            let _ = t.await;
+        if let Some(running) = self.running {
+            let _ = running.join().await;
         }
         for mut p in self.processes {
             // SIGTERM: the services drain and exit on their own.
@@ -250,7 +252,7 @@ impl BenchEnv {
                 .map_err(|e| anyhow::anyhow!("cannot start {} {service}: {e}", jetsched.display()))?;
             processes.push(child);
         }
-        Ok(Services { token: CancellationToken::new(), tasks: Vec::new(), processes })
+        Ok(Services { token: CancellationToken::new(), running: None, processes })
     }
 }
 

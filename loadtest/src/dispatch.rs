@@ -46,7 +46,8 @@ pub async fn run(env: &BenchEnv, args: Args) -> anyhow::Result<()> {
     }
     let dispatcher = env.connect("dispatcher").await?;
     let token = tokio_util::sync::CancellationToken::new();
-    let d = tokio::spawn(jetsched_dispatcher::run(Default::default(), dispatcher, Default::default(), token.clone()));
+    let only = jetsched::local::LocalServices { ticker: None, worker: None, ..Default::default() };
+    let d = only.spawn(|_| dispatcher.clone(), &token);
     let mut queued = env.client.subscribe(env.names.event_filter()).await?;
     env.client.flush().await?;
 
@@ -78,13 +79,13 @@ pub async fn run(env: &BenchEnv, args: Args) -> anyhow::Result<()> {
     // Ordering: drain the backlog with one worker of 8 slots.
     let backlog = args.runs;
     let worker = env.connect("worker").await?;
-    let w = tokio::spawn(jetsched_worker::run(
-        jetsched_worker::WorkerConfig { slots: 8, ..Default::default() },
-        worker,
-        Default::default(),
-        Default::default(),
-        token.clone(),
-    ));
+    let only = jetsched::local::LocalServices {
+        ticker: None,
+        dispatcher: None,
+        worker: Some(jetsched_worker::WorkerConfig { slots: 8, ..Default::default() }),
+        ..Default::default()
+    };
+    let w = only.spawn(|_| worker.clone(), &token);
     let mut order: Vec<String> = Vec::with_capacity(backlog);
     while order.len() < backlog {
         let msg = tokio::time::timeout(Duration::from_secs(300), queued.next())
@@ -110,6 +111,6 @@ pub async fn run(env: &BenchEnv, args: Args) -> anyhow::Result<()> {
     let urgent_share = first_third.iter().filter(|t| *t == "urgent").count() as f64 / first_third.len().max(1) as f64;
     println!("  share of urgent runs among the first third started: {:.0} %", urgent_share * 100.0);
     token.cancel();
-    let _ = tokio::join!(d, w);
+    let _ = tokio::join!(d.join(), w.join());
     Ok(())
 }

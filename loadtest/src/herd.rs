@@ -163,7 +163,7 @@ async fn nats_cron(env: &BenchEnv, n: usize, seconds: i64) -> anyhow::Result<Sam
 /// before the instant and published in one loop at it, with nothing else to
 /// do; lateness is the instant -> the function receives the request.
 async fn floor(env: &BenchEnv, starts: &noop::Starts, n: usize) -> anyhow::Result<Samples> {
-    let functions = jetsched_worker::handlers::nats::Functions::start(env.client.clone()).await?;
+    let functions = jetsched_worker::Functions::start(env.client.clone()).await?;
     env.client.flush().await?;
     let at = Timestamp::now().checked_add(SignedDuration::from_millis(500))?;
     let timeout = Duration::from_secs(30);
@@ -193,9 +193,9 @@ async fn floor(env: &BenchEnv, starts: &noop::Starts, n: usize) -> anyhow::Resul
     for (outbound, reply) in prepared {
         pending.push((functions.send(outbound).await, reply));
     }
-    let replies = pending.into_iter().map(|(sent, reply)| {
-        jetsched_worker::handlers::nats::outcome(noop::SUBJECT, Duration::from_secs(30), sent, reply)
-    });
+    let replies = pending
+        .into_iter()
+        .map(|(sent, reply)| jetsched_worker::function_outcome(noop::SUBJECT, Duration::from_secs(30), sent, reply));
     for outcome in futures::future::join_all(replies).await {
         anyhow::ensure!(
             matches!(outcome, jetsched_worker::Outcome::Success { .. }),

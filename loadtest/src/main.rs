@@ -18,6 +18,7 @@ mod peers;
 mod runlist;
 mod stats;
 mod steady;
+mod triggers;
 
 use clap::{Parser, Subcommand};
 
@@ -71,6 +72,10 @@ enum Command {
     /// jetsched, the raw baseline, and BullMQ and Celery on Redis in one
     /// sitting, as one table (peers installed by `loadtest/peers/setup`).
     Peers(peers::Args),
+    /// Event triggers: events on a stream -> handler start through a task's
+    /// trigger, throughput and latency, against a plain pull consumer
+    /// reading the same events in the same run.
+    Triggers(triggers::Args),
 }
 
 #[global_allocator]
@@ -100,6 +105,7 @@ fn main() -> anyhow::Result<()> {
             Command::Dispatch(args) => dispatch::run(&env, args).await,
             Command::Peers(args) => peers::run(&env, args).await,
             Command::Console(args) => console::run(&env, args).await,
+            Command::Triggers(args) => triggers::run(&env, args).await,
             Command::Baseline(args) => baseline::publish_rate(&env, &args).await.map(|rate| {
                 println!(
                     "raw JetStream async publish (Nats-Msg-Id, {} B, {} in flight): {rate:.0} msg/s",

@@ -5,14 +5,13 @@
 //!
 //! The store: N run records (70 % fired by 1,000 schedules, 30 % submitted
 //! to 20 tasks; 97 % succeeded, 2 % failed waiting for a retry, 1 % dead)
-//! and, for each, the event of its current state (a real run also has its
-//! earlier events: the events stream here is a third of its real size,
-//! which only favours the queries answered from it by that factor).
+//! and, for each failed or dead one, the event the events stream keeps for
+//! it (successful runs store no event).
 
 use std::time::Instant;
 
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
-use jetsched_contract::{RunEvent, RunRecord, RunStatus};
+use jetsched_contract::{RunRecord, RunStatus};
 use jiff::Timestamp;
 
 use crate::bench::BenchEnv;
@@ -42,52 +41,15 @@ fn record(i: usize, now: Timestamp) -> RunRecord {
         (format!("t.task{:02}.q{i}", (i / 3) % TASKS), None)
     };
     RunRecord {
-        run_id,
-        task: format!("task{:02}", (i / 3) % TASKS),
         schedule,
-        status,
         attempt: if status == RunStatus::Succeeded { 1 } else { 2 },
-        queue: "default".into(),
-        band: 4,
-        scheduled_for: None,
         created_at: at,
         updated_at: at,
         started_at: Some(at),
         finished_at: (status != RunStatus::Failed).then_some(at),
         error: (status != RunStatus::Succeeded).then(|| "exited with 3".to_string()),
-        source_seq: i as u64,
-        task_seq: None,
         worker: Some("w-1".into()),
-        cancel_requested: false,
-        replay_of: None,
-        parent: None,
-        step: None,
-        workflow: None,
-        result: None,
-    }
-}
-
-fn event(r: &RunRecord) -> RunEvent {
-    RunEvent {
-        run_id: Some(r.run_id.clone()),
-        task: r.task.clone(),
-        schedule: r.schedule.clone(),
-        status: r.status,
-        attempt: r.attempt,
-        at: r.updated_at,
-        scheduled_for: None,
-        error: r.error.clone(),
-        duration_ms: Some(3),
-        bucket: None,
-        key: None,
-        revision: None,
-        count: None,
-        queue: Some(r.queue.clone()),
-        worker: r.worker.clone(),
-        output: None,
-        workflow_run: None,
-        step: None,
-        retry_at: None,
+        ..RunRecord::new(&run_id, &format!("task{:02}", (i / 3) % TASKS), status, "default", 4, i as u64)
     }
 }
 
@@ -96,17 +58,13 @@ pub async fn run(env: &BenchEnv, args: Args) -> anyhow::Result<()> {
     println!("nats-server {} | {} | cli: {}", env.server_version, env.mode, binary.display());
     let now = Timestamp::now();
     let t0 = Instant::now();
-    let runs = env.handles.runs.prefix.clone();
-    let n = env
-        .publish_many((0..args.runs).map(|i| {
-            let r = record(i, now);
-            (format!("{runs}{}", r.run_id), serde_json::to_vec(&r).unwrap_or_default())
-        }))
-        .await?;
     let names = &env.names;
-    env.publish_many((0..args.runs).map(|i| {
-        let r = record(i, now);
-        (names.event_subject(&r.task, r.status.as_str()), serde_json::to_vec(&event(&r)).unwrap_or_default())
+    let store =
+        jetsched_runtime::RunStore::open(jetsched_runtime::Publisher::new(env.handles.js.clone(), names.clone()))
+            .await?;
+    let n = store.import((0..args.runs).map(|i| record(i, now))).await?;
+    env.publish_many((0..args.runs).map(|i| record(i, now)).filter(|r| r.status.is_kept()).map(|r| {
+        (names.event_subject(&r.task, r.status.as_str()), serde_json::to_vec(&r.event()).unwrap_or_default())
     }))
     .await?;
     let took = t0.elapsed();

@@ -18,15 +18,20 @@ use async_nats::{Client, HeaderMap};
 use futures::StreamExt;
 use jetsched_contract::{Handles, Names, RunEvent, RunStatus, Topology};
 use jetsched_natsbox::{ClusterOptions, LocalCluster, LocalServer, Preference, ServerOptions};
+use jetsched_runtime::RunStore;
 use serde_json::Value;
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
+
 use tokio_util::sync::CancellationToken;
 
+// The services' settings, for the tests that choose them.
+#[allow(unused_imports)]
 pub use jetsched_dispatcher::DispatcherConfig;
+#[allow(unused_imports)]
 pub use jetsched_ticker::TickerConfig;
+pub use jetsched_worker::Builtins;
+#[allow(unused_imports)]
 pub use jetsched_worker::WorkerConfig;
-pub use jetsched_worker::handlers::Builtins;
 
 /// Fails the test if `fut` does not finish within `secs`.
 pub async fn within<T>(secs: u64, what: &str, fut: impl Future<Output = T>) -> T {
@@ -51,6 +56,11 @@ pub struct Env {
     pub client: Client,
     pub handles: Handles,
     pub names: Names,
+    /// The run store (the one reader and writer of run records).
+    pub runs: RunStore,
+    /// Every event published since the env started, as a subscriber to
+    /// `jetsched.event.>` saw them.
+    log: EventLog,
     _store: tempfile::TempDir,
 }
 
@@ -68,8 +78,16 @@ impl Env {
         })
         .await
         .unwrap();
-        let (client, handles) = connect(&server.url(), &Topology::default()).await;
-        Env { names: handles.names.clone(), nats: Nats::Single(Box::new(server)), client, handles, _store: store }
+        let (client, handles, runs, log) = connect(&server.url(), &Topology::default()).await;
+        Env {
+            names: handles.names.clone(),
+            nats: Nats::Single(Box::new(server)),
+            client,
+            handles,
+            runs,
+            log,
+            _store: store,
+        }
     }
 
     /// Starts a fresh 3-node cluster (pinned release) with R3 streams and
@@ -88,8 +106,17 @@ impl Env {
         })
         .await
         .unwrap();
-        let (client, handles) = connect(&cluster.urls(), &Topology { replicas: 3, ..Topology::default() }).await;
-        Env { names: handles.names.clone(), nats: Nats::Cluster(Box::new(cluster)), client, handles, _store: store }
+        let (client, handles, runs, log) =
+            connect(&cluster.urls(), &Topology { replicas: 3, ..Topology::default() }).await;
+        Env {
+            names: handles.names.clone(),
+            nats: Nats::Cluster(Box::new(cluster)),
+            client,
+            handles,
+            runs,
+            log,
+            _store: store,
+        }
     }
 
     /// The server's URL, or the cluster's seed list.
@@ -128,42 +155,40 @@ impl Env {
         self.services_with(ServicesConfig::default())
     }
 
-    /// Runs the chosen services with the given settings.
+    /// Runs the chosen services with the given settings (as `jetsched up`
+    /// does, on this env's connection).
     pub fn services_with(&self, cfg: ServicesConfig) -> Services {
         let token = CancellationToken::new();
-        let mut tasks = Vec::new();
-        let h = &self.handles;
-        if let Some(c) = cfg.ticker {
-            tasks.push(tokio::spawn(jetsched_ticker::run(c, h.clone(), cfg.health.component("ticker"), token.clone())));
-        }
-        if let Some(c) = cfg.dispatcher {
-            tasks.push(tokio::spawn(jetsched_dispatcher::run(
-                c,
-                h.clone(),
-                cfg.health.component("dispatcher"),
-                token.clone(),
-            )));
-        }
-        if let Some(c) = cfg.worker {
-            tasks.push(tokio::spawn(jetsched_worker::run(
-                c,
-                h.clone(),
-                cfg.builtins.clone(),
-                cfg.health.component("worker"),
-                token.clone(),
-            )));
-        }
-        Services { token, tasks }
+        Services { running: Some(cfg.spawn(|_| self.handles.clone(), &token)), token }
     }
 
-    /// Every event from the start of the events stream.
+    /// Every event since the env started (live: queued, started and
+    /// succeeded are not stored), read from the first.
     pub async fn events(&self) -> Events {
+        Events { log: self.log.clone(), read: 0, seen: Vec::new(), taken: Default::default() }
+    }
+
+    /// What the events stream holds now (the kept events), oldest first.
+    pub async fn stored_events(&self) -> Vec<RunEvent> {
         let stream = self.handles.js.get_stream(self.names.events_stream()).await.unwrap();
         let consumer = stream
             .create_consumer(OrderedConfig { deliver_policy: DeliverPolicy::All, ..Default::default() })
             .await
             .unwrap();
-        Events { messages: Box::pin(consumer.messages().await.unwrap()), seen: Vec::new(), taken: Default::default() }
+        let mut pending = consumer.cached_info().num_pending;
+        let mut messages = consumer.messages().await.unwrap();
+        let mut out = Vec::new();
+        while pending > 0 {
+            let msg = within(30, "the stored events", messages.next()).await.unwrap().unwrap();
+            pending = msg.info().unwrap().pending;
+            out.push(serde_json::from_slice(&msg.payload).expect("event is a RunEvent"));
+        }
+        out
+    }
+
+    /// The run's record (panics if there is none).
+    pub async fn record(&self, run_id: &str) -> jetsched_contract::RunRecord {
+        self.runs.get(run_id).await.unwrap().unwrap_or_else(|| panic!("no run record for {run_id}")).record
     }
 
     /// Raw KV put, as `nats kv put <bucket> <key> <value>` does.
@@ -271,16 +296,20 @@ enum Nats {
 /// Connects to `url` (a seed list on a cluster) and creates the streams and
 /// buckets; on a fresh cluster JetStream answers only once it has elected a
 /// meta leader, so creation is retried until then.
-async fn connect(url: &str, topology: &Topology) -> (Client, Handles) {
+async fn connect(url: &str, topology: &Topology) -> (Client, Handles, RunStore, EventLog) {
     let seeds = jetsched_runtime::connect::seed_list(url).unwrap();
     let client = async_nats::ConnectOptions::new()
         .retry_on_initial_connect()
         .ping_interval(jetsched_runtime::connect::PING_INTERVAL)
+        // Room for every event of a busy test between two reads of the log.
+        .subscription_capacity(1 << 20)
         .connect(seeds)
         .await
         .unwrap();
     let js = jetsched_runtime::jetstream(client.clone());
     let names = Names::default();
+    // Subscribed before any service runs: the log holds every event.
+    let log = EventLog::follow(&client, &names).await;
     within(60, "JetStream to be ready", async {
         // Until the meta leader is elected: retried with the services' backoff.
         let mut backoff = jetsched_runtime::Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
@@ -290,45 +319,64 @@ async fn connect(url: &str, topology: &Topology) -> (Client, Handles) {
         }
     })
     .await;
-    let handles = Handles::open(js, names).await.unwrap();
-    (client, handles)
+    let handles = Handles::open(js.clone(), names.clone()).await.unwrap();
+    let runs = RunStore::open(jetsched_runtime::Publisher::new(js, names)).await.unwrap();
+    (client, handles, runs, log)
 }
 
-/// Which services to run, with what settings.
+/// Every event published on `jetsched.event.>`, in the order one
+/// subscriber received them (on one server: the order the server handled
+/// them, so an event published after another was received is after it).
 #[derive(Clone)]
-pub struct ServicesConfig {
-    pub ticker: Option<TickerConfig>,
-    pub dispatcher: Option<DispatcherConfig>,
-    pub worker: Option<WorkerConfig>,
-    pub builtins: Builtins,
-    /// Readiness of the services started, for /readyz tests.
-    pub health: jetsched_runtime::Health,
+struct EventLog {
+    entries: std::sync::Arc<std::sync::Mutex<Vec<(String, RunEvent)>>>,
+    grew: std::sync::Arc<tokio::sync::Notify>,
 }
 
-impl Default for ServicesConfig {
-    fn default() -> Self {
-        ServicesConfig {
-            ticker: Some(TickerConfig::default()),
-            dispatcher: Some(DispatcherConfig::default()),
-            worker: Some(WorkerConfig::default()),
-            builtins: Builtins::default(),
-            health: jetsched_runtime::Health::default(),
+impl EventLog {
+    async fn follow(client: &Client, names: &Names) -> EventLog {
+        let mut sub = client.subscribe(names.event_filter()).await.unwrap();
+        client.flush().await.unwrap();
+        let log = EventLog { entries: Default::default(), grew: Default::default() };
+        let feed = log.clone();
+        tokio::spawn(async move {
+            while let Some(msg) = sub.next().await {
+                let event: RunEvent = serde_json::from_slice(&msg.payload).expect("event is a RunEvent");
+                feed.entries.lock().unwrap().push((msg.subject.to_string(), event));
+                feed.grew.notify_waiters();
+            }
+        });
+        log
+    }
+
+    /// Entry `i`, waiting for it.
+    async fn get(&self, i: usize) -> (String, RunEvent) {
+        loop {
+            let grew = self.grew.notified();
+            tokio::pin!(grew);
+            grew.as_mut().enable();
+            if let Some(e) = self.entries.lock().unwrap().get(i) {
+                return e.clone();
+            }
+            grew.await;
         }
     }
 }
 
+/// Which services to run, with what settings.
+pub type ServicesConfig = jetsched::local::LocalServices;
+
 /// In-process services, stopped on drop.
 pub struct Services {
     token: CancellationToken,
-    tasks: Vec<JoinHandle<anyhow::Result<()>>>,
+    running: Option<jetsched::local::Running>,
 }
 
 impl Services {
     /// Stops them and waits for them to drain.
     pub async fn stop(mut self) {
-        self.token.cancel();
-        for t in self.tasks.drain(..) {
-            within(40, "services to stop", t).await.unwrap().unwrap();
+        if let Some(running) = self.running.take() {
+            within(40, "services to stop", running.stop()).await.unwrap();
         }
     }
 }
@@ -336,6 +384,46 @@ impl Services {
 impl Drop for Services {
     fn drop(&mut self) {
         self.token.cancel();
+    }
+}
+
+/// A builtin handler that reports each run it is called for and returns
+/// (succeeding) only when the test releases it: a handler held open.
+pub struct Held {
+    entered: mpsc::UnboundedReceiver<String>,
+    release: std::sync::Arc<tokio::sync::Semaphore>,
+}
+
+impl Held {
+    /// Registers it in `builtins` under `name`.
+    pub fn register(builtins: &mut Builtins, name: &str) -> Held {
+        let (tx, entered) = mpsc::unbounded_channel();
+        let release = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+        let gate = release.clone();
+        builtins.register(name, move |inv: jetsched_worker::Invocation| {
+            let _ = tx.send(inv.run_id.clone());
+            let gate = gate.clone();
+            async move {
+                gate.acquire().await.unwrap().forget();
+                jetsched_worker::Outcome::ok(serde_json::json!({"run": inv.run_id}))
+            }
+        });
+        Held { entered, release }
+    }
+
+    /// The run it was called for next.
+    pub async fn next(&mut self, secs: u64) -> String {
+        within(secs, "the held handler to be called", self.entered.recv()).await.unwrap()
+    }
+
+    /// Lets one held call return.
+    pub fn release_one(&self) {
+        self.release.add_permits(1);
+    }
+
+    /// Lets every call return from now on.
+    pub fn release_all(&self) {
+        self.release.add_permits(tokio::sync::Semaphore::MAX_PERMITS / 2);
     }
 }
 
@@ -385,15 +473,10 @@ impl Function {
     }
 }
 
-/// The events stream, read from its start.
+/// The events published since the env started, read from the first.
 pub struct Events {
-    messages: std::pin::Pin<
-        Box<
-            dyn futures::Stream<
-                    Item = Result<async_nats::jetstream::Message, async_nats::jetstream::consumer::pull::OrderedError>,
-                > + Send,
-        >,
-    >,
+    log: EventLog,
+    read: usize,
     /// Everything read so far.
     pub seen: Vec<(String, RunEvent)>,
     /// Indices in `seen` already handed out by `wait_for`/`wait_for_n`.
@@ -401,11 +484,17 @@ pub struct Events {
 }
 
 impl Events {
+    /// Every event published from now on under the names `handles` use, as
+    /// its user sees them (live).
+    pub async fn read(handles: &Handles) -> Events {
+        let log = EventLog::follow(&handles.js.client(), &handles.names).await;
+        Events { log, read: 0, seen: Vec::new(), taken: Default::default() }
+    }
+
     /// The next event (any), with its subject.
     pub async fn next(&mut self) -> (String, RunEvent) {
-        let msg = self.messages.next().await.expect("events stream ended").expect("events stream error");
-        let event: RunEvent = serde_json::from_slice(&msg.payload).expect("event is a RunEvent");
-        let item = (msg.subject.to_string(), event);
+        let item = self.log.get(self.read).await;
+        self.read += 1;
         self.seen.push(item.clone());
         item
     }
@@ -612,7 +701,12 @@ pub struct HttpStub {
 
 impl HttpStub {
     pub async fn start(responses: Vec<(u16, Vec<(&'static str, &'static str)>)>) -> HttpStub {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_on("127.0.0.1", responses).await
+    }
+
+    /// The same, listening on `ip` (any loopback address: 127.0.0.2, ...).
+    pub async fn start_on(ip: &str, responses: Vec<(u16, Vec<(&'static str, &'static str)>)>) -> HttpStub {
+        let listener = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
         let url = format!("http://{}/hook", listener.local_addr().unwrap());
         let (tx, rx) = mpsc::unbounded_channel();
         let served = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -658,6 +752,16 @@ impl Env {
     pub async fn kv_get(&self, bucket: &str, key: &str) -> Option<bytes::Bytes> {
         let store = self.handles.js.get_key_value(bucket).await.ok()?;
         store.get(key).await.unwrap()
+    }
+
+    /// Waits until the workers bucket lists every one of `ids`.
+    pub async fn wait_for_workers(&self, ids: &[&str]) {
+        let bucket = self.names.workers_bucket();
+        eventually(20, "worker heartbeats", || async {
+            let live: Vec<String> = self.kv_entries(&bucket).await.into_iter().map(|(k, _)| k).collect();
+            ids.iter().all(|id| live.iter().any(|l| l == id)).then_some(())
+        })
+        .await;
     }
 
     /// Every live key of `bucket` with its value, as `nats kv ls` and `get` show them.

@@ -21,11 +21,15 @@ use jiff::civil::{Date, DateTime, Time, Weekday};
 /// never fires again (`0 0 30 2 *` never does).
 const HORIZON_YEARS: i16 = 100;
 
+/// Longest expression taken: far more than any real one, and every error
+/// message that quotes it stays short.
+pub const MAX_EXPR_LEN: usize = 256;
+
 /// A parse error, naming the field and what was wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid cron expression {expr:?}: {reason}")]
 pub struct CronError {
-    /// The expression as given.
+    /// The expression as given (its first bytes, when it is too long).
     pub expr: String,
     /// What was wrong.
     pub reason: String,
@@ -85,6 +89,14 @@ impl fmt::Display for Cron {
 impl Cron {
     /// Parses a 5- or 6-field expression or a macro.
     pub fn parse(expr: &str) -> Result<Cron, CronError> {
+        if expr.len() > MAX_EXPR_LEN {
+            let mut cut = 32;
+            while !expr.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            let reason = format!("{} bytes long; at most {MAX_EXPR_LEN}", expr.len());
+            return Err(CronError { expr: format!("{}…", &expr[..cut]), reason });
+        }
         let err = |reason: String| CronError { expr: expr.to_string(), reason };
         let trimmed = expr.trim();
         let expanded = match trimmed.to_ascii_lowercase().as_str() {

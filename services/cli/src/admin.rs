@@ -9,7 +9,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use async_nats::HeaderMap;
 use futures::StreamExt;
-use jetsched_contract::{Handles, RunEvent, RunStatus, TaskDef, headers, run, validate_name};
+use jetsched_contract::{Handles, Role, RunEvent, RunStatus, TaskDef, headers, run, validate_name};
+use jetsched_runtime::NatsArgs;
 
 /// Input the user must fix (exit code 2).
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +46,30 @@ pub enum TaskCmd {
     },
 }
 
+/// Read-modify-write of the value under `key` (a `what`), with
+/// compare-and-set: `change` gets the current value and returns the new one,
+/// or `None` for nothing to do; a concurrent change makes it read again.
+/// Returns the revision written, if any.
+pub(crate) async fn edit(
+    store: &async_nats::jetstream::kv::Store,
+    key: &str,
+    what: &str,
+    mut change: impl FnMut(&[u8]) -> anyhow::Result<Option<Vec<u8>>>,
+) -> anyhow::Result<Option<u64>> {
+    use async_nats::jetstream::kv::{Operation, UpdateErrorKind};
+    for _ in 0..5 {
+        let entry = store.entry(key).await?.filter(|e| e.operation == Operation::Put);
+        let entry = entry.ok_or_else(|| bad(format!("no {what} named {key}")))?;
+        let Some(bytes) = change(&entry.value)? else { return Ok(None) };
+        match store.update(key, bytes.into(), entry.revision).await {
+            Ok(revision) => return Ok(Some(revision)),
+            Err(err) if err.kind() == UpdateErrorKind::WrongLastRevision => continue,
+            Err(err) => return Err(err.into()),
+        }
+    }
+    anyhow::bail!("{what} {key} keeps changing; try again")
+}
+
 /// Reads a definition argument: inline JSON, `@file`, or `-` (stdin).
 pub(crate) fn read_definition(arg: &str) -> anyhow::Result<Vec<u8>> {
     if arg == "-" {
@@ -56,6 +81,34 @@ pub(crate) fn read_definition(arg: &str) -> anyhow::Result<Vec<u8>> {
         return std::fs::read(path).map_err(|e| bad(format!("cannot read {path}: {e}")));
     }
     Ok(arg.as_bytes().to_vec())
+}
+
+/// Makes the triggers stream capture the plain subjects the stored task
+/// definitions' triggers name (the tickers keep it so; `init` does it once),
+/// and says which cannot be captured.
+pub async fn capture_trigger_subjects(h: &Handles) -> anyhow::Result<()> {
+    let mut subjects = Vec::new();
+    let mut keys = h.tasks.keys().await?;
+    while let Some(key) = keys.next().await {
+        let key = key?;
+        let Some(value) = h.tasks.get(&key).await? else { continue };
+        let Ok(def) = TaskDef::from_json(&value) else { continue };
+        for t in &def.triggers {
+            if let jetsched_contract::trigger::Source::Subject(s) = t.source() {
+                subjects.push(s.to_string());
+            }
+        }
+    }
+    if subjects.is_empty() {
+        // Nothing to capture: the stream keeps its placeholder subject.
+        return Ok(());
+    }
+    let conflicts = jetsched_contract::setup::sync_trigger_subjects(&h.js, &h.names, &subjects).await?;
+    println!("{} captures {} trigger subject(s)", h.names.triggers_stream(), subjects.len() - conflicts.len());
+    for c in &conflicts {
+        println!("not captured: {}", c.reason);
+    }
+    Ok(())
 }
 
 /// Runs a `task` verb.
@@ -111,6 +164,7 @@ pub async fn init(nats: &jetsched_runtime::NatsArgs, topology: &jetsched_contrac
     // JetStream may need a few seconds to answer (a leader election on a cluster).
     let give_up = tokio::time::Instant::now() + jetsched_runtime::service::ADMIN_PATIENCE;
     let mut backoff = jetsched_runtime::Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+    let mut waiting = false;
     loop {
         bar.set_position(0);
         let made = jetsched_contract::setup::ensure_with(&js, &names, topology, |name, made| {
@@ -124,7 +178,10 @@ pub async fn init(nats: &jetsched_runtime::NatsArgs, topology: &jetsched_contrac
         match made {
             Ok(()) => break,
             Err(err) if tokio::time::Instant::now() < give_up => {
-                bar.suspend(|| tracing::warn!(%err, "JetStream not ready; retrying"));
+                if !waiting {
+                    bar.suspend(|| tracing::warn!(%err, "JetStream not ready; retrying"));
+                    waiting = true;
+                }
                 backoff.wait().await;
             }
             Err(err) => return Err(err.into()),
@@ -136,7 +193,8 @@ pub async fn init(nats: &jetsched_runtime::NatsArgs, topology: &jetsched_contrac
         false => println!("streams and buckets ready under prefix {names} (created {})", created.join(", ")),
     }
     let _ = client.drain().await;
-    Ok(())
+    let handles = jetsched_runtime::service::open(nats, topology, "jetsched-init", false).await?;
+    capture_trigger_subjects(&handles).await
 }
 
 /// `jetsched submit` options.
@@ -161,11 +219,21 @@ pub struct SubmitArgs {
     /// With --wait: give up after this long.
     #[arg(long, default_value = "5m", value_parser = parse_duration)]
     pub timeout: Duration,
+    /// Seal the payload with the first key of this file (AES-256-GCM): the
+    /// streams and the NATS operator see only ciphertext; workers and
+    /// functions holding the key open it (docs/HANDLERS.md, "Sealed payloads").
+    #[arg(long = "payload-key-file", env = "JETSCHED_PAYLOAD_KEY_FILE")]
+    pub payload_key_file: Option<std::path::PathBuf>,
 }
 
 /// Publishes a submission (like `nats pub jetsched.submit.<task> '<json>'`).
-pub async fn submit(h: &Handles, args: SubmitArgs) -> anyhow::Result<()> {
+pub async fn submit(nats: &NatsArgs, args: SubmitArgs) -> anyhow::Result<()> {
     validate_name("task", &args.task).map_err(|e| bad(e.to_string()))?;
+    // As the submitter role: it may publish submissions and nothing else,
+    // so no stream or bucket is opened.
+    let names = nats.names()?;
+    let client = jetsched_runtime::connect_as(nats, Role::Submitter, "jetsched-cli", false).await?;
+    let js = jetsched_runtime::jetstream(client.clone());
     let payload = match &args.payload {
         Some(p) => {
             let bytes = read_definition(p)?;
@@ -189,10 +257,16 @@ pub async fn submit(h: &Handles, args: SubmitArgs) -> anyhow::Result<()> {
     if let Some(id) = &args.id {
         hdrs.insert(headers::NATS_MSG_ID, id.as_str());
     }
-    let client = h.js.client();
-    let mut events =
-        if args.wait { Some(client.subscribe(h.names.event_subject(&args.task, "*")).await?) } else { None };
-    let ack = h.js.publish_with_headers(h.names.submit_subject(&args.task), hdrs, payload.into()).await?.await?;
+    let payload = match &args.payload_key_file {
+        None => payload,
+        Some(path) => {
+            let keyring = jetsched_contract::codec::Keyring::from_file(path).map_err(|e| bad(e.to_string()))?;
+            hdrs.insert(headers::KEY_ID, keyring.active());
+            serde_json::to_vec(&keyring.seal(&payload)?)?
+        }
+    };
+    let mut events = if args.wait { Some(client.subscribe(names.event_subject(&args.task, "*")).await?) } else { None };
+    let ack = publish_patiently(&js, names.submit_subject(&args.task), hdrs, payload.into(), args.id.is_some()).await?;
     let run_id = run::submitted_run_id(&args.task, args.id.as_deref(), ack.sequence);
     if ack.duplicate {
         println!("{run_id} (duplicate of an earlier submission with the same --id; not submitted again)");
@@ -218,6 +292,41 @@ pub async fn submit(h: &Handles, args: SubmitArgs) -> anyhow::Result<()> {
                     _ => {}
                 }
             }
+        }
+    }
+}
+
+/// Publishes, riding out a leader election for up to
+/// [`jetsched_runtime::service::ADMIN_PATIENCE`]: "no stream" (no leader
+/// answered, nothing stored) is retried with backoff, and so is a timeout
+/// when the message has an id (the stream drops a second copy).
+async fn publish_patiently(
+    js: &async_nats::jetstream::Context,
+    subject: String,
+    headers: HeaderMap,
+    payload: bytes::Bytes,
+    idempotent: bool,
+) -> anyhow::Result<async_nats::jetstream::publish::PublishAck> {
+    use async_nats::jetstream::context::PublishErrorKind;
+    let give_up = tokio::time::Instant::now() + jetsched_runtime::service::ADMIN_PATIENCE;
+    let mut backoff = jetsched_runtime::Backoff::new(Duration::from_millis(200), Duration::from_secs(2));
+    loop {
+        let sent = js.publish_with_headers(subject.clone(), headers.clone(), payload.clone()).await;
+        let acked = match sent {
+            Ok(pending) => pending.await,
+            Err(e) => Err(e),
+        };
+        match acked {
+            Ok(ack) => return Ok(ack),
+            Err(e)
+                if tokio::time::Instant::now() < give_up
+                    && (e.kind() == PublishErrorKind::StreamNotFound
+                        || (idempotent && e.kind() == PublishErrorKind::TimedOut)) =>
+            {
+                tracing::debug!(%e, "JetStream not ready; retrying the submission");
+                backoff.wait().await;
+            }
+            Err(e) => return Err(e).with_context(|| format!("cannot publish to {subject}")),
         }
     }
 }

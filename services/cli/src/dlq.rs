@@ -87,8 +87,6 @@ pub struct DeadLetter {
     pub run_id: Option<String>,
     /// Why (`Jetsched-Reason`).
     pub reason: String,
-    /// Where it was first published (`Jetsched-Original-Subject`).
-    pub original_subject: String,
     /// The message body (a work item of a dead run, or the original submission).
     pub body: bytes::Bytes,
 }
@@ -138,7 +136,6 @@ pub async fn entries(h: &Handles, task: Option<&str>, limit: usize) -> anyhow::R
             task: header(headers::TASK).unwrap_or_default(),
             run_id: header(headers::RUN_ID),
             reason: header(headers::REASON).unwrap_or_default(),
-            original_subject: header(headers::ORIGINAL_SUBJECT).unwrap_or_default(),
             body: msg.payload.clone(),
         });
     }

@@ -10,9 +10,11 @@ use async_nats::jetstream::consumer::DeliverPolicy;
 use async_nats::jetstream::consumer::pull::OrderedConfig;
 use futures::{StreamExt, TryStreamExt};
 use jetsched_contract::{Handles, RunEvent, RunRecord, RunStatus, ScheduleDef, WorkerInfo};
+use jetsched_runtime::{CancelOutcome, RunStore};
 use jiff::{SignedDuration, Timestamp};
 
 use crate::admin::{BadInput, format_event};
+use crate::runlist::{format_record, run_store};
 
 /// `jetsched runs ...`
 #[derive(Debug, clap::Subcommand)]
@@ -54,14 +56,14 @@ pub enum RunsCmd {
 
 /// Runs a `runs` verb.
 pub async fn runs(h: &Handles, cmd: RunsCmd) -> anyhow::Result<()> {
+    let store = run_store(h).await?;
     match cmd {
         RunsCmd::Get { id } => {
-            let value =
-                h.runs.get(&id).await?.ok_or_else(|| BadInput(format!("no run {id} (run records are kept 7 days)")))?;
-            let record: RunRecord = serde_json::from_slice(&value)?;
-            println!("{}", serde_json::to_string_pretty(&record)?);
+            let stored =
+                store.get(&id).await?.ok_or_else(|| BadInput(format!("no run {id} (run records are kept 7 days)")))?;
+            println!("{}", serde_json::to_string_pretty(&stored.record)?);
             println!("\ntimeline:");
-            for event in timeline(h, &record).await? {
+            for event in timeline(h, &store, &stored.record).await? {
                 println!("  {}", format_event(&event));
             }
             Ok(())
@@ -70,125 +72,64 @@ pub async fn runs(h: &Handles, cmd: RunsCmd) -> anyhow::Result<()> {
         RunsCmd::Logs { id, follow } => crate::logs::print(h, &id, follow).await,
         RunsCmd::Watch { schedule } => {
             let key = schedule.as_deref().map_or(">".to_string(), jetsched_contract::run::schedule_runs_filter);
-            let mut watch = h.runs.watch(key).await?;
+            let watch = store.watch(&key).await?;
+            tokio::pin!(watch);
             let shutdown = jetsched_runtime::shutdown_on_signals();
             loop {
-                let entry = tokio::select! {
+                let change = tokio::select! {
                     _ = shutdown.cancelled() => return Ok(()),
-                    e = watch.next() => e,
+                    c = watch.next() => c,
                 };
-                let Some(entry) = entry else { return Ok(()) };
-                if let Ok(r) = serde_json::from_slice::<RunRecord>(&entry?.value) {
+                let Some(change) = change else { return Ok(()) };
+                if let (_, Some(r)) = change? {
                     println!("{}", format_record(&r));
                 }
             }
         }
         RunsCmd::Cancel { id } => {
-            let status = cancel(h, &id).await?;
+            let status = cancel(&store, &id).await?;
             println!("cancel requested for {id} ({status})");
             Ok(())
         }
     }
 }
 
-/// Marks the run cancelled-on-request and tells its worker; returns the
-/// status it had.
-pub async fn cancel(h: &Handles, id: &str) -> anyhow::Result<RunStatus> {
-    for _ in 0..8 {
-        let entry = h.runs.entry(id).await?.ok_or_else(|| BadInput(format!("no run {id}")))?;
-        let mut record: RunRecord = serde_json::from_slice(&entry.value)?;
-        if record.status.is_terminal() {
-            return Err(BadInput(format!("run {id} already ended ({})", record.status)).into());
+/// Asks for run `id` to be cancelled (the run store marks its record and
+/// tells its worker); returns the status it had.
+pub async fn cancel(store: &RunStore, id: &str) -> anyhow::Result<RunStatus> {
+    match store.request_cancel(id).await? {
+        CancelOutcome::Unknown => Err(BadInput(format!("no run {id}")).into()),
+        CancelOutcome::Ended(status) => Err(BadInput(format!("run {id} already ended ({status})")).into()),
+        CancelOutcome::Requested(status) => Ok(status),
+    }
+}
+
+/// The run's timeline, oldest first: every kept revision of its record
+/// (each a transition: queued, started, failed, ... with its time), and the
+/// kept events that no record revision stands for (a retry's `failed`
+/// report when the revision was superseded is in both: shown once).
+pub async fn timeline(h: &Handles, store: &RunStore, record: &RunRecord) -> anyhow::Result<Vec<RunEvent>> {
+    let mut events: Vec<RunEvent> = Vec::new();
+    for stored in store.history(&record.run_id).await? {
+        let event = stored.record.event();
+        let same = events.last().is_some_and(|e| e.status == event.status && e.attempt == event.attempt);
+        if !same {
+            events.push(event);
         }
-        record.cancel_requested = true;
-        record.updated_at = Timestamp::now();
-        match h.runs.update(id, serde_json::to_vec(&record)?.into(), entry.revision).await {
-            Ok(_) => {
-                let client = h.js.client();
-                client.publish(h.names.cancel_subject(id), bytes::Bytes::new()).await?;
-                client.flush().await?;
-                return Ok(record.status);
-            }
-            // Changed meanwhile (the worker moved it on): read again.
-            Err(e) if e.kind() == async_nats::jetstream::kv::UpdateErrorKind::WrongLastRevision => continue,
-            Err(e) => return Err(e.into()),
-        }
     }
-    anyhow::bail!("run {id} keeps changing; try again")
-}
-
-/// A run record's cells in `runs list`: run, status, task, attempt,
-/// created, and its error or the run it replays.
-pub fn record_row(r: &RunRecord) -> Vec<String> {
-    let note = match (&r.error, &r.replay_of) {
-        (Some(e), _) => format!("error: {e}"),
-        (None, Some(of)) => format!("replays {of}"),
-        (None, None) => String::new(),
-    };
-    vec![
-        r.run_id.clone(),
-        r.status.as_str().to_string(),
-        r.task.clone(),
-        r.attempt.to_string(),
-        r.created_at.round(jiff::Unit::Millisecond).unwrap_or(r.created_at).to_string(),
-        note,
-    ]
-}
-
-/// One line per run record.
-pub fn format_record(r: &RunRecord) -> String {
-    let mut line = format!(
-        "{:<44}  {:<9}  {:<16}  attempt {}  created {}",
-        r.run_id,
-        r.status.as_str(),
-        r.task,
-        r.attempt,
-        r.created_at.round(jiff::Unit::Millisecond).unwrap_or(r.created_at)
-    );
-    if let Some(e) = &r.error {
-        line.push_str(&format!("  error: {e}"));
-    }
-    if let Some(of) = &r.replay_of {
-        line.push_str(&format!("  replays {of}"));
-    }
-    line
-}
-
-/// The run's events, oldest first, read from the events stream starting
-/// shortly before the run was created.
-pub async fn timeline(h: &Handles, record: &RunRecord) -> anyhow::Result<Vec<RunEvent>> {
-    Ok(stored_timeline(h, record).await?.into_iter().map(|s| s.event).collect())
-}
-
-/// A run event as stored: with the trace context it was published with.
-#[derive(Debug, Clone)]
-pub struct StoredEvent {
-    /// The event.
-    pub event: RunEvent,
-    /// Its `traceparent` header (the run's trace).
-    pub traceparent: Option<String>,
-}
-
-impl StoredEvent {
-    /// The trace id in its `traceparent` (`00-<trace id>-<span id>-<flags>`).
-    pub fn trace_id(&self) -> Option<&str> {
-        self.traceparent.as_deref()?.split('-').nth(1)
-    }
-}
-
-/// [`timeline`], with each event's trace context.
-pub async fn stored_timeline(h: &Handles, record: &RunRecord) -> anyhow::Result<Vec<StoredEvent>> {
     let start = record.created_at.checked_sub(SignedDuration::from_secs(5)).unwrap_or(record.created_at);
-    let events = read_stored_events(h, vec![h.names.event_subject(&record.task, "*")], start).await?;
-    Ok(events.into_iter().filter(|e| e.event.run_id.as_deref() == Some(record.run_id.as_str())).collect())
+    for kept in read_events(h, vec![h.names.event_subject(&record.task, "*")], start).await? {
+        let shown = events.iter().any(|e| e.status == kept.status && e.attempt == kept.attempt);
+        if kept.run_id.as_deref() == Some(record.run_id.as_str()) && !shown {
+            events.push(kept);
+        }
+    }
+    events.sort_by_key(|e| e.at);
+    Ok(events)
 }
 
 /// Every event on `subjects` stored since `since`.
 pub(crate) async fn read_events(h: &Handles, subjects: Vec<String>, since: Timestamp) -> anyhow::Result<Vec<RunEvent>> {
-    Ok(read_stored_events(h, subjects, since).await?.into_iter().map(|s| s.event).collect())
-}
-
-async fn read_stored_events(h: &Handles, subjects: Vec<String>, since: Timestamp) -> anyhow::Result<Vec<StoredEvent>> {
     let stream = h.js.get_stream(h.names.events_stream()).await?;
     let start_time = time_from(since)?;
     let consumer = stream
@@ -205,12 +146,7 @@ async fn read_stored_events(h: &Handles, subjects: Vec<String>, since: Timestamp
         match tokio::time::timeout(Duration::from_secs(5), messages.next()).await {
             Ok(Some(Ok(msg))) => {
                 if let Ok(event) = serde_json::from_slice::<RunEvent>(&msg.payload) {
-                    let traceparent = msg
-                        .headers
-                        .as_ref()
-                        .and_then(|h| h.get(jetsched_contract::headers::TRACEPARENT))
-                        .map(|v| v.as_str().to_string());
-                    out.push(StoredEvent { event, traceparent });
+                    out.push(event);
                 }
             }
             _ => break,
@@ -317,7 +253,7 @@ pub async fn status(h: &Handles, args: StatusArgs) -> anyhow::Result<()> {
     let workers = workers(h).await?;
     println!("workers: {}", workers.len());
     if !workers.is_empty() {
-        let mut t = crate::admin::table(&["WORKER", "QUEUES", "BUSY", "SEEN", "STATE", "LABELS"]);
+        let mut t = crate::admin::table(&["WORKER", "QUEUES", "BUSY", "HOLDS / OF", "SEEN", "STATE", "LABELS"]);
         for w in &workers {
             let age = Timestamp::now().duration_since(w.heartbeat_at).as_secs();
             let labels: Vec<String> = w.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
@@ -325,6 +261,7 @@ pub async fn status(h: &Handles, args: StatusArgs) -> anyhow::Result<()> {
                 w.id.clone(),
                 w.queues.join(","),
                 format!("{}/{}", w.busy, w.slots),
+                format!("{} / {}", w.held, w.capacity),
                 format!("{age}s ago"),
                 if w.draining { "draining" } else { "serving" }.to_string(),
                 labels.join(","),

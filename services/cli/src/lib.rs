@@ -5,16 +5,19 @@
 
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
-pub mod admin;
+mod admin;
+mod backfill;
 pub mod console;
-pub mod dlq;
-pub mod examples;
-pub mod inspect;
+mod dlq;
+mod examples;
+mod inspect;
+pub mod local;
 mod logs;
+mod permissions;
 mod runlist;
-pub mod schedule;
-pub mod services;
-pub mod up;
+mod schedule;
+mod services;
+mod up;
 
 use std::process::ExitCode;
 
@@ -49,8 +52,9 @@ enum Command {
     /// Run the dispatcher service (turns submissions and fires into work).
     Dispatcher(services::DispatcherArgs),
     /// Run the worker service (executes tasks).
-    Worker(services::WorkerArgs),
-    /// Create jetsched's streams and buckets if they do not exist.
+    Worker(Box<services::WorkerArgs>),
+    /// Create jetsched's streams and buckets if they do not exist, and
+    /// capture the plain subjects task triggers name.
     Init,
     /// Manage task definitions (bucket jetsched-tasks).
     #[command(subcommand)]
@@ -72,6 +76,9 @@ enum Command {
     Dlq(dlq::DlqCmd),
     /// Serve the web console (read-only unless --allow-actions).
     Console(console::ConsoleArgs),
+    /// Print the NATS publish/subscribe allow-lists a role needs
+    /// (ticker, dispatcher, worker, admin, submitter, function).
+    Permissions(permissions::PermissionsArgs),
 }
 
 /// Parses the command line, runs it, and maps errors to exit codes
@@ -125,15 +132,19 @@ async fn run(cli: Cli, telemetry: Option<&jetsched_runtime::telemetry::Telemetry
         Command::Up(args) => up::run(&cli.nats, &topology, *args, metrics).await,
         Command::Ticker(args) => services::ticker(&cli.nats, &topology, args, metrics).await,
         Command::Dispatcher(args) => services::dispatcher(&cli.nats, &topology, args, metrics).await,
-        Command::Worker(args) => services::worker(&cli.nats, &topology, args, metrics).await,
+        Command::Worker(args) => services::worker(&cli.nats, &topology, *args, metrics).await,
         Command::Init => admin::init(&cli.nats, &topology).await,
         Command::Task(cmd) => admin::task(&open(&cli.nats, &topology, "jetsched-cli", false).await?, cmd).await,
         Command::Schedule(cmd) => schedule::run(&cli.nats, &topology, cmd).await,
-        Command::Submit(args) => admin::submit(&open(&cli.nats, &topology, "jetsched-cli", false).await?, args).await,
+        Command::Submit(args) => admin::submit(&cli.nats, args).await,
         Command::Events(args) => admin::events(&open(&cli.nats, &topology, "jetsched-cli", false).await?, args).await,
         Command::Runs(cmd) => inspect::runs(&open(&cli.nats, &topology, "jetsched-cli", false).await?, cmd).await,
         Command::Status(args) => inspect::status(&open(&cli.nats, &topology, "jetsched-cli", false).await?, args).await,
         Command::Dlq(cmd) => dlq::dlq(&open(&cli.nats, &topology, "jetsched-cli", false).await?, cmd).await,
+        Command::Permissions(args) => {
+            print!("{}", permissions::render(&cli.nats.names()?, &args)?);
+            Ok(())
+        }
         Command::Console(args) => console::run(&cli.nats, args).await,
     }
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use async_nats::jetstream::consumer::DeliverPolicy;
 use async_nats::jetstream::consumer::pull::OrderedConfig;
 use futures::{Stream, StreamExt};
-use jetsched_contract::{Handles, RunRecord, headers};
+use jetsched_contract::{Handles, headers};
 
 /// One stored chunk of output.
 #[derive(Debug, Clone, PartialEq)]
@@ -88,7 +88,8 @@ pub async fn read(h: &Handles, run_id: &str, from: u64, max_bytes: usize) -> any
 /// `jetsched runs logs RUN [-f]`: prints the run's logs; with `follow`,
 /// keeps printing until the run has ended.
 pub async fn print(h: &Handles, run_id: &str, follow_on: bool) -> anyhow::Result<()> {
-    if h.runs.get(run_id).await?.is_none() {
+    let store = crate::runlist::run_store(h).await?;
+    if store.get(run_id).await?.is_none() {
         return Err(crate::admin::bad(format!("no run {run_id} (run records are kept 7 days)")));
     }
     let mut header = Header::default();
@@ -106,9 +107,19 @@ pub async fn print(h: &Handles, run_id: &str, follow_on: bool) -> anyhow::Result
     }
     let (_, live) = follow(h, run_id, next).await?;
     let mut live = std::pin::pin!(live);
-    let mut watch = h.runs.watch_with_history(run_id).await?;
+    let watch = store.watch(run_id).await?;
+    let mut watch = std::pin::pin!(watch);
     let shutdown = jetsched_runtime::shutdown_on_signals();
+    // The run may have ended before the watch began.
+    let mut ended = store.get(run_id).await?.is_some_and(|s| s.record.status.is_terminal());
     loop {
+        if ended {
+            // The worker stores an attempt's logs before its outcome: what is left is all there.
+            for c in read(h, run_id, next, usize::MAX).await?.0 {
+                header.print(&c);
+            }
+            return Ok(());
+        }
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
             chunk = live.next() => match chunk {
@@ -119,16 +130,9 @@ pub async fn print(h: &Handles, run_id: &str, follow_on: bool) -> anyhow::Result
                 }
                 None => anyhow::bail!("the logs stream ended"),
             },
-            entry = watch.next() => {
-                let Some(entry) = entry else { anyhow::bail!("the runs bucket watch ended") };
-                let ended = serde_json::from_slice::<RunRecord>(&entry?.value).is_ok_and(|r| r.status.is_terminal());
-                if ended {
-                    // The worker stores an attempt's logs before its outcome: what is left is all there.
-                    for c in read(h, run_id, next, usize::MAX).await?.0 {
-                        header.print(&c);
-                    }
-                    return Ok(());
-                }
+            change = watch.next() => {
+                let Some(change) = change else { anyhow::bail!("the runs bucket watch ended") };
+                ended = change?.1.is_some_and(|r| r.status.is_terminal());
             }
         }
     }

@@ -3,7 +3,7 @@
 //! computes fire times locally with the ticker's own calendar code.
 
 use async_nats::HeaderMap;
-use async_nats::jetstream::kv::{Operation, UpdateErrorKind};
+use async_nats::jetstream::kv::Operation;
 use jetsched_calendar::Cron;
 use jetsched_contract::{DueFire, Handles, ScheduleDef, Topology, headers, run, validate_name};
 use jetsched_runtime::NatsArgs;
@@ -11,7 +11,7 @@ use jiff::tz::{AmbiguousOffset, TimeZone};
 use jiff::{SignedDuration, Timestamp};
 use serde_json::Value;
 
-use crate::admin::{bad, list_keys, print_value, read_definition};
+use crate::admin::{bad, edit, list_keys, print_value, read_definition};
 
 /// `jetsched schedule ...`
 #[derive(Debug, clap::Subcommand)]
@@ -86,9 +86,23 @@ pub enum ScheduleCmd {
         /// Start after this instant (RFC 3339) [default: now].
         #[arg(long)]
         from: Option<String>,
-        /// How many fire times.
-        #[arg(short = 'n', long = "count", default_value_t = 10)]
-        count: usize,
+        /// How many fire times (at most 10000).
+        #[arg(short = 'n', long = "count", default_value_t = 10, value_parser = clap::value_parser!(u16).range(1..=10_000))]
+        count: u16,
+    },
+    /// Run every fire of a schedule in a past range, with the run ids the
+    /// ticker uses (nats kv put jetsched-backfills <id> '{"schedule": ..., "from": ..., "to": ...}').
+    ///
+    /// A fire that already ran (or is running) is not run again. The ticker
+    /// holding the schedule executes it, at most --max-in-flight runs at a
+    /// time, resuming after a restart; this command follows its record and
+    /// prints a summary: fired, already ran, skipped (not due yet: the
+    /// ticker fires those itself). --dry-run lists the fires instead.
+    Backfill(crate::backfill::BackfillArgs),
+    /// Stop a backfill (nats kv get, then nats kv update jetsched-backfills <id> with "status": "cancelled").
+    BackfillCancel {
+        /// Backfill id.
+        id: String,
     },
 }
 
@@ -126,23 +140,23 @@ pub async fn run(nats: &NatsArgs, topology: &Topology, cmd: ScheduleCmd) -> anyh
             println!("{}", trigger(&h, &id, payload).await?);
         }
         ScheduleCmd::Preview { id: Some(id), from, count, .. } => {
-            let (def, _, _) = stored(&h, &id).await?;
+            let def = stored(&h, &id).await?;
             preview(Some(&id), &def, from.as_deref(), count)?;
         }
         ScheduleCmd::Preview { id: None, .. } => {}
+        ScheduleCmd::Backfill(args) => crate::backfill::backfill(&h, args).await?,
+        ScheduleCmd::BackfillCancel { id } => crate::backfill::cancel(&h, &id).await?,
     }
     Ok(())
 }
 
-/// The stored schedule `id`: parsed, as JSON, and its revision.
-pub(crate) async fn stored(h: &Handles, id: &str) -> anyhow::Result<(ScheduleDef, Value, u64)> {
+/// The stored schedule `id`, parsed.
+pub(crate) async fn stored(h: &Handles, id: &str) -> anyhow::Result<ScheduleDef> {
     validate_name("schedule", id).map_err(|e| bad(e.to_string()))?;
     let entry = h.schedules.entry(id).await?.filter(|e| e.operation == Operation::Put);
     let entry = entry.ok_or_else(|| bad(format!("no schedule named {id}")))?;
-    let def = ScheduleDef::from_json(id, &entry.value)
-        .map_err(|e| bad(format!("schedule {id} is invalid ({e}); fix it with schedule put")))?;
-    let json = serde_json::from_slice(&entry.value)?;
-    Ok((def, json, entry.revision))
+    ScheduleDef::from_json(id, &entry.value)
+        .map_err(|e| bad(format!("schedule {id} is invalid ({e}); fix it with schedule put")))
 }
 
 /// What [`set_paused`] did.
@@ -166,25 +180,24 @@ fn print_paused(id: &str, paused: bool, change: PauseChange) {
 /// Read-modify-write of the `paused` flag, retried when someone else
 /// changed the schedule in between.
 pub async fn set_paused(h: &Handles, id: &str, paused: bool) -> anyhow::Result<PauseChange> {
-    for _ in 0..5 {
-        let (def, mut json, revision) = stored(h, id).await?;
+    validate_name("schedule", id).map_err(|e| bad(e.to_string()))?;
+    let written = edit(&h.schedules, id, "schedule", |value| {
+        let def = ScheduleDef::from_json(id, value)
+            .map_err(|e| bad(format!("schedule {id} is invalid ({e}); fix it with schedule put")))?;
         if def.paused == paused {
-            return Ok(PauseChange::Already);
+            return Ok(None);
         }
+        let mut json: Value = serde_json::from_slice(value)?;
         let Some(fields) = json.as_object_mut() else { return Err(bad(format!("schedule {id} is not an object"))) };
         if paused {
             fields.insert("paused".to_string(), Value::Bool(true));
         } else {
             fields.remove("paused");
         }
-        let bytes = serde_json::to_vec(&json)?;
-        match h.schedules.update(id, bytes.into(), revision).await {
-            Ok(rev) => return Ok(PauseChange::Changed(rev)),
-            Err(err) if err.kind() == UpdateErrorKind::WrongLastRevision => continue,
-            Err(err) => return Err(err.into()),
-        }
-    }
-    anyhow::bail!("schedule {id} keeps changing; try again")
+        Ok(Some(serde_json::to_vec(&json)?))
+    })
+    .await?;
+    Ok(written.map_or(PauseChange::Already, PauseChange::Changed))
 }
 
 /// Publishes one fire of `id` now and returns its run id. The nominal time
@@ -192,7 +205,7 @@ pub async fn set_paused(h: &Handles, id: &str, paused: bool) -> anyhow::Result<P
 /// the schedule's own occurrences, so the run never takes a regular fire's
 /// run id. `payload` replaces the schedule's.
 pub async fn trigger(h: &Handles, id: &str, payload: Option<Value>) -> anyhow::Result<String> {
-    let (def, _, _) = stored(h, id).await?;
+    let def = stored(h, id).await?;
     let calendar = def.calendar().map_err(bad)?;
     let ms = SignedDuration::from_millis(1);
     let now = Timestamp::now();
@@ -200,27 +213,16 @@ pub async fn trigger(h: &Handles, id: &str, payload: Option<Value>) -> anyhow::R
     while calendar.next_after(nominal.checked_sub(SignedDuration::from_nanos(1))?) == Some(nominal) {
         nominal = nominal.checked_add(ms)?;
     }
-    publish_fire(h, id, &def, &calendar, nominal, payload).await
-}
-
-/// Publishes a fire by hand of schedule `id` at `nominal` to the inbox
-/// (with `payload` instead of the schedule's); returns its run id. Such a
-/// run follows the overlap policy but waits for no other schedule
-/// (depends_on is about runs of the same calendar date).
-async fn publish_fire(
-    h: &Handles,
-    id: &str,
-    def: &ScheduleDef,
-    calendar: &jetsched_calendar::Calendar,
-    nominal: Timestamp,
-    payload: Option<Value>,
-) -> anyhow::Result<String> {
+    let payload = payload.unwrap_or_else(|| def.payload.clone().unwrap_or_default());
+    let task = def.task_name(id).to_string();
     let fire = DueFire {
         schedule: id.to_string(),
         scheduled_for: nominal,
-        payload: payload.unwrap_or_else(|| def.payload.clone().unwrap_or_default()),
+        payload,
         task_def: def.inline_task().cloned(),
         not_before: None,
+        // A run by hand follows the overlap policy but waits for no other
+        // schedule (depends_on is about runs of the same calendar date).
         overlap: def.overlap,
         depends_on: None,
         timezone: calendar.time_zone().iana_name().map(str::to_string),
@@ -232,30 +234,9 @@ async fn publish_fire(
     hdrs.insert(headers::SCHEDULE, id);
     hdrs.insert(headers::SCHEDULED_FOR, nominal.to_string().as_str());
     hdrs.insert(headers::RUN_ID, run_id.as_str());
-    let subject = h.names.due_subject(def.task_name(id));
+    let subject = h.names.due_subject(&task);
     h.js.publish_with_headers(subject, hdrs, serde_json::to_vec(&fire)?.into()).await?.await?;
     Ok(run_id)
-}
-
-/// Most occurrences one backfill publishes.
-pub const MAX_BACKFILL: usize = 1_000;
-
-/// Fires the schedule's own occurrences after `from` up to and including
-/// `to` (at most [`MAX_BACKFILL`]), each under its regular run id and
-/// `Nats-Msg-Id`: an occurrence that already has a run is not run again
-/// (the dispatcher's run-id create drops it). Returns the run ids.
-pub async fn backfill(h: &Handles, id: &str, from: Timestamp, to: Timestamp) -> anyhow::Result<Vec<String>> {
-    let (def, _, _) = stored(h, id).await?;
-    let calendar = def.calendar().map_err(bad)?;
-    let times: Vec<Timestamp> = calendar.iter_after(from).take_while(|t| *t <= to).take(MAX_BACKFILL + 1).collect();
-    if times.len() > MAX_BACKFILL {
-        return Err(bad(format!("more than {MAX_BACKFILL} occurrences between {from} and {to}; narrow the range")));
-    }
-    let mut runs = Vec::with_capacity(times.len());
-    for nominal in times {
-        runs.push(publish_fire(h, id, &def, &calendar, nominal, None).await?);
-    }
-    Ok(runs)
 }
 
 /// The next `count` fire times of `def` after `from`.
@@ -264,7 +245,8 @@ pub fn fire_times(def: &ScheduleDef, from: Timestamp, count: usize) -> anyhow::R
 }
 
 /// Prints the next `count` fire times after `from` (default now).
-fn preview(id: Option<&str>, def: &ScheduleDef, from: Option<&str>, count: usize) -> anyhow::Result<()> {
+fn preview(id: Option<&str>, def: &ScheduleDef, from: Option<&str>, count: u16) -> anyhow::Result<()> {
+    let count = usize::from(count);
     let from: Timestamp = match from {
         Some(f) => f.parse().map_err(|e| bad(format!("--from {f:?}: {e}")))?,
         None => Timestamp::now(),
@@ -290,8 +272,7 @@ fn preview(id: Option<&str>, def: &ScheduleDef, from: Option<&str>, count: usize
     let mut shown = 0;
     for t in calendar.iter_after(from).take(count) {
         shown += 1;
-        let local = t.to_zoned_datetime(tz.clone());
-        let local = local.strftime("%Y-%m-%d %H:%M:%S%.f %:z %Z").to_string();
+        let local = local_time(&tz, t);
         let mut line = format!("{shown:>3}  {:<26}{local:<34}", t.to_string());
         if let (false, Some(id)) = (jitter.is_zero(), id) {
             let start = jetsched_calendar::jitter_offset(id, t, jitter);
@@ -308,6 +289,11 @@ fn preview(id: Option<&str>, def: &ScheduleDef, from: Option<&str>, count: usize
         println!("  (no fire after {from})");
     }
     Ok(())
+}
+
+/// `t` on the wall clock of `tz`, with its offset and zone abbreviation.
+pub(crate) fn local_time(tz: &TimeZone, t: Timestamp) -> String {
+    t.to_zoned_datetime(tz.clone()).strftime("%Y-%m-%d %H:%M:%S%.f %:z %Z").to_string()
 }
 
 /// The schedule's rule in words: `cron "0 30 2 * * *" in Europe/Berlin, dst
@@ -329,7 +315,7 @@ pub fn describe(def: &ScheduleDef) -> String {
 
 /// Why a fire time looks odd on the wall clock: a repeated local time, or a
 /// local time shifted out of a DST gap.
-fn dst_note(tz: &TimeZone, cron: Option<&Cron>, t: Timestamp) -> Option<&'static str> {
+pub(crate) fn dst_note(tz: &TimeZone, cron: Option<&Cron>, t: Timestamp) -> Option<&'static str> {
     let civil = tz.to_datetime(t);
     match tz.to_ambiguous_timestamp(civil).offset() {
         AmbiguousOffset::Fold { before, .. } if tz.to_offset(t) == before => {

@@ -5,13 +5,13 @@
 
 use std::sync::Arc;
 
-use jetsched_contract::Topology;
+use jetsched_contract::{Role, Scope, Topology};
 use jetsched_dispatcher::DispatcherConfig;
 use jetsched_runtime::NatsArgs;
 use jetsched_runtime::service::{HttpArgs, finish, start};
 use jetsched_ticker::TickerConfig;
+use jetsched_worker::Builtins;
 use jetsched_worker::WorkerConfig;
-use jetsched_worker::handlers::Builtins;
 use opentelemetry_sdk::metrics::ManualReader;
 
 /// `jetsched ticker` options.
@@ -48,7 +48,7 @@ pub async fn ticker(
     args: TickerArgs,
     metrics: Option<Arc<ManualReader>>,
 ) -> anyhow::Result<()> {
-    let s = start(nats, topology, "jetsched-ticker", &args.http, metrics).await?;
+    let s = start(nats, topology, Role::Ticker, &Scope::default(), &args.http, metrics).await?;
     let ready = s.health.component("ticker");
     let result = jetsched_ticker::run(args.config, s.handles.clone(), ready, s.shutdown).await;
     finish(s.handles, result).await
@@ -61,7 +61,7 @@ pub async fn dispatcher(
     args: DispatcherArgs,
     metrics: Option<Arc<ManualReader>>,
 ) -> anyhow::Result<()> {
-    let s = start(nats, topology, "jetsched-dispatcher", &args.http, metrics).await?;
+    let s = start(nats, topology, Role::Dispatcher, &Scope::default(), &args.http, metrics).await?;
     let ready = s.health.component("dispatcher");
     let result = jetsched_dispatcher::run(args.config, s.handles.clone(), ready, s.shutdown).await;
     finish(s.handles, result).await
@@ -74,8 +74,10 @@ pub async fn worker(
     args: WorkerArgs,
     metrics: Option<Arc<ManualReader>>,
 ) -> anyhow::Result<()> {
-    let s = start(nats, topology, "jetsched-worker", &args.http, metrics).await?;
+    let mut config = args.config;
+    config.fix_id();
+    let s = start(nats, topology, Role::Worker, &config.scope(), &args.http, metrics).await?;
     let ready = s.health.component("worker");
-    let result = jetsched_worker::run(args.config, s.handles.clone(), Builtins::default(), ready, s.shutdown).await;
+    let result = jetsched_worker::run(config, s.handles.clone(), Builtins::default(), ready, s.shutdown).await;
     finish(s.handles, result).await
 }

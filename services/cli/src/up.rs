@@ -15,8 +15,8 @@ use jetsched_dispatcher::DispatcherConfig;
 use jetsched_natsbox::{LocalServer, Preference, ServerOptions};
 use jetsched_runtime::{Health, NatsArgs};
 use jetsched_ticker::TickerConfig;
+use jetsched_worker::Builtins;
 use jetsched_worker::WorkerConfig;
-use jetsched_worker::handlers::Builtins;
 use opentelemetry_sdk::metrics::ManualReader;
 use tokio_util::sync::CancellationToken;
 
@@ -125,31 +125,28 @@ pub async fn run(
     let dispatcher_handles = crate::open(&nats, topology, "jetsched-dispatcher", true).await?;
     let worker_handles = crate::open(&nats, topology, "jetsched-worker", true).await?;
     eprintln!("jetsched: ticker, dispatcher and worker running; Ctrl-C stops");
-    let (ticker, dispatcher, worker) = tokio::join!(
-        jetsched_ticker::run(args.ticker, ticker_handles.clone(), health.component("ticker"), shutdown.clone()),
-        jetsched_dispatcher::run(
-            args.dispatcher,
-            dispatcher_handles.clone(),
-            health.component("dispatcher"),
-            shutdown.clone()
-        ),
-        jetsched_worker::run(
-            args.worker,
-            worker_handles.clone(),
-            Builtins::default(),
-            health.component("worker"),
-            shutdown.clone()
-        ),
-    );
+    let services = crate::local::LocalServices {
+        ticker: Some(args.ticker),
+        dispatcher: Some(args.dispatcher),
+        worker: Some(args.worker),
+        builtins: Builtins::default(),
+        health: health.clone(),
+    };
+    let handles_for = |role: &str| match role {
+        "ticker" => ticker_handles.clone(),
+        "dispatcher" => dispatcher_handles.clone(),
+        _ => worker_handles.clone(),
+    };
+    let ended = services.spawn(handles_for, &shutdown).join().await;
     for h in [&ticker_handles, &dispatcher_handles, &worker_handles].into_iter().chain(console.as_ref()) {
-        let _ = h.js.client().drain().await;
+        jetsched_runtime::service::close(&h.js.client()).await;
     }
-    let _ = client.drain().await;
+    jetsched_runtime::service::close(&client).await;
     if let Some(mut server) = server {
         tokio::task::spawn_blocking(move || server.stop()).await?;
         eprintln!("jetsched: nats-server stopped");
     }
-    ticker.and(dispatcher).and(worker)
+    ended
 }
 
 async fn start_local_server(args: &UpArgs) -> anyhow::Result<LocalServer> {

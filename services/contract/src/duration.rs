@@ -14,7 +14,10 @@ pub struct HumanDuration(pub Duration);
 
 /// Why a duration string did not parse.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid duration {input:?}: {reason} (write e.g. \"500ms\", \"30s\", \"5m\", \"1h30m\", \"2d\")")]
+#[error(
+    "invalid duration {}: {reason} (write e.g. \"500ms\", \"30s\", \"5m\", \"1h30m\", \"2d\")",
+    crate::headers::shown(input)
+)]
 pub struct DurationError {
     input: String,
     reason: &'static str,

@@ -11,6 +11,10 @@ use serde::{Deserialize, Serialize};
 pub enum RunStatus {
     /// Accepted by a dispatcher and waiting for a worker.
     Queued,
+    /// Cannot start yet, for the reason in `error` (no live worker has room
+    /// for it, a rate or concurrency limit); it starts later, with no
+    /// attempt used. Not a state of the run record: the run stays `queued`.
+    Waiting,
     /// A worker started an attempt.
     Started,
     /// The handler succeeded.
@@ -31,12 +35,16 @@ pub enum RunStatus {
     Missed,
     /// A schedule or task definition that cannot be used.
     Invalid,
+    /// Progress of a backfill (not a run): started, advanced, done,
+    /// cancelled or failed.
+    Backfill,
 }
 
 impl RunStatus {
     /// Every status, in lifecycle order.
-    pub const ALL: [RunStatus; 11] = [
+    pub const ALL: [RunStatus; 13] = [
         RunStatus::Queued,
+        RunStatus::Waiting,
         RunStatus::Started,
         RunStatus::Succeeded,
         RunStatus::Failed,
@@ -47,12 +55,14 @@ impl RunStatus {
         RunStatus::Rejected,
         RunStatus::Missed,
         RunStatus::Invalid,
+        RunStatus::Backfill,
     ];
 
     /// The subject token and JSON spelling.
     pub fn as_str(self) -> &'static str {
         match self {
             RunStatus::Queued => "queued",
+            RunStatus::Waiting => "waiting",
             RunStatus::Started => "started",
             RunStatus::Succeeded => "succeeded",
             RunStatus::Failed => "failed",
@@ -63,7 +73,17 @@ impl RunStatus {
             RunStatus::Rejected => "rejected",
             RunStatus::Missed => "missed",
             RunStatus::Invalid => "invalid",
+            RunStatus::Backfill => "backfill",
         }
+    }
+
+    /// True for the statuses the events stream keeps: everything that needs
+    /// an operator's attention or explains why a run did not happen. The
+    /// rest (`queued`, `started`, `succeeded`) are published live only;
+    /// their history is the run record's (`nats kv history jetsched-runs
+    /// <run-id>`), so a successful run costs no stored event.
+    pub fn is_kept(self) -> bool {
+        !matches!(self, RunStatus::Queued | RunStatus::Started | RunStatus::Succeeded)
     }
 
     /// True once nothing more will happen to the run.
@@ -106,7 +126,7 @@ pub struct RunEvent {
     pub at: Timestamp,
     /// Nominal fire time of a scheduled run.
     pub scheduled_for: Option<Timestamp>,
-    /// The reason, for failed, dead, rejected, skipped, cancelled and invalid.
+    /// The reason, for waiting, failed, dead, rejected, skipped, cancelled and invalid.
     pub error: Option<String>,
     /// Handler run time of a finished attempt.
     pub duration_ms: Option<u64>,
@@ -141,6 +161,17 @@ pub struct RunEvent {
     /// does not start before; it may start later, when a worker is free).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_at: Option<Timestamp>,
+    /// For `started` of a task with a rate limit: the start of the limit's
+    /// period this start was counted in (at most `limit` starts per key
+    /// share one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_window: Option<Timestamp>,
+    /// For `invalid` reports about a task's trigger: its index in `triggers`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trigger: Option<u32>,
+    /// For `backfill`: which backfill, where it stands and its counts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backfill: Option<crate::backfill::BackfillReport>,
 }
 
 impl RunEvent {
@@ -166,6 +197,9 @@ impl RunEvent {
             workflow_run: None,
             step: None,
             retry_at: None,
+            rate_window: None,
+            trigger: None,
+            backfill: None,
         }
     }
 
@@ -187,6 +221,13 @@ impl RunEvent {
     /// are about: the definition's key and revision, or the schedule, the
     /// last occurrence and the count.
     pub fn msg_id(&self) -> String {
+        if let Some(b) = &self.backfill {
+            return format!("backfill:{}:{}:{}", b.id, b.status.as_str(), b.progress.handled());
+        }
+        if let (None, Some(i)) = (&self.run_id, self.trigger) {
+            let key = self.key.as_deref().unwrap_or(&self.task);
+            return format!("{}:{key}:{}:trigger{i}", self.status, self.revision.unwrap_or_default());
+        }
         match (&self.run_id, self.status) {
             (Some(run), status) => format!("{run}:{status}:{}", self.attempt),
             (None, status) => format!(

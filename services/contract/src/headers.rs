@@ -39,7 +39,54 @@ pub const SHARD_TOTAL: &str = "Jetsched-Shard-Total";
 /// On a task log message: what the output came from (`stdout`, `stderr`,
 /// `reply`, `response`, `log`, `jetsched`).
 pub const LOG_SOURCE: &str = "Jetsched-Log-Source";
+/// The key a sealed payload (the whole body) is sealed with (see `codec`).
+pub const KEY_ID: &str = "Jetsched-Key-Id";
 /// W3C trace context.
 pub const TRACEPARENT: &str = "traceparent";
 /// W3C trace state.
 pub const TRACESTATE: &str = "tracestate";
+
+/// The importance a submission asks for in [`IMPORTANCE`]: a whole number 0-10.
+pub fn parse_importance(value: &str) -> Result<u8, String> {
+    match value.trim().parse::<u8>() {
+        Ok(i) if i <= 10 => Ok(i),
+        _ => Err(format!("{IMPORTANCE} must be a whole number 0-10, got {}", shown(value))),
+    }
+}
+
+/// The instant a submission asks to wait for in [`NOT_BEFORE`] (RFC 3339).
+pub fn parse_not_before(value: &str) -> Result<jiff::Timestamp, String> {
+    value
+        .trim()
+        .parse::<jiff::Timestamp>()
+        .map_err(|e| format!("{NOT_BEFORE} must be an RFC 3339 instant, got {} ({e})", shown(value)))
+}
+
+/// A user's value in an error message: quoted, and cut when long.
+pub fn shown(value: &str) -> String {
+    const KEEP: usize = 64;
+    if value.len() <= KEEP {
+        return format!("{value:?}");
+    }
+    let mut cut = KEEP;
+    while !value.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{:?}… ({} bytes)", &value[..cut], value.len())
+}
+
+/// Longest reason an `invalid` or `rejected` event carries.
+pub const MAX_REASON: usize = 1024;
+
+/// `reason` cut to [`MAX_REASON`] bytes, saying so: a reason quoting a
+/// user's mebibyte-long value must still fit an event.
+pub fn bounded(reason: String) -> String {
+    if reason.len() <= MAX_REASON {
+        return reason;
+    }
+    let mut cut = MAX_REASON;
+    while !reason.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}… ({} bytes in all)", &reason[..cut], reason.len())
+}

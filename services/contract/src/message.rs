@@ -42,6 +42,16 @@ pub struct DueFire {
     pub revision: Option<u64>,
 }
 
+impl WorkerInfo {
+    /// What it has free by its own account: capacity less holdings, slots less busy ones.
+    pub fn room(&self) -> crate::resources::Room {
+        crate::resources::Room {
+            resources: self.capacity.minus(&self.held),
+            slots: u64::from(self.slots.saturating_sub(self.busy)),
+        }
+    }
+}
+
 impl DueFire {
     /// The id of the run this fire starts.
     pub fn run_id(&self) -> String {
@@ -141,6 +151,9 @@ pub struct Shard {
     pub total: u32,
 }
 
+/// How many recently released runs a heartbeat lists.
+pub const RELEASED_KEPT: usize = 64;
+
 /// Value under a worker id in `jetsched-workers`, refreshed while the worker
 /// lives; the bucket's TTL removes it when the worker stops refreshing.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -156,6 +169,23 @@ pub struct WorkerInfo {
     /// Labels it offers to tasks' `requires.labels`.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub labels: std::collections::BTreeMap<String, String>,
+    /// The cores, memory and disk it offers to tasks' `requires` (a worker
+    /// that names none offers none).
+    #[serde(default)]
+    pub capacity: crate::resources::Resources,
+    /// What the runs it holds take of them (runs started, or admitted and
+    /// about to start).
+    #[serde(default)]
+    pub held: crate::resources::Resources,
+    /// The runs placed by room ([`crate::TaskDef::placed_by_room`]) that it
+    /// holds now.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub holding: Vec<String>,
+    /// The last runs placed by room that it let go, oldest first (at most
+    /// [`RELEASED_KEPT`]). With `holding`, it tells a dispatcher which of the
+    /// runs it placed the heartbeat accounts for.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub released: Vec<String>,
     /// When it started.
     pub started_at: Timestamp,
     /// Its last heartbeat.

@@ -22,7 +22,7 @@ pub const MAX_NAME_LEN: usize = 64;
 
 /// A name that is not `^[A-Za-z0-9_-]{1,64}$`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid {kind} name {name:?}: must be 1-64 characters of A-Z, a-z, 0-9, '_' or '-'")]
+#[error("invalid {kind} name {}: must be 1-64 characters of A-Z, a-z, 0-9, '_' or '-'", crate::headers::shown(name))]
 pub struct NameError {
     /// What was being named (task, schedule, queue, ...).
     pub kind: &'static str,
@@ -107,6 +107,11 @@ impl Names {
     /// Every event of every task.
     pub fn event_filter(&self) -> String {
         format!("{}.event.>", self.prefix)
+    }
+
+    /// The events of every task with one of `statuses`, one subject each.
+    pub fn event_status_subjects<'s>(&self, statuses: impl IntoIterator<Item = &'s str>) -> Vec<String> {
+        statuses.into_iter().map(|s| self.event_subject("*", s)).collect()
     }
 
     /// A dead letter of `task`.
@@ -241,7 +246,7 @@ impl Names {
             key.push('=');
             key.push_str(v);
         }
-        format!("_l-{:08x}", crate::run::fnv1a(key.as_bytes()) as u32)
+        format!("_l-{:08x}", crate::hash::fnv1a(key.as_bytes()) as u32)
     }
 
     /// Dispatched work, consumed by workers.
@@ -274,6 +279,47 @@ impl Names {
         vec![format!("{}.log.>", self.prefix)]
     }
 
+    // ---- NATS-level names a role's permissions are built from ----
+
+    /// The inbox prefix of a client playing `role` (`_INBOX_<prefix>_<role>`):
+    /// replies to its requests arrive under it, so that one role's
+    /// permissions can let it read its own replies and nobody else's.
+    pub fn inbox_prefix(&self, role: &str) -> String {
+        format!("_INBOX_{}_{role}", self.prefix)
+    }
+
+    /// The stream JetStream keeps bucket `bucket` in.
+    pub fn bucket_stream(&self, bucket: &str) -> String {
+        format!("KV_{bucket}")
+    }
+
+    /// Every subject of bucket `bucket` (puts, deletes and purges of any key).
+    pub fn bucket_subjects(&self, bucket: &str) -> String {
+        format!("$KV.{bucket}.>")
+    }
+
+    /// Events published to the plain subjects task triggers name, captured
+    /// so that none is lost once the server acknowledged it.
+    pub fn triggers_stream(&self) -> String {
+        format!("{}_TRIGGERS", self.upper)
+    }
+
+    /// The subject the triggers stream holds while no trigger names a plain
+    /// subject (a stream needs at least one); nothing is published to it.
+    pub fn triggers_idle_subject(&self) -> String {
+        format!("{}.triggers.idle", self.prefix)
+    }
+
+    /// The subject of keys matching `key_filter` in bucket `bucket`'s stream.
+    pub fn kv_subject(&self, bucket: &str, key_filter: &str) -> String {
+        format!("$KV.{bucket}.{key_filter}")
+    }
+
+    /// The key a subject of bucket `bucket`'s stream is for.
+    pub fn parse_kv_subject<'a>(&self, bucket: &str, subject: &'a str) -> Option<&'a str> {
+        subject.strip_prefix("$KV.")?.strip_prefix(bucket)?.strip_prefix('.')
+    }
+
     // ---- buckets ----
 
     /// Task definitions, keyed by task name.
@@ -294,18 +340,18 @@ impl Names {
     /// The stream behind the runs bucket (JetStream names a bucket's stream
     /// `KV_<bucket>`): read in stream order, it lists runs by last change.
     pub fn runs_bucket_stream(&self) -> String {
-        format!("KV_{}", self.runs_bucket())
+        self.bucket_stream(&self.runs_bucket())
     }
 
     /// The subject of run records whose keys match `key_filter` (a key or a
     /// filter with `*`/`>`), in the runs bucket's stream.
     pub fn runs_bucket_subject(&self, key_filter: &str) -> String {
-        format!("$KV.{}.{key_filter}", self.runs_bucket())
+        self.kv_subject(&self.runs_bucket(), key_filter)
     }
 
     /// The run record key a runs bucket stream subject is for.
     pub fn parse_runs_bucket_subject<'a>(&self, subject: &'a str) -> Option<&'a str> {
-        subject.strip_prefix("$KV.")?.strip_prefix(self.runs_bucket().as_str())?.strip_prefix('.')
+        self.parse_kv_subject(&self.runs_bucket(), subject)
     }
 
     /// Worker heartbeats, keyed by worker id.
@@ -328,6 +374,11 @@ impl Names {
         format!("{}-ticker-leases", self.prefix)
     }
 
+    /// Backfills (a schedule's fires over a past range), keyed by backfill id.
+    pub fn backfills_bucket(&self) -> String {
+        format!("{}-backfills", self.prefix)
+    }
+
     /// Time windows, keyed by window name.
     pub fn windows_bucket(&self) -> String {
         format!("{}-windows", self.prefix)
@@ -338,9 +389,35 @@ impl Names {
         format!("{}-slots", self.prefix)
     }
 
+    /// Overlap state of schedules whose `overlap` is not `allow`, keyed by
+    /// [`Names::overlap_key`].
+    pub fn overlap_bucket(&self) -> String {
+        format!("{}-overlap", self.prefix)
+    }
+
+    /// The key of `schedule`'s overlap state in the overlap bucket.
+    pub fn overlap_key(&self, schedule: &str) -> String {
+        schedule.to_string()
+    }
+
     /// Rate-limit counters per period.
     pub fn rates_bucket(&self) -> String {
         format!("{}-rates", self.prefix)
+    }
+
+    /// The key in the rates bucket counting the starts of `task` whose
+    /// rate-limit key renders to `key`, in period number `period` (periods of
+    /// the limit's `per`, counted from the Unix epoch). The rendered key is
+    /// hashed: it may hold any character, a KV key may not.
+    pub fn rate_counter_key(&self, task: &str, key: &str, period: u128) -> String {
+        format!("r.{task}.{:016x}.{period}", crate::run::fnv1a(key.as_bytes()))
+    }
+
+    /// The key in the slots bucket of slot `n` (0-based, below the limit)
+    /// of `task`'s concurrency limit for runs whose key renders to `key`
+    /// (hashed, as for [`Names::rate_counter_key`]).
+    pub fn concurrency_slot_key(&self, task: &str, key: &str, n: u32) -> String {
+        format!("c.{task}.{:016x}.{n}", crate::run::fnv1a(key.as_bytes()))
     }
 
     /// The key in the rates bucket holding `task`'s round-robin rotation
@@ -359,6 +436,15 @@ impl Names {
     /// The durable consumer all workers of `queue` share for `band`.
     pub fn worker_consumer(&self, queue: &str, band: u8) -> String {
         format!("worker-{queue}-{band}")
+    }
+
+    /// The durable consumer reading the events of one trigger of `task`
+    /// (`source` is [`crate::trigger::Source::identity`]) on its source
+    /// stream: `<prefix>-trg-<task>-<hash of the source>`. Editing a
+    /// trigger's batching, filter or mapping keeps it (and its position);
+    /// changing its source makes a new one.
+    pub fn trigger_consumer(&self, task: &str, source: &str) -> String {
+        format!("{}-trg-{task}-{:08x}", self.prefix, crate::run::fnv1a(source.as_bytes()) as u32)
     }
 
     /// Queue and band of a worker consumer's name.
@@ -394,6 +480,15 @@ mod tests {
         assert_eq!(n.checkpoints_bucket(), "jetsched-checkpoints");
         assert_eq!(n.ticker_bucket(), "jetsched-ticker");
         assert_eq!(n.ticker_leases_bucket(), "jetsched-ticker-leases");
+        assert_eq!(n.overlap_bucket(), "jetsched-overlap");
+        assert_eq!(n.overlap_key("nightly"), "nightly");
+        assert_eq!(n.backfills_bucket(), "jetsched-backfills");
+        assert_eq!(n.triggers_stream(), "JETSCHED_TRIGGERS");
+        assert_eq!(n.bucket_stream("config"), "KV_config");
+        assert_eq!(n.kv_subject("config", "pricing.>"), "$KV.config.pricing.>");
+        assert_eq!(n.parse_kv_subject("config", "$KV.config.pricing.eu"), Some("pricing.eu"));
+        let consumer = n.trigger_consumer("email", "subject\u{1f}orders.>");
+        assert!(consumer.starts_with("jetsched-trg-email-") && consumer.len() == "jetsched-trg-email-".len() + 8);
     }
 
     #[test]
@@ -418,6 +513,19 @@ mod tests {
         assert_eq!(n.parse_worker_consumer(&consumer), Some(("_w-host-1-42", 7)));
         assert_eq!(n.parse_worker_queue("_w-host-1-42"), Some("host-1-42"));
         assert_eq!(n.parse_worker_queue("default"), None);
+    }
+
+    #[test]
+    fn limit_keys_are_kv_safe_and_distinct_per_key_and_period() {
+        let n = Names::default();
+        let a = n.rate_counter_key("charge", "acme corp/€", 29_000_000);
+        assert!(a.starts_with("r.charge.") && a.ends_with(".29000000"), "{a}");
+        assert!(a.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b'_'), "{a}");
+        assert_ne!(a, n.rate_counter_key("charge", "globex", 29_000_000));
+        assert_ne!(a, n.rate_counter_key("charge", "acme corp/€", 29_000_001));
+        let s = n.concurrency_slot_key("charge", "acme", 2);
+        assert!(s.starts_with("c.charge.") && s.ends_with(".2"), "{s}");
+        assert_ne!(s, n.concurrency_slot_key("charge", "globex", 2));
     }
 
     #[test]

@@ -14,6 +14,10 @@ pub enum Routing {
     Any,
     /// Matching workers in turn.
     RoundRobin,
+    /// The matching worker with the most room for the run: the one that
+    /// could still take the most runs of its size (cores, memory, disk it
+    /// requires, and slots), by its last heartbeat.
+    LeastLoaded,
     /// The same key (a template over the payload) always goes to the same
     /// worker while the set of workers is unchanged.
     ConsistentHash(String),
@@ -49,6 +53,16 @@ pub struct RateLimit {
 /// Renders `{{payload.a.b}}` placeholders with values from `payload`
 /// (strings as they are, anything else as compact JSON, missing as empty).
 pub fn render_template(template: &str, payload: &Value) -> String {
+    render_placeholders(template, |expr| match expr.strip_prefix("payload") {
+        Some(path) if path.is_empty() || path.starts_with('.') => lookup(payload, path),
+        _ => None,
+    })
+}
+
+/// Replaces each `{{expr}}` in `template` with what `resolve` finds for the
+/// trimmed `expr` (strings as they are, anything else as compact JSON,
+/// nothing or `null` as empty).
+pub fn render_placeholders<'v>(template: &str, resolve: impl Fn(&str) -> Option<&'v Value>) -> String {
     let mut out = String::new();
     let mut rest = template;
     while let Some(start) = rest.find("{{") {
@@ -57,25 +71,28 @@ pub fn render_template(template: &str, payload: &Value) -> String {
             out.push_str(&rest[start..]);
             return out;
         };
-        let expr = rest[start + 2..start + end].trim();
-        if let Some(path) = expr.strip_prefix("payload") {
-            let mut v = Some(payload);
-            for part in path.split('.').filter(|p| !p.is_empty()) {
-                v = v.and_then(|v| match v {
-                    Value::Array(a) => part.parse::<usize>().ok().and_then(|i| a.get(i)),
-                    other => other.get(part),
-                });
-            }
-            match v {
-                Some(Value::String(s)) => out.push_str(s),
-                Some(Value::Null) | None => {}
-                Some(other) => out.push_str(&other.to_string()),
-            }
+        match resolve(rest[start + 2..start + end].trim()) {
+            Some(Value::String(s)) => out.push_str(s),
+            Some(Value::Null) | None => {}
+            Some(other) => out.push_str(&other.to_string()),
         }
         rest = &rest[start + end + 2..];
     }
     out.push_str(rest);
     out
+}
+
+/// The value at a dotted `path` in `root` (array members by index); an
+/// empty path is `root` itself.
+pub fn lookup<'v>(root: &'v Value, path: &str) -> Option<&'v Value> {
+    let mut v = Some(root);
+    for part in path.split('.').filter(|p| !p.is_empty()) {
+        v = v.and_then(|v| match v {
+            Value::Array(a) => part.parse::<usize>().ok().and_then(|i| a.get(i)),
+            other => other.get(part),
+        });
+    }
+    v
 }
 
 /// Checks a template: every placeholder is `{{payload...}}`.
@@ -115,6 +132,8 @@ mod tests {
     fn routing_reads_like_the_docs() {
         let r: Routing = serde_json::from_str(r#""round_robin""#).unwrap();
         assert_eq!(r, Routing::RoundRobin);
+        let r: Routing = serde_json::from_str(r#""least_loaded""#).unwrap();
+        assert_eq!(r, Routing::LeastLoaded);
         let r: Routing = serde_json::from_str(r#"{"consistent_hash": "{{payload.user}}"}"#).unwrap();
         assert_eq!(r, Routing::ConsistentHash("{{payload.user}}".into()));
         assert!(serde_json::from_str::<Routing>(r#""random""#).is_err());

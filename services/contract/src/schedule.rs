@@ -220,7 +220,7 @@ impl ScheduleDef {
     /// Parses and validates a schedule stored under `id`.
     pub fn from_json(id: &str, bytes: &[u8]) -> Result<ScheduleDef, String> {
         let def = ScheduleDef::from_json_except_calendar(id, bytes)?;
-        def.calendar()?;
+        def.calendar().map_err(crate::headers::bounded)?;
         Ok(def)
     }
 
@@ -237,7 +237,7 @@ impl ScheduleDef {
         if let Some(dep) = &def.depends_on {
             validate_name("schedule", &dep.schedule).map_err(|e| format!("depends_on: {e}"))?;
         }
-        def.validate_task()?;
+        def.validate_task().map_err(crate::headers::bounded)?;
         Ok(def)
     }
 
@@ -261,6 +261,10 @@ impl ScheduleDef {
     fn validate_task(&self) -> Result<(), String> {
         match &self.task {
             TaskRef::Name(n) => validate_name("task", n).map_err(|e| e.to_string()),
+            TaskRef::Inline(def) if !def.triggers.is_empty() => Err(
+                "inline task: triggers belong to task definitions in the tasks bucket, not to a schedule's inline task"
+                    .to_string(),
+            ),
             TaskRef::Inline(def) => def.validate().map_err(|e| format!("inline task: {e}")),
         }
     }
@@ -269,8 +273,9 @@ impl ScheduleDef {
     pub fn time_zone(&self) -> Result<TimeZone, String> {
         match self.timezone.as_deref() {
             None | Some("UTC") => Ok(TimeZone::UTC),
-            Some(name) => TimeZone::get(name)
-                .map_err(|_| format!("unknown time zone {name:?} (use an IANA name such as Europe/Berlin)")),
+            Some(name) => TimeZone::get(name).map_err(|_| {
+                format!("unknown time zone {} (use an IANA name such as Europe/Berlin)", crate::headers::shown(name))
+            }),
         }
     }
 

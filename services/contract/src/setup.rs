@@ -11,6 +11,7 @@ use async_nats::jetstream::kv;
 use async_nats::jetstream::stream::{self, RetentionPolicy, StorageType};
 use async_nats::jetstream::{self, Context};
 
+use crate::event::RunStatus;
 use crate::names::Names;
 
 /// Cluster-wide storage settings.
@@ -36,6 +37,9 @@ pub struct Topology {
     /// storage when the stream is created (and creation fails when the
     /// server has less), so none is set by default.
     pub logs_max_bytes: i64,
+    /// How long events captured for plain-subject triggers are kept (a
+    /// trigger whose tickers are all down longer loses the oldest).
+    pub triggers_max_age: Duration,
     /// How long a run record is kept after its last change.
     pub runs_max_age: Duration,
     /// A worker whose heartbeat is older than this is gone.
@@ -52,6 +56,7 @@ impl Default for Topology {
             dlq_max_age: Duration::from_secs(30 * 86_400),
             logs_max_age: Duration::from_secs(3 * 86_400),
             logs_max_bytes: -1,
+            triggers_max_age: Duration::from_secs(7 * 86_400),
             runs_max_age: Duration::from_secs(7 * 86_400),
             worker_ttl: Duration::from_secs(15),
         }
@@ -90,9 +95,12 @@ pub fn stream_configs(names: &Names, topo: &Topology) -> Vec<stream::Config> {
             ..base(names.tasks_stream(), names.tasks_subjects(), "jetsched: dispatched work")
         },
         stream::Config {
+            // Keeps the events that need attention or explain a run that did
+            // not happen; queued, started and succeeded are live only (their
+            // history is the run record's), so a successful run stores no event.
             retention: RetentionPolicy::Limits,
             max_age: topo.events_max_age,
-            ..base(names.events_stream(), vec![names.event_filter()], "jetsched: run events")
+            ..base(names.events_stream(), kept_event_subjects(names), "jetsched: run events that need attention")
         },
         stream::Config {
             retention: RetentionPolicy::Limits,
@@ -110,10 +118,34 @@ pub fn stream_configs(names: &Names, topo: &Topology) -> Vec<stream::Config> {
             discard: stream::DiscardPolicy::Old,
             ..base(names.logs_stream(), names.logs_subjects(), "jetsched: task logs (handlers' output)")
         },
+        stream::Config {
+            // Limits, not interest or work queue: several tasks may trigger
+            // on one subject (each with its own consumer), and an event must
+            // be kept from the moment the server acknowledges it, whether or
+            // not a consumer exists yet. Its subjects are the plain subjects
+            // task triggers name (kept in sync by the tickers, see
+            // `sync_trigger_subjects`); a placeholder while there are none.
+            retention: RetentionPolicy::Limits,
+            max_age: topo.triggers_max_age,
+            ..base(
+                names.triggers_stream(),
+                vec![names.triggers_idle_subject()],
+                "jetsched: events published to subjects that task triggers name",
+            )
+        },
     ]
 }
 
-/// The five buckets of the SPEC.
+/// The subjects of the events stream: one per kept status.
+pub fn kept_event_subjects(names: &Names) -> Vec<String> {
+    names.event_status_subjects(RunStatus::ALL.into_iter().filter(|s| s.is_kept()).map(RunStatus::as_str))
+}
+
+/// Revisions of a run record kept (KV's most): its full history, the
+/// timeline `jetsched runs get` shows (`nats kv history jetsched-runs <id>`).
+pub const RUN_HISTORY: i64 = 64;
+
+/// The buckets every service may open (the SPEC's, and the ones jetsched adds).
 pub fn bucket_configs(names: &Names, topo: &Topology) -> Vec<kv::Config> {
     let base = |bucket: String, description: &str, history: i64, max_age: Duration| kv::Config {
         bucket,
@@ -127,7 +159,7 @@ pub fn bucket_configs(names: &Names, topo: &Topology) -> Vec<kv::Config> {
     vec![
         base(names.tasks_bucket(), "jetsched: task definitions", 10, Duration::ZERO),
         base(names.schedules_bucket(), "jetsched: schedules", 10, Duration::ZERO),
-        base(names.runs_bucket(), "jetsched: run records", 1, topo.runs_max_age),
+        base(names.runs_bucket(), "jetsched: run records and their history", RUN_HISTORY, topo.runs_max_age),
         // Entries expire unless refreshed: a silent worker drops out.
         base(names.workers_bucket(), "jetsched: live workers", 1, topo.worker_ttl),
         base(names.checkpoints_bucket(), "jetsched: handler checkpoints", 1, topo.runs_max_age),
@@ -135,6 +167,11 @@ pub fn bucket_configs(names: &Names, topo: &Topology) -> Vec<kv::Config> {
         // A slot whose holder stops refreshing it (a dead worker) frees itself.
         base(names.slots_bucket(), "jetsched: concurrency slots", 1, SLOT_TTL),
         base(names.rates_bucket(), "jetsched: rate-limit counters", 1, Duration::from_secs(86_400)),
+        // No max_age: a schedule's turn must outlive its longest run, or a
+        // fire after an expiry would start beside a run still going.
+        base(names.overlap_bucket(), "jetsched: overlap state of schedules", 1, Duration::ZERO),
+        // Kept until deleted: a backfill's record is its progress report.
+        base(names.backfills_bucket(), "jetsched: backfills and their progress", 5, Duration::ZERO),
     ]
 }
 
@@ -247,7 +284,112 @@ pub fn worker_consumer(names: &Names, queue: &str, band: u8, ack_wait: Duration)
     }
 }
 
-/// Creates every stream and bucket that does not exist yet.
+/// The durable consumer of one event trigger on its source stream.
+pub fn trigger_consumer(
+    name: String,
+    filter: Option<String>,
+    start: jiff::Timestamp,
+    ack_wait: Duration,
+    description: String,
+) -> pull::Config {
+    pull::Config {
+        durable_name: Some(name),
+        description: Some(description),
+        filter_subject: filter.unwrap_or_default(),
+        // Events stored since the trigger was defined (the KV write time of
+        // the definition that added it), not the stream's whole history.
+        deliver_policy: DeliverPolicy::ByStartTime {
+            start_time: time::OffsetDateTime::from_unix_timestamp_nanos(start.as_nanosecond())
+                .unwrap_or(time::OffsetDateTime::UNIX_EPOCH),
+        },
+        ack_policy: AckPolicy::Explicit,
+        // A ticker that dies holding events (in flight, or gathered into a
+        // batch or a debounce burst) has them redelivered after this, to the
+        // ticker that takes the trigger over. Holders send in-progress acks
+        // at a third of it. Too short and events are submitted twice under
+        // load (harmless, same run id, but wasted); too long and a takeover
+        // waits for them.
+        ack_wait,
+        // Unlimited: an event is acked once its submission is stored; a
+        // failure to store it is transient and must not drop it.
+        max_deliver: -1,
+        // Events held at once: in flight, in batches and debounce bursts.
+        // Bounds the host's memory; a full debounce table waits for bursts
+        // to end.
+        max_ack_pending: 10_000,
+        ..Default::default()
+    }
+}
+
+/// A plain trigger subject jetsched cannot capture, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubjectConflict {
+    /// The subject.
+    pub subject: String,
+    /// What prevents it (another stream holds overlapping subjects).
+    pub reason: String,
+}
+
+/// Makes the triggers stream hold exactly the plain subjects in `wanted`
+/// (reduced to a minimal cover), except those overlapping a subject of
+/// another stream, which are returned as conflicts: the server refuses a
+/// subject in two streams, and such events are already stored by the other
+/// stream (a trigger names it with `"stream"`). Updates the stream only
+/// when its subjects change.
+pub async fn sync_trigger_subjects(
+    js: &Context,
+    names: &Names,
+    wanted: &[String],
+) -> Result<Vec<SubjectConflict>, SetupError> {
+    use futures::TryStreamExt as _;
+    let ours = names.triggers_stream();
+    let others: Vec<stream::Info> = js
+        .streams()
+        .try_collect::<Vec<_>>()
+        .await
+        .map_err(|e| SetupError::new("stream list", e))?
+        .into_iter()
+        .filter(|info| info.config.name != ours)
+        .collect();
+    let mut conflicts = Vec::new();
+    let mut keep = Vec::new();
+    for subject in crate::trigger::minimal_cover(wanted) {
+        let clash = others.iter().find_map(|info| {
+            info.config
+                .subjects
+                .iter()
+                .find(|theirs| crate::trigger::subjects_overlap(&subject, theirs))
+                .map(|theirs| (info.config.name.clone(), theirs.clone()))
+        });
+        match clash {
+            Some((stream, theirs)) => conflicts.push(SubjectConflict {
+                reason: format!(
+                    "subject {subject} overlaps subject {theirs} of stream {stream}, which already stores those \
+                     events: trigger on that stream instead ({{\"stream\": \"{stream}\", \"subject\": \"{subject}\"}})"
+                ),
+                subject,
+            }),
+            None => keep.push(subject),
+        }
+    }
+    if keep.is_empty() {
+        keep.push(names.triggers_idle_subject());
+    }
+    let mut stream = js.get_stream(&ours).await.map_err(|e| SetupError::new(&ours, e))?;
+    let info = stream.info().await.map_err(|e| SetupError::new(&ours, e))?;
+    let mut current = info.config.subjects.clone();
+    current.sort();
+    if current != keep {
+        let config = stream::Config { subjects: keep, ..info.config.clone() };
+        js.update_stream(config).await.map_err(|e| SetupError::new(&ours, e))?;
+    }
+    Ok(conflicts)
+}
+
+/// Creates every stream and bucket that does not exist yet, and brings the
+/// subjects of existing streams and the history of existing buckets to
+/// what this version needs (an older `init` kept every event, and one
+/// revision per run).
 pub async fn ensure(js: &Context, names: &Names, topo: &Topology) -> Result<(), SetupError> {
     ensure_with(js, names, topo, |_, _| {}).await
 }
@@ -267,7 +409,14 @@ pub async fn ensure_with(
     for config in stream_configs(names, topo) {
         let name = config.name.clone();
         let created = js.get_stream(&name).await.is_err();
-        js.get_or_create_stream(config).await.map_err(|e| SetupError::new(&name, e))?;
+        let mut stream = js.get_or_create_stream(config.clone()).await.map_err(|e| SetupError::new(&name, e))?;
+        let current = stream.info().await.map_err(|e| SetupError::new(&name, e))?.config.clone();
+        // Only the events stream's subjects changed between versions (the
+        // triggers stream's follow the task definitions: not reset here).
+        if name == names.events_stream() && current.subjects != config.subjects {
+            let updated = stream::Config { subjects: config.subjects, ..current };
+            js.update_stream(updated).await.map_err(|e| SetupError::new(&name, e))?;
+        }
         done(&name, created);
     }
     for config in bucket_configs(names, topo) {
@@ -275,13 +424,22 @@ pub async fn ensure_with(
         let created = js.get_key_value(&name).await.is_err();
         if created {
             js.create_key_value(config).await.map_err(|e| SetupError::new(&name, e))?;
+            continue;
+        }
+        let stream_name = names.bucket_stream(&name);
+        let mut stream = js.get_stream(&stream_name).await.map_err(|e| SetupError::new(&name, e))?;
+        let current = stream.info().await.map_err(|e| SetupError::new(&name, e))?.config.clone();
+        if current.max_messages_per_subject < config.history {
+            let updated = stream::Config { max_messages_per_subject: config.history, ..current };
+            js.update_stream(updated).await.map_err(|e| SetupError::new(&name, e))?;
         }
         done(&name, created);
     }
     Ok(())
 }
 
-/// Handles on every bucket and stream a service uses.
+/// Handles on every bucket and stream a service uses, but the runs bucket:
+/// its one owner is the run store (`jetsched_runtime::RunStore`).
 #[derive(Clone)]
 pub struct Handles {
     /// JetStream context.
@@ -292,8 +450,6 @@ pub struct Handles {
     pub tasks: kv::Store,
     /// `jetsched-schedules`.
     pub schedules: kv::Store,
-    /// `jetsched-runs`.
-    pub runs: kv::Store,
     /// `jetsched-workers`.
     pub workers: kv::Store,
     /// `jetsched-checkpoints`.
@@ -304,6 +460,10 @@ pub struct Handles {
     pub slots: kv::Store,
     /// `jetsched-rates`.
     pub rates: kv::Store,
+    /// `jetsched-overlap`.
+    pub overlap: kv::Store,
+    /// `jetsched-backfills`.
+    pub backfills: kv::Store,
 }
 
 impl Handles {
@@ -316,12 +476,13 @@ impl Handles {
         Ok(Handles {
             tasks: open(names.tasks_bucket()).await?,
             schedules: open(names.schedules_bucket()).await?,
-            runs: open(names.runs_bucket()).await?,
             workers: open(names.workers_bucket()).await?,
             checkpoints: open(names.checkpoints_bucket()).await?,
             windows: open(names.windows_bucket()).await?,
             slots: open(names.slots_bucket()).await?,
             rates: open(names.rates_bucket()).await?,
+            overlap: open(names.overlap_bucket()).await?,
+            backfills: open(names.backfills_bucket()).await?,
             js,
             names,
         })
@@ -343,6 +504,11 @@ pub struct SetupError {
 }
 
 impl SetupError {
+    /// `what` could not be set up or opened because of `source`.
+    pub fn from_source(what: &str, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        SetupError::new(what, source)
+    }
+
     fn new(what: &str, source: impl std::error::Error + Send + Sync + 'static) -> Self {
         SetupError { what: what.to_string(), source: Box::new(source) }
     }

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::duration::HumanDuration;
 use crate::names::{DEFAULT_QUEUE, validate_name};
+use crate::resources::{ByteAmount, Cores, Need, Resources};
 
 /// Lowest and highest importance.
 pub const IMPORTANCE_RANGE: std::ops::RangeInclusive<u8> = 0..=10;
@@ -46,7 +47,7 @@ pub struct TaskDef {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requires: Option<Requires>,
     /// Which matching worker runs it: any (default), round_robin,
-    /// {"consistent_hash": "<template>"}, broadcast.
+    /// least_loaded, {"consistent_hash": "<template>"}, broadcast.
     #[serde(default, skip_serializing_if = "crate::routing::Routing::is_any")]
     pub routing: crate::routing::Routing,
     /// Starts per period, keyed by a template over the payload.
@@ -55,6 +56,9 @@ pub struct TaskDef {
     /// Workflow steps; a task with steps is a DAG of other tasks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub steps: Option<BTreeMap<String, Step>>,
+    /// Events that start runs: a user stream, a plain subject, or a KV key filter.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub triggers: Vec<crate::trigger::EventTrigger>,
     /// Free text for humans.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
@@ -212,6 +216,22 @@ pub struct Requires {
     /// Labels the worker must carry with these exact values.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// Cores one run holds while it runs (`2`, `0.5`).
+    #[serde(default, skip_serializing_if = "Cores::is_zero")]
+    pub cpu: Cores,
+    /// Memory one run holds while it runs (`"4GiB"`).
+    #[serde(default, skip_serializing_if = "ByteAmount::is_zero")]
+    pub memory: ByteAmount,
+    /// Disk one run holds while it runs (`"10GiB"`).
+    #[serde(default, skip_serializing_if = "ByteAmount::is_zero")]
+    pub disk: ByteAmount,
+}
+
+impl Requires {
+    /// The cores, memory and disk one run holds.
+    pub fn resources(&self) -> Resources {
+        Resources { cpu: self.cpu, memory: self.memory, disk: self.disk }
+    }
 }
 
 fn default_slots() -> u32 {
@@ -266,15 +286,33 @@ impl TaskDef {
             routing: crate::routing::Routing::Any,
             rate_limit: None,
             steps: None,
+            triggers: Vec::new(),
             description: None,
             secrets: Vec::new(),
         }
     }
 
+    /// What one run takes of a worker: its cores, memory and disk, and its
+    /// slots (at least one).
+    pub fn need(&self) -> Need {
+        match &self.requires {
+            Some(r) => Need { resources: r.resources(), slots: u64::from(r.slots.max(1)) },
+            None => Need { resources: Resources::default(), slots: 1 },
+        }
+    }
+
+    /// True when a dispatcher places each run on a worker with room for it
+    /// (its own queue `_w-<id>`), rather than leaving it on a queue for
+    /// whichever worker asks first: the run requires cores, memory or disk,
+    /// or its routing is `least_loaded`.
+    pub fn placed_by_room(&self) -> bool {
+        self.routing == crate::routing::Routing::LeastLoaded || !self.need().resources.is_zero()
+    }
+
     /// Parses and validates a definition.
     pub fn from_json(bytes: &[u8]) -> Result<TaskDef, String> {
         let def: TaskDef = serde_json::from_slice(bytes).map_err(|e| format!("malformed task definition: {e}"))?;
-        def.validate()?;
+        def.validate().map_err(crate::headers::bounded)?;
         Ok(def)
     }
 
@@ -330,6 +368,7 @@ impl TaskDef {
         {
             return Err("requires.slots must be at least 1".to_string());
         }
+        crate::trigger::validate_triggers(&self.triggers)?;
         match (&self.handler, &self.steps) {
             (Some(_), Some(_)) => Err("a task has either a handler or steps, not both".to_string()),
             (None, None) => Err("a task needs a handler (or steps, for a workflow)".to_string()),
@@ -349,12 +388,23 @@ fn validate_handler(h: &Handler) -> Result<(), String> {
                 return Err(format!("handler.subject {subject:?} must be a concrete NATS subject (no wildcards)"));
             }
         }
-        Handler::Http { url, method, .. } => {
-            if !(url.starts_with("http://") || url.starts_with("https://")) {
+        Handler::Http { url, method, headers } => {
+            if !(url.starts_with("http://") || url.starts_with("https://")) || url.chars().any(char::is_control) {
                 return Err(format!("handler.url {url:?} must start with http:// or https://"));
             }
             if !["GET", "POST", "PUT", "PATCH", "DELETE"].contains(&method.to_ascii_uppercase().as_str()) {
                 return Err(format!("handler.method {method:?} must be GET, POST, PUT, PATCH or DELETE"));
+            }
+            // No header may smuggle a line break (a second header) or be
+            // anything but an RFC 9110 token.
+            for (name, value) in headers {
+                let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+                if name.is_empty() || !name.bytes().all(token) {
+                    return Err(format!("handler.headers: {name:?} is not a header name"));
+                }
+                if value.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
+                    return Err(format!("handler.headers.{name}: a value cannot hold line breaks or NUL"));
+                }
             }
         }
         Handler::Exec { command, .. } => {

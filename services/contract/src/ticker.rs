@@ -8,12 +8,16 @@
 //! (`wm.<p>` in `<prefix>-ticker`): every fire with a nominal time at or
 //! before it has been stored in the inbox (or reported `missed`). A ticker
 //! that takes a partition over resumes from there. Schedules with `max_runs`
-//! also keep their fire count (`runs.<p>.<schedule>`).
+//! also keep their fire count (`runs.<p>.<schedule>`). Each event trigger's
+//! consumer is registered under `trg.<p>.<consumer>` ([`TriggerState`]) by
+//! the ticker hosting it, so that a consumer whose trigger was removed while
+//! no ticker ran is found and deleted; a batching trigger also journals the
+//! batch it is submitting there.
 
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
-use crate::run::fnv1a;
+use crate::hash::fnv1a;
 
 /// How many partitions schedules are split into. Fixed: changing it would
 /// move schedules between partitions and invalidate every watermark.
@@ -42,6 +46,51 @@ pub fn fired_filter(p: u16) -> String {
 /// Schedule id of a fire-count key of partition `p`.
 pub fn parse_fired_key(p: u16, key: &str) -> Option<&str> {
     key.strip_prefix("runs.")?.strip_prefix(p.to_string().as_str())?.strip_prefix('.')
+}
+
+/// Key under which the consumer of a trigger hosted in partition `p` is registered.
+pub fn trigger_key(p: u16, consumer: &str) -> String {
+    format!("trg.{p}.{consumer}")
+}
+
+/// The partition and consumer of a trigger registration key.
+pub fn parse_trigger_key(key: &str) -> Option<(u16, &str)> {
+    let (p, consumer) = key.strip_prefix("trg.")?.split_once('.')?;
+    Some((p.parse().ok().filter(|p| *p < PARTITIONS)?, consumer))
+}
+
+/// Key filter for every trigger registered in partition `p`.
+pub fn trigger_filter(p: u16) -> String {
+    format!("trg.{p}.>")
+}
+
+/// Value of `trg.<p>.<consumer>`: a trigger's consumer, and the batch it
+/// is submitting, if any.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TriggerState {
+    /// The task the trigger belongs to.
+    pub task: String,
+    /// The stream the consumer reads.
+    pub stream: String,
+    /// The consumer's name.
+    pub consumer: String,
+    /// A batch journaled before its submission is published: until all its
+    /// messages are known acknowledged, a ticker taking the trigger over
+    /// submits it again (same `Nats-Msg-Id`) and acknowledges its messages
+    /// instead of batching them anew.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<JournaledBatch>,
+}
+
+/// A batch of events as submitted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JournaledBatch {
+    /// The submission's `Nats-Msg-Id`.
+    pub msg_id: String,
+    /// Stream sequences of its events, in order.
+    pub seqs: Vec<u64>,
 }
 
 /// Key of partition `p`'s lease in the leases bucket (value: the owner's ticker id).
@@ -119,5 +168,9 @@ mod tests {
         assert_eq!(parse_lease_key("lease.64"), None);
         assert_eq!(parse_lease_key(&member_key("host-1")), Some(LeaseKey::Member("host-1")));
         assert_eq!(parse_lease_key("other"), None);
+        assert_eq!(trigger_key(7, "jetsched-trg-a-0000abcd"), "trg.7.jetsched-trg-a-0000abcd");
+        assert_eq!(trigger_filter(7), "trg.7.>");
+        assert_eq!(parse_trigger_key("trg.7.jetsched-trg-a-0000abcd"), Some((7, "jetsched-trg-a-0000abcd")));
+        assert_eq!(parse_trigger_key("trg.99.x"), None);
     }
 }

@@ -86,14 +86,14 @@ impl WindowDef {
     pub fn from_json(name: &str, bytes: &[u8]) -> Result<Window, String> {
         crate::names::validate_name("window", name).map_err(|e| e.to_string())?;
         let def: WindowDef = serde_json::from_slice(bytes).map_err(|e| format!("malformed window: {e}"))?;
-        def.compile()
+        def.compile().map_err(crate::headers::bounded)
     }
 
     /// Checks and compiles the definition.
     pub fn compile(&self) -> Result<Window, String> {
         let tz = match self.timezone.as_deref() {
             None | Some("UTC") => TimeZone::UTC,
-            Some(n) => TimeZone::get(n).map_err(|_| format!("unknown time zone {n:?}"))?,
+            Some(n) => TimeZone::get(n).map_err(|_| format!("unknown time zone {}", crate::headers::shown(n)))?,
         };
         let mut days: [Vec<(u32, u32, bool)>; 7] = Default::default();
         for (day, ranges) in &self.weekly {

@@ -84,6 +84,14 @@ pub struct StepOutcome {
     pub error: Option<String>,
 }
 
+impl StepOutcome {
+    /// Its `Nats-Msg-Id`: one outcome per step run and status, however many
+    /// times a crash makes a service report it.
+    pub fn msg_id(&self) -> String {
+        format!("advance:{}:{}", self.run_id, self.status)
+    }
+}
+
 /// The run id of `step` in `workflow_run`.
 pub fn step_run_id(workflow_run: &str, step: &str) -> String {
     format!("{workflow_run}.{step}")

@@ -24,14 +24,14 @@ use jetsched_contract::schedule::{Dst, DstFold, DstGap, ScheduleDependency};
 use jetsched_contract::task::{Concurrency, Requires, Step, Trigger};
 use jetsched_contract::window::Outside;
 use jetsched_contract::{
-    Handler, HumanDuration, Misfire, MisfirePolicy, Overlap, RateLimit, RetryPolicy, Routing, ScheduleDef, TaskDef,
-    TaskRef, WindowDef,
+    Backfill, ByteAmount, Cores, Handler, HumanDuration, Misfire, MisfirePolicy, Overlap, RateLimit, RetryPolicy,
+    Routing, ScheduleDef, TaskDef, TaskRef, WindowDef,
 };
 use jiff::Timestamp;
 use serde_json::{Value, json};
 use support::{
     Parser, SCHEMA_FILES, assert_agreement, assert_only_parser_rejects, assert_only_schema_rejects, assert_round_trip,
-    defaults, merged, parse_schedule, parse_task, parse_window, schemas,
+    defaults, merged, parse_backfill, parse_schedule, parse_task, parse_window, schemas,
 };
 
 // ---- sample documents ----
@@ -63,6 +63,15 @@ const SPEC_SCHEDULE: &str = r#"{
 
 const VALID_TASKS: &[&str] = &[
     SPEC_TASK,
+    r#"{"handler": {"type": "builtin", "name": "n"}, "triggers": [{"stream": "ORDERS", "subject": "orders.created.>"}]}"#,
+    r#"{"handler": {"type": "builtin", "name": "n"}, "triggers": [{"stream": "ORDERS"}, {"subject": "orders.*.eu"},
+        {"kv": "config", "key": "pricing.>"}, {"kv": "flags"}]}"#,
+    r#"{"handler": {"type": "builtin", "name": "n"}, "triggers": [{"subject": ">", "filter": {"subject": "a.*",
+        "headers": {"Tenant": "acme", "X-Trace": "*"}}, "batch": {"max": 1000, "within": "1h"},
+        "payload": {"order": "{{data.id}}", "all": ["{{subject}}", 1, null]}}]}"#,
+    r#"{"handler": {"type": "builtin", "name": "n"}, "triggers": [{"kv": "config", "debounce": "30s",
+        "debounce_key": "{{key}}"}]}"#,
+    r#"{"steps": {"a": {"task": "t"}}, "triggers": [{"stream": "S-1_x"}]}"#,
     r#"{"handler": {"type": "nats", "subject": "fn.resize"}}"#,
     r#"{"handler": {"type": "nats", "subject": "svc.v1.a*b"}}"#,
     r#"{"handler": {"type": "http", "url": "https://example.com/hook"}}"#,
@@ -82,6 +91,11 @@ const VALID_TASKS: &[&str] = &[
     r#"{"handler": {"type": "builtin", "name": "noop"}, "retry": {"jitter": 1, "max_backoff": "1h"}}"#,
     r#"{"handler": {"type": "builtin", "name": "noop"}, "requires": {}}"#,
     r#"{"handler": {"type": "builtin", "name": "noop"}, "requires": {"slots": 4, "labels": {"gpu": "a100"}}}"#,
+    r#"{"handler": {"type": "builtin", "name": "noop"}, "requires": {"cpu": 2, "memory": "4GiB", "disk": "10GiB", "slots": 1}}"#,
+    r#"{"handler": {"type": "builtin", "name": "noop"}, "requires": {"cpu": 0.5, "memory": "1.5GB", "disk": "10 GiB"}}"#,
+    r#"{"handler": {"type": "builtin", "name": "noop"}, "requires": {"cpu": 0, "memory": "0B", "disk": "512KiB"}}"#,
+    r#"{"handler": {"type": "builtin", "name": "noop"}, "requires": {"memory": "7B", "disk": "1TB"}, "routing": "least_loaded"}"#,
+    r#"{"handler": {"type": "builtin", "name": "noop"}, "routing": "least_loaded"}"#,
     r#"{"handler": {"type": "builtin", "name": "noop"}, "concurrency": {"key": " x ", "limit": 4294967295}}"#,
     r#"{"handler": {"type": "builtin", "name": "noop"}, "window": "business-hours"}"#,
     r#"{"handler": {"type": "builtin", "name": "noop"}, "queue": "a_", "concurrency": {"key": "{{payload}}", "limit": 1}}"#,
@@ -107,6 +121,62 @@ const VALID_TASKS: &[&str] = &[
 ];
 
 const INVALID_TASKS: &[(&str, &str)] = &[
+    ("a trigger without a source", r#"{"handler": {"type": "builtin", "name": "n"}, "triggers": [{}]}"#),
+    (
+        "a trigger with stream and kv",
+        r#"{"handler": {"type": "builtin", "name": "n"}, "triggers": [{"stream": "S", "kv": "b"}]}"#,
+    ),
+    (
+        "a trigger with subject and kv",
+        r#"{"handler": {"type": "builtin", "name": "n"}, "triggers": [{"subject": "a", "kv": "b"}]}"#,
+    ),
+    ("a key without kv", r#"{"handler": {"type": "builtin", "name": "n"}, "triggers": [{"stream": "S", "key": "a"}]}"#),
+    ("a stream name with a dot", r#"{"handler": {"type": "builtin", "name": "n"}, "triggers": [{"stream": "A.B"}]}"#),
+    ("a '>' before the end", r#"{"handler": {"type": "builtin", "name": "n"}, "triggers": [{"subject": "a.>.b"}]}"#),
+    (
+        "a wildcard inside a token",
+        r#"{"handler": {"type": "builtin", "name": "n"}, "triggers": [{"subject": "a.b*"}]}"#,
+    ),
+    ("an empty token", r#"{"handler": {"type": "builtin", "name": "n"}, "triggers": [{"subject": "a..b"}]}"#),
+    ("a server subject", r#"{"handler": {"type": "builtin", "name": "n"}, "triggers": [{"subject": "$KV.config.>"}]}"#),
+    ("a bucket name with a dot", r#"{"handler": {"type": "builtin", "name": "n"}, "triggers": [{"kv": "a.b"}]}"#),
+    ("a key with a space", r#"{"handler": {"type": "builtin", "name": "n"}, "triggers": [{"kv": "a", "key": "x y"}]}"#),
+    (
+        "batch and debounce",
+        r#"{"handler": {"type": "builtin", "name": "n"}, "triggers": [{"subject": "a",
+        "batch": {"max": 2, "within": "1s"}, "debounce": "1s"}]}"#,
+    ),
+    (
+        "a batch of 1001",
+        r#"{"handler": {"type": "builtin", "name": "n"}, "triggers": [{"subject": "a", "batch": {"max": 1001, "within": "1s"}}]}"#,
+    ),
+    (
+        "a batch without within",
+        r#"{"handler": {"type": "builtin", "name": "n"}, "triggers": [{"subject": "a", "batch": {"max": 5}}]}"#,
+    ),
+    (
+        "a debounce_key without debounce",
+        r#"{"handler": {"type": "builtin", "name": "n"}, "triggers": [{"subject": "a", "debounce_key": "{{key}}"}]}"#,
+    ),
+    (
+        "a numeric debounce",
+        r#"{"handler": {"type": "builtin", "name": "n"}, "triggers": [{"subject": "a", "debounce": 30}]}"#,
+    ),
+    (
+        "a header name with a colon",
+        r#"{"handler": {"type": "builtin", "name": "n"}, "triggers": [{"subject": "a", "filter": {"headers": {"a:b": "x"}}}]}"#,
+    ),
+    (
+        "an unknown trigger field",
+        r#"{"handler": {"type": "builtin", "name": "n"}, "triggers": [{"subject": "a", "queue": "q"}]}"#,
+    ),
+    (
+        "17 triggers",
+        r#"{"handler": {"type": "builtin", "name": "n"}, "triggers": [{"subject": "a1"}, {"subject": "a2"},
+        {"subject": "a3"}, {"subject": "a4"}, {"subject": "a5"}, {"subject": "a6"}, {"subject": "a7"}, {"subject": "a8"},
+        {"subject": "a9"}, {"subject": "a10"}, {"subject": "a11"}, {"subject": "a12"}, {"subject": "a13"},
+        {"subject": "a14"}, {"subject": "a15"}, {"subject": "a16"}, {"subject": "a17"}]}"#,
+    ),
     ("an unknown field", r#"{"handler": {"type": "nats", "subject": "a"}, "colour": 1}"#),
     ("an unknown handler field", r#"{"handler": {"type": "nats", "subject": "a", "extra": 1}}"#),
     ("an unknown handler type", r#"{"handler": {"type": "ftp", "url": "ftp://x"}}"#),
@@ -168,6 +238,16 @@ const INVALID_TASKS: &[(&str, &str)] = &[
     ("requires.slots 0", r#"{"handler": {"type": "builtin", "name": "n"}, "requires": {"slots": 0}}"#),
     ("a non-string label", r#"{"handler": {"type": "builtin", "name": "n"}, "requires": {"labels": {"gpu": true}}}"#),
     ("an unknown requires field", r#"{"handler": {"type": "builtin", "name": "n"}, "requires": {"cpus": 2}}"#),
+    ("a negative cpu", r#"{"handler": {"type": "builtin", "name": "n"}, "requires": {"cpu": -1}}"#),
+    ("a string cpu", r#"{"handler": {"type": "builtin", "name": "n"}, "requires": {"cpu": "2"}}"#),
+    ("more cores than any machine", r#"{"handler": {"type": "builtin", "name": "n"}, "requires": {"cpu": 1000001}}"#),
+    ("a bare-number memory", r#"{"handler": {"type": "builtin", "name": "n"}, "requires": {"memory": 4096}}"#),
+    ("a memory without a unit", r#"{"handler": {"type": "builtin", "name": "n"}, "requires": {"memory": "4096"}}"#),
+    ("a short unit", r#"{"handler": {"type": "builtin", "name": "n"}, "requires": {"memory": "4G"}}"#),
+    ("a unit in lower case", r#"{"handler": {"type": "builtin", "name": "n"}, "requires": {"disk": "10gib"}}"#),
+    ("two spaces before the unit", r#"{"handler": {"type": "builtin", "name": "n"}, "requires": {"disk": "10  GiB"}}"#),
+    ("a negative disk", r#"{"handler": {"type": "builtin", "name": "n"}, "requires": {"disk": "-1GiB"}}"#),
+    ("least loaded spelled otherwise", r#"{"handler": {"type": "builtin", "name": "n"}, "routing": "least-loaded"}"#),
     ("a non-string description", r#"{"handler": {"type": "builtin", "name": "n"}, "description": 5}"#),
     ("an unknown routing", r#"{"handler": {"type": "builtin", "name": "n"}, "routing": "random"}"#),
     ("routing in capitals", r#"{"handler": {"type": "builtin", "name": "n"}, "routing": "ANY"}"#),
@@ -370,6 +450,55 @@ fn schema_and_parser_agree_on_windows() {
     assert_agreement("window.json", parse_window, VALID_WINDOWS, INVALID_WINDOWS);
 }
 
+const VALID_BACKFILLS: &[&str] = &[
+    r#"{"schedule": "nightly", "from": "2026-03-01T00:00:00Z", "to": "2026-03-31T23:59:59Z"}"#,
+    r#"{"schedule": "nightly", "from": "2026-03-01T00:00:00+01:00", "to": "2026-03-01T00:00:00+01:00", "max_in_flight": 1}"#,
+    r#"{"schedule": "n", "from": "2026-03-01T00:00:00Z", "to": "2026-03-02T00:00:00Z", "status": "cancelled",
+        "progress": {"total": 2, "fired": 1, "already_ran": 0, "skipped": 0, "by": "t-1", "updated_at": "2026-11-25T09:00:00Z"}}"#,
+    r#"{"schedule": "n", "from": "2026-03-01T00:00:00Z", "to": "2026-03-02T00:00:00Z", "status": "failed", "error": "no schedule named n"}"#,
+];
+
+const INVALID_BACKFILLS: &[(&str, &str)] = &[
+    ("no schedule", r#"{"from": "2026-03-01T00:00:00Z", "to": "2026-03-02T00:00:00Z"}"#),
+    ("no to", r#"{"schedule": "n", "from": "2026-03-01T00:00:00Z"}"#),
+    ("a date, not an instant", r#"{"schedule": "n", "from": "2026-03-01", "to": "2026-03-02T00:00:00Z"}"#),
+    (
+        "a schedule id with a dot",
+        r#"{"schedule": "n.x", "from": "2026-03-01T00:00:00Z", "to": "2026-03-02T00:00:00Z"}"#,
+    ),
+    (
+        "max_in_flight 0",
+        r#"{"schedule": "n", "from": "2026-03-01T00:00:00Z", "to": "2026-03-02T00:00:00Z", "max_in_flight": 0}"#,
+    ),
+    (
+        "an unknown status",
+        r#"{"schedule": "n", "from": "2026-03-01T00:00:00Z", "to": "2026-03-02T00:00:00Z", "status": "paused"}"#,
+    ),
+    (
+        "an unknown field",
+        r#"{"schedule": "n", "from": "2026-03-01T00:00:00Z", "to": "2026-03-02T00:00:00Z", "task": "t"}"#,
+    ),
+    (
+        "progress without its writer",
+        r#"{"schedule": "n", "from": "2026-03-01T00:00:00Z", "to": "2026-03-02T00:00:00Z",
+            "progress": {"total": 2, "fired": 1, "already_ran": 0, "skipped": 0, "updated_at": "2026-11-25T09:00:00Z"}}"#,
+    ),
+];
+
+#[test]
+fn schema_and_parser_agree_on_backfills() {
+    assert_agreement("backfill.json", parse_backfill, VALID_BACKFILLS, INVALID_BACKFILLS);
+    assert_only_parser_rejects(
+        "backfill.json",
+        parse_backfill,
+        &[("is after to", r#"{"schedule": "n", "from": "2026-03-02T00:00:00Z", "to": "2026-03-01T00:00:00Z"}"#)],
+    );
+    let base = json!({"schedule": "n", "from": "2026-03-01T00:00:00Z", "to": "2026-03-02T00:00:00Z"});
+    let read = |doc: &str| Backfill::from_json(doc.as_bytes()).unwrap_or_else(|e| panic!("{e}: {doc}"));
+    let doc = merged(&base, "", defaults("backfill.json", ""));
+    assert_eq!(read(&doc), read(&base.to_string()), "defaults of backfill.json");
+}
+
 #[test]
 fn what_the_schemas_cannot_express_is_rejected_by_the_parser() {
     assert_only_parser_rejects(
@@ -384,6 +513,12 @@ fn what_the_schemas_cannot_express_is_rejected_by_the_parser() {
             ("cycle through a", r#"{"steps": {"a": {"task": "t", "depends_on": ["a"]}}}"#),
             ("unknown step \"zz\"", r#"{"steps": {"a": {"task": "t", "depends_on": ["zz"]}}}"#),
             ("timeout must be greater than 0", r#"{"handler": {"type": "builtin", "name": "n"}, "timeout": "0s"}"#),
+            // Amounts: at least a thousandth of a core, and bytes that fit.
+            (
+                "less than a thousandth of a core",
+                r#"{"handler": {"type": "builtin", "name": "n"}, "requires": {"cpu": 0.0001}}"#,
+            ),
+            ("too large", r#"{"handler": {"type": "builtin", "name": "n"}, "requires": {"memory": "99999999TiB"}}"#),
             // JSON Schema counts 5.0 as an integer; serde does not.
             ("expected u8", r#"{"handler": {"type": "builtin", "name": "n"}, "importance": 5.0}"#),
             ("too large", r#"{"handler": {"type": "builtin", "name": "n"}, "timeout": "99999999999999999999999d"}"#),
@@ -407,6 +542,27 @@ fn what_the_schemas_cannot_express_is_rejected_by_the_parser() {
             (
                 "placeholders are",
                 r#"{"handler": {"type": "builtin", "name": "n"}, "routing": {"consistent_hash": "{{payloads.x}}"}}"#,
+            ),
+            // Triggers: templates over the event, hold times, one trigger per source.
+            (
+                "event field",
+                r#"{"handler": {"type": "builtin", "name": "n"}, "triggers": [{"subject": "a", "payload": {"x": "{{payload.x}}"}}]}"#,
+            ),
+            (
+                "debounce_key",
+                r#"{"handler": {"type": "builtin", "name": "n"}, "triggers": [{"subject": "a", "debounce": "1s", "debounce_key": "{{run_id}}"}]}"#,
+            ),
+            (
+                "batch.within must be greater than 0",
+                r#"{"handler": {"type": "builtin", "name": "n"}, "triggers": [{"subject": "a", "batch": {"max": 2, "within": "2h"}}]}"#,
+            ),
+            (
+                "debounce must be greater than 0",
+                r#"{"handler": {"type": "builtin", "name": "n"}, "triggers": [{"subject": "a", "debounce": "0s"}]}"#,
+            ),
+            (
+                "another trigger of this task reads subject a",
+                r#"{"handler": {"type": "builtin", "name": "n"}, "triggers": [{"subject": "a"}, {"subject": "a", "debounce": "1s"}]}"#,
             ),
             // rate_limit.per: more than 0, at most 1d.
             (
@@ -432,6 +588,10 @@ fn what_the_schemas_cannot_express_is_rejected_by_the_parser() {
                 r#"{"every": "1s", "task": "t", "start_at": "2027-01-01T00:00:00Z", "end_at": "2026-01-01T00:00:00Z"}"#,
             ),
             ("cycle", r#"{"every": "1s", "task": {"steps": {"a": {"task": "t", "depends_on": ["a"]}}}}"#),
+            (
+                "triggers belong to task definitions",
+                r#"{"every": "1s", "task": {"handler": {"type": "builtin", "name": "n"}, "triggers": [{"subject": "a"}]}}"#,
+            ),
             (
                 "rate_limit.key",
                 r#"{"every": "1s", "task": {"handler": {"type": "builtin", "name": "n"},
@@ -542,7 +702,13 @@ fn definitions_the_services_build_validate_and_read_back() {
         schedule_to_start: Some(HumanDuration::from_secs(90)),
         concurrency: Some(Concurrency { key: "{{payload.customer}}".to_string(), limit: 2 }),
         window: Some("business-hours".to_string()),
-        requires: Some(Requires { slots: 2, labels: BTreeMap::from([("region".to_string(), "eu".to_string())]) }),
+        requires: Some(Requires {
+            slots: 2,
+            labels: BTreeMap::from([("region".to_string(), "eu".to_string())]),
+            cpu: Cores(1500),
+            memory: ByteAmount(3 << 30),
+            disk: ByteAmount(10_000_000_001),
+        }),
         routing: Routing::ConsistentHash("{{payload.customer}}".to_string()),
         rate_limit: Some(RateLimit {
             key: Some("{{payload.customer}}".to_string()),
@@ -581,6 +747,7 @@ fn definitions_the_services_build_validate_and_read_back() {
         full,
         workflow,
         TaskDef { routing: Routing::RoundRobin, ..noop.clone() },
+        TaskDef { routing: Routing::LeastLoaded, ..noop.clone() },
         TaskDef {
             routing: Routing::Broadcast,
             rate_limit: Some(RateLimit { key: None, limit: 1, per: HumanDuration::from_secs(86_400) }),

@@ -1,6 +1,7 @@
 //! Keeps `schemas/*.json` and the Rust types in agreement for the messages and records the
 //! services write: run events, run records, due fires, work items, workflow step starts and
-//! outcomes, and the ticker's watermarks and fire counts. `schemas.rs` covers the definitions users write and explains the method; the
+//! outcomes, the ticker's watermarks, fire counts and trigger registrations, the event a
+//! triggered run gets, and the dispatchers' overlap state. `schemas.rs` covers the definitions users write and explains the method; the
 //! shared machinery is in `support/`.
 //!
 //! The services read these with serde alone, so serde is the parser every table is checked
@@ -15,10 +16,11 @@ use std::collections::BTreeMap;
 
 use jetsched_contract::message::Shard;
 use jetsched_contract::schedule::ScheduleDependency;
-use jetsched_contract::ticker::{FiredCount, Watermark};
+use jetsched_contract::ticker::{FiredCount, JournaledBatch, TriggerState, Watermark};
 use jetsched_contract::workflow::StepState;
 use jetsched_contract::{
-    DueFire, Handler, Overlap, RunEvent, RunRecord, RunStatus, StepOutcome, StepStart, TaskDef, WorkItem, WorkflowState,
+    BackfillProgress, BackfillReport, BackfillStatus, ByteAmount, Cores, DueFire, Handler, Overlap, Resources,
+    RunEvent, RunRecord, RunStatus, StepOutcome, StepStart, TaskDef, TriggerEvent, WorkItem, WorkerInfo, WorkflowState,
 };
 use jiff::Timestamp;
 use serde_json::{Value, json};
@@ -49,6 +51,12 @@ const VALID_RUN_EVENTS: &[&str] = &[
     r#"{"run_id": "t.publish.q7.resize", "task": "resize-image", "schedule": null, "status": "expired", "attempt": 0,
         "at": "2026-11-25T02:30:00Z", "scheduled_for": null, "error": "not started within 5m", "duration_ms": null,
         "queue": "_w-worker-1", "workflow_run": "t.publish.q7", "step": "resize"}"#,
+    r#"{"run_id": "t.charge.q7", "task": "charge", "schedule": null, "status": "waiting", "attempt": 0,
+        "at": "2026-11-25T02:30:00Z", "scheduled_for": null, "duration_ms": null, "queue": "default", "worker": "w1",
+        "error": "rate limit of 100 starts per 1m reached for key \"acme\"; waiting for the next period"}"#,
+    r#"{"run_id": "t.charge.q7", "task": "charge", "schedule": null, "status": "started", "attempt": 1,
+        "at": "2026-11-25T02:31:00.2Z", "scheduled_for": null, "error": null, "duration_ms": null, "worker": "w1",
+        "rate_window": "2026-11-25T02:31:00Z"}"#,
     // Readers ignore fields added by later versions.
     r#"{"run_id": "r", "task": "t", "schedule": null, "status": "started", "attempt": 1,
         "at": "2026-11-25T02:30:00Z", "scheduled_for": null, "error": null, "duration_ms": null, "added_later": 1}"#,
@@ -89,6 +97,11 @@ const INVALID_RUN_EVENTS: &[(&str, &str)] = &[
         "a string duration_ms",
         r#"{"run_id": "r", "task": "t", "schedule": null, "status": "succeeded", "attempt": 1,
             "at": "2026-11-25T02:30:00Z", "scheduled_for": null, "error": null, "duration_ms": "12ms"}"#,
+    ),
+    (
+        "a rate_window that is a period number",
+        r#"{"run_id": "r", "task": "t", "schedule": null, "status": "started", "attempt": 1,
+            "at": "2026-11-25T02:30:00Z", "scheduled_for": null, "error": null, "duration_ms": null, "rate_window": 29}"#,
     ),
 ];
 
@@ -141,7 +154,7 @@ const INVALID_RUN_RECORDS: &[(&str, &str)] = &[
         "an unknown step status",
         r#"{"run_id": "t.t.q1", "task": "t", "status": "queued", "attempt": 0, "queue": "default", "band": 5,
             "created_at": "2026-11-25T02:30:00Z", "updated_at": "2026-11-25T02:30:00Z", "source_seq": 1,
-            "workflow": {"steps": {"a": {"status": "waiting"}}}}"#,
+            "workflow": {"steps": {"a": {"status": "pending"}}}}"#,
     ),
     (
         "a step state that is a string",
@@ -162,8 +175,49 @@ const INVALID_RUN_RECORDS: &[(&str, &str)] = &[
     ),
 ];
 
-const VALID_TICKER_STATES: &[&str] =
-    &[r#"{"upto": "2026-11-25T02:30:00.204Z", "by": "ticker-1"}"#, r#"{"fired": 1, "last": "2026-11-25T02:30:00Z"}"#];
+const VALID_TICKER_STATES: &[&str] = &[
+    r#"{"upto": "2026-11-25T02:30:00.204Z", "by": "ticker-1"}"#,
+    r#"{"fired": 1, "last": "2026-11-25T02:30:00Z"}"#,
+    r#"{"task": "email", "stream": "ORDERS", "consumer": "jetsched-trg-email-1a2b3c4d"}"#,
+    r#"{"task": "email", "stream": "ORDERS", "consumer": "c", "batch": {"msg_id": "email-ORDERS-1-3", "seqs": [1, 3]}}"#,
+];
+
+const VALID_WORKERS: &[&str] = &[
+    r#"{"id": "w1", "queues": ["default"], "slots": 256, "busy": 0,
+        "started_at": "2026-11-25T02:00:00Z", "heartbeat_at": "2026-11-25T02:30:00Z"}"#,
+    r#"{"id": "gpu-1", "queues": ["default", "gpu"], "slots": 4, "busy": 2, "labels": {"gpu": "true"},
+        "capacity": {"cpu": 8, "memory": "32GiB", "disk": "200GiB"}, "held": {"cpu": 0.5, "memory": "1 GiB"},
+        "holding": ["t.train.q7"], "released": ["t.train.q3"],
+        "started_at": "2026-11-25T02:00:00Z", "heartbeat_at": "2026-11-25T02:30:00.120Z", "added_later": 1}"#,
+];
+
+const INVALID_WORKERS: &[(&str, &str)] = &[
+    (
+        "no id",
+        r#"{"queues": [], "slots": 1, "busy": 0, "started_at": "2026-11-25T02:00:00Z", "heartbeat_at": "2026-11-25T02:30:00Z"}"#,
+    ),
+    ("no heartbeat_at", r#"{"id": "w1", "queues": [], "slots": 1, "busy": 0, "started_at": "2026-11-25T02:00:00Z"}"#),
+    (
+        "a bare-number memory",
+        r#"{"id": "w1", "queues": [], "slots": 1, "busy": 0, "capacity": {"memory": 1024},
+            "started_at": "2026-11-25T02:00:00Z", "heartbeat_at": "2026-11-25T02:30:00Z"}"#,
+    ),
+    (
+        "a negative cpu",
+        r#"{"id": "w1", "queues": [], "slots": 1, "busy": 0, "held": {"cpu": -1},
+            "started_at": "2026-11-25T02:00:00Z", "heartbeat_at": "2026-11-25T02:30:00Z"}"#,
+    ),
+    (
+        "an unknown resource",
+        r#"{"id": "w1", "queues": [], "slots": 1, "busy": 0, "capacity": {"gpus": 1},
+            "started_at": "2026-11-25T02:00:00Z", "heartbeat_at": "2026-11-25T02:30:00Z"}"#,
+    ),
+    (
+        "a negative busy count",
+        r#"{"id": "w1", "queues": [], "slots": 1, "busy": -1,
+            "started_at": "2026-11-25T02:00:00Z", "heartbeat_at": "2026-11-25T02:30:00Z"}"#,
+    ),
+];
 
 const INVALID_TICKER_STATES: &[(&str, &str)] = &[
     ("a watermark without its writer", r#"{"upto": "2026-11-25T02:30:00Z"}"#),
@@ -172,6 +226,61 @@ const INVALID_TICKER_STATES: &[(&str, &str)] = &[
     ("a count of zero", r#"{"fired": 0, "last": "2026-11-25T02:30:00Z"}"#),
     ("a negative count", r#"{"fired": -1, "last": "2026-11-25T02:30:00Z"}"#),
     ("both kinds mixed", r#"{"fired": 1, "last": "2026-11-25T02:30:00Z", "by": "t"}"#),
+    ("a trigger without its consumer", r#"{"task": "email", "stream": "ORDERS"}"#),
+    ("a batch without its id", r#"{"task": "t", "stream": "S", "consumer": "c", "batch": {"seqs": [1]}}"#),
+    (
+        "a batch with a negative sequence",
+        r#"{"task": "t", "stream": "S", "consumer": "c", "batch": {"msg_id": "m", "seqs": [-1]}}"#,
+    ),
+];
+
+const VALID_TRIGGER_EVENTS: &[&str] = &[
+    r#"{"subject": "orders.created.eu", "stream": "ORDERS", "seq": 42, "time": "2026-11-25T02:30:00Z", "data": {"id": 7}}"#,
+    r#"{"subject": "orders.x", "stream": "JETSCHED_TRIGGERS", "seq": 1, "time": "2026-11-25T02:30:00Z",
+        "headers": {"Tenant": "acme"}, "data": "plain text"}"#,
+    r#"{"subject": "$KV.config.pricing.eu", "stream": "KV_config", "seq": 17, "time": "2026-11-25T02:30:00Z",
+        "data": null, "bucket": "config", "key": "pricing.eu", "operation": "delete", "revision": 17}"#,
+];
+
+const INVALID_TRIGGER_EVENTS: &[(&str, &str)] = &[
+    ("no data", r#"{"subject": "a", "stream": "S", "seq": 1, "time": "2026-11-25T02:30:00Z"}"#),
+    (
+        "an unknown operation",
+        r#"{"subject": "a", "stream": "S", "seq": 1, "time": "2026-11-25T02:30:00Z", "data": 1, "operation": "update"}"#,
+    ),
+    (
+        "an unknown field",
+        r#"{"subject": "a", "stream": "S", "seq": 1, "time": "2026-11-25T02:30:00Z", "data": 1, "extra": 1}"#,
+    ),
+    (
+        "a header with a list of values",
+        r#"{"subject": "a", "stream": "S", "seq": 1, "time": "2026-11-25T02:30:00Z", "data": 1, "headers": {"A": ["x"]}}"#,
+    ),
+];
+
+const VALID_OVERLAP_STATES: &[&str] = &[
+    r#"{}"#,
+    r#"{"active": {"run_id": "s.n.20261125T023000Z", "scheduled_for": "2026-11-25T02:30:00Z", "inbox_seq": 7}}"#,
+    r#"{"active": {"run_id": "s.n.20261125T023000Z", "scheduled_for": "2026-11-25T02:30:00Z", "inbox_seq": 7,
+                   "broadcast": true},
+        "buffered": {"run_id": "s.n.20261125T023100Z", "scheduled_for": "2026-11-25T02:31:00Z", "inbox_seq": 9}}"#,
+];
+
+const INVALID_OVERLAP_STATES: &[(&str, &str)] = &[
+    (
+        "a fire without its inbox sequence",
+        r#"{"active": {"run_id": "s.n.x", "scheduled_for": "2026-11-25T02:30:00Z"}}"#,
+    ),
+    (
+        "a negative inbox sequence",
+        r#"{"active": {"run_id": "s.n.x", "scheduled_for": "2026-11-25T02:30:00Z", "inbox_seq": -1}}"#,
+    ),
+    ("a malformed instant", r#"{"buffered": {"run_id": "s.n.x", "scheduled_for": "soon", "inbox_seq": 1}}"#),
+    ("an unknown field", r#"{"waiting": []}"#),
+    (
+        "an unknown field in a fire",
+        r#"{"active": {"run_id": "s.n.x", "scheduled_for": "2026-11-25T02:30:00Z", "inbox_seq": 1, "x": 1}}"#,
+    ),
 ];
 
 const VALID_DUE_FIRES: &[&str] = &[
@@ -344,10 +453,79 @@ fn schema_and_parser_agree_on_due_fires_and_work_items() {
 #[test]
 fn schema_and_parser_agree_on_ticker_state() {
     assert_agreement("ticker-state.json", parse_ticker_state, VALID_TICKER_STATES, INVALID_TICKER_STATES);
+    let trigger = TriggerState {
+        task: "email".into(),
+        stream: "ORDERS".into(),
+        consumer: "jetsched-trg-email-1a2b3c4d".into(),
+        batch: Some(JournaledBatch { msg_id: "email-ORDERS-4-9".into(), seqs: vec![4, 7, 9] }),
+    };
+    assert_round_trip("ticker-state.json", &trigger);
     let t = |s: &str| -> jiff::Timestamp { s.parse().unwrap() };
     let watermark = Watermark { upto: t("2026-11-25T02:30:00.204Z"), by: "ticker-1".to_string() };
     assert_round_trip("ticker-state.json", &watermark);
     assert_round_trip("ticker-state.json", &FiredCount { fired: 3, last: t("2026-11-25T02:30:00Z") });
+}
+
+#[test]
+fn schema_and_parser_agree_on_overlap_state() {
+    use jetsched_contract::overlap::{OverlapFire, OverlapState};
+    assert_agreement("overlap-state.json", parse_serde::<OverlapState>, VALID_OVERLAP_STATES, INVALID_OVERLAP_STATES);
+    let fire = |n: i64, broadcast: bool| OverlapFire {
+        run_id: format!("s.n.{n}"),
+        scheduled_for: jiff::Timestamp::from_second(n).unwrap(),
+        inbox_seq: n as u64,
+        broadcast,
+    };
+    assert_round_trip("overlap-state.json", &OverlapState::default());
+    assert_round_trip(
+        "overlap-state.json",
+        &OverlapState { active: Some(fire(1, true)), buffered: Some(fire(2, false)) },
+    );
+}
+
+#[test]
+fn schema_and_parser_agree_on_worker_heartbeats() {
+    assert_agreement("worker.json", parse_serde::<WorkerInfo>, VALID_WORKERS, INVALID_WORKERS);
+    let t = |s: &str| -> jiff::Timestamp { s.parse().unwrap() };
+    let gib = |n: u64| ByteAmount(n << 30);
+    let info = WorkerInfo {
+        id: "gpu-1".to_string(),
+        queues: vec!["default".to_string()],
+        slots: 4,
+        busy: 1,
+        labels: BTreeMap::from([("gpu".to_string(), "true".to_string())]),
+        capacity: Resources { cpu: Cores(8000), memory: gib(32), disk: ByteAmount(200_000_000_000) },
+        held: Resources { cpu: Cores(1500), memory: gib(4), disk: ByteAmount(0) },
+        holding: vec!["t.train.q7".to_string()],
+        released: vec!["t.train.q3".to_string()],
+        started_at: t("2026-11-25T02:00:00Z"),
+        heartbeat_at: t("2026-11-25T02:30:00.12Z"),
+        draining: false,
+    };
+    assert_round_trip("worker.json", &info);
+    assert_round_trip("worker.json", &WorkerInfo { draining: true, ..info.clone() });
+    assert_round_trip(
+        "worker.json",
+        &WorkerInfo { labels: BTreeMap::new(), holding: vec![], released: vec![], ..info },
+    );
+}
+
+#[test]
+fn schema_and_parser_agree_on_trigger_events() {
+    assert_agreement("trigger-event.json", parse_serde::<TriggerEvent>, VALID_TRIGGER_EVENTS, INVALID_TRIGGER_EVENTS);
+    let event = TriggerEvent {
+        subject: "$KV.config.pricing.eu".into(),
+        stream: "KV_config".into(),
+        seq: 17,
+        time: "2026-11-25T02:30:00Z".parse().unwrap(),
+        headers: BTreeMap::from([("KV-Operation".to_string(), "DEL".to_string())]),
+        data: Value::Null,
+        bucket: Some("config".into()),
+        key: Some("pricing.eu".into()),
+        operation: Some(jetsched_contract::trigger::KvOperation::Delete),
+        revision: Some(17),
+    };
+    assert_round_trip("trigger-event.json", &event);
 }
 
 #[test]
@@ -415,35 +593,35 @@ fn values_the_services_write_validate_and_read_back() {
         RunEvent::invalid("jetsched-schedules", "nightly", 7, "unknown time zone \"Mars/Olympus\""),
         RunEvent::invalid("jetsched-tasks", "not a name", 1, "invalid key"),
         RunEvent::invalid("jetsched-windows", "office", 2, "the window is never open (weekly has no ranges)"),
+        RunEvent {
+            trigger: Some(1),
+            ..RunEvent::invalid("jetsched-tasks", "email", 3, "triggers[1]: stream ORDERS does not exist")
+        },
+        RunEvent {
+            schedule: Some("nightly".to_string()),
+            bucket: Some("jetsched-backfills".to_string()),
+            key: Some("march".to_string()),
+            backfill: Some(BackfillReport {
+                id: "march".to_string(),
+                status: BackfillStatus::Running,
+                progress: BackfillProgress {
+                    total: 31,
+                    fired: 2,
+                    already_ran: 1,
+                    skipped: 0,
+                    cursor: Some(t("2026-03-03T01:30:00Z")),
+                    by: "ticker-1".to_string(),
+                    updated_at: t("2026-11-25T09:00:00Z"),
+                },
+            }),
+            ..RunEvent::new(RunStatus::Backfill, "resize-image", None)
+        },
     ] {
         assert_round_trip("run-event.json", &event);
     }
 
     // Run records: as created by a dispatcher, finished, a workflow run and one of its steps.
-    let created = RunRecord {
-        run_id: "t.resize-image.q7".to_string(),
-        task: "resize-image".to_string(),
-        schedule: None,
-        status: RunStatus::Queued,
-        attempt: 0,
-        queue: "default".to_string(),
-        band: 5,
-        scheduled_for: None,
-        created_at: Timestamp::now(),
-        updated_at: Timestamp::now(),
-        started_at: None,
-        finished_at: None,
-        error: None,
-        source_seq: 7,
-        task_seq: None,
-        worker: None,
-        cancel_requested: false,
-        replay_of: None,
-        parent: None,
-        step: None,
-        workflow: None,
-        result: None,
-    };
+    let created = RunRecord::new("t.resize-image.q7", "resize-image", RunStatus::Queued, "default", 5, 7);
     let finished = RunRecord {
         schedule: Some("nightly".to_string()),
         status: RunStatus::Cancelled,
@@ -457,6 +635,8 @@ fn values_the_services_write_validate_and_read_back() {
         worker: Some("worker-1".to_string()),
         cancel_requested: true,
         replay_of: Some("t.resize-image.q3".to_string()),
+        duration_ms: Some(12),
+        output: Some("resized 3 images".to_string()),
         ..created.clone()
     };
     let workflow = RunRecord {

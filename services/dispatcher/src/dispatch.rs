@@ -1,106 +1,25 @@
 //! Handling of one inbox message: validate it, resolve the task, pass the
-//! gates (overlap, dependency, window), route it, create the run record (the
+//! gates (dependency, window, overlap), route it, create the run record (the
 //! exactly-once gate) and publish the work and a `queued` event. Workflows
 //! and step outcomes go to `crate::workflow`. Bad input is rejected into the
 //! DLQ and acked, never retried.
 
-use std::future::IntoFuture;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::HeaderMap;
-use async_nats::jetstream::kv::{CreateErrorKind, Store};
-use bytes::Bytes;
 use jetsched_contract::message::Shard;
-use jetsched_contract::{
-    DueFire, InboxKind, RunEvent, RunRecord, RunStatus, StepOutcome, StepStart, TaskDef, Window, WorkItem, headers,
-    run, validate_name,
-};
-use jetsched_runtime::Publisher;
+use jetsched_contract::overlap::OverlapFire;
+use jetsched_contract::{DueFire, InboxKind, RunEvent, RunStatus, StepStart, WorkItem, headers, run, validate_name};
 use jiff::Timestamp;
 use serde_json::Value;
 
-use crate::cache::DefCache;
+use crate::ctx::{Accepted, Ctx, DISPATCHING, Disposition, Inbox, RETRY};
+use crate::ctx::{Created, create_record, new_record, report_step};
 use crate::gates::{self, Gate};
-use crate::priority::{Weights, band, effective_priority};
-use crate::registry::Registry;
+use crate::overlap;
+use crate::priority::{band, effective_priority};
 use crate::route::{self, Target, Unroutable};
-
-/// What to do with the inbox message.
-#[derive(Debug, PartialEq)]
-pub enum Disposition {
-    /// Done (dispatched, rejected or a duplicate).
-    Ack,
-    /// Not yet, or a transient failure: redeliver after the delay.
-    Retry(Duration),
-}
-
-/// Everything a handler needs.
-pub struct Ctx {
-    /// Publishes work, events and dead letters.
-    pub publisher: Publisher,
-    /// Run records.
-    pub runs: Store,
-    /// Schedules (for dependencies between schedules).
-    pub schedules: Store,
-    /// Task definitions.
-    pub tasks: DefCache<TaskDef>,
-    /// Time windows.
-    pub windows: DefCache<Window>,
-    /// Live workers.
-    pub registry: Registry,
-    /// Priority formula.
-    pub weights: Weights,
-    /// Counters in `jetsched-rates` (the cluster-wide round-robin rotation).
-    pub rates: Store,
-}
-
-/// The parts of an inbox message the handler reads.
-pub struct Inbox<'a> {
-    /// Subject it was published to.
-    pub subject: &'a str,
-    /// Its headers.
-    pub headers: Option<&'a HeaderMap>,
-    /// Its body.
-    pub payload: &'a Bytes,
-    /// Its inbox stream sequence.
-    pub seq: u64,
-}
-
-pub(crate) const RETRY: Disposition = Disposition::Retry(Duration::from_secs(1));
-
-/// Dispatching fails for reasons outside the run (a stream or bucket without
-/// a leader, NATS unreachable): one line when it starts, one when it ends.
-/// Each run retries through its inbox message's redelivery.
-pub(crate) static DISPATCHING: jetsched_runtime::Outage = jetsched_runtime::Outage::new("dispatching");
-
-/// A run about to be dispatched.
-pub struct Accepted {
-    /// Its run id.
-    pub run_id: String,
-    /// Task name.
-    pub task: String,
-    /// Its definition.
-    pub def: Arc<TaskDef>,
-    /// Its input.
-    pub payload: Value,
-    /// Schedule that fired it.
-    pub schedule: Option<String>,
-    /// Nominal fire time.
-    pub scheduled_for: Option<Timestamp>,
-    /// 0-10.
-    pub importance: u8,
-    /// Earliest start.
-    pub not_before: Option<Timestamp>,
-    /// Replay link.
-    pub replay_of: Option<String>,
-    /// Workflow run it is a step of.
-    pub parent: Option<String>,
-    /// Its step name.
-    pub step: Option<String>,
-    /// The fire, when a schedule fired it.
-    pub due: Option<DueFire>,
-}
 
 /// Why a message cannot become a run.
 pub struct Rejection {
@@ -124,6 +43,15 @@ pub async fn handle(ctx: &Ctx, msg: Inbox<'_>) -> Disposition {
     span.record("run_id", accepted.run_id.as_str());
     span.record("task", accepted.task.as_str());
     if accepted.def.steps.is_some() {
+        // A scheduled workflow passes its schedule's gates (a workflow has
+        // no window of its own: its steps have theirs).
+        match passes_gates(ctx, &msg, &accepted, false).await {
+            Ok(Gate::Go | Gate::NotBefore(_)) => {}
+            Ok(Gate::Wait(d)) => return Disposition::Retry(d),
+            Ok(Gate::Skip(reason)) => return finish_unrun(ctx, &msg, &accepted, RunStatus::Skipped, reason).await,
+            Ok(Gate::Fail(reason)) => return finish_unrun(ctx, &msg, &accepted, RunStatus::Dead, reason).await,
+            Err(err) => return gates_failed(&accepted, &err),
+        }
         return crate::workflow::start(ctx, &msg, accepted).await;
     }
     dispatch(ctx, &msg, accepted).await
@@ -184,18 +112,12 @@ async fn accept(ctx: &Ctx, msg: &Inbox<'_>) -> Result<Option<Accepted>, Rejectio
     };
     let importance = match header(headers::IMPORTANCE) {
         None => def.importance,
-        Some(v) => match v.trim().parse::<u8>() {
-            Ok(i) if i <= 10 => i,
-            _ => return Err(with_run(format!("{} must be a whole number 0-10, got {v:?}", headers::IMPORTANCE))),
-        },
+        Some(v) => headers::parse_importance(&v).map_err(with_run)?,
     };
-    let not_before =
-        match (header(headers::NOT_BEFORE), due.as_ref().and_then(|d| d.not_before)) {
-            (Some(v), _) => Some(v.trim().parse::<Timestamp>().map_err(|e| {
-                with_run(format!("{} must be an RFC 3339 instant, got {v:?} ({e})", headers::NOT_BEFORE))
-            })?),
-            (None, staged) => staged,
-        };
+    let not_before = match (header(headers::NOT_BEFORE), due.as_ref().and_then(|d| d.not_before)) {
+        (Some(v), _) => Some(headers::parse_not_before(&v).map_err(with_run)?),
+        (None, staged) => staged,
+    };
     let (schedule, scheduled_for) = match (&due, &step) {
         (Some(d), _) => (Some(d.schedule.clone()), Some(d.scheduled_for)),
         (None, Some(s)) => (s.schedule.clone(), s.scheduled_for),
@@ -219,25 +141,28 @@ async fn accept(ctx: &Ctx, msg: &Inbox<'_>) -> Result<Option<Accepted>, Rejectio
 
 /// Passes the gates, then queues the run (or its shares).
 async fn dispatch(ctx: &Ctx, msg: &Inbox<'_>, mut a: Accepted) -> Disposition {
-    match passes_gates(ctx, &a).await {
+    match passes_gates(ctx, msg, &a, true).await {
         Ok(Gate::Go) => {}
         Ok(Gate::NotBefore(t)) => a.not_before = Some(a.not_before.map_or(t, |nb| nb.max(t))),
         Ok(Gate::Wait(d)) => return Disposition::Retry(d),
         Ok(Gate::Skip(reason)) => return finish_unrun(ctx, msg, &a, RunStatus::Skipped, reason).await,
         Ok(Gate::Fail(reason)) => return finish_unrun(ctx, msg, &a, RunStatus::Dead, reason).await,
-        Err(err) => {
-            tracing::debug!(run_id = %a.run_id, %err, "cannot check the run's gates; will retry");
-            DISPATCHING.failed(&format_args!("cannot check the run's gates: {err}"));
-            return RETRY;
-        }
+        Err(err) => return gates_failed(&a, &err),
     }
     let band = band(effective_priority(a.importance, a.def.expected_duration.map(|d| d.0), &ctx.weights));
     let names = ctx.publisher.names();
     let targets =
         match route::plan(names, &a.task, &a.def, &a.payload, &a.run_id, band, &ctx.registry, &ctx.rates).await {
             Ok(t) => t,
+            Err(Unroutable::Loading) => return Disposition::Retry(Duration::from_secs(1)),
             Err(Unroutable::Wait(why)) => {
-                tracing::info!(run_id = %a.run_id, %why, "waiting for a worker to route to");
+                tracing::debug!(run_id = %a.run_id, %why, "waiting for a worker to route to");
+                // Stored once per duplicate window of the events stream
+                // (its message id is the run's), however often it is looked at.
+                let event = a.event(RunStatus::Waiting, Some(why));
+                if let Err(err) = ctx.publisher.event(&event).await {
+                    DISPATCHING.failed(&format_args!("cannot publish waiting event: {err}"));
+                }
                 return Disposition::Retry(Duration::from_secs(2));
             }
             Err(Unroutable::Failed(err)) => {
@@ -248,152 +173,89 @@ async fn dispatch(ctx: &Ctx, msg: &Inbox<'_>, mut a: Accepted) -> Disposition {
         };
     for target in &targets {
         if let Err(d) = enqueue(ctx, msg, &a, target).await {
+            // Not sent: the room it was counted against is free again.
+            if let Some(worker) = names.parse_worker_queue(&target.queue) {
+                ctx.registry.unplace(worker, &target.run_id);
+            }
             return d;
         }
-    }
-    if let (Some(schedule), Some(due)) = (&a.schedule, &a.due)
-        && due.overlap != jetsched_contract::schedule::Overlap::Allow
-        && let Err(err) = gates::mark_active(ctx, schedule, &a.run_id).await
-    {
-        tracing::warn!(%schedule, %err, "cannot record the schedule's active run");
     }
     Disposition::Ack
 }
 
-async fn passes_gates(ctx: &Ctx, a: &Accepted) -> anyhow::Result<Gate> {
-    if let Some(due) = &a.due {
-        let gate = gates::overlap(ctx, &due.schedule, due.overlap, &a.run_id).await?;
+/// The gates could not be checked (NATS trouble): retried.
+fn gates_failed(a: &Accepted, err: &anyhow::Error) -> Disposition {
+    tracing::debug!(run_id = %a.run_id, %err, "cannot check the run's gates; will retry");
+    DISPATCHING.failed(&format_args!("cannot check the run's gates: {err}"));
+    RETRY
+}
+
+/// The gates in turn: a scheduled run's dependency, the task's window (if
+/// `window`), then (last, because taking the turn marks the fire as the
+/// schedule's running one) the schedule's overlap policy.
+async fn passes_gates(ctx: &Ctx, msg: &Inbox<'_>, a: &Accepted, window: bool) -> anyhow::Result<Gate> {
+    if let Some(due) = &a.due
+        && let Some(dep) = &due.depends_on
+    {
+        let gate =
+            gates::dependency(ctx, dep, due.timezone.as_deref(), due.scheduled_for, &a.run_id, msg.delivered).await?;
         if gate != Gate::Go {
             return Ok(gate);
         }
-        if let Some(dep) = &due.depends_on {
-            let gate = gates::dependency(ctx, dep, due.timezone.as_deref(), due.scheduled_for).await?;
-            if gate != Gate::Go {
-                return Ok(gate);
-            }
+    }
+    let window = match &a.def.window {
+        Some(w) if window => gates::window(ctx, w, a.not_before.unwrap_or_else(Timestamp::now)).await?,
+        _ => Gate::Go,
+    };
+    if !matches!(window, Gate::Go | Gate::NotBefore(_)) {
+        return Ok(window);
+    }
+    if let Some(due) = &a.due {
+        let fire = OverlapFire {
+            run_id: a.run_id.clone(),
+            scheduled_for: due.scheduled_for,
+            inbox_seq: msg.seq,
+            broadcast: a.def.routing == jetsched_contract::Routing::Broadcast,
+        };
+        let gate = overlap::take_turn(ctx, &due.schedule, due.overlap, fire, msg.delivered).await?;
+        if gate != Gate::Go {
+            return Ok(gate);
         }
     }
-    match &a.def.window {
-        Some(w) => gates::window(ctx, w, a.not_before.unwrap_or_else(Timestamp::now)).await,
-        None => Ok(Gate::Go),
-    }
+    Ok(window)
 }
 
-/// A new record for `a` (or one of its shares).
-pub(crate) fn new_record(a: &Accepted, run_id: &str, queue: &str, band: u8, seq: u64, status: RunStatus) -> RunRecord {
-    let now = Timestamp::now();
-    RunRecord {
-        run_id: run_id.to_string(),
-        task: a.task.clone(),
-        schedule: a.schedule.clone(),
-        status,
-        attempt: 0,
-        queue: queue.to_string(),
-        band,
-        scheduled_for: a.scheduled_for,
-        created_at: now,
-        updated_at: now,
-        started_at: None,
-        finished_at: status.is_terminal().then_some(now),
-        error: None,
-        source_seq: seq,
-        task_seq: None,
-        worker: None,
-        cancel_requested: false,
-        replay_of: a.replay_of.clone(),
-        parent: a.parent.clone(),
-        step: a.step.clone(),
-        workflow: None,
-        result: None,
-    }
-}
-
-/// Creates the record with KV `create`. `Ok(Some(rev))`: go on (new, or
-/// our own earlier attempt at this very message); `Ok(None)`: a duplicate.
-pub(crate) async fn create_record(ctx: &Ctx, record: &RunRecord) -> anyhow::Result<Option<u64>> {
-    let encoded = serde_json::to_vec(record)?;
-    match ctx.runs.create(&record.run_id, encoded.into()).await {
-        Ok(rev) => Ok(Some(rev)),
-        Err(err) if err.kind() == CreateErrorKind::AlreadyExists => match ctx.runs.entry(&record.run_id).await? {
-            // A dispatcher died before acking: finish its job. Publishing
-            // again is harmless (the work message's Msg-Id is the run id).
-            Some(entry)
-                if serde_json::from_slice::<RunRecord>(&entry.value)
-                    .is_ok_and(|r| r.source_seq == record.source_seq && r.status == record.status) =>
-            {
-                Ok(Some(entry.revision))
-            }
-            _ => Ok(None),
-        },
-        Err(err) => Err(err.into()),
-    }
-}
-
-/// Creates the run record for `target` and publishes its work and `queued` event.
+/// Creates the run record for `target` (announcing it `queued`) and
+/// publishes its work.
 async fn enqueue(ctx: &Ctx, msg: &Inbox<'_>, a: &Accepted, target: &Target) -> Result<(), Disposition> {
     let names = ctx.publisher.names();
     let record = new_record(a, &target.run_id, &target.queue, target.band, msg.seq, RunStatus::Queued);
-    let revision = match create_record(ctx, &record).await {
-        Ok(Some(rev)) => rev,
-        Ok(None) => return requeued_event(ctx, msg, a, target).await,
+    let stored = match create_record(ctx, record).await {
+        Ok(Created::New(stored) | Created::Again(stored)) => stored,
+        Ok(Created::Duplicate) => {
+            tracing::debug!(run_id = %target.run_id, "duplicate of an existing run; dropped");
+            return Ok(());
+        }
         Err(err) => {
             tracing::debug!(run_id = %target.run_id, %err, "cannot create run record; will retry");
             DISPATCHING.failed(&format_args!("cannot create run record: {err}"));
             return Err(RETRY);
         }
     };
-    let item = work_item(a, target.run_id.clone(), target.shard, record.created_at, revision, msg.seq);
+    let item = work_item(a, target.run_id.clone(), target.shard, stored.record.created_at, stored.revision, msg.seq);
     let Ok(body) = serde_json::to_vec(&item) else { return Err(RETRY) };
     let mut h = HeaderMap::new();
     h.insert(headers::RUN_ID, target.run_id.as_str());
     h.insert(headers::TASK, a.task.as_str());
-    let work = ctx.publisher.send(names.task_subject(&target.queue, target.band), h, &target.run_id, body.into());
-    let event = RunEvent { queue: Some(target.queue.clone()), ..event_for(a, &target.run_id, RunStatus::Queued, None) };
-    let queued = ctx.publisher.send_event(&event);
-    let (work, queued) = futures::join!(work, queued);
-    let acked = match (work, queued) {
-        (Ok(w), Ok(q)) => futures::try_join!(w.into_future(), q.into_future())
-            .map(|_| jetsched_runtime::publish::count_event(&event))
-            .map_err(|e| e.to_string()),
-        (Err(e), _) | (_, Err(e)) => Err(e.to_string()),
-    };
-    match acked {
-        Ok(()) => {
+    let subject = names.task_subject(&target.queue, target.band);
+    match ctx.publisher.publish(subject, h, &target.run_id, body.into()).await {
+        Ok(_) => {
             tracing::debug!(run_id = %target.run_id, task = %a.task, queue = %target.queue, band = target.band, "queued");
             Ok(())
         }
         Err(err) => {
             tracing::debug!(run_id = %target.run_id, %err, "cannot publish work; will retry");
             DISPATCHING.failed(&format_args!("cannot publish work: {err}"));
-            Err(RETRY)
-        }
-    }
-}
-
-/// The run exists already. A duplicate (another inbox message) is dropped.
-/// This same inbox message delivered again means an earlier try created the
-/// run and published its work (a worker has moved it on since), but maybe
-/// not its `queued` event (the events stream had no leader): publish that
-/// again (its message id keeps it stored once).
-async fn requeued_event(ctx: &Ctx, msg: &Inbox<'_>, a: &Accepted, target: &Target) -> Result<(), Disposition> {
-    let entry = match ctx.runs.entry(&target.run_id).await {
-        Ok(entry) => entry,
-        Err(err) => {
-            DISPATCHING.failed(&format_args!("cannot read run record: {err}"));
-            return Err(RETRY);
-        }
-    };
-    let same_message =
-        entry.and_then(|e| serde_json::from_slice::<RunRecord>(&e.value).ok()).is_some_and(|r| r.source_seq == msg.seq);
-    if !same_message {
-        tracing::debug!(run_id = %target.run_id, "duplicate of an existing run; dropped");
-        return Ok(());
-    }
-    let event = RunEvent { queue: Some(target.queue.clone()), ..event_for(a, &target.run_id, RunStatus::Queued, None) };
-    match ctx.publisher.event(&event).await {
-        Ok(()) => Ok(()),
-        Err(err) => {
-            DISPATCHING.failed(&format_args!("cannot publish run event: {err}"));
             Err(RETRY)
         }
     }
@@ -418,21 +280,9 @@ fn work_item(a: &Accepted, run_id: String, shard: Option<Shard>, queued_at: Time
     }
 }
 
-/// An event about run `run_id` of `a`.
-pub(crate) fn event_for(a: &Accepted, run_id: &str, status: RunStatus, error: Option<String>) -> RunEvent {
-    RunEvent {
-        schedule: a.schedule.clone(),
-        scheduled_for: a.scheduled_for,
-        error,
-        workflow_run: a.parent.clone(),
-        step: a.step.clone(),
-        ..RunEvent::new(status, &a.task, Some(run_id.to_string()))
-    }
-}
-
 /// Ends a run that never reaches a worker (`skipped` by a gate, or `dead`
-/// when a gate gives up): record, event, a DLQ copy for dead ones, and the
-/// outcome to its workflow if it is a step.
+/// when a gate gives up): a DLQ copy for dead ones, the record (announced),
+/// and the outcome to its workflow if it is a step.
 pub(crate) async fn finish_unrun(
     ctx: &Ctx,
     msg: &Inbox<'_>,
@@ -441,79 +291,40 @@ pub(crate) async fn finish_unrun(
     reason: String,
 ) -> Disposition {
     tracing::info!(run_id = %a.run_id, task = %a.task, %status, %reason, "run ends without running");
+    if status == RunStatus::Dead {
+        let h = msg.headers.cloned().unwrap_or_default();
+        if let Err(err) =
+            ctx.publisher.dead_letter(&a.task, &a.run_id, &reason, msg.subject, h, msg.payload.clone()).await
+        {
+            DISPATCHING.failed(&format_args!("cannot store dead letter: {err}"));
+            return RETRY;
+        }
+    }
     let mut record = new_record(a, &a.run_id, &a.def.queue, 0, msg.seq, status);
     record.error = Some(reason.clone());
-    match create_record(ctx, &record).await {
-        Ok(Some(_)) => {}
-        Ok(None) => return Disposition::Ack,
+    match create_record(ctx, record).await {
+        Ok(Created::New(_)) => {}
+        Ok(Created::Again(stored)) => {
+            // Our own earlier try: its event may not have gone out.
+            if let Err(err) = ctx.runs.announce(&stored.record).await {
+                DISPATCHING.failed(&format_args!("cannot publish run event: {err}"));
+                return RETRY;
+            }
+        }
+        Ok(Created::Duplicate) => return Disposition::Ack,
         Err(err) => {
             tracing::debug!(run_id = %a.run_id, %err, "cannot create run record; will retry");
             DISPATCHING.failed(&format_args!("cannot create run record: {err}"));
             return RETRY;
         }
     }
-    if status == RunStatus::Dead {
-        let h = msg.headers.cloned().unwrap_or_default();
-        if ctx.publisher.dead_letter(&a.task, &a.run_id, &reason, msg.subject, h, msg.payload.clone()).await.is_err() {
-            return RETRY;
-        }
-    }
-    let event = event_for(a, &a.run_id, status, Some(reason.clone()));
-    if ctx.publisher.event(&event).await.is_err() {
-        return RETRY;
-    }
     if let (Some(parent), Some(step)) = (&a.parent, &a.step)
-        && report_step(ctx, &a.task, parent, step, &a.run_id, status, None, Some(reason)).await.is_err()
+        && let Err(err) = report_step(ctx, &a.task, parent, step, &a.run_id, status, None, Some(reason)).await
     {
+        DISPATCHING.failed(&format_args!("cannot report the step to its workflow: {err}"));
         return RETRY;
     }
     Disposition::Ack
-}
-
-/// Tells workflow run `parent` that its `step` reached `status`.
-#[allow(clippy::too_many_arguments)]
-pub(crate) async fn report_step(
-    ctx: &Ctx,
-    task: &str,
-    parent: &str,
-    step: &str,
-    run_id: &str,
-    status: RunStatus,
-    result: Option<Value>,
-    error: Option<String>,
-) -> anyhow::Result<()> {
-    let outcome = StepOutcome {
-        workflow_run: parent.to_string(),
-        step: step.to_string(),
-        run_id: run_id.to_string(),
-        status,
-        result,
-        error,
-    };
-    let names = ctx.publisher.names();
-    let id = format!("advance:{run_id}:{status}");
-    ctx.publisher
-        .publish(names.advance_subject(task), HeaderMap::new(), &id, serde_json::to_vec(&outcome)?.into())
-        .await?;
-    Ok(())
-}
-
-/// Marks `run_id` cancel-requested and tells whichever worker holds it.
-pub(crate) async fn request_cancel(ctx: &Ctx, run_id: &str) -> anyhow::Result<()> {
-    for _ in 0..8 {
-        let Some(entry) = ctx.runs.entry(run_id).await? else { return Ok(()) };
-        let mut record: RunRecord = serde_json::from_slice(&entry.value)?;
-        if record.status.is_terminal() || record.cancel_requested {
-            return Ok(());
-        }
-        record.cancel_requested = true;
-        if ctx.runs.update(run_id, serde_json::to_vec(&record)?.into(), entry.revision).await.is_ok() {
-            let client = ctx.publisher.js().client();
-            client.publish(ctx.publisher.names().cancel_subject(run_id), Bytes::new()).await?;
-            return Ok(());
-        }
-    }
-    Ok(())
 }
 
 /// Reports a rejection and keeps the original in the DLQ.

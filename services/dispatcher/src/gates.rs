@@ -1,16 +1,18 @@
-//! The checks a run passes before it is queued: its schedule's overlap
-//! policy, its schedule's dependency on another schedule, and its task's
-//! time window. Each says go, wait (the inbox message comes back later),
-//! start no earlier than some instant, skip, or fail.
+//! The checks a run passes before it is queued: its schedule's dependency
+//! on another schedule, its task's time window, and (last, in
+//! `crate::overlap`) its schedule's overlap policy. Each says go, wait (the
+//! inbox message comes back later), start no earlier than some instant,
+//! skip, or fail.
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
-use jetsched_contract::schedule::{Overlap, ScheduleDependency};
+use jetsched_contract::schedule::ScheduleDependency;
 use jetsched_contract::{RunRecord, RunStatus, ScheduleDef, run};
+use jetsched_runtime::Backoff;
 use jiff::{SignedDuration, Timestamp};
-use serde::{Deserialize, Serialize};
 
-use crate::dispatch::Ctx;
+use crate::ctx::Ctx;
 
 /// A gate's verdict.
 #[derive(Debug, PartialEq)]
@@ -27,98 +29,39 @@ pub enum Gate {
     Fail(String),
 }
 
-/// Overlap bookkeeping of one schedule, under `o.<schedule>` in `jetsched-runs`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct OverlapState {
-    /// The schedule's latest dispatched run.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub active: Option<String>,
-    /// Under `buffer_one`: the fire waiting for `active` to finish.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub buffered: Option<String>,
+/// The record of run `run_id`, if it exists.
+pub(crate) async fn run_record(ctx: &Ctx, run_id: &str) -> anyhow::Result<Option<RunRecord>> {
+    Ok(ctx.runs.get(run_id).await?.map(|s| s.record))
 }
 
-fn overlap_key(schedule: &str) -> String {
-    format!("o.{schedule}")
+/// The status of run `run_id`, if it has a record.
+pub(crate) async fn run_status(ctx: &Ctx, run_id: &str) -> anyhow::Result<Option<RunStatus>> {
+    Ok(run_record(ctx, run_id).await?.map(|r| r.status))
 }
 
-async fn status_of(ctx: &Ctx, run_id: &str) -> anyhow::Result<Option<RunStatus>> {
-    Ok(match ctx.runs.get(run_id).await? {
-        Some(v) => serde_json::from_slice::<RunRecord>(&v).ok().map(|r| r.status),
-        None => None,
-    })
-}
+/// Most fires of the other schedule looked at for one date: its latest ones.
+const DEPENDENCY_FIRES: usize = 64;
 
-/// Applies the schedule's overlap policy to its fire `run_id`.
-pub async fn overlap(ctx: &Ctx, schedule: &str, policy: Overlap, run_id: &str) -> anyhow::Result<Gate> {
-    if policy == Overlap::Allow {
-        return Ok(Gate::Go);
-    }
-    let key = overlap_key(schedule);
-    let entry = ctx.runs.entry(&key).await?;
-    let (state, revision) = match &entry {
-        Some(e) if e.operation == async_nats::jetstream::kv::Operation::Put => {
-            (serde_json::from_slice::<OverlapState>(&e.value).unwrap_or_default(), e.revision)
-        }
-        _ => (OverlapState::default(), 0),
-    };
-    let running = match &state.active {
-        Some(active) if active != run_id => match status_of(ctx, active).await? {
-            Some(s) => !s.is_terminal(),
-            None => false,
-        },
-        _ => false,
-    };
-    if !running {
-        if policy == Overlap::BufferOne && state.buffered.as_deref().is_some_and(|b| b != run_id) {
-            return Ok(Gate::Skip(format!(
-                "run {} is already waiting for its turn",
-                state.buffered.unwrap_or_default()
-            )));
-        }
-        return Ok(Gate::Go);
-    }
-    let active = state.active.clone().unwrap_or_default();
-    match policy {
-        Overlap::Allow => Ok(Gate::Go),
-        Overlap::Skip => Ok(Gate::Skip(format!("previous run {active} is still running"))),
-        Overlap::BufferOne => match &state.buffered {
-            Some(b) if b == run_id => Ok(Gate::Wait(Duration::from_millis(500))),
-            Some(b) => Ok(Gate::Skip(format!("run {b} is already waiting for {active} to finish"))),
-            None => {
-                let next = OverlapState { buffered: Some(run_id.to_string()), ..state };
-                let value = serde_json::to_vec(&next)?;
-                let stored = if revision == 0 {
-                    ctx.runs.create(&key, value.into()).await.map(|_| ()).map_err(anyhow::Error::from)
-                } else {
-                    ctx.runs.update(&key, value.into(), revision).await.map(|_| ()).map_err(anyhow::Error::from)
-                };
-                // Lost a race with another fire: look again shortly.
-                let _ = stored;
-                Ok(Gate::Wait(Duration::from_millis(500)))
-            }
-        },
-        Overlap::CancelPrevious => {
-            crate::dispatch::request_cancel(ctx, &active).await?;
-            Ok(Gate::Go)
-        }
-    }
-}
+/// Most fires of the other schedule walked through for one date.
+const DEPENDENCY_WALK: usize = 200_000;
 
-/// Records `run_id` as the schedule's active run (after it was queued).
-pub async fn mark_active(ctx: &Ctx, schedule: &str, run_id: &str) -> anyhow::Result<()> {
-    let state = OverlapState { active: Some(run_id.to_string()), buffered: None };
-    ctx.runs.put(overlap_key(schedule), serde_json::to_vec(&state)?.into()).await?;
-    Ok(())
+/// A fire waiting for its dependency looks again after
+/// `delay_for(delivery count)` of this, never past its deadline.
+fn dependency_poll() -> Backoff {
+    Backoff::new(Duration::from_millis(250), Duration::from_secs(5))
 }
 
 /// Whether the schedule `dep.schedule` has a succeeded run on the same date
-/// (in `zone`) as `nominal`; waits until `nominal + dep.wait`, then fails.
+/// (in `zone`) as `nominal`: go if so; if not, wait (looking again with
+/// backoff) until `nominal + dep.wait`, then fail with the reason. `fire`
+/// and `delivered` name the waiting fire for its one log line.
 pub async fn dependency(
     ctx: &Ctx,
     dep: &ScheduleDependency,
     zone: Option<&str>,
     nominal: Timestamp,
+    fire: &str,
+    delivered: u64,
 ) -> anyhow::Result<Gate> {
     let deadline = nominal.checked_add(SignedDuration::try_from(dep.wait.0)?)?;
     let Some(value) = ctx.schedules.get(&dep.schedule).await? else {
@@ -136,22 +79,48 @@ pub async fn dependency(
     let day_start = tz.to_ambiguous_timestamp(date.to_datetime(jiff::civil::Time::midnight())).compatible()?;
     let day_end =
         tz.to_ambiguous_timestamp(date.tomorrow()?.to_datetime(jiff::civil::Time::midnight())).compatible()?;
+    let now = Timestamp::now();
+    // Fires still ahead have no run yet (a minute of slack for clocks).
+    let upto = day_end.min(now.checked_add(SignedDuration::from_secs(60))?);
     let before = day_start.checked_sub(SignedDuration::from_nanos(1))?;
-    let fires: Vec<Timestamp> = other.iter_after(before).take_while(|t| *t < day_end).take(10_000).collect();
-    for fire in &fires {
-        if status_of(ctx, &run::scheduled_run_id(&dep.schedule, *fire)).await? == Some(RunStatus::Succeeded) {
-            return Ok(Gate::Go);
+    let mut latest = VecDeque::with_capacity(DEPENDENCY_FIRES);
+    for t in other.iter_after(before).take_while(|t| *t < upto).take(DEPENDENCY_WALK) {
+        if latest.len() == DEPENDENCY_FIRES {
+            latest.pop_front();
+        }
+        latest.push_back(t);
+    }
+    let mut last_seen: Option<RunRecord> = None;
+    for t in latest.iter().rev() {
+        match run_record(ctx, &run::scheduled_run_id(&dep.schedule, *t)).await? {
+            Some(r) if r.status == RunStatus::Succeeded => {
+                if delivered > 1 {
+                    tracing::info!(run_id = fire, upstream = %r.run_id, "dependency met; the fire goes on");
+                }
+                return Ok(Gate::Go);
+            }
+            Some(r) if last_seen.is_none() => last_seen = Some(r),
+            _ => {}
         }
     }
-    let now = Timestamp::now();
     if now >= deadline {
+        let latest = match last_seen {
+            None => "it has no run on that date".to_string(),
+            Some(r) => match r.error {
+                Some(e) if r.status.is_terminal() => format!("its latest run {} ended {}: {e}", r.run_id, r.status),
+                _ => format!("its latest run {} is {}", r.run_id, r.status),
+            },
+        };
         return Ok(Gate::Fail(format!(
-            "dependency not met: no run of schedule {} on {date} succeeded by {deadline}",
+            "dependency not met: no run of schedule {} on {date} succeeded by {deadline} ({latest})",
             dep.schedule
         )));
     }
+    if delivered <= 1 {
+        tracing::info!(run_id = fire, upstream = %dep.schedule, %date, %deadline, "fire waits for the schedule it depends on");
+    }
     let left = deadline.duration_since(now).unsigned_abs();
-    Ok(Gate::Wait(left.min(Duration::from_secs(1))))
+    Ok(Gate::Wait(dependency_poll().delay_for(delivered).min(left)))
 }
 
 /// The task's time window at `at`.

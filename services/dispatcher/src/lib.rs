@@ -4,20 +4,21 @@
 //! instant loses nothing; the run-id gate in `jetsched-runs` makes sure the
 //! redelivered copy does not run twice.
 
-pub mod cache;
-pub mod dispatch;
-pub mod gates;
-pub mod priority;
-pub mod registry;
-pub mod reroute;
-pub mod route;
-pub mod workflow;
+mod cache;
+mod ctx;
+mod dispatch;
+mod gates;
+mod overlap;
+mod priority;
+mod registry;
+mod reroute;
+mod route;
+mod workflow;
 
 use jetsched_contract::parse_duration;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::AckKind;
 use async_nats::jetstream::consumer::PullConsumer;
 use futures::StreamExt;
 use jetsched_contract::{Handles, setup};
@@ -28,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
 use crate::cache::DefCache;
-use crate::dispatch::{Ctx, Disposition, Inbox};
+use crate::ctx::{Ctx, DISPATCHING, Disposition, Inbox};
 use crate::priority::Weights;
 use crate::registry::Registry;
 
@@ -95,7 +96,7 @@ pub async fn run(
             background.clone(),
         ),
         registry: Registry::spawn(handles.workers.clone(), config.worker_ttl, background.clone()),
-        runs: handles.runs.clone(),
+        runs: jetsched_runtime::RunStore::open(publisher.clone()).await?,
         schedules: handles.schedules.clone(),
         weights: Weights {
             importance: config.weight_importance,
@@ -103,6 +104,7 @@ pub async fn run(
             reference: config.duration_reference,
         },
         rates: handles.rates.clone(),
+        overlap: handles.overlap.clone(),
         publisher,
     });
     let permits = Arc::new(Semaphore::new(config.dispatch_concurrency.max(1)));
@@ -183,29 +185,28 @@ pub async fn run(
             inflight.spawn(
                 async move {
                     let _permit = permit;
-                    let (seq, stored) = match msg.info() {
-                        Ok(i) => (i.stream_sequence, Some(i.published.unix_timestamp_nanos())),
-                        Err(_) => (0, None),
+                    let (seq, delivered, stored) = match msg.info() {
+                        Ok(i) => {
+                            (i.stream_sequence, i.delivered.max(0) as u64, Some(i.published.unix_timestamp_nanos()))
+                        }
+                        Err(_) => (0, 1, None),
                     };
                     let inbox = Inbox {
                         subject: msg.subject.as_str(),
                         headers: msg.headers.as_ref(),
                         payload: &msg.payload,
                         seq,
+                        delivered,
                     };
                     let disposition = dispatch::handle(&ctx, inbox).await;
                     if let (Disposition::Ack, Some(stored)) = (&disposition, stored) {
                         let now = jiff::Timestamp::now().as_nanosecond();
                         metrics().dispatch_latency.record(((now - stored).max(0) as f64) / 1e9, &[]);
                     }
-                    let outcome = match disposition {
-                        Disposition::Ack => msg.ack().await,
-                        Disposition::Retry(delay) => msg.ack_with(AckKind::Nak(Some(delay))).await,
-                    };
-                    match outcome {
-                        Ok(()) => dispatch::DISPATCHING.recovered(),
+                    match disposition.apply(&msg).await {
+                        Ok(()) => DISPATCHING.recovered(),
                         // The message comes back after ack_wait; the run-id gate absorbs it.
-                        Err(err) => dispatch::DISPATCHING.failed(&format_args!("cannot ack inbox message: {err}")),
+                        Err(err) => DISPATCHING.failed(&format_args!("cannot ack inbox message: {err}")),
                     }
                 }
                 .instrument(span),

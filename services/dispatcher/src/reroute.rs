@@ -9,10 +9,11 @@ use std::time::Duration;
 
 use async_nats::jetstream::consumer::PullConsumer;
 use futures::{StreamExt, TryStreamExt};
-use jetsched_contract::{Handles, RunRecord, RunStatus, WorkItem};
+use jetsched_contract::{Handles, RunRecord, RunStatus, WorkItem, WorkerInfo};
+use jetsched_runtime::{Change, Known};
 use tokio_util::sync::CancellationToken;
 
-use crate::dispatch::Ctx;
+use crate::ctx::Ctx;
 
 /// Sweeps for departed workers' queues until `shutdown`.
 pub async fn sweep(ctx: std::sync::Arc<Ctx>, handles: Handles, every: Duration, shutdown: CancellationToken) {
@@ -82,20 +83,25 @@ async fn resettle(ctx: &Ctx, item: WorkItem, seq: u64, band: u8) -> anyhow::Resu
     if item.shard.is_some() {
         let reason = "its worker left before running this broadcast share".to_string();
         mark(ctx, &item.run_id, RunStatus::Skipped, &reason).await?;
-        let event = jetsched_contract::RunEvent {
-            error: Some(reason),
-            schedule: item.schedule.clone(),
-            scheduled_for: item.scheduled_for,
-            ..jetsched_contract::RunEvent::new(RunStatus::Skipped, &item.task, Some(item.run_id.clone()))
-        };
-        ctx.publisher.event(&event).await?;
         return Ok(true);
     }
     let labels = item.def.requires.as_ref().map(|r| r.labels.clone()).unwrap_or_default();
-    let workers = ctx.registry.matching(&item.def.queue, &labels);
+    let mut workers = ctx.registry.matching(&item.def.queue, &labels);
+    let need = item.def.need();
+    let by_room = item.def.placed_by_room();
+    if by_room {
+        workers.retain(|w| crate::registry::big_enough(w, &need));
+    }
+    let placed;
     let Some(target) = (match &item.def.routing {
         jetsched_contract::Routing::ConsistentHash(t) => {
             crate::registry::rendezvous(&jetsched_contract::render_template(t, &item.payload), &workers)
+        }
+        // The one with the most room for it, counted against it at once.
+        _ if by_room => {
+            let all: Vec<&WorkerInfo> = workers.iter().collect();
+            placed = ctx.registry.place(&all, &need, &item.run_id, |rooms| crate::registry::roomiest(rooms, &need));
+            placed.as_ref()
         }
         _ => workers.get(seq as usize % workers.len().max(1)),
     }) else {
@@ -105,24 +111,22 @@ async fn resettle(ctx: &Ctx, item: WorkItem, seq: u64, band: u8) -> anyhow::Resu
     h.insert(jetsched_contract::headers::RUN_ID, item.run_id.as_str());
     let subject = names.task_subject(&names.worker_queue(&target.id), band);
     let msg_id = format!("{}/r{seq}", item.run_id);
-    ctx.publisher.publish(subject, h, &msg_id, serde_json::to_vec(&item)?.into()).await?;
+    if let Err(err) = ctx.publisher.publish(subject, h, &msg_id, serde_json::to_vec(&item)?.into()).await {
+        ctx.registry.unplace(&target.id, &item.run_id);
+        return Err(err.into());
+    }
     tracing::info!(run_id = %item.run_id, to = %target.id, "re-routed from a departed worker");
     Ok(true)
 }
 
 async fn mark(ctx: &Ctx, run_id: &str, status: RunStatus, reason: &str) -> anyhow::Result<()> {
-    for _ in 0..8 {
-        let Some(entry) = ctx.runs.entry(run_id).await? else { return Ok(()) };
-        let mut record: RunRecord = serde_json::from_slice(&entry.value)?;
-        if record.status.is_terminal() {
-            return Ok(());
-        }
-        record.status = status;
-        record.error = Some(reason.to_string());
-        record.finished_at = Some(jiff::Timestamp::now());
-        if ctx.runs.update(run_id, serde_json::to_vec(&record)?.into(), entry.revision).await.is_ok() {
-            return Ok(());
-        }
-    }
+    ctx.runs
+        .update(run_id, Known::Read, |current| match current {
+            Some(r) if !r.status.is_terminal() => {
+                Change::Write(RunRecord { status, error: Some(reason.to_string()), ..r.clone() }, ())
+            }
+            _ => Change::Keep(()),
+        })
+        .await?;
     Ok(())
 }

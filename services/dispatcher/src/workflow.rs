@@ -14,11 +14,14 @@ use async_nats::HeaderMap;
 use jetsched_contract::task::Step;
 use jetsched_contract::workflow::{Decision, StepState, WorkflowState, decide, outcome, step_payload, step_run_id};
 use jetsched_contract::{RunRecord, RunStatus, StepOutcome, StepStart};
+use jetsched_runtime::{Change, Known, Stored};
 use jiff::Timestamp;
 
-use crate::dispatch::{Accepted, Ctx, Disposition, Inbox, RETRY, create_record, event_for, new_record, report_step};
+use crate::ctx::{
+    Accepted, Created, Ctx, DISPATCHING, Disposition, Inbox, RETRY, create_record, new_record, report_step,
+};
 
-/// Starts workflow run `a`: its record, a `started` event, its root steps.
+/// Starts workflow run `a`: its record (announced `started`), its root steps.
 pub async fn start(ctx: &Ctx, msg: &Inbox<'_>, a: Accepted) -> Disposition {
     let Some(steps) = a.def.steps.clone() else { return Disposition::Ack };
     let state = WorkflowState {
@@ -31,30 +34,24 @@ pub async fn start(ctx: &Ctx, msg: &Inbox<'_>, a: Accepted) -> Disposition {
         workflow: Some(state),
         ..new_record(&a, &a.run_id, &a.def.queue, 0, msg.seq, RunStatus::Started)
     };
-    let revision = match create_record(ctx, &record).await {
-        Ok(Some(rev)) => rev,
-        Ok(None) => return Disposition::Ack,
+    let stored = match create_record(ctx, record).await {
+        Ok(Created::New(stored) | Created::Again(stored)) => stored,
+        Ok(Created::Duplicate) => return Disposition::Ack,
         Err(err) => {
             tracing::debug!(run_id = %a.run_id, %err, "cannot create workflow record; will retry");
-            crate::dispatch::DISPATCHING.failed(&format_args!("cannot create workflow record: {err}"));
+            DISPATCHING.failed(&format_args!("cannot create workflow record: {err}"));
             return RETRY;
         }
     };
-    let event = RunEvent { attempt: 1, ..event_for(&a, &a.run_id, RunStatus::Started, None) };
-    if ctx.publisher.event(&event).await.is_err() {
-        return RETRY;
-    }
-    match progress(ctx, &steps, record, revision).await {
+    match progress(ctx, &steps, stored).await {
         Ok(()) => Disposition::Ack,
         Err(err) => {
             tracing::debug!(run_id = %a.run_id, %err, "cannot start the workflow's steps; will retry");
-            crate::dispatch::DISPATCHING.failed(&format_args!("cannot start the workflow's steps: {err}"));
+            DISPATCHING.failed(&format_args!("cannot start the workflow's steps: {err}"));
             RETRY
         }
     }
 }
-
-use jetsched_contract::RunEvent;
 
 /// Records a step's outcome in its workflow run and moves the workflow on.
 pub async fn advance(ctx: &Ctx, msg: &Inbox<'_>) -> Disposition {
@@ -65,67 +62,68 @@ pub async fn advance(ctx: &Ctx, msg: &Inbox<'_>) -> Disposition {
             return Disposition::Ack;
         }
     };
-    for _ in 0..8 {
-        let entry = match ctx.runs.entry(&outcome.workflow_run).await {
-            Ok(Some(e)) => e,
-            Ok(None) => {
-                tracing::warn!(workflow_run = %outcome.workflow_run, "step outcome for an unknown workflow run; dropped");
-                return Disposition::Ack;
-            }
-            Err(_) => return RETRY,
-        };
-        let Ok(mut record) = serde_json::from_slice::<RunRecord>(&entry.value) else { return Disposition::Ack };
-        let steps = match ctx.tasks.get(&record.task).await {
-            Ok(Some(Ok(def))) => def.steps.clone().unwrap_or_default(),
-            Ok(_) => {
-                tracing::warn!(workflow = %record.task, "workflow definition gone; step outcome dropped");
-                return Disposition::Ack;
-            }
-            Err(_) => return RETRY,
-        };
-        let Some(state) = record.workflow.as_mut() else { return Disposition::Ack };
-        let step = state.steps.entry(outcome.step.clone()).or_default();
-        if step.status.is_some_and(RunStatus::is_terminal) {
+    let workflow_run = outcome.workflow_run.clone();
+    let recorded = ctx
+        .runs
+        .update(&workflow_run, Known::Read, |current| {
+            let Some(record) = current else { return Change::Keep(false) };
+            let mut next = record.clone();
+            let Some(state) = next.workflow.as_mut() else { return Change::Keep(false) };
+            let step = state.steps.entry(outcome.step.clone()).or_default();
             // Already recorded (a redelivered outcome): just make sure the
             // workflow moved on.
-            return match progress(ctx, &steps, record, entry.revision).await {
-                Ok(()) => Disposition::Ack,
-                Err(_) => RETRY,
-            };
-        }
-        step.status = Some(outcome.status);
-        step.run_id = Some(outcome.run_id.clone());
-        step.result = outcome.result.clone();
-        step.error = outcome.error.clone();
-        record.updated_at = Timestamp::now();
-        let Ok(value) = serde_json::to_vec(&record) else { return Disposition::Ack };
-        match ctx.runs.update(&outcome.workflow_run, value.into(), entry.revision).await {
-            Ok(rev) => {
-                return match progress(ctx, &steps, record, rev).await {
-                    Ok(()) => Disposition::Ack,
-                    Err(err) => {
-                        tracing::debug!(%err, "cannot move the workflow on; will retry");
-                        crate::dispatch::DISPATCHING.failed(&format_args!("cannot move the workflow on: {err}"));
-                        RETRY
-                    }
-                };
+            if step.status.is_some_and(RunStatus::is_terminal) || record.status.is_terminal() {
+                return Change::Keep(true);
             }
-            Err(_) => continue,
+            step.status = Some(outcome.status);
+            step.run_id = Some(outcome.run_id.clone());
+            step.result = outcome.result.clone();
+            step.error = outcome.error.clone();
+            Change::Write(next, true)
+        })
+        .await;
+    let stored = match recorded {
+        Ok((true, Some(stored))) => stored,
+        Ok(_) => {
+            tracing::warn!(%workflow_run, "step outcome for an unknown workflow run; dropped");
+            return Disposition::Ack;
+        }
+        Err(err) => {
+            tracing::debug!(%workflow_run, %err, "cannot record a step outcome; will retry");
+            DISPATCHING.failed(&format_args!("cannot record a step outcome: {err}"));
+            return RETRY;
+        }
+    };
+    let steps = match ctx.tasks.get(&stored.record.task).await {
+        Ok(Some(Ok(def))) => def.steps.clone().unwrap_or_default(),
+        Ok(_) => {
+            tracing::warn!(workflow = %stored.record.task, "workflow definition gone; it cannot move on");
+            return Disposition::Ack;
+        }
+        Err(err) => {
+            DISPATCHING.failed(&format_args!("cannot read workflow definition: {err}"));
+            return RETRY;
+        }
+    };
+    match progress(ctx, &steps, stored).await {
+        Ok(()) => Disposition::Ack,
+        Err(err) => {
+            tracing::debug!(%err, "cannot move the workflow on; will retry");
+            DISPATCHING.failed(&format_args!("cannot move the workflow on: {err}"));
+            RETRY
         }
     }
-    RETRY
 }
 
 /// Starts or skips every step whose fate is known, until none is; then, if
 /// every step has an outcome, ends the workflow run.
-async fn progress(
-    ctx: &Ctx,
-    steps: &BTreeMap<String, Step>,
-    mut record: RunRecord,
-    mut revision: u64,
-) -> anyhow::Result<()> {
+async fn progress(ctx: &Ctx, steps: &BTreeMap<String, Step>, mut stored: Stored) -> anyhow::Result<()> {
     loop {
+        let record = &stored.record;
         let Some(state) = record.workflow.clone() else { return Ok(()) };
+        if record.status.is_terminal() {
+            return Ok(());
+        }
         let decisions = decide(steps, &state);
         if decisions.is_empty() {
             break;
@@ -137,34 +135,26 @@ async fn progress(
             let entry = next.steps.entry(name.clone()).or_default();
             match decision {
                 Decision::Start => {
-                    start_step(ctx, &record, &name, step, &state).await?;
+                    start_step(ctx, record, &name, step, &state).await?;
                     entry.status = Some(RunStatus::Queued);
                     entry.run_id = Some(run_id);
                 }
                 Decision::Skip(reason) => {
-                    let event = RunEvent {
-                        error: Some(reason.clone()),
-                        schedule: record.schedule.clone(),
-                        scheduled_for: record.scheduled_for,
-                        workflow_run: Some(record.run_id.clone()),
-                        step: Some(name.clone()),
-                        ..RunEvent::new(RunStatus::Skipped, &step.task, Some(run_id.clone()))
-                    };
-                    ctx.publisher.event(&event).await?;
+                    skip_step(ctx, record, &name, step, &run_id, &reason).await?;
                     entry.status = Some(RunStatus::Skipped);
                     entry.run_id = Some(run_id);
                     entry.error = Some(reason);
                 }
             }
         }
-        record.workflow = Some(next);
-        record.updated_at = Timestamp::now();
-        revision = ctx.runs.update(&record.run_id, serde_json::to_vec(&record)?.into(), revision).await?;
+        // Written on the record read: a conflict (an outcome recorded
+        // meanwhile) fails this try, and the message that brought us here
+        // is redelivered and starts over from the stored state.
+        let written = RunRecord { workflow: Some(next), ..record.clone() };
+        stored = write_if_unchanged(ctx, &stored, written).await?;
     }
+    let record = &stored.record;
     let Some(state) = &record.workflow else { return Ok(()) };
-    if record.status.is_terminal() {
-        return Ok(());
-    }
     let Some(status) = outcome(state) else { return Ok(()) };
     let failed: Vec<&String> = state
         .steps
@@ -176,25 +166,54 @@ async fn progress(
         .collect();
     let error = (!failed.is_empty())
         .then(|| format!("steps failed: {}", failed.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")));
-    record.status = status;
-    record.error = error.clone();
-    record.finished_at = Some(Timestamp::now());
-    record.updated_at = Timestamp::now();
-    ctx.runs.update(&record.run_id, serde_json::to_vec(&record)?.into(), revision).await?;
-    let event = RunEvent {
-        attempt: 1,
-        error: error.clone(),
-        schedule: record.schedule.clone(),
-        scheduled_for: record.scheduled_for,
-        workflow_run: record.parent.clone(),
-        step: record.step.clone(),
-        ..RunEvent::new(status, &record.task, Some(record.run_id.clone()))
-    };
-    ctx.publisher.event(&event).await?;
-    tracing::info!(run_id = %record.run_id, workflow = %record.task, %status, "workflow run finished");
+    let finished = RunRecord { status, error: error.clone(), ..record.clone() };
+    let done = write_if_unchanged(ctx, &stored, finished).await?.record;
+    tracing::info!(run_id = %done.run_id, workflow = %done.task, %status, "workflow run finished");
     // A workflow that is itself a step reports to its parent.
-    if let (Some(parent), Some(step)) = (&record.parent, &record.step) {
-        report_step(ctx, &record.task, parent, step, &record.run_id, status, None, error).await?;
+    if let (Some(parent), Some(step)) = (&done.parent, &done.step) {
+        report_step(ctx, &done.task, parent, step, &done.run_id, done.status, None, done.error.clone()).await?;
+    }
+    Ok(())
+}
+
+/// Writes `next` over `base` if the record is still `base`; an error if it
+/// changed meanwhile (the caller's message is redelivered and starts over).
+async fn write_if_unchanged(ctx: &Ctx, base: &Stored, next: RunRecord) -> anyhow::Result<Stored> {
+    let expected = base.record.clone();
+    let (written, now) = ctx
+        .runs
+        .update(&expected.run_id, Known::Is(base.clone()), |current| match current {
+            Some(c) if *c == expected => Change::Write(next.clone(), true),
+            _ => Change::Keep(false),
+        })
+        .await?;
+    match (written, now) {
+        (true, Some(now)) => Ok(now),
+        _ => anyhow::bail!("workflow record {} changed meanwhile; starting over", expected.run_id),
+    }
+}
+
+/// Records a step skipped by its trigger rule (a record of its own, so that
+/// `runs get` and the events show it, announced `skipped`).
+async fn skip_step(
+    ctx: &Ctx,
+    workflow: &RunRecord,
+    name: &str,
+    step: &Step,
+    run_id: &str,
+    reason: &str,
+) -> anyhow::Result<()> {
+    let record = RunRecord {
+        schedule: workflow.schedule.clone(),
+        scheduled_for: workflow.scheduled_for,
+        parent: Some(workflow.run_id.clone()),
+        step: Some(name.to_string()),
+        error: Some(reason.to_string()),
+        ..RunRecord::new(run_id, &step.task, RunStatus::Skipped, &workflow.queue, 0, workflow.source_seq)
+    };
+    if let Err(existing) = ctx.runs.create(record).await? {
+        // Recorded by an earlier try: its event may not have gone out.
+        ctx.runs.announce(&existing.record).await?;
     }
     Ok(())
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use async_nats::jetstream;
 use async_nats::{Client, ConnectOptions, Event, ServerAddr};
-use jetsched_contract::Names;
+use jetsched_contract::{Names, Role};
 
 /// The URL used when none is given.
 pub const DEFAULT_URL: &str = "nats://127.0.0.1:4222";
@@ -59,6 +59,10 @@ pub struct NatsArgs {
     /// Name prefix for every subject, stream and bucket (multi-tenant setups).
     #[arg(long, env = "JETSCHED_PREFIX", default_value = jetsched_contract::DEFAULT_PREFIX, global = true)]
     pub prefix: String,
+    /// Subject prefix of this connection's reply inboxes [default:
+    /// _INBOX_<prefix>_<role>, the one `jetsched permissions <role>` allows].
+    #[arg(long = "inbox-prefix", env = "JETSCHED_INBOX_PREFIX", global = true)]
+    pub inbox_prefix: Option<String>,
 }
 
 impl NatsArgs {
@@ -72,7 +76,15 @@ impl NatsArgs {
         Names::new(&self.prefix).context("invalid --prefix")
     }
 
-    async fn options(&self, name: &str) -> anyhow::Result<ConnectOptions> {
+    /// The reply inbox prefix of a connection playing `role`.
+    pub fn inbox_prefix(&self, role: Role) -> anyhow::Result<String> {
+        match &self.inbox_prefix {
+            Some(prefix) => Ok(prefix.clone()),
+            None => Ok(self.names()?.inbox_prefix(role.as_str())),
+        }
+    }
+
+    async fn options(&self, role: Role, name: &str) -> anyhow::Result<ConnectOptions> {
         let mut opts = match &self.creds {
             Some(path) => ConnectOptions::with_credentials_file(path)
                 .await
@@ -103,6 +115,7 @@ impl NatsArgs {
         }
         let away = Arc::new(AtomicBool::new(false));
         Ok(opts
+            .custom_inbox_prefix(self.inbox_prefix(role)?)
             .name(name)
             .connection_timeout(Duration::from_secs(5))
             .ping_interval(PING_INTERVAL)
@@ -138,10 +151,16 @@ fn log_event(event: Event, away: &AtomicBool) {
     }
 }
 
-/// Connects. Services pass `retry = true` and keep trying until the server is
-/// up; CLI verbs pass `false` and fail at once with a clear message.
+/// Connects as an admin (CLI verbs). Services pass `retry = true` and keep
+/// trying until the server is up; CLI verbs pass `false` and fail at once
+/// with a clear message.
 pub async fn connect(args: &NatsArgs, name: &str, retry: bool) -> anyhow::Result<Client> {
-    let mut opts = args.options(name).await?;
+    connect_as(args, Role::Admin, name, retry).await
+}
+
+/// Connects as `role`: its replies come to the role's inbox prefix.
+pub async fn connect_as(args: &NatsArgs, role: Role, name: &str, retry: bool) -> anyhow::Result<Client> {
+    let mut opts = args.options(role, name).await?;
     if retry {
         opts = opts.retry_on_initial_connect();
     }

@@ -78,23 +78,28 @@ impl Publisher {
         pending.await.map_err(|source| PublishError { subject, source })
     }
 
-    /// Sends a run event and returns the pending ack.
-    pub async fn send_event(&self, event: &RunEvent) -> Result<PublishAckFuture, PublishError> {
+    /// Publishes a run event on `<prefix>.event.<task>.<status>`. A kept
+    /// status ([`RunStatus::is_kept`]) is stored in the events stream and
+    /// this waits for its ack; the others (queued, started, succeeded) are
+    /// published live only: a core message, no ack, nothing stored (their
+    /// history is the run record's).
+    pub async fn event(&self, event: &RunEvent) -> Result<(), PublishError> {
         let subject = self.names.event_subject(&event.task, event.status.as_str());
         let mut h = HeaderMap::new();
         if let Some(run) = &event.run_id {
             h.insert(headers::RUN_ID, run.as_str());
         }
         // Serialising a RunEvent cannot fail: it has no maps with non-string keys.
-        let body = serde_json::to_vec(event).unwrap_or_default();
-        self.send(subject, h, &event.msg_id(), body.into()).await
-    }
-
-    /// Publishes a run event and waits for the ack.
-    pub async fn event(&self, event: &RunEvent) -> Result<(), PublishError> {
-        let subject = self.names.event_subject(&event.task, event.status.as_str());
-        let pending = self.send_event(event).await?;
-        pending.await.map_err(|source| PublishError { subject, source })?;
+        let body: Bytes = serde_json::to_vec(event).unwrap_or_default().into();
+        if event.status.is_kept() {
+            self.publish(subject, h, &event.msg_id(), body).await?;
+        } else {
+            crate::trace::inject(&mut h);
+            self.js.client().publish_with_headers(subject.clone(), h, body).await.map_err(|e| PublishError {
+                subject,
+                source: async_nats::jetstream::context::PublishError::with_source(PublishErrorKind::Other, e),
+            })?;
+        }
         count_event(event);
         Ok(())
     }
@@ -118,7 +123,7 @@ impl Publisher {
     }
 }
 
-/// Counts a stored event in `jetsched_runs_total` (and invalid definitions).
+/// Counts a published event in `jetsched_runs_total` (and invalid definitions).
 pub fn count_event(event: &RunEvent) {
     let m = metrics();
     m.runs.add(1, &[kv("task", event.task.clone()), kv("status", event.status.as_str())]);

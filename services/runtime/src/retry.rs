@@ -32,6 +32,16 @@ impl Backoff {
         base.mul_f64(0.5 + fastrand::f64() * 0.5)
     }
 
+    /// The delay before try `n` (1 for the first retry) of a series whose
+    /// count is kept elsewhere, such as a message's delivery count when the
+    /// retry is a redelivery: `min` doubled `n - 1` times, at most `max`,
+    /// jittered like [`Backoff::next_delay`].
+    pub fn delay_for(&self, n: u64) -> Duration {
+        let doublings = n.saturating_sub(1).min(32) as u32;
+        let base = self.min.saturating_mul(1u32 << doublings.min(31)).min(self.max);
+        base.mul_f64(0.5 + fastrand::f64() * 0.5)
+    }
+
     /// Sleeps [`Backoff::next_delay`].
     pub async fn wait(&mut self) {
         tokio::time::sleep(self.next_delay()).await;
@@ -172,6 +182,15 @@ mod tests {
         assert!(late >= Duration::from_millis(500), "at the bound, half of it at least: {late:?}");
         b.reset();
         assert!(b.next_delay() <= Duration::from_millis(100));
+    }
+
+    #[test]
+    fn delay_for_follows_the_count_to_its_bound() {
+        let b = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+        let within = |d: Duration, top: u64| d >= Duration::from_millis(top / 2) && d <= Duration::from_millis(top);
+        assert!(within(b.delay_for(0), 100) && within(b.delay_for(1), 100));
+        assert!(within(b.delay_for(2), 200) && within(b.delay_for(4), 800));
+        assert!(within(b.delay_for(6), 2000) && within(b.delay_for(u64::MAX), 2000));
     }
 
     #[test]

@@ -7,10 +7,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use async_nats::connection::State;
+use jetsched_contract::permissions::{Permissions, Role, Scope, create_stream_subject};
 use jetsched_contract::{Handles, Topology};
 use opentelemetry_sdk::metrics::ManualReader;
 use tokio_util::sync::CancellationToken;
 
+use crate::access::Access;
 use crate::{Health, NatsArgs};
 
 /// Storage settings used when jetsched creates its streams and buckets.
@@ -36,22 +39,62 @@ pub struct HttpArgs {
     pub http_addr: String,
 }
 
-/// Connects, creates any missing stream or bucket, and opens them all.
-/// With `retry` (services) it keeps trying until NATS is there; without
-/// (admin verbs) it fails at once when no server answers, and gives
-/// JetStream [`ADMIN_PATIENCE`] to answer (a leader election after a node
-/// failure takes a few seconds).
+/// Connects as an admin (CLI verbs), creates any missing stream or bucket,
+/// and opens them all. With `retry` it keeps trying until NATS is there;
+/// without, it fails at once when no server answers, and gives JetStream
+/// [`ADMIN_PATIENCE`] to answer (a leader election after a node failure
+/// takes a few seconds).
 pub async fn open(nats: &NatsArgs, topology: &Topology, name: &str, retry: bool) -> anyhow::Result<Handles> {
+    open_as(nats, topology, Role::Admin, &Scope::default(), name, retry).await
+}
+
+/// Connects as `role` and opens every stream and bucket, creating missing
+/// ones only when this user may (the admin role; the services run without
+/// it once `jetsched init` has run). Once connected it asks the server what
+/// the user may do: a service whose user lacks a permission its role needs
+/// (within `scope`) fails at once, naming it.
+pub async fn open_as(
+    nats: &NatsArgs,
+    topology: &Topology,
+    role: Role,
+    scope: &Scope,
+    name: &str,
+    retry: bool,
+) -> anyhow::Result<Handles> {
     let names = nats.names()?;
-    let client = crate::connect(nats, name, retry).await?;
-    let js = crate::jetstream(client);
+    let needed = Permissions::of(role, &names, scope).context("cannot work out the permissions this role needs")?;
+    let client = crate::connect_as(nats, role, name, retry).await?;
+    let js = crate::jetstream(client.clone());
     let give_up = tokio::time::Instant::now() + ADMIN_PATIENCE;
     let mut backoff = crate::Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
     let mut failures = 0u32;
+    let mut access: Option<Access> = None;
     loop {
-        let opened = match jetsched_contract::setup::ensure(&js, &names, topology).await {
-            Ok(()) => Handles::open(js.clone(), names.clone()).await.map_err(anyhow::Error::from),
-            Err(e) => Err(e.into()),
+        // Asked once connected: before, the request could only time out.
+        if access.is_none() && client.connection_state() == State::Connected {
+            let asked = crate::access::ask(&client).await;
+            match &asked {
+                Access::Unknown(why) => {
+                    tracing::warn!(%role, %why, "cannot read this user's NATS permissions; not checking them")
+                }
+                Access::Known(_) if matches!(role, Role::Ticker | Role::Dispatcher | Role::Worker) => {
+                    crate::access::check(&asked, role, &needed)?;
+                }
+                Access::Known(_) => {}
+            }
+            access = Some(asked);
+        }
+        let opened = match &access {
+            None => Err(anyhow::anyhow!("not connected to NATS yet")),
+            Some(access) if access.may_publish(&create_stream_subject(&names.inbox_stream())) => {
+                match jetsched_contract::setup::ensure(&js, &names, topology).await {
+                    Ok(()) => Handles::open(js.clone(), names.clone()).await.map_err(anyhow::Error::from),
+                    Err(e) => Err(e.into()),
+                }
+            }
+            Some(_) => Handles::open(js.clone(), names.clone())
+                .await
+                .context("this user may not create streams and buckets: has `jetsched init` run (as the admin role)?"),
         };
         match opened {
             Ok(handles) => {
@@ -62,7 +105,7 @@ pub async fn open(nats: &NatsArgs, topology: &Topology, name: &str, retry: bool)
             }
             Err(err) if retry || tokio::time::Instant::now() < give_up => {
                 if failures == 0 {
-                    tracing::warn!(%err, "JetStream not ready; retrying with backoff");
+                    tracing::warn!(err = format!("{err:#}"), "JetStream not ready; retrying with backoff");
                 }
                 failures += 1;
                 backoff.wait().await;
@@ -110,24 +153,34 @@ pub struct Started {
     pub shutdown: CancellationToken,
 }
 
-/// Everything a service does before its own loop.
+/// Everything a service playing `role` (limited to `scope`) does before
+/// its own loop.
 pub async fn start(
     nats: &NatsArgs,
     topology: &Topology,
-    name: &str,
+    role: Role,
+    scope: &Scope,
     http: &HttpArgs,
     metrics: Option<Arc<ManualReader>>,
 ) -> anyhow::Result<Started> {
     let shutdown = crate::shutdown_on_signals();
     let health = Health::default();
     serve_http(http, &health, metrics, &shutdown).await?;
-    let handles = open(nats, topology, name, true).await?;
+    let handles = open_as(nats, topology, role, scope, &format!("jetsched-{role}"), true).await?;
     health.watch_client(handles.js.client());
     Ok(Started { handles, health, shutdown })
 }
 
 /// Flushes the connection after the service returned.
 pub async fn finish(handles: Handles, result: anyhow::Result<()>) -> anyhow::Result<()> {
-    let _ = handles.js.client().drain().await;
+    close(&handles.js.client()).await;
     result
+}
+
+/// Closes a connection without losing what was published on it: the live
+/// events (core messages, no ack) of the last runs are flushed to the
+/// server before the connection drains, or they would die with the process.
+pub async fn close(client: &async_nats::Client) {
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), client.flush()).await;
+    let _ = client.drain().await;
 }

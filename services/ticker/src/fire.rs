@@ -12,12 +12,12 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use async_nats::HeaderMap;
-use async_nats::jetstream::kv::Store;
+
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use jetsched_contract::ticker::PARTITIONS;
 use jetsched_contract::{DueFire, headers};
-use jetsched_runtime::{Publisher, metrics};
+use jetsched_runtime::{Publisher, RunStore, metrics};
 use jiff::Timestamp;
 use tokio::sync::mpsc;
 use tracing::Instrument as _;
@@ -60,7 +60,7 @@ pub struct Stored(pub Outgoing);
 /// message still wanted is stored.
 pub fn spawn(
     publisher: Publisher,
-    runs: Store,
+    runs: RunStore,
     epochs: Arc<Epochs>,
     capacity: usize,
 ) -> (mpsc::Sender<Outgoing>, mpsc::UnboundedReceiver<Stored>, tokio::task::JoinHandle<()>) {
@@ -102,7 +102,7 @@ static STORING_FIRES: jetsched_runtime::Outage = jetsched_runtime::Outage::new("
 
 /// Publishes `out` (after a backoff when `attempt > 0`) and waits for the
 /// stream's ack; on failure returns the next attempt number.
-async fn publish(publisher: Publisher, runs: Store, out: Outgoing, attempt: u32) -> (Outgoing, Result<(), u32>) {
+async fn publish(publisher: Publisher, runs: RunStore, out: Outgoing, attempt: u32) -> (Outgoing, Result<(), u32>) {
     if attempt > 0 {
         // Exponential from 50 ms to 2 s, jittered so that a herd of fires
         // retrying after an election does not come back at one instant.
@@ -115,7 +115,7 @@ async fn publish(publisher: Publisher, runs: Store, out: Outgoing, attempt: u32)
             Ok(()) => Ok(()),
             Err(err) => Err(err.to_string()),
         },
-        Body::Withdraw(w) => match withdraw::withdraw(&publisher, &runs, &out.schedule, w).await {
+        Body::Withdraw(w) => match withdraw::withdraw(&runs, &out.schedule, w).await {
             Ok(Withdrawn::Yes) => match &w.then {
                 Some(due) => fire(&publisher, &out, due).await,
                 None => Ok(()),

@@ -8,6 +8,8 @@
 //! - [`lease`]: partition leases among replicas, and writing progress;
 //! - [`fire`]: publishing with many acks in flight;
 //! - [`withdraw`]: withdrawing staged fires of a deleted, paused or edited schedule;
+//! - [`triggers`]: event triggers of task definitions, hosted per partition;
+//! - [`backfill`]: backfills of the schedules of the partitions held;
 //! - this module: the loop tying them together, one `select!` over the
 //!   schedule watch, the timer, lease events and acks, and the shutdown token.
 //!
@@ -16,12 +18,14 @@
 //! carries the same `Nats-Msg-Id` and is dropped by the inbox's dedup window;
 //! past the window, the dispatcher's run-id `create` drops it.
 
+pub mod backfill;
 pub mod catchup;
 pub mod fire;
 pub mod lease;
 pub mod plan;
 pub mod spec;
 pub mod state;
+pub mod triggers;
 pub mod withdraw;
 
 use jetsched_contract::parse_duration;
@@ -31,9 +35,11 @@ use std::time::{Duration, SystemTime};
 use anyhow::Context as _;
 use jetsched_contract::ticker::PARTITIONS;
 use jetsched_contract::{Handles, RunEvent, Topology, setup, validate_name};
-use jetsched_runtime::{KvChange, Outage, Publisher, Readiness, StampedChange, metrics, spawn_kv_watch_stamped};
+use jetsched_runtime::{
+    KvChange, Outage, Publisher, Readiness, RunStore, StampedChange, metrics, spawn_kv_watch_stamped,
+};
 use jiff::Timestamp;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::fire::{Epochs, Stored};
@@ -121,8 +127,30 @@ pub async fn run(
         );
     }
     let publisher = Publisher::new(handles.js.clone(), handles.names.clone());
+    // Triggers and backfills run in the partitions this ticker holds.
+    let (owned, owned_rx) = watch::channel(0u64);
+    let hosted = CancellationToken::new();
+    // An event held by a ticker that died comes back after this: about
+    // when the next ticker takes the partition over.
+    let ack_wait = buckets.lease_ttl.max(Duration::from_secs(2));
+    let trigger_ctx = triggers::Ctx::new(
+        handles.names.clone(),
+        handles.js.clone(),
+        buckets.state.clone(),
+        handles.tasks.clone(),
+        ack_wait,
+    );
+    let trigger_host = triggers::spawn(Arc::new(trigger_ctx), owned_rx.clone(), hosted.clone());
+    let backfills = backfill::spawn(
+        id.clone(),
+        handles.clone(),
+        RunStore::open(publisher.clone()).await?,
+        owned_rx,
+        hosted.clone(),
+    );
     let epochs = Arc::new(Epochs::default());
-    let (fires, mut stored, firer) = fire::spawn(publisher.clone(), handles.runs.clone(), epochs.clone(), 16_384);
+    let (fires, mut stored, firer) =
+        fire::spawn(publisher.clone(), RunStore::open(publisher.clone()).await?, epochs.clone(), 16_384);
     let (keeper, mut leases, keeper_task) = lease::spawn(id.clone(), buckets);
     let watch = spawn_kv_watch_stamped(handles.schedules.clone(), shutdown.child_token(), 4096);
     let mut changes = spawn_decoder(watch, 4096);
@@ -136,6 +164,7 @@ pub async fn run(
         bucket: handles.names.schedules_bucket(),
         reported: vec![(Timestamp::MIN, Timestamp::MIN); usize::from(PARTITIONS)],
         loaded: false,
+        owned,
     };
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -159,6 +188,11 @@ pub async fn run(
         }
     }
     ready.set(false);
+    // Triggers and backfills stop first: held events are handed back and
+    // progress is written while the leases still cover them.
+    hosted.cancel();
+    let _ = tokio::time::timeout(DRAIN * 2, trigger_host).await;
+    let _ = tokio::time::timeout(DRAIN, backfills).await;
     t.drain(&mut stored).await;
     let owned_schedules = t.plan.len();
     drop(t);
@@ -166,6 +200,11 @@ pub async fn run(
     let _ = tokio::time::timeout(DRAIN, keeper_task).await;
     tracing::info!(schedules = owned_schedules, "ticker stopped");
     Ok(())
+}
+
+/// Whether the owned-partitions `mask` (bit p for partition p) holds `partition`.
+pub(crate) fn owns(mask: u64, partition: u16) -> bool {
+    mask & (1u64 << (partition % 64)) != 0
 }
 
 /// Replicas and storage of the ticker's buckets: those of the schedules bucket.
@@ -197,6 +236,8 @@ struct Ticker {
     /// Per partition: the last watermark reported and when.
     reported: Vec<(Timestamp, Timestamp)>,
     loaded: bool,
+    /// The partitions owned, for the triggers and backfills hosted here.
+    owned: watch::Sender<u64>,
 }
 
 impl Ticker {
@@ -222,10 +263,17 @@ impl Ticker {
         }
     }
 
+    /// Tells triggers and backfills which partitions are owned now.
+    fn publish_owned(&self) {
+        let mask = self.plan.owned_mask();
+        self.owned.send_if_modified(|m| std::mem::replace(m, mask) != mask);
+    }
+
     fn expired(&self, partitions: Vec<u16>) {
         if partitions.is_empty() {
             return;
         }
+        self.publish_owned();
         self.sync_epochs();
         for p in partitions {
             self.tell(Command::Expired(p));
@@ -281,6 +329,7 @@ impl Ticker {
                 }
             }
         }
+        self.publish_owned();
         self.sync_epochs();
         self.send(out).await;
     }

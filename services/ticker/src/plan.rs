@@ -211,6 +211,16 @@ impl Plan {
         self.parts.iter().filter(|p| matches!(p.state, Ownership::Owned { .. })).count()
     }
 
+    /// The partitions owned now, bit `p` for partition `p` (expired leases
+    /// excluded: call after [`Plan::expire`]).
+    pub fn owned_mask(&self) -> u64 {
+        self.parts
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| matches!(p.state, Ownership::Owned { .. }))
+            .fold(0, |mask, (i, _)| mask | (1u64 << (i % 64)))
+    }
+
     /// Partitions being handed over (waiting for fires in flight).
     pub fn handing_over(&self) -> usize {
         self.parts.iter().filter(|p| matches!(p.state, Ownership::Releasing { .. })).count()

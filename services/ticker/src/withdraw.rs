@@ -17,10 +17,8 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::kv::{CreateErrorKind, Operation, Store, UpdateErrorKind};
-use jetsched_contract::{RunEvent, RunRecord, RunStatus, UNDISPATCHED_QUEUE, WithdrawReply};
-use jetsched_runtime::Publisher;
-use jiff::Timestamp;
+use jetsched_contract::{RunRecord, RunStatus, UNDISPATCHED_QUEUE, WithdrawReply};
+use jetsched_runtime::{Change, Known, RunStore};
 
 use crate::plan::Withdrawal;
 
@@ -36,72 +34,49 @@ pub enum Withdrawn {
     No,
 }
 
+/// What the record said when the withdrawal looked at it.
+enum Seen {
+    /// Ended by us now (a `cancelled` record, or a cancel request on a queued one).
+    Withdrawn,
+    /// A worker holds it staged: ask it.
+    Held,
+    /// It ran, runs, or is retrying: left alone.
+    Started,
+}
+
 /// Withdraws `w`, a fire of `schedule`; `Err` when it should be tried again.
-pub async fn withdraw(
-    publisher: &Publisher,
-    runs: &Store,
-    schedule: &str,
-    w: &Withdrawal,
-) -> Result<Withdrawn, String> {
-    for _ in 0..8 {
-        let entry = runs.entry(&w.run_id).await.map_err(|e| format!("cannot read run {}: {e}", w.run_id))?;
-        let current = match entry {
-            Some(e) if e.operation == Operation::Put => Some((
-                serde_json::from_slice::<RunRecord>(&e.value).map_err(|e| format!("malformed run record: {e}"))?,
-                e.revision,
-            )),
-            _ => None,
-        };
-        let Some((mut record, revision)) = current else {
-            let tombstone = tombstone(schedule, w);
-            let value = serde_json::to_vec(&tombstone).map_err(|e| e.to_string())?;
-            match runs.create(&w.run_id, value.into()).await {
-                Ok(_) => {
-                    let event = RunEvent {
-                        schedule: Some(schedule.to_string()),
-                        scheduled_for: Some(w.scheduled_for),
-                        error: Some(w.reason.clone()),
-                        ..RunEvent::new(RunStatus::Cancelled, &*w.task, Some(w.run_id.clone()))
-                    };
-                    publisher.event(&event).await.map_err(|e| e.to_string())?;
-                    tracing::info!(run_id = %w.run_id, "staged fire withdrawn before dispatch");
-                    return Ok(Withdrawn::Yes);
-                }
-                // The dispatcher created it meanwhile: look again.
-                Err(e) if e.kind() == CreateErrorKind::AlreadyExists => continue,
-                Err(e) => return Err(format!("cannot create run record {}: {e}", w.run_id)),
-            }
-        };
-        match record.status {
-            // Never claimed: ended by us (a retry of this), or by the
-            // worker that found it marked.
-            RunStatus::Cancelled if record.attempt == 0 => return Ok(Withdrawn::Yes),
-            RunStatus::Queued if record.cancel_requested => return Ok(Withdrawn::Yes),
-            RunStatus::Queued => {
-                record.cancel_requested = true;
-                record.updated_at = Timestamp::now();
-                let value = serde_json::to_vec(&record).map_err(|e| e.to_string())?;
-                match runs.update(&w.run_id, value.into(), revision).await {
-                    Ok(_) => {
-                        tracing::info!(run_id = %w.run_id, "queued staged fire withdrawn");
-                        return Ok(Withdrawn::Yes);
-                    }
-                    // A worker claimed it meanwhile: look again.
-                    Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => continue,
-                    Err(e) => return Err(format!("cannot update run record {}: {e}", w.run_id)),
-                }
-            }
-            RunStatus::Started => return Ok(ask_worker(publisher, w).await),
-            _ => return Ok(Withdrawn::No),
+pub async fn withdraw(runs: &RunStore, schedule: &str, w: &Withdrawal) -> Result<Withdrawn, String> {
+    let (seen, _) = runs
+        .update(&w.run_id, Known::Read, |current| match current {
+            // No record yet: the fire waits in the inbox. A `cancelled`
+            // record under its id makes the dispatcher drop it.
+            None => Change::Write(tombstone(schedule, w), Seen::Withdrawn),
+            Some(r) => match r.status {
+                // Never claimed: ended by us (a retry of this), or by the
+                // worker that finds it marked.
+                RunStatus::Cancelled if r.attempt == 0 => Change::Keep(Seen::Withdrawn),
+                RunStatus::Queued if r.cancel_requested => Change::Keep(Seen::Withdrawn),
+                RunStatus::Queued => Change::Write(RunRecord { cancel_requested: true, ..r.clone() }, Seen::Withdrawn),
+                RunStatus::Started => Change::Keep(Seen::Held),
+                _ => Change::Keep(Seen::Started),
+            },
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    match seen {
+        Seen::Withdrawn => {
+            tracing::info!(run_id = %w.run_id, "staged fire withdrawn");
+            Ok(Withdrawn::Yes)
         }
+        Seen::Held => Ok(ask_worker(runs, w).await),
+        Seen::Started => Ok(Withdrawn::No),
     }
-    Err(format!("run record {} keeps changing", w.run_id))
 }
 
 /// Asks the worker holding `w`'s run to withdraw it.
-async fn ask_worker(publisher: &Publisher, w: &Withdrawal) -> Withdrawn {
-    let client = publisher.js().client();
-    let subject = publisher.names().withdraw_subject(&w.run_id);
+async fn ask_worker(runs: &RunStore, w: &Withdrawal) -> Withdrawn {
+    let client = runs.client();
+    let subject = runs.names().withdraw_subject(&w.run_id);
     let answer = tokio::time::timeout(ASK_TIMEOUT, client.request(subject, w.reason.clone().into())).await;
     match answer {
         Ok(Ok(reply)) if WithdrawReply::parse(&reply.payload) == Some(WithdrawReply::Withdrawn) => {
@@ -120,29 +95,11 @@ async fn ask_worker(publisher: &Publisher, w: &Withdrawal) -> Withdrawn {
 
 /// The record that keeps a withdrawn fire from being dispatched.
 fn tombstone(schedule: &str, w: &Withdrawal) -> RunRecord {
-    let now = Timestamp::now();
     RunRecord {
-        run_id: w.run_id.clone(),
-        task: w.task.to_string(),
         schedule: Some(schedule.to_string()),
-        status: RunStatus::Cancelled,
-        attempt: 0,
-        queue: UNDISPATCHED_QUEUE.to_string(),
-        band: 0,
         scheduled_for: Some(w.scheduled_for),
-        created_at: now,
-        updated_at: now,
-        started_at: None,
-        finished_at: Some(now),
         error: Some(w.reason.clone()),
-        source_seq: 0,
-        task_seq: None,
-        worker: None,
         cancel_requested: true,
-        replay_of: None,
-        parent: None,
-        step: None,
-        workflow: None,
-        result: None,
+        ..RunRecord::new(&w.run_id, &w.task, RunStatus::Cancelled, UNDISPATCHED_QUEUE, 0, 0)
     }
 }

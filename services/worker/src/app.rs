@@ -21,6 +21,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+use jetsched_contract::Role;
 use jetsched_runtime::service::{HttpArgs, TopologyArgs, finish, start};
 use jetsched_runtime::{LogArgs, NatsArgs};
 
@@ -65,8 +66,10 @@ async fn run(
     metrics: std::sync::Arc<opentelemetry_sdk::metrics::ManualReader>,
 ) -> anyhow::Result<()> {
     let topology = args.topology.topology();
-    let s = start(&args.nats, &topology, "jetsched-worker", &args.http, Some(metrics)).await?;
+    let mut config = args.worker;
+    config.fix_id();
+    let s = start(&args.nats, &topology, Role::Worker, &config.scope(), &args.http, Some(metrics)).await?;
     let ready = s.health.component("worker");
-    let result = crate::run(args.worker, s.handles.clone(), builtins, ready, s.shutdown).await;
+    let result = crate::run(config, s.handles.clone(), builtins, ready, s.shutdown).await;
     finish(s.handles, result).await
 }

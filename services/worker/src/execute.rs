@@ -3,85 +3,28 @@
 //! while keeping the message in progress, then map the outcome to exactly one
 //! of ack, nak-with-delay or dead-letter.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_nats::Client;
 use async_nats::jetstream::{AckKind, Message};
-use jetsched_contract::{Handler, RunEvent, RunRecord, RunStatus, WorkItem, run as runid};
-use jetsched_runtime::Publisher;
+use jetsched_contract::{Handler, RunEvent, RunStatus, WorkItem, run as runid};
 use jetsched_runtime::metrics::{kv, metrics};
 use jiff::Timestamp;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, oneshot};
 use tracing::Instrument as _;
 
-use crate::cancel::Cancels;
 use crate::cancel::Registration;
-use crate::handlers::exec::ExecPolicy;
-use crate::handlers::nats::Functions;
-use crate::handlers::{Builtins, Outcome};
+use crate::ctx::{Disposition, RUNNING, TRANSIENT, WorkerCtx};
+use crate::handlers::Outcome;
 use crate::invoke::{Ahead, Attempt, invocation, invoke};
 use crate::limits::{self, Admission, SlotHold};
-use crate::record::{self, Claim};
-use crate::release::{Prepared, Released, Releaser, Staged};
-use crate::settle::{self, event_for, give_up, settle};
+use crate::record::{self, Claim, Ending, Held, Mode};
+use crate::release::{Prepared, Released, Staged};
+use crate::settle::{self, ending, give_up, settle};
 
-/// What a worker shares between runs.
-pub struct WorkerCtx {
-    /// For NATS function calls.
-    pub client: Client,
-    /// Events and dead letters.
-    pub publisher: Publisher,
-    /// `jetsched-runs`.
-    pub runs: async_nats::jetstream::kv::Store,
-    /// `jetsched-checkpoints` (shared: a `Store` is costly to clone).
-    pub checkpoints: std::sync::Arc<async_nats::jetstream::kv::Store>,
-    /// This worker's id.
-    pub worker_id: String,
-    /// Exec allow-list.
-    pub exec: ExecPolicy,
-    /// Rust handlers.
-    pub builtins: Builtins,
-    /// The consumers' ack wait; in-progress acks go out at a third of it.
-    pub ack_wait: Duration,
-    /// Slot capacity.
-    pub slots: Arc<Semaphore>,
-    /// Room for runs held until their release time.
-    pub staged: Arc<Semaphore>,
-    /// Runs due within this are held in memory and released on time;
-    /// later ones go back to the stream until then.
-    pub stage_horizon: Duration,
-    /// Runs on this worker that a cancel request can reach.
-    pub cancels: Cancels,
-    /// Slot capacity (the most a run may require).
-    pub capacity: usize,
-    /// `jetsched-slots`.
-    pub slots_kv: async_nats::jetstream::kv::Store,
-    /// `jetsched-rates`.
-    pub rates_kv: async_nats::jetstream::kv::Store,
-    /// Calls NATS functions.
-    pub functions: Arc<Functions>,
-    /// Releases staged runs at their time.
-    pub releaser: Releaser,
-    /// Bytes of output an attempt keeps in the task logs (0: none).
-    pub task_log_limit: usize,
-}
-
-/// The single decision about a message.
-#[derive(Debug, PartialEq)]
-pub enum Disposition {
-    /// Done with it (succeeded, dead-lettered, skipped).
-    Ack,
-    /// Deliver again after the delay (retry, not-before, transient trouble).
-    Nak(Duration),
-}
-
-pub const TRANSIENT: Disposition = Disposition::Nak(Duration::from_secs(1));
-
-/// Running work fails for reasons outside the run (a stream or bucket
-/// without a leader, NATS unreachable): one line when it starts, one when it
-/// ends. Each run retries through its work message's redelivery.
-pub(crate) static RUNNING: jetsched_runtime::Outage = jetsched_runtime::Outage::new("running work");
+/// Runs placed on this worker that need more than it offers (it restarted
+/// with less under the same id): they wait in its queue until it has room.
+static TOO_BIG: jetsched_runtime::Outage =
+    jetsched_runtime::Outage::new("runs placed here that need more than this worker offers");
 
 /// Handles one work message, holding `permit` (a slot) while it runs, in a
 /// span that continues the run's trace.
@@ -96,11 +39,12 @@ pub async fn execute(ctx: &WorkerCtx, msg: Message, permit: OwnedSemaphorePermit
     );
     jetsched_runtime::trace::follow(&span, msg.headers.as_ref());
     async {
+        let _busy = ctx.room.busy(1);
         let disposition = process(ctx, &msg, permit).await;
-        let result = match disposition {
-            Disposition::Ack => msg.ack().await.inspect(|_| RUNNING.recovered()),
-            Disposition::Nak(delay) => msg.ack_with(AckKind::Nak(Some(delay))).await,
-        };
+        let result = disposition.apply(&msg).await;
+        if result.is_ok() && disposition == Disposition::Ack {
+            RUNNING.recovered();
+        }
         if let Err(err) = result {
             tracing::debug!(%err, "cannot ack work message; it will be redelivered");
             RUNNING.failed(&format_args!("cannot ack work message: {err}"));
@@ -137,18 +81,32 @@ async fn process(ctx: &WorkerCtx, msg: &Message, permit: OwnedSemaphorePermit) -
     let needed = item.def.requires.as_ref().map_or(1, |r| r.slots.max(1)) as usize;
     if needed > ctx.capacity {
         tracing::warn!(run_id = %item.run_id, needed, capacity = ctx.capacity, "run needs more slots than this worker has");
-        return Disposition::Nak(Duration::from_secs(5));
+        return Disposition::Retry(Duration::from_secs(5));
     }
     let release = item.not_before.filter(|t| *t > Timestamp::now());
     if let Some(at) = release {
         let wait = at.duration_since(Timestamp::now()).unsigned_abs();
         if wait > ctx.stage_horizon {
             // Back to the stream until it is close; holding it would block a slot.
-            return Disposition::Nak(wait - ctx.stage_horizon / 2);
+            return Disposition::Retry(wait - ctx.stage_horizon / 2);
         }
     }
+    let need = item.def.need().resources;
+    let placed = item.def.placed_by_room();
+    if !ctx.room.capacity().covers(&need) {
+        let capacity = ctx.room.capacity();
+        tracing::debug!(run_id = %item.run_id, %need, %capacity, "run needs more than this worker offers");
+        TOO_BIG.failed(&format_args!("run {} needs {need}; this worker offers {capacity}", item.run_id));
+        return Disposition::Retry(Duration::from_secs(5));
+    }
+    if placed {
+        TOO_BIG.recovered();
+    }
     let registration = ctx.cancels.register(&item.run_id);
-    let limited = item.def.concurrency.is_some() || item.def.rate_limit.is_some();
+    let limits = item.def.concurrency.is_some() || item.def.rate_limit.is_some();
+    // Claimed only once its room and limits allow it to start, so that a
+    // wait uses no attempt.
+    let limited = placed || limits;
     // A staged run is claimed before it waits, so that a herd's claims do
     // not pile up at its start time (unless limits must be checked first),
     // and a NATS function's request is built then too.
@@ -166,12 +124,14 @@ async fn process(ctx: &WorkerCtx, msg: &Message, permit: OwnedSemaphorePermit) -
         Some(at) => {
             let mut prepared = None;
             if !limited {
-                let (record, revision) = match claim(ctx, msg, &item, queue, band, task_seq).await {
+                let held = match claim(ctx, msg, &item, queue, band, task_seq, Mode::Store).await {
                     Ok(c) => c,
                     Err(d) => return d,
                 };
-                if let Some(Handler::Nats { subject }) = &item.def.handler {
-                    let inv = invocation(ctx, &item, record.attempt, at).await;
+                // A payload over the limit is not sent ahead: the attempt refuses it.
+                let fits = ctx.sizes.check_payload(&item.payload).is_ok();
+                if let (Some(Handler::Nats { subject }), true) = (&item.def.handler, fits) {
+                    let inv = invocation(ctx, &item, held.record.attempt, at).await;
                     let (mut outbound, pending) = ctx.functions.prepare(subject, &inv);
                     if !jetsched_runtime::telemetry::tracing_recorded() {
                         // No handler span will be opened at the release (none
@@ -179,22 +139,20 @@ async fn process(ctx: &WorkerCtx, msg: &Message, permit: OwnedSemaphorePermit) -
                         // under this one.
                         outbound.trace(&tracing::Span::current());
                     }
-                    let span = handler_span(&tracing::Span::current(), &item, record.attempt);
+                    let span = handler_span(&tracing::Span::current(), &item, held.record.attempt);
                     prepared = Some(Prepared { outbound, span: Box::new(span) });
                     ahead = Some((inv, pending));
                 }
-                claimed = Some((record, revision));
+                claimed = Some(held);
             }
             let Some(Released { slot, call, span, settle_after }) =
                 stage(ctx, msg, at, permit, &registration, prepared).await
             else {
-                let Some((mut record, mut revision)) = claimed else {
+                let Some(held) = claimed else {
                     // Not claimed yet: the claim below finds the cancel request.
                     return TRANSIENT;
                 };
-                let event = event_for(&item, &record, RunStatus::Cancelled, Some("cancelled before it started".into()));
-                let change = record::finish(RunStatus::Cancelled, event.error.clone());
-                return settle(ctx, &mut record, &mut revision, change, &event).await;
+                return settle(ctx, msg, &held, ending(RunStatus::Cancelled, "cancelled before it started")).await;
             };
             let permit = match slot {
                 Some(p) => p,
@@ -207,11 +165,32 @@ async fn process(ctx: &WorkerCtx, msg: &Message, permit: OwnedSemaphorePermit) -
             (permit, Some(settle_after), call, span)
         }
     };
-    let mut slot = None;
-    if limited {
-        match limits::admit(&ctx.slots_kv, &ctx.rates_kv, &item.task, &item.def, &item.payload, &item.run_id).await {
-            Ok(Admission::Go(hold)) => slot = hold,
-            Ok(Admission::Wait(d)) => return Disposition::Nak(d),
+    let (mut slot, mut rate_window) = (None, None);
+    // The dispatcher saw room here a moment ago; it may be gone by now.
+    let mut reservation = None;
+    if placed {
+        match ctx.room.try_reserve(&item.run_id, need) {
+            Ok(r) => reservation = Some(r),
+            Err(free) => {
+                let why = format!(
+                    "no room on worker {}: the run needs {need}; free: {free} (of {})",
+                    ctx.worker_id,
+                    ctx.room.capacity()
+                );
+                announce_wait(ctx, msg, &item, queue, why).await;
+                return Disposition::Retry(room_wait(msg));
+            }
+        }
+    }
+    if limits {
+        let names = ctx.publisher.names();
+        let (task, def, payload, run_id) = (&item.task, &item.def, &item.payload, &item.run_id);
+        match limits::admit(names, &ctx.slots_kv, &ctx.rates_kv, task, def, payload, run_id).await {
+            Ok(Admission::Go { slot: hold, rate_window: window }) => (slot, rate_window) = (hold, window),
+            Ok(Admission::Wait(d, why)) => {
+                announce_wait(ctx, msg, &item, queue, why).await;
+                return Disposition::Retry(d);
+            }
             Err(err) => {
                 tracing::debug!(run_id = %item.run_id, %err, "cannot check limits; will retry");
                 RUNNING.failed(&format_args!("cannot check limits: {err}"));
@@ -219,36 +198,53 @@ async fn process(ctx: &WorkerCtx, msg: &Message, permit: OwnedSemaphorePermit) -
             }
         }
     }
-    let (mut record, mut revision) = match claimed {
+    let mut held = match claimed {
         Some(c) => c,
-        None => match claim(ctx, msg, &item, queue, band, task_seq).await {
-            Ok(c) => c,
-            Err(d) => {
-                if let Some(s) = slot {
-                    s.release().await;
+        None => {
+            // A first delivery of a run due now starts without a write.
+            let first = msg.info().is_ok_and(|i| i.delivered == 1);
+            let mode = if first && item.record_revision > 0 && !ctx.record_started_after.is_zero() {
+                Mode::Read
+            } else {
+                Mode::Store
+            };
+            match claim(ctx, msg, &item, queue, band, task_seq, mode).await {
+                Ok(c) => c,
+                Err(d) => {
+                    if let Some(s) = slot {
+                        s.release().await;
+                    }
+                    return d;
                 }
-                return d;
             }
-        },
+        }
     };
     // A run that needs several slots waits here until they are free.
     let extra = if needed > 1 { ctx.slots.clone().acquire_many_owned(needed as u32 - 1).await.ok() } else { None };
+    let _busy = ctx.room.busy(extra.as_ref().map_or(0, |p| p.num_permits()));
     let ahead = ahead.zip(call).map(|((inv, pending), sent)| Ahead { inv, pending, sent });
     let result = run_attempt(
         ctx,
         msg,
         &item,
-        &mut record,
-        &mut revision,
-        Controls { cancel: &registration.token, slot: slot.as_deref_mut(), settle_after, ahead, span },
+        &mut held,
+        Controls { cancel: &registration.token, slot: slot.as_deref_mut(), settle_after, ahead, span, rate_window },
     )
     .await;
     if let Some(s) = slot {
         s.release().await;
     }
+    drop(reservation);
     drop(extra);
     drop(permit);
     result
+}
+
+/// How long a run placed here waits before it looks for room again: longer
+/// the more often it has looked (its work message's deliveries), 100 ms to 2 s.
+fn room_wait(msg: &Message) -> Duration {
+    let looked = msg.info().map_or(1, |i| i.delivered).clamp(1, 6) as u32;
+    Duration::from_millis(100 * 2u64.pow(looked - 1)).min(Duration::from_secs(2))
 }
 
 /// The span of one handler call, a child of `parent` (the run's `execute`
@@ -282,8 +278,10 @@ async fn claim(
     queue: &str,
     band: u8,
     task_seq: u64,
-) -> Result<(RunRecord, u64), Disposition> {
-    let claim = match record::claim(&ctx.runs, item, queue, band, task_seq, &ctx.worker_id, Timestamp::now()).await {
+    mode: Mode,
+) -> Result<Held, Disposition> {
+    let now = Timestamp::now();
+    let claim = match record::claim(&ctx.runs, item, queue, band, task_seq, &ctx.worker_id, now, mode, None).await {
         Ok(c) => c,
         Err(err) => {
             tracing::debug!(run_id = %item.run_id, %err, "cannot claim run; will retry");
@@ -292,7 +290,7 @@ async fn claim(
         }
     };
     match claim {
-        Claim::Run { record, revision } => Ok((record, revision)),
+        Claim::Run(held) => Ok(held),
         Claim::Skip(reason) => {
             tracing::debug!(run_id = %item.run_id, %reason, "skipping work message");
             Err(Disposition::Ack)
@@ -301,7 +299,7 @@ async fn claim(
         // event or the workflow's outcome that follow it may not have been
         // (the events stream had no leader, the worker died in between).
         // Both are idempotent: publish them again.
-        Claim::Finished(record) => match settle::report_finished(ctx, item, &record).await {
+        Claim::Finished(record) => match settle::report_finished(ctx, &record).await {
             Ok(()) => Err(Disposition::Ack),
             Err(err) => {
                 tracing::debug!(run_id = %item.run_id, %err, "cannot report a finished run again; will retry");
@@ -309,39 +307,60 @@ async fn claim(
                 Err(TRANSIENT)
             }
         },
-        Claim::Cancelled { mut record, mut revision } => {
-            let event = event_for(item, &record, RunStatus::Cancelled, Some("cancelled before it started".into()));
-            let change = record::finish(RunStatus::Cancelled, event.error.clone());
-            Err(settle(ctx, &mut record, &mut revision, change, &event).await)
+        Claim::Cancelled(held) => {
+            Err(settle(ctx, msg, &held, ending(RunStatus::Cancelled, "cancelled before it started")).await)
         }
-        Claim::Expired { mut record, mut revision } => {
+        Claim::Expired(held) => {
             let reason = format!(
                 "not started within schedule_to_start ({}) of being queued",
                 item.def.schedule_to_start.unwrap_or_default()
             );
-            Err(give_up(ctx, msg, item, &mut record, &mut revision, RunStatus::Expired, reason, None, None).await)
+            Err(give_up(ctx, msg, item, &held, ending(RunStatus::Expired, reason)).await)
         }
-        Claim::Exhausted { mut record, mut revision } => {
+        Claim::Exhausted(held) => {
             let reason = format!(
                 "attempt {} did not finish (its worker was lost); no attempts left{}",
-                record.attempt,
-                record.error.as_deref().map(|e| format!(" (last error: {e})")).unwrap_or_default()
+                held.record.attempt,
+                held.record.error.as_deref().map(|e| format!(" (last error: {e})")).unwrap_or_default()
             );
-            Err(give_up(ctx, msg, item, &mut record, &mut revision, RunStatus::Dead, reason, None, None).await)
+            Err(give_up(ctx, msg, item, &held, ending(RunStatus::Dead, reason)).await)
         }
+    }
+}
+
+/// Tells, once per work message (on its first delivery), that a run cannot
+/// start yet and why: a `waiting` event. Later deliveries of the same
+/// message wait again without a word (the stream would drop the copy within
+/// its duplicate window anyway).
+async fn announce_wait(ctx: &WorkerCtx, msg: &Message, item: &WorkItem, queue: &str, why: String) {
+    tracing::debug!(run_id = %item.run_id, task = %item.task, reason = %why, "run waits");
+    if msg.info().map_or(true, |i| i.delivered > 1) {
+        return;
+    }
+    let event = RunEvent {
+        schedule: item.schedule.clone(),
+        scheduled_for: item.scheduled_for,
+        error: Some(why),
+        queue: Some(queue.to_string()),
+        worker: Some(ctx.worker_id.clone()),
+        workflow_run: item.parent.clone(),
+        step: item.step.clone(),
+        ..RunEvent::new(RunStatus::Waiting, &item.task, Some(item.run_id.clone()))
+    };
+    if let Err(err) = ctx.publisher.event(&event).await {
+        tracing::debug!(run_id = %item.run_id, %err, "cannot publish waiting event");
+        RUNNING.failed(&format_args!("cannot publish waiting event: {err}"));
     }
 }
 
 /// A run withdrawn before it was claimed (a copy delivered again while its
 /// schedule's ticker withdrew it): claimed only to be ended `cancelled`.
 async fn withdrawn(ctx: &WorkerCtx, msg: &Message, item: &WorkItem, queue: &str, band: u8, seq: u64) -> Disposition {
-    let (mut record, mut revision) = match claim(ctx, msg, item, queue, band, seq).await {
+    let held = match claim(ctx, msg, item, queue, band, seq, Mode::Store).await {
         Ok(c) => c,
         Err(d) => return d,
     };
-    let event = event_for(item, &record, RunStatus::Cancelled, Some("withdrawn before it started".into()));
-    let change = record::finish(RunStatus::Cancelled, event.error.clone());
-    settle(ctx, &mut record, &mut revision, change, &event).await
+    settle(ctx, msg, &held, ending(RunStatus::Cancelled, "withdrawn before it started")).await
 }
 
 /// Hands a run to the releaser and waits for its instant without holding a
@@ -402,64 +421,85 @@ struct Controls<'a> {
     ahead: Option<Ahead>,
     /// The handler span, when the call went out already under it.
     span: Option<tracing::Span>,
+    /// The rate-limit period the start was counted in.
+    rate_window: Option<Timestamp>,
 }
 
 async fn run_attempt(
     ctx: &WorkerCtx,
     msg: &Message,
     item: &WorkItem,
-    record: &mut RunRecord,
-    revision: &mut u64,
+    held: &mut Held,
     controls: Controls<'_>,
 ) -> Disposition {
-    let Controls { cancel, slot, settle_after, ahead, span } = controls;
-    let attempt = record.attempt;
+    let Controls { cancel, slot, settle_after, ahead, span, rate_window } = controls;
+    let attempt = held.record.attempt;
     tracing::Span::current().record("attempt", attempt);
     tracing::debug!(run_id = %item.run_id, task = %item.task, attempt, "run started");
-    let started = RunEvent { worker: Some(ctx.worker_id.clone()), ..event_for(item, record, RunStatus::Started, None) };
     let clock = Instant::now();
     let handler = span.unwrap_or_else(|| handler_span(&tracing::Span::current(), item, attempt)());
-    // The handler is called first and the `started` event sent right after,
-    // without waiting for it to be stored: when many runs start at the same
-    // instant (a staged herd), their requests are not queued behind their
-    // events. The terminal event goes out only after the `started` one is
-    // stored, so the stream keeps their order.
-    let (attempt_result, started_ack) =
-        tokio::join!(invoke(ctx, msg, item, attempt, cancel, slot, ahead).instrument(handler), async {
-            match settle_after {
-                Some(t) => tokio::time::sleep_until(t).await,
-                None => tokio::task::yield_now().await,
-            }
-            ctx.publisher.send_event(&started).await
-        });
-    let duration_ms = clock.elapsed().as_millis() as u64;
-    if let Some(t) = settle_after {
-        tokio::time::sleep_until(t).await;
-    }
-    match started_ack {
-        Ok(ack) => match ack.await {
-            Ok(_) => jetsched_runtime::publish::count_event(&started),
-            Err(err) => {
-                tracing::debug!(run_id = %item.run_id, %err, "started event not stored");
-                RUNNING.failed(&format_args!("started event not stored: {err}"));
-            }
-        },
-        Err(err) => {
+    // The handler is called first and the `started` event (live only) sent
+    // right after: when many runs start at the same instant (a staged
+    // herd), their requests are not queued behind their events. An attempt
+    // that began without a write is stored `started` once it has run for
+    // `record_started_after`; a short run's next write is its end.
+    // The attempt starts now (a staged run was claimed ahead of its time).
+    let now = Timestamp::now();
+    held.record.started_at = Some(now);
+    held.record.updated_at = now;
+    held.record.rate_window = rate_window;
+    let started = held.record.clone();
+    let announce = async {
+        if let Some(t) = settle_after {
+            tokio::time::sleep_until(t).await;
+        } else {
+            tokio::task::yield_now().await;
+        }
+        if let Err(err) = ctx.runs.announce(&started).await {
             tracing::debug!(run_id = %item.run_id, %err, "cannot publish started event");
             RUNNING.failed(&format_args!("cannot publish started event: {err}"));
         }
+    };
+    let store_start = !held.start_is_stored();
+    let mut unstored = held.clone();
+    let record_start = async {
+        tokio::time::sleep(ctx.record_started_after).await;
+        let result = record::store_start(&ctx.runs, &mut unstored).await;
+        (result, unstored)
+    };
+    let invoke = invoke(ctx, msg, item, attempt, cancel, slot, ahead).instrument(handler);
+    tokio::pin!(invoke, announce, record_start);
+    let (mut announced, mut recorded) = (false, !store_start);
+    let attempt_result = loop {
+        tokio::select! {
+            r = &mut invoke => break r,
+            _ = &mut announce, if !announced => announced = true,
+            (result, now) = &mut record_start, if !recorded => {
+                recorded = true;
+                match result {
+                    Ok(()) => *held = now,
+                    Err(err) => {
+                        tracing::debug!(run_id = %item.run_id, %err, "cannot record the run's start");
+                        RUNNING.failed(&format_args!("cannot record the run's start: {err}"));
+                    }
+                }
+            }
+        }
+    };
+    if !announced {
+        announce.await;
+    }
+    let duration_ms = clock.elapsed().as_millis() as u64;
+    if let Some(t) = settle_after {
+        tokio::time::sleep_until(t).await;
     }
     let outcome = match attempt_result {
         Attempt::Done(outcome) => outcome,
         Attempt::Cancelled => {
             tracing::info!(run_id = %item.run_id, task = %item.task, attempt, "run cancelled");
-            let event = RunEvent {
-                duration_ms: Some(duration_ms),
-                worker: Some(ctx.worker_id.clone()),
-                ..event_for(item, record, RunStatus::Cancelled, Some("cancelled while running".into()))
-            };
-            return settle(ctx, record, revision, record::finish(RunStatus::Cancelled, event.error.clone()), &event)
-                .await;
+            let end =
+                Ending { duration_ms: Some(duration_ms), ..ending(RunStatus::Cancelled, "cancelled while running") };
+            return settle(ctx, msg, held, end).await;
         }
     };
     let success = matches!(outcome, Outcome::Success { .. });
@@ -470,20 +510,16 @@ async fn run_attempt(
     match outcome {
         Outcome::Success { output, result } => {
             tracing::debug!(run_id = %item.run_id, task = %item.task, attempt, duration_ms, "run succeeded");
-            let event = RunEvent {
-                duration_ms: Some(duration_ms),
-                output,
-                worker: Some(ctx.worker_id.clone()),
-                ..event_for(item, record, RunStatus::Succeeded, None)
-            };
             // Kept in the record (`runs get`); a step's result also travels
             // to the workflow's later steps.
-            let result = settle::result_json(&result);
-            let change = move |r: &mut RunRecord| {
-                record::finish(RunStatus::Succeeded, None)(r);
-                r.result = result.clone();
+            let end = Ending {
+                status: Some(RunStatus::Succeeded),
+                result: settle::result_json(&result),
+                duration_ms: Some(duration_ms),
+                output,
+                ..Default::default()
             };
-            settle(ctx, record, revision, change, &event).await
+            settle(ctx, msg, held, end).await
         }
         Outcome::Failure { error, retryable, retry_after, output }
             if retryable && attempt < item.def.retry.max_attempts =>
@@ -491,19 +527,18 @@ async fn run_attempt(
             let spread = runid::unit_hash(&format!("{}:{attempt}", item.run_id));
             let delay = retry_after.unwrap_or_else(|| item.def.retry.backoff(attempt + 1, spread));
             tracing::info!(run_id = %item.run_id, task = %item.task, attempt, %error, ?delay, "run failed; will retry");
-            let mut event = RunEvent {
+            // The message is handed back with this delay after the record is
+            // stored, so the next attempt is never due before `retry_at`.
+            let end = Ending {
                 duration_ms: Some(duration_ms),
                 output,
-                worker: Some(ctx.worker_id.clone()),
-                ..event_for(item, record, RunStatus::Failed, Some(error.clone()))
+                retry_after: Some(delay),
+                ..ending(RunStatus::Failed, error)
             };
-            // The message is handed back with this delay after the event is
-            // stored, so the next attempt is never due before `retry_at`.
-            event.retry_at = jiff::SignedDuration::try_from(delay).ok().and_then(|d| event.at.checked_add(d).ok());
-            match settle(ctx, record, revision, record::finish(RunStatus::Failed, Some(error)), &event).await {
+            match settle(ctx, msg, held, end).await {
                 Disposition::Ack => {
                     metrics().retries.add(1, &[kv("task", item.task.clone())]);
-                    Disposition::Nak(delay)
+                    Disposition::Retry(delay)
                 }
                 other => other,
             }
@@ -514,7 +549,8 @@ async fn run_attempt(
             } else {
                 error
             };
-            give_up(ctx, msg, item, record, revision, RunStatus::Dead, reason, output, Some(duration_ms)).await
+            let end = Ending { duration_ms: Some(duration_ms), output, ..ending(RunStatus::Dead, reason) };
+            give_up(ctx, msg, item, held, end).await
         }
     }
 }

@@ -21,7 +21,6 @@
 //! ack wait ran out): the task waiting on it lives until it is answered or
 //! lapses.
 
-use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -30,6 +29,7 @@ use async_nats::jetstream::Message;
 use async_nats::jetstream::consumer::{PullConsumer, pull};
 use async_nats::jetstream::stream::Stream as JsStream;
 use futures::StreamExt;
+use jetsched_contract::permissions::direct_get_subject;
 use jetsched_contract::{BANDS, Handles, Names, TaskDef, setup};
 use jetsched_runtime::metrics::{kv, metrics};
 use jetsched_runtime::{Backoff, KvChange, Outage, spawn_kv_watch};
@@ -65,6 +65,9 @@ pub struct Lane {
     in_flight: AtomicU64,
     /// When the oldest undelivered message was stored (last poll).
     head_at: Mutex<Option<jiff::Timestamp>>,
+    /// The consumer's delivered sequence when `head_at` was estimated
+    /// (without permission to read the head itself).
+    head_delivered: AtomicU64,
     /// The lane's subject.
     subject: String,
     /// An idle worker's pull request stands on this lane.
@@ -89,6 +92,7 @@ impl Lane {
             pending: AtomicU64::new(1),
             in_flight: AtomicU64::new(0),
             head_at: Mutex::new(None),
+            head_delivered: AtomicU64::new(u64::MAX),
             standing: AtomicBool::new(false),
             backoff: Mutex::new(Backoff::new(Duration::from_millis(100), Duration::from_secs(2))),
             resting_until: Mutex::new(None),
@@ -143,6 +147,21 @@ impl Lane {
         f64::from(self.band) - waited / aging_step.as_secs_f64().max(0.001)
     }
 
+    /// The head's store time as far as this worker can tell without
+    /// reading it: since when it has seen the lane waiting with no delivery
+    /// in between (`delivered`: the consumer's delivered sequence). Work
+    /// that waited before this worker looked counts from the first look.
+    fn waiting_since(&self, delivered: u64, now: jiff::Timestamp) -> Option<jiff::Timestamp> {
+        let seen = self.head_at.lock().ok().and_then(|h| *h);
+        match seen {
+            Some(since) if self.head_delivered.swap(delivered, Ordering::Relaxed) == delivered => Some(since),
+            _ => {
+                self.head_delivered.store(delivered, Ordering::Relaxed);
+                Some(now)
+            }
+        }
+    }
+
     fn idle(&self) -> bool {
         self.pending.load(Ordering::Relaxed) == 0 && self.in_flight.load(Ordering::Relaxed) == 0
     }
@@ -155,12 +174,18 @@ pub struct Lanes {
     names: Names,
     ack_wait: Duration,
     aging_step: Duration,
+    /// Whether this worker may read the head of a lane (a direct get on the
+    /// tasks stream: any queue's work, so the worker role is not allowed
+    /// it); without, a head's waiting time is estimated. Unknown (false)
+    /// until the monitor has asked the server.
+    read_heads: AtomicBool,
 }
 
 impl Lanes {
     /// Opens the lanes of the configured queues and of this worker's own queue.
     pub async fn open(handles: &Handles, config: &WorkerConfig, worker_id: &str) -> anyhow::Result<Lanes> {
         let lanes = Lanes {
+            read_heads: AtomicBool::new(false),
             lanes: RwLock::new(Vec::new()),
             stream: handles.stream(&handles.names.tasks_stream()).await?,
             names: handles.names.clone(),
@@ -195,11 +220,6 @@ impl Lanes {
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Vec<Arc<Lane>>> {
         self.lanes.read().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// The distinct queues served.
-    pub fn queues(&self) -> Vec<String> {
-        self.read().iter().map(|l| l.queue.clone()).collect::<BTreeSet<_>>().into_iter().collect()
     }
 
     /// Lanes to ask, in order of urgency; lanes seen empty at the last poll
@@ -316,8 +336,18 @@ pub async fn probe(lanes: &Lanes, permits: &mut Vec<OwnedSemaphorePermit>) -> Ve
 }
 
 /// Polls every lane's consumer: what waits and since when (for ordering
-/// and aging), and the backlog gauge.
-pub async fn monitor(lanes: Arc<Lanes>, every: Duration, shutdown: CancellationToken) {
+/// and aging), and the backlog gauge. First it asks the server whether this
+/// worker may read lane heads (off the start-up path: the answer only
+/// refines aging).
+pub async fn monitor(lanes: Arc<Lanes>, client: async_nats::Client, every: Duration, shutdown: CancellationToken) {
+    let tasks = lanes.names.tasks_stream();
+    let read_heads = jetsched_runtime::access::ask(&client).await.may_publish(&direct_get_subject(&tasks));
+    if !read_heads {
+        tracing::info!(
+            "this user may not read the head of work lanes; waiting times are measured from when this worker first saw work waiting"
+        );
+    }
+    lanes.read_heads.store(read_heads, Ordering::Relaxed);
     loop {
         let snapshot: Vec<Arc<Lane>> = lanes.read().clone();
         for lane in snapshot {
@@ -327,7 +357,9 @@ pub async fn monitor(lanes: Arc<Lanes>, every: Duration, shutdown: CancellationT
             lane.in_flight.store(info.num_ack_pending as u64, Ordering::Relaxed);
             // The next undelivered message is the lane's head; its store
             // time is how long the lane's oldest work has waited.
-            let head = if info.num_pending > 0 {
+            let head = if info.num_pending > 0 && !lanes.read_heads.load(Ordering::Relaxed) {
+                lane.waiting_since(info.delivered.stream_sequence, jiff::Timestamp::now())
+            } else if info.num_pending > 0 {
                 lanes
                     .stream
                     .direct_get_next_for_subject(lane.subject.clone(), Some(info.delivered.stream_sequence + 1))

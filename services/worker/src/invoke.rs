@@ -6,12 +6,12 @@
 use std::time::Duration;
 
 use async_nats::jetstream::{AckKind, Message};
-use jetsched_contract::{Handler, HumanDuration, WorkItem};
+use jetsched_contract::{Handler, HumanDuration, WorkItem, codec};
 use jiff::{SignedDuration, Timestamp};
 use tokio_util::sync::CancellationToken;
 
 use crate::checkpoint::{CheckpointFile, Checkpoints};
-use crate::execute::WorkerCtx;
+use crate::ctx::WorkerCtx;
 use crate::handlers::nats::{Pending, Sent};
 use crate::handlers::{Invocation, Outcome, exec, http, nats};
 use crate::limits::SlotHold;
@@ -46,7 +46,7 @@ pub async fn invocation(ctx: &WorkerCtx, item: &WorkItem, attempt: u32, start: T
     let checkpoint = if attempt > 1 {
         checkpoints.load().await.unwrap_or_else(|err| {
             tracing::debug!(run_id = %item.run_id, %err, "cannot read checkpoint");
-            crate::execute::RUNNING.failed(&format_args!("cannot read checkpoint: {err}"));
+            crate::ctx::RUNNING.failed(&format_args!("cannot read checkpoint: {err}"));
             None
         })
     } else {
@@ -143,8 +143,8 @@ async fn invoke_logged(
 ) -> Attempt {
     let timeout = item.def.timeout.0;
     let checkpoints = Checkpoints::new(ctx.checkpoints.clone(), &item.run_id);
-    let mut file =
-        matches!(item.def.handler, Some(Handler::Exec { .. })).then(|| CheckpointFile::new(&item.run_id, attempt));
+    let exec = matches!(item.def.handler, Some(Handler::Exec { .. }));
+    let mut file = exec.then(|| CheckpointFile::new(&item.run_id, attempt));
     let stop = CancellationToken::new();
     let call = call_handler(ctx, item, inv, ahead, stop.clone(), file.as_ref().map(|f| f.path().to_path_buf()));
     tokio::pin!(call);
@@ -163,7 +163,7 @@ async fn invoke_logged(
             _ = heartbeat.tick() => {
                 if let Err(err) = msg.ack_with(AckKind::Progress).await {
                     tracing::debug!(run_id = %item.run_id, %err, "cannot extend the work message's ack deadline");
-                    crate::execute::RUNNING.failed(&format_args!("cannot extend the work message's ack deadline: {err}"));
+                    crate::ctx::RUNNING.failed(&format_args!("cannot extend the work message's ack deadline: {err}"));
                 }
                 if let Some(f) = file.as_mut() {
                     f.sync(&checkpoints).await;
@@ -176,10 +176,15 @@ async fn invoke_logged(
             _ = cancel.cancelled() => break true,
         }
     };
-    // Stop the handler (exec gets SIGTERM, then SIGKILL after the grace period).
-    stop.cancel();
-    let grace = ctx.exec.grace + Duration::from_secs(1);
-    let _ = tokio::time::timeout(grace, &mut call).await;
+    // Stop the handler: exec gets SIGTERM, then SIGKILL after the grace
+    // period, and is waited for. A NATS function, HTTP call or builtin is
+    // dropped at once (the worker stops waiting for it; a function may
+    // listen on the cancel subject).
+    if exec {
+        stop.cancel();
+        let grace = ctx.exec.grace + Duration::from_secs(1);
+        let _ = tokio::time::timeout(grace, &mut call).await;
+    }
     if let Some(f) = file.as_mut() {
         f.sync(&checkpoints).await;
     }
@@ -198,7 +203,26 @@ async fn call_handler(
     stop: CancellationToken,
     checkpoint_file: Option<std::path::PathBuf>,
 ) -> Outcome {
-    match &item.def.handler {
+    if let Err(refused) = ctx.sizes.check_payload(&inv.payload) {
+        return refused;
+    }
+    // Local handlers get sealed payloads opened; their results are sealed
+    // and their output kept out of events. NATS functions open and seal
+    // themselves (they hold the key).
+    let sealed = codec::sealed_key(&inv.payload).map(str::to_string);
+    let local = !matches!(item.def.handler, Some(Handler::Nats { .. }));
+    let opened;
+    let inv = match (&sealed, local) {
+        (Some(kid), true) => match open(ctx, inv, kid) {
+            Ok(inv) => {
+                opened = inv;
+                &opened
+            }
+            Err(refused) => return refused,
+        },
+        _ => inv,
+    };
+    let outcome = match &item.def.handler {
         Some(Handler::Nats { subject }) => match ahead {
             None => ctx.functions.call(subject, inv).await,
             Some((pending, Sent::Yes(result))) => nats::outcome(subject, inv.timeout, result, pending).await,
@@ -208,7 +232,7 @@ async fn call_handler(
                 nats::outcome(subject, inv.timeout, result, pending).await
             }
         },
-        Some(Handler::Http { url, method, headers }) => http::call(url, method, headers, inv).await,
+        Some(Handler::Http { url, method, headers }) => http::call(&ctx.http, url, method, headers, inv).await,
         Some(Handler::Exec { command, env }) => {
             let mut env = env.clone();
             if let Some(path) = checkpoint_file {
@@ -221,5 +245,40 @@ async fn call_handler(
             None => Outcome::permanent(format!("no builtin handler {name:?} is registered in this worker")),
         },
         None => Outcome::permanent("a workflow task has no handler of its own"),
+    };
+    let outcome = ctx.sizes.check_output(outcome);
+    match (&sealed, local, &ctx.keyring) {
+        (Some(_), true, Some(keyring)) => seal(keyring, outcome),
+        _ => outcome,
+    }
+}
+
+/// The invocation with its sealed payload opened with this worker's keys.
+fn open(ctx: &WorkerCtx, inv: &Invocation, kid: &str) -> Result<Invocation, Outcome> {
+    let Some(keyring) = &ctx.keyring else {
+        return Err(Outcome::permanent(format!(
+            "the payload is sealed with key {kid:?} and this worker has no --payload-key-file"
+        )));
+    };
+    let mut opened = inv.clone();
+    keyring.open_all(&mut opened.payload).map_err(|e| Outcome::permanent(e.to_string()))?;
+    Ok(opened)
+}
+
+/// A local handler's outcome for a sealed run: the result sealed, the
+/// output (which may quote the payload) withheld from events.
+fn seal(keyring: &codec::Keyring, outcome: Outcome) -> Outcome {
+    const WITHHELD: &str = "(output withheld: the run's payload is sealed)";
+    match outcome {
+        Outcome::Success { result, output } => match keyring.seal(&result) {
+            Ok(sealed) => Outcome::Success {
+                result: serde_json::to_vec(&sealed).unwrap_or_default().into(),
+                output: output.map(|_| WITHHELD.to_string()),
+            },
+            Err(e) => Outcome::permanent(format!("cannot seal the result: {e}")),
+        },
+        Outcome::Failure { error, retryable, retry_after, output } => {
+            Outcome::Failure { error, retryable, retry_after, output: output.map(|_| WITHHELD.to_string()) }
+        }
     }
 }

@@ -7,7 +7,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use jetsched_contract::Handles;
-use jiff::Timestamp;
+use jetsched_runtime::RunStore;
 
 use super::view::url_encode;
 use super::{Console, Params};
@@ -49,7 +49,7 @@ pub async fn verb(
     act(&c, &headers, &params, async {
         match kind.as_str() {
             "schedules" => schedule(&h, &id, &verb, &params).await,
-            "runs" => run(&h, &id, &verb, &params).await,
+            "runs" => run(&h, c.runs(), &id, &verb, &params).await,
             _ => Err(bad(format!("unknown action on {kind:?}"))),
         }
     })
@@ -76,32 +76,23 @@ async fn schedule(h: &Handles, id: &str, verb: &str, params: &Params) -> anyhow:
             Ok((back, format!("schedule {id} triggered: run {run}")))
         }
         "backfill" => {
-            let from = when(params.get("from"), "from")?;
-            let to = when(params.get("to"), "to")?;
-            let runs = crate::schedule::backfill(h, id, from, to).await?;
-            Ok((back, format!("backfill of {id}: {} fires published from {from} to {to}", runs.len())))
+            let from = params.get("from").ok_or_else(|| bad("from is missing"))?;
+            let to = params.get("to").ok_or_else(|| bad("to is missing"))?;
+            let plan = crate::backfill::plan(h, id, from, to, crate::backfill::DEFAULT_MAX_IN_FLIGHT).await?;
+            let (from, to, total) = (plan.record.from, plan.record.to, plan.total);
+            let backfill = crate::backfill::store(h, plan, None).await?;
+            Ok((back, format!("backfill {backfill} of {id} stored: {total} fires from {from} to {to}")))
         }
         _ => Err(bad(format!("unknown action {verb:?}"))),
     }
 }
 
-/// A time from a form: RFC 3339, or a `datetime-local` value taken as UTC.
-fn when(value: Option<&str>, name: &str) -> anyhow::Result<Timestamp> {
-    let value = value.ok_or_else(|| bad(format!("{name} is missing")))?;
-    if let Ok(t) = value.parse::<Timestamp>() {
-        return Ok(t);
-    }
-    let civil: jiff::civil::DateTime =
-        value.parse().map_err(|e| bad(format!("{name} {value:?} is not a time: {e}")))?;
-    Ok(jiff::tz::TimeZone::UTC.to_timestamp(civil)?)
-}
-
 /// A run's `cancel`, or `retry` (form field `seq`: the run's dead letter).
-async fn run(h: &Handles, id: &str, verb: &str, params: &Params) -> anyhow::Result<(String, String)> {
+async fn run(h: &Handles, runs: &RunStore, id: &str, verb: &str, params: &Params) -> anyhow::Result<(String, String)> {
     let back = format!("/runs/{}", url_encode(id));
     match verb {
         "cancel" => {
-            let status = crate::inspect::cancel(h, id).await?;
+            let status = crate::inspect::cancel(runs, id).await?;
             Ok((back, format!("cancel requested for {id} (it was {status})")))
         }
         "retry" => {

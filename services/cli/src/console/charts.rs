@@ -95,12 +95,12 @@ pub fn render(title: &str, unit: &str, now: i64, lines: &[Line]) -> Result<Strin
 pub fn status_color(status: jetsched_contract::RunStatus) -> (u8, u8, u8) {
     use jetsched_contract::RunStatus::*;
     match status {
-        Queued => (120, 144, 156),
+        Queued | Waiting => (120, 144, 156),
         Started => (33, 150, 243),
         Succeeded => (46, 160, 67),
         Failed => (245, 159, 0),
         Dead | Rejected | Invalid => (214, 48, 49),
-        Cancelled | Skipped | Missed => (150, 150, 150),
+        Cancelled | Skipped | Missed | Backfill => (150, 150, 150),
         Expired => (156, 39, 176),
     }
 }

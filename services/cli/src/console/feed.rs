@@ -1,22 +1,23 @@
 //! The console's two background readers:
-//! - the events stream (`jetsched.event.>`), read by an ordered consumer
-//!   from an hour back (at most [`MAX_HISTORY`] events), feeds the
-//!   overview's statistics and, once caught up, every live page: each event
-//!   is rendered once as a table row and broadcast to the connected
-//!   server-sent event streams;
+//! - the run events: first the last hour from the run records' history
+//!   (every stored change of the runs bucket, at most [`MAX_HISTORY`]; a
+//!   fast run's start is not stored, so it is taken from its end record),
+//!   then live from `jetsched.event.>` (queued, started and succeeded are
+//!   published live only). They feed the overview's statistics and every
+//!   live page: each live event is rendered once as a table row and
+//!   broadcast to the connected server-sent event streams;
 //! - every [`SAMPLE_EVERY`], the backlog per queue and band (the worker
 //!   consumers) and the DLQ's size (the stream's message count).
 //!
 //! Both only read: any number of consoles can run.
 
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_nats::jetstream::consumer::DeliverPolicy;
-use async_nats::jetstream::consumer::pull::OrderedConfig;
 use futures::StreamExt;
-use jetsched_contract::{Handles, RunEvent};
-use jetsched_runtime::{Backoff, Outage};
+use jetsched_contract::{Handles, RunEvent, RunRecord, RunStatus};
+use jetsched_runtime::{Backoff, Outage, RunStore};
 use jiff::{SignedDuration, Timestamp};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
@@ -24,13 +25,13 @@ use tokio_util::sync::CancellationToken;
 use super::stats::Stats;
 use super::view;
 
-/// Most past events read at start-up; an older part of the hour is left out
-/// of the charts.
+/// Most past record changes read at start-up; an older part of the hour is
+/// left out of the charts.
 pub const MAX_HISTORY: u64 = 200_000;
 /// How often backlog and DLQ size are sampled.
 pub const SAMPLE_EVERY: Duration = Duration::from_secs(10);
 
-static EVENTS: Outage = Outage::new("console reading the events stream");
+static EVENTS: Outage = Outage::new("console reading the run history");
 static SAMPLING: Outage = Outage::new("console sampling backlog and DLQ");
 
 /// One event as live pages get it.
@@ -42,83 +43,93 @@ pub struct Live {
     pub row: String,
 }
 
-/// Reads the events stream until `shutdown`, re-creating the consumer (from
-/// the next sequence) after a failure.
+/// Reads the last hour, then live events until `shutdown`.
 pub async fn follow(
     h: Handles,
+    runs: RunStore,
     stats: Arc<Mutex<Stats>>,
     live: broadcast::Sender<Arc<Live>>,
     shutdown: CancellationToken,
 ) {
-    let mut next: Option<u64> = None;
-    let mut caught_up = false;
+    // Subscribed before the history is read: nothing falls between them.
+    let mut events = match h.js.client().subscribe(h.names.event_filter()).await {
+        Ok(s) => s,
+        Err(err) => {
+            tracing::error!(%err, "the console cannot subscribe to run events; its pages are not live");
+            return;
+        }
+    };
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
-    while !shutdown.is_cancelled() {
-        let result = tokio::select! {
+    let since = Timestamp::now().checked_sub(SignedDuration::from_hours(1)).unwrap_or(Timestamp::UNIX_EPOCH);
+    let mut seen = loop {
+        let read = tokio::select! {
             _ = shutdown.cancelled() => return,
-            r = read(&h, &stats, &live, &mut next, &mut caught_up, &mut backoff) => r,
+            r = runs.changes_since(since, MAX_HISTORY) => r,
         };
-        if let Err(err) = result {
-            EVENTS.failed(&format_args!("{err:#}"));
+        match read {
+            Ok(records) => {
+                EVENTS.recovered();
+                break history(&records, &stats);
+            }
+            Err(err) => EVENTS.failed(&format_args!("{err:#}")),
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = backoff.wait() => {}
         }
-    }
-}
-
-/// One consumer's life: from `next` (or an hour back) until it fails.
-async fn read(
-    h: &Handles,
-    stats: &Mutex<Stats>,
-    live: &broadcast::Sender<Arc<Live>>,
-    next: &mut Option<u64>,
-    caught_up: &mut bool,
-    backoff: &mut Backoff,
-) -> anyhow::Result<()> {
-    let stream = h.js.get_stream(h.names.events_stream()).await?;
-    let last = stream.get_info().await?.state.last_sequence;
-    let deliver_policy = match *next {
-        Some(seq) => DeliverPolicy::ByStartSequence { start_sequence: seq },
-        None => {
-            let hour_ago = Timestamp::now().checked_sub(SignedDuration::from_hours(1))?;
-            let start_time = time::OffsetDateTime::from_unix_timestamp_nanos(hour_ago.as_nanosecond())?;
-            DeliverPolicy::ByStartTime { start_time }
-        }
     };
-    let config =
-        |deliver_policy| OrderedConfig { filter_subject: h.names.event_filter(), deliver_policy, ..Default::default() };
-    let mut consumer = stream.create_consumer(config(deliver_policy)).await?;
-    if next.is_none() && consumer.cached_info().num_pending > MAX_HISTORY {
-        let start_sequence = last.saturating_sub(MAX_HISTORY).max(1);
-        consumer = stream.create_consumer(config(DeliverPolicy::ByStartSequence { start_sequence })).await?;
-    }
-    if consumer.cached_info().num_pending == 0 {
-        *caught_up = true;
-    }
-    let mut messages = consumer.messages().await?;
-    while let Some(msg) = messages.next().await {
-        let msg = msg?;
-        EVENTS.recovered();
-        backoff.reset();
-        let info = msg.info().map_err(|e| anyhow::anyhow!("{e}"))?;
-        *next = Some(info.stream_sequence + 1);
-        let pending = info.pending;
+    loop {
+        let msg = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            m = events.next() => m,
+        };
+        let Some(msg) = msg else { return };
         let Ok(event) = serde_json::from_slice::<RunEvent>(&msg.payload) else { continue };
+        // Published while the history was read, and in it already.
+        if !seen.is_empty() && seen.remove(&key(&event)) {
+            continue;
+        }
         if let Ok(mut s) = stats.lock() {
             s.record(&event);
         }
-        if *caught_up {
-            let row = view::event_row(&event).into_string();
-            // No listener is not an error: nobody has a page open.
-            let _ = live.send(Arc::new(Live { event, row }));
+        let row = view::event_row(&event).into_string();
+        // No listener is not an error: nobody has a page open.
+        let _ = live.send(Arc::new(Live { event, row }));
+    }
+}
+
+/// What tells an event of a run's change apart from another.
+fn key(e: &RunEvent) -> (String, RunStatus, u32) {
+    (e.run_id.clone().unwrap_or_default(), e.status, e.attempt)
+}
+
+/// Feeds the statistics with the events `records` stand for; returns the
+/// keys of those of the last minute (live events may repeat them).
+fn history(records: &[RunRecord], stats: &Mutex<Stats>) -> HashSet<(String, RunStatus, u32)> {
+    let recent = Timestamp::now().checked_sub(SignedDuration::from_mins(1)).unwrap_or(Timestamp::UNIX_EPOCH);
+    let mut started = HashSet::new();
+    let mut seen = HashSet::new();
+    let Ok(mut stats) = stats.lock() else { return seen };
+    for r in records {
+        let mut events = Vec::with_capacity(2);
+        if r.status == RunStatus::Started {
+            started.insert((r.run_id.clone(), r.attempt));
+        } else if let Some(at) = r.started_at
+            && (r.status.is_terminal() || r.status == RunStatus::Failed)
+            && started.insert((r.run_id.clone(), r.attempt))
+        {
+            // A start that was announced live only: its end record says when.
+            events.push(RunEvent { status: RunStatus::Started, at, ..r.event() });
         }
-        if pending == 0 {
-            *caught_up = true;
+        events.push(r.event());
+        for e in events {
+            if e.at >= recent {
+                seen.insert(key(&e));
+            }
+            stats.record(&e);
         }
     }
-    anyhow::bail!("the events consumer ended")
+    seen
 }
 
 /// Samples backlog and DLQ size every [`SAMPLE_EVERY`] until `shutdown`.

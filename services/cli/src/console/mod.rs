@@ -1,7 +1,7 @@
 //! `jetsched console`: a web console on axum. Pages are rendered on the
 //! server (maud templates, every value escaped), charts are SVG drawn by
 //! plotters, and one small script (embedded, no build step) keeps pages live
-//! with server-sent events fed from the events stream.
+//! with server-sent events fed from the run events (see [`feed`]).
 //!
 //! The console reads only through NATS, like every other part of jetsched
 //! (KV gets and watches, stream reads, consumer info), and keeps nothing but
@@ -35,7 +35,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use jetsched_contract::Handles;
-use jetsched_runtime::{Backoff, NatsArgs};
+use jetsched_runtime::{Backoff, NatsArgs, RunStore};
 use maud::{Markup, html};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
@@ -85,6 +85,8 @@ struct Console(Arc<Inner>);
 
 struct Inner {
     handles: Handles,
+    /// Run records: read through the run store, like the CLI's.
+    runs: RunStore,
     stats: Arc<Mutex<Stats>>,
     live: broadcast::Sender<Arc<feed::Live>>,
     auth: Auth,
@@ -95,6 +97,10 @@ struct Inner {
 impl Console {
     fn h(&self) -> &Handles {
         &self.0.handles
+    }
+
+    fn runs(&self) -> &RunStore {
+        &self.0.runs
     }
 
     fn session(&self, headers: &HeaderMap) -> Session {
@@ -155,11 +161,13 @@ pub async fn serve(handles: Handles, args: &ConsoleArgs, shutdown: CancellationT
         format!("cannot serve the console on {addr}: pick another address with --listen (JETSCHED_CONSOLE_LISTEN)")
     })?;
     let bound = listener.local_addr()?;
+    let runs = RunStore::open(jetsched_runtime::Publisher::new(handles.js.clone(), handles.names.clone())).await?;
     let stats = Arc::new(Mutex::new(Stats::starting(jiff::Timestamp::now())));
     let (live, _) = broadcast::channel(LIVE_BUFFER);
-    tokio::spawn(feed::follow(handles.clone(), stats.clone(), live.clone(), shutdown.clone()));
+    tokio::spawn(feed::follow(handles.clone(), runs.clone(), stats.clone(), live.clone(), shutdown.clone()));
     tokio::spawn(feed::sample(handles.clone(), stats.clone(), shutdown.clone()));
-    let console = Console(Arc::new(Inner { handles, stats, live, auth: Auth::new(token), shutdown: shutdown.clone() }));
+    let console =
+        Console(Arc::new(Inner { handles, runs, stats, live, auth: Auth::new(token), shutdown: shutdown.clone() }));
     let app = router(console);
     tokio::spawn(async move {
         if let Err(err) = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await {

@@ -4,13 +4,12 @@
 
 use axum::extract::{Path, State};
 use axum::response::Response;
-use jetsched_contract::{Handles, RunRecord, RunStatus, WorkItem};
+use jetsched_contract::{Handles, RunEvent, RunRecord, RunStatus, WorkItem};
 use jiff::Timestamp;
 use maud::{Markup, html};
 
 use super::view::{self, Page, Section};
 use super::{Console, Req, failure, respond, respond_with};
-use crate::inspect::StoredEvent;
 use crate::runlist::ListArgs;
 
 /// Runs per page of the list.
@@ -38,7 +37,7 @@ pub async fn list(State(c): State<Console>, Req { session, params }: Req) -> Res
         })
     })();
     let page = match args {
-        Ok(args) => crate::runlist::page(c.h(), &args).await.map(|p| (args, p)),
+        Ok(args) => crate::runlist::page(c.runs(), &args).await.map(|p| (args, p)),
         Err(err) => Err(err),
     };
     let (args, found) = match page {
@@ -141,18 +140,20 @@ pub async fn one(State(c): State<Console>, Path(id): Path<String>, Req { session
 
 async fn run_body(c: &Console, session: &super::auth::Session, id: &str) -> anyhow::Result<(Markup, String)> {
     let h = c.h();
-    let value =
-        h.runs.get(id).await?.ok_or_else(|| crate::admin::bad(format!("no run {id} (run records are kept 7 days)")))?;
-    let record: RunRecord = serde_json::from_slice(&value)?;
-    let events = crate::inspect::stored_timeline(h, &record).await?;
+    let record = c
+        .runs()
+        .get(id)
+        .await?
+        .ok_or_else(|| crate::admin::bad(format!("no run {id} (run records are kept 7 days)")))?
+        .record;
+    let events = crate::inspect::timeline(h, c.runs(), &record).await?;
     let (payload, dead) = payload(h, &record).await?;
     let checkpoint = h.checkpoints.get(id).await?;
-    let trace = events.iter().find_map(StoredEvent::trace_id).map(str::to_string);
     let mut workflow = None;
     if let (Some(state), Some(def)) = (&record.workflow, h.tasks.get(&record.task).await?)
         && let Some(steps) = jetsched_contract::TaskDef::from_json(&def).ok().and_then(|d| d.steps)
     {
-        let live = super::workflows::step_statuses(h, state).await?;
+        let live = super::workflows::step_statuses(c.runs(), state).await?;
         workflow = Some(super::workflows::graph(&steps, state, &live));
     }
     let live = match &record.workflow {
@@ -175,7 +176,7 @@ async fn run_body(c: &Console, session: &super::auth::Session, id: &str) -> anyh
             @if let Some(w) = &record.worker { tr { th { "worker" } td.mono { (w) } } }
             @if let Some(p) = &record.parent { tr { th { "workflow run" } td { (view::run_link(p)) " step " span.mono { (record.step.as_deref().unwrap_or("")) } } } }
             @if let Some(r) = &record.replay_of { tr { th { "replays" } td { (view::run_link(r)) } } }
-            tr { th { "trace id" } td.mono #trace-id { (trace.as_deref().unwrap_or("-")) } }
+            tr { th { "trace id" } td.mono #trace-id { (record.trace_id.as_deref().unwrap_or("-")) } }
             @if let Some(e) = &record.error { tr { th { "error" } td.err { (view::cut(e, 2_000).0) } } }
         }
         @if let Some(graph) = workflow { h2 { "Workflow" } (graph) }
@@ -188,11 +189,11 @@ async fn run_body(c: &Console, session: &super::auth::Session, id: &str) -> anyh
         }
         h2 { "Output" }
         @if let Some(result) = &record.result { div #result { (view::json(result)) } }
-        @for e in events.iter().filter(|e| e.event.output.is_some()) {
-            p.note { "Attempt " (e.event.attempt) " (" (e.event.status.as_str()) "):" }
-            (view::capped(e.event.output.as_deref().unwrap_or_default()))
+        @for e in events.iter().filter(|e| e.output.is_some()) {
+            p.note { "Attempt " (e.attempt) " (" (e.status.as_str()) "):" }
+            (view::capped(e.output.as_deref().unwrap_or_default()))
         }
-        @if record.result.is_none() && events.iter().all(|e| e.event.output.is_none()) { p.note { "None recorded." } }
+        @if record.result.is_none() && events.iter().all(|e| e.output.is_none()) { p.note { "None recorded." } }
         @if let Some(cp) = checkpoint {
             h2 { "Last checkpoint" }
             (view::capped(&String::from_utf8_lossy(&cp)))
@@ -202,30 +203,30 @@ async fn run_body(c: &Console, session: &super::auth::Session, id: &str) -> anyh
 }
 
 /// The run's events on a time line: offset from the first, and a bar.
-fn timeline(record: &RunRecord, events: &[StoredEvent]) -> Markup {
-    let Some(first) = events.first().map(|e| e.event.at) else {
-        return html! { p.note { "No event of this run is stored (events are kept 7 days)." } };
+fn timeline(record: &RunRecord, events: &[RunEvent]) -> Markup {
+    let Some(first) = events.first().map(|e| e.at) else {
+        return html! { p.note { "No change of this run is stored." } };
     };
-    let last = events.last().map_or(first, |e| e.event.at).max(record.updated_at);
+    let last = events.last().map_or(first, |e| e.at).max(record.updated_at);
     let span = last.duration_since(first).as_secs_f64().max(0.001);
     // Each event's bar runs until the next event: waiting, running, waiting to retry.
     let pct = |t: Timestamp| t.duration_since(first).as_secs_f64() / span * 98.0;
     html! {
         ol.timeline #timeline {
             @for (i, e) in events.iter().enumerate() {
-                @let offset = e.event.at.duration_since(first).as_secs_f64();
-                @let until = events.get(i + 1).map_or(e.event.at, |n| n.event.at);
-                @let width = (pct(until) - pct(e.event.at)).max(0.6);
-                li data-status=(e.event.status.as_str()) {
-                    span.bar style={ "margin-left:" (format!("{:.2}", pct(e.event.at))) "%;width:" (format!("{width:.2}")) "%" } {}
+                @let offset = e.at.duration_since(first).as_secs_f64();
+                @let until = events.get(i + 1).map_or(e.at, |n| n.at);
+                @let width = (pct(until) - pct(e.at)).max(0.6);
+                li data-status=(e.status.as_str()) {
+                    span.bar style={ "margin-left:" (format!("{:.2}", pct(e.at))) "%;width:" (format!("{width:.2}")) "%" } {}
                     span.off { "+" (format!("{offset:.3}")) " s" }
-                    (view::badge(e.event.status))
-                    @if e.event.attempt > 0 { " attempt " (e.event.attempt) }
-                    @if let Some(ms) = e.event.duration_ms { " · " (ms) " ms" }
-                    @if let Some(w) = &e.event.worker { " · on " span.mono { (w) } }
-                    @if let Some(t) = e.event.retry_at { " · retry at " (t) }
-                    " · " (view::time(e.event.at))
-                    @if let Some(err) = &e.event.error { div.err { (view::cut(err, 2_000).0) } }
+                    (view::badge(e.status))
+                    @if e.attempt > 0 { " attempt " (e.attempt) }
+                    @if let Some(ms) = e.duration_ms { " · " (ms) " ms" }
+                    @if let Some(w) = &e.worker { " · on " span.mono { (w) } }
+                    @if let Some(t) = e.retry_at { " · retry at " (t) }
+                    " · " (view::time(e.at))
+                    @if let Some(err) = &e.error { div.err { (view::cut(err, 2_000).0) } }
                 }
             }
         }

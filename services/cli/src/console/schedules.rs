@@ -130,7 +130,7 @@ pub async fn one(State(c): State<Console>, Path(id): Path<String>, Req { session
         limit: RUNS_ON_PAGE,
         ..crate::runlist::ListArgs::default()
     };
-    let runs = match crate::runlist::page(h, &args).await {
+    let runs = match crate::runlist::page(c.runs(), &args).await {
         Ok(p) => p.runs,
         Err(err) => return failure(&session, err),
     };

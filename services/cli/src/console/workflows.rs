@@ -14,7 +14,8 @@ use axum::extract::State;
 use axum::response::Response;
 use futures::TryStreamExt;
 use jetsched_contract::task::Step;
-use jetsched_contract::{Handles, RunStatus, TaskDef, WorkflowState};
+use jetsched_contract::{RunStatus, TaskDef, WorkflowState};
+use jetsched_runtime::RunStore;
 use maud::{Markup, html};
 
 use super::view::{self, Page, Section};
@@ -127,14 +128,12 @@ fn box_(node: &Node) -> Markup {
 }
 
 /// The current status of each started step's run (its own record).
-pub async fn step_statuses(h: &Handles, state: &WorkflowState) -> anyhow::Result<BTreeMap<String, RunStatus>> {
+pub async fn step_statuses(runs: &RunStore, state: &WorkflowState) -> anyhow::Result<BTreeMap<String, RunStatus>> {
     let mut out = BTreeMap::new();
     for (name, s) in &state.steps {
         let Some(run) = &s.run_id else { continue };
-        if let Some(v) = h.runs.get(run).await?
-            && let Ok(r) = serde_json::from_slice::<jetsched_contract::RunRecord>(&v)
-        {
-            out.insert(name.clone(), r.status);
+        if let Some(stored) = runs.get(run).await? {
+            out.insert(name.clone(), stored.record.status);
         }
     }
     Ok(out)
@@ -151,7 +150,7 @@ pub async fn list(State(c): State<Console>, Req { session, params }: Req) -> Res
             let Some(v) = h.tasks.get(&name).await? else { continue };
             let Some(steps) = TaskDef::from_json(&v).ok().and_then(|d| d.steps) else { continue };
             let args = crate::runlist::ListArgs { task: Some(name.clone()), limit: 10, ..Default::default() };
-            let runs = crate::runlist::page(h, &args).await?.runs;
+            let runs = crate::runlist::page(c.runs(), &args).await?.runs;
             out.push((name, steps, runs));
         }
         anyhow::Ok(out)

@@ -14,7 +14,8 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use jetsched_contract::{
-    DueFire, RunEvent, RunRecord, ScheduleDef, StepOutcome, StepStart, TaskDef, WindowDef, WorkItem,
+    Backfill, DueFire, RunEvent, RunRecord, ScheduleDef, StepOutcome, StepStart, TaskDef, TriggerEvent, WindowDef,
+    WorkItem, WorkerInfo,
 };
 use jsonschema::{Draft, Registry, Validator};
 use serde::Serialize;
@@ -25,7 +26,7 @@ use serde_json::{Map, Value};
 pub type Parser = fn(&str) -> Result<(), String>;
 
 /// Every schema file, with the parser the services use for what it describes.
-pub const SCHEMA_FILES: [(&str, Parser); 10] = [
+pub const SCHEMA_FILES: [(&str, Parser); 14] = [
     ("task.json", parse_task),
     ("schedule.json", parse_schedule),
     ("window.json", parse_window),
@@ -36,6 +37,10 @@ pub const SCHEMA_FILES: [(&str, Parser); 10] = [
     ("step-start.json", parse_serde::<StepStart>),
     ("step-outcome.json", parse_serde::<StepOutcome>),
     ("ticker-state.json", parse_ticker_state),
+    ("overlap-state.json", parse_serde::<jetsched_contract::overlap::OverlapState>),
+    ("worker.json", parse_serde::<WorkerInfo>),
+    ("backfill.json", parse_backfill),
+    ("trigger-event.json", parse_serde::<TriggerEvent>),
 ];
 
 /// The schemas as JSON and as compiled validators.
@@ -117,12 +122,17 @@ pub fn parse_window(doc: &str) -> Result<(), String> {
 /// Either value a ticker keeps in its bucket: a watermark or a fire count
 /// (which the ticker only writes once a fire is stored, so never 0).
 pub fn parse_ticker_state(doc: &str) -> Result<(), String> {
-    use jetsched_contract::ticker::{FiredCount, Watermark};
+    use jetsched_contract::ticker::{FiredCount, TriggerState, Watermark};
     let watermark = serde_json::from_str::<Watermark>(doc).map(drop).map_err(|e| e.to_string());
     let count = serde_json::from_str::<FiredCount>(doc)
         .map_err(|e| e.to_string())
         .and_then(|c| if c.fired == 0 { Err("a stored count is at least 1".to_string()) } else { Ok(()) });
-    watermark.or(count)
+    let trigger = serde_json::from_str::<TriggerState>(doc).map(drop).map_err(|e| e.to_string());
+    watermark.or(count).or(trigger)
+}
+
+pub fn parse_backfill(doc: &str) -> Result<(), String> {
+    Backfill::from_json(doc.as_bytes()).map(drop)
 }
 
 pub fn parse_serde<T: DeserializeOwned>(doc: &str) -> Result<(), String> {

@@ -1,8 +1,11 @@
 //! Exec handlers: run an allow-listed command with the payload on stdin.
 //! Exit 0 is success, 75 (EX_TEMPFAIL) a retryable failure, anything else a
-//! permanent one. The child gets a clean environment (PATH, the task's `env`
-//! and `JETSCHED_*` variables), never the worker's own, which may hold NATS
-//! credentials. The command runs in a process group of its own; stopping it
+//! permanent one. The command is executed directly, never through a shell
+//! (its arguments are not interpreted). The child gets a clean environment
+//! (PATH, the task's `env` and `JETSCHED_*` variables), never the worker's
+//! own, which may hold NATS credentials. Its stdout is the run's result, up
+//! to the worker's `--max-output`: more fails the run (the output is never
+//! cut); events show the first bytes of stdout and stderr, marked when cut. The command runs in a process group of its own; stopping it
 //! (timeout, cancel) sends SIGTERM to the whole group, then SIGKILL after a
 //! grace period, with plain `kill(2)` calls that never block the runtime, so
 //! that processes it started go too.
@@ -29,8 +32,10 @@ pub struct ExecPolicy {
     /// Programs allowed as `command[0]`, compared exactly (a bare name does
     /// not allow a path, and the other way round).
     pub allowed: Vec<String>,
-    /// Bytes of stdout and of stderr kept for the run event.
+    /// Bytes of stdout and of stderr shown in the run event.
     pub output_limit: usize,
+    /// Largest stdout (the run's result): more fails the run.
+    pub max_output: usize,
     /// Time between SIGTERM and SIGKILL when a run is stopped.
     pub grace: Duration,
     /// Processes at once: a worker's slots are sized for runs that wait on
@@ -43,6 +48,7 @@ impl Default for ExecPolicy {
         ExecPolicy {
             allowed: Vec::new(),
             output_limit: 4096,
+            max_output: 1 << 20,
             grace: Duration::from_secs(5),
             processes: Arc::new(Semaphore::new(default_exec_slots())),
         }
@@ -116,14 +122,13 @@ pub async fn run(
             let _ = stdin.write_all(&payload).await;
         }
     };
-    let limit = policy.output_limit;
     let stdout = child.stdout.take();
     let stderr = child.stderr.take();
     let wait = async {
         let (_, out, err, status) = tokio::join!(
             feed,
-            read_limited(stdout, limit, &inv.log, Source::Stdout),
-            read_limited(stderr, limit, &inv.log, Source::Stderr),
+            read_limited(stdout, policy.max_output, &inv.log, Source::Stdout),
+            read_limited(stderr, policy.output_limit, &inv.log, Source::Stderr),
             child.wait()
         );
         (out, err, status)
@@ -153,9 +158,20 @@ pub async fn run(
             }
         }
     };
-    let output = describe(&out, &err);
+    let output = describe(&out, &err, policy.output_limit);
+    if out.total > policy.max_output {
+        return Outcome::Failure {
+            error: format!(
+                "{program:?} wrote {} bytes to stdout, over the worker's --max-output ({} bytes); refused, not cut",
+                out.total, policy.max_output
+            ),
+            retryable: false,
+            retry_after: None,
+            output,
+        };
+    }
     match status {
-        Ok(s) if s.success() => Outcome::Success { result: out.into(), output },
+        Ok(s) if s.success() => Outcome::Success { result: out.kept.into(), output },
         Ok(s) if s.code() == Some(EXIT_RETRY) => Outcome::Failure {
             error: format!("{program:?} exited with {EXIT_RETRY} (retry)"),
             retryable: true,
@@ -198,30 +214,42 @@ impl Drop for Group {
     }
 }
 
-/// Reads a pipe to the end, keeping the first `limit` bytes, and passes
+/// What a pipe carried: its first bytes, and how many in all.
+struct Read {
+    kept: Vec<u8>,
+    total: usize,
+}
+
+/// Reads a pipe to the end (so the command never blocks on a full pipe),
+/// keeping the first `limit` bytes and counting the rest, and passes
 /// everything on to the task log as it comes.
-async fn read_limited(pipe: Option<impl AsyncRead + Unpin>, limit: usize, log: &LogSink, source: Source) -> Vec<u8> {
-    let Some(mut pipe) = pipe else { return Vec::new() };
-    let mut kept = Vec::new();
+async fn read_limited(pipe: Option<impl AsyncRead + Unpin>, limit: usize, log: &LogSink, source: Source) -> Read {
+    let mut read = Read { kept: Vec::new(), total: 0 };
+    let Some(mut pipe) = pipe else { return read };
     let mut buf = [0u8; 8192];
     loop {
         match pipe.read(&mut buf).await {
-            Ok(0) | Err(_) => return kept,
+            Ok(0) | Err(_) => return read,
             Ok(n) => {
                 log.write(source, bytes::Bytes::copy_from_slice(&buf[..n])).await;
-                let room = limit.saturating_sub(kept.len());
-                kept.extend_from_slice(&buf[..n.min(room)]);
+                let room = limit.saturating_sub(read.kept.len());
+                read.kept.extend_from_slice(&buf[..n.min(room)]);
+                read.total += n;
             }
         }
     }
 }
 
-fn describe(out: &[u8], err: &[u8]) -> Option<String> {
-    let out = String::from_utf8_lossy(out);
-    let err = String::from_utf8_lossy(err);
+/// Stdout and stderr for the run event, each cut at `keep` bytes with a note.
+fn describe(out: &Read, err: &Read, keep: usize) -> Option<String> {
+    let text = |r: &Read| {
+        let shown = super::shown(&r.kept[..r.kept.len().min(keep)], keep);
+        if r.total > keep { format!("{shown}… ({} bytes in all)", r.total) } else { shown }
+    };
+    let (out, err) = (text(out), text(err));
     match (out.trim().is_empty(), err.trim().is_empty()) {
         (true, true) => None,
-        (false, true) => Some(out.into_owned()),
+        (false, true) => Some(out),
         (true, false) => Some(format!("stderr: {err}")),
         (false, false) => Some(format!("{out}\nstderr: {err}")),
     }
@@ -380,17 +408,23 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn output_is_truncated() {
-        let out = run(
-            &policy(&["sh"]),
-            &argv(&["sh", "-c", "yes | head -c 10000"]),
-            &BTreeMap::new(),
-            &inv(),
-            CancellationToken::new(),
-        )
-        .await;
-        match out {
-            Outcome::Success { result, .. } => assert_eq!(result.len(), 64),
+    async fn output_over_the_limit_fails_the_run_and_is_never_cut() {
+        let p = ExecPolicy { max_output: 1000, ..policy(&["sh"]) };
+        let run_with = |script: &'static str| {
+            let p = p.clone();
+            async move { run(&p, &argv(&["sh", "-c", script]), &BTreeMap::new(), &inv(), CancellationToken::new()).await }
+        };
+        match run_with("yes | head -c 1000").await {
+            Outcome::Success { result, output } => {
+                assert_eq!(result.len(), 1000, "a result at the limit is whole");
+                assert!(output.unwrap().ends_with("(1000 bytes in all)"), "the event says it shows a part");
+            }
+            other => panic!("{other:?}"),
+        }
+        match run_with("yes | head -c 10000").await {
+            Outcome::Failure { retryable: false, error, .. } => {
+                assert!(error.contains("10000 bytes") && error.contains("--max-output"), "{error}")
+            }
             other => panic!("{other:?}"),
         }
     }

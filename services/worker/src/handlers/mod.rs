@@ -4,6 +4,7 @@
 pub mod exec;
 pub mod http;
 pub mod nats;
+pub mod reach;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -51,6 +52,53 @@ impl Outcome {
     /// A failure that must not be retried.
     pub fn permanent(error: impl Into<String>) -> Self {
         Outcome::Failure { error: error.into(), retryable: false, retry_after: None, output: None }
+    }
+}
+
+/// `bytes` as text for a run event, cut at `keep` bytes with a note saying
+/// so (the run's result itself is never cut).
+pub fn shown(bytes: &[u8], keep: usize) -> String {
+    if bytes.len() <= keep {
+        return String::from_utf8_lossy(bytes).into_owned();
+    }
+    format!("{}… ({} bytes in all)", String::from_utf8_lossy(&bytes[..keep]), bytes.len())
+}
+
+/// Sizes a handler's input and output may have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sizes {
+    /// Largest payload (as JSON) a handler is called with.
+    pub max_payload: usize,
+    /// Largest result a handler may return.
+    pub max_output: usize,
+}
+
+impl Sizes {
+    /// Refuses a payload over the limit, before any handler sees it.
+    pub fn check_payload(&self, payload: &Value) -> Result<(), Outcome> {
+        let len = match payload {
+            Value::Null => 0,
+            v => serde_json::to_vec(v).map_or(0, |b| b.len()),
+        };
+        if len <= self.max_payload {
+            return Ok(());
+        }
+        Err(Outcome::permanent(format!(
+            "the payload is {len} bytes, over the worker's --max-payload ({} bytes); the handler was not called",
+            self.max_payload
+        )))
+    }
+
+    /// Turns a success whose result is over the limit into a failure.
+    pub fn check_output(&self, outcome: Outcome) -> Outcome {
+        match outcome {
+            Outcome::Success { result, .. } if result.len() > self.max_output => Outcome::permanent(format!(
+                "the handler's result is {} bytes, over the worker's --max-output ({} bytes); refused, not cut",
+                result.len(),
+                self.max_output
+            )),
+            other => other,
+        }
     }
 }
 

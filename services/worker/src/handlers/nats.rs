@@ -106,6 +106,10 @@ impl Functions {
         h.insert(headers::ATTEMPT, inv.attempt.to_string().as_str());
         h.insert(headers::DEADLINE, inv.deadline.to_string().as_str());
         h.insert(headers::TASK, inv.task.as_str());
+        // A sealed payload goes to the function sealed: it holds the key.
+        if let Some(kid) = jetsched_contract::codec::sealed_key(&inv.payload) {
+            h.insert(headers::KEY_ID, kid);
+        }
         if let Some(s) = &inv.schedule {
             h.insert(headers::SCHEDULE, s.as_str());
         }
