@@ -1,6 +1,7 @@
 //! `loadtest console`: the web console (a real `jetsched console` process)
 //! under a stream of run events, with many pages open. Each run publishes
-//! three events (queued, started, succeeded) to the events stream at
+//! three live events (queued, started, succeeded, on core NATS as the
+//! services publish them) at
 //! `--rate` runs per second; `--clients` server-sent event streams (`GET
 //! /live`, what an open page holds) each count every event and how long it
 //! took from its `at` (set just before it was published) to arriving at
@@ -117,8 +118,9 @@ pub async fn run(env: &BenchEnv, args: Args) -> anyhow::Result<()> {
 /// Publishes `rate` runs a second (three events each) for `seconds`;
 /// returns how many events.
 async fn publish(env: &BenchEnv, args: &Args) -> anyhow::Result<u64> {
-    use futures::StreamExt;
-    let mut acks = futures::stream::FuturesUnordered::new();
+    // Live events, as the services publish queued, started and succeeded:
+    // core NATS, no stream.
+    let client = env.handles.js.client();
     let per_tick = u64::from(args.rate) / 100;
     let mut tick = tokio::time::interval(Duration::from_millis(10));
     let bar = crate::stats::progress("events published");
@@ -129,21 +131,14 @@ async fn publish(env: &BenchEnv, args: &Args) -> anyhow::Result<u64> {
         for _ in 0..per_tick.max(1) {
             run += 1;
             for status in STATUSES {
-                // Below the context's bound on acks in flight (4096), or
-                // the publish would wait for acks nobody polls.
-                while acks.len() >= 1024 {
-                    acks.next().await.transpose()?;
-                }
                 let event = RunEvent { attempt: 1, ..RunEvent::new(status, TASK, Some(format!("t.{TASK}.q{run}"))) };
                 let subject = env.names.event_subject(TASK, status.as_str());
-                acks.push(env.handles.js.publish(subject, serde_json::to_vec(&event)?.into()).await?.into_future());
+                client.publish(subject, serde_json::to_vec(&event)?.into()).await?;
                 n += 1;
             }
         }
+        client.flush().await?;
         bar.set_position(n);
-    }
-    while let Some(ack) = acks.next().await {
-        ack?;
     }
     bar.finish_and_clear();
     Ok(n)
