@@ -469,6 +469,15 @@ async fn a_seed_list_with_its_first_node_down_serves_the_cli_and_the_services() 
     let logs = tempfile::tempdir().unwrap();
     let _dispatcher = env.spawn_jetsched_logged(&["dispatcher"], "warn", &logs.path().join("dispatcher.log"));
     let _worker = env.spawn_jetsched_logged(&["worker"], "warn", &logs.path().join("worker.log"));
+    // Services that start while a node is gone wait out the elections of
+    // what it led (consumers created on the tasks stream take longest on a
+    // busy machine): the worker serves once its heartbeat is there.
+    eventually(120, "the worker to serve with the first seed down", || async {
+        // (Reads may fail while the bucket elects a leader: asked again.)
+        let mut keys = env.handles.workers.keys().await.ok()?;
+        keys.next().await?.ok().map(|_| ())
+    })
+    .await;
     let (code, out, err) = env.jetsched(&["submit", TASK, r#"{"via":"cli"}"#, "--id", "seeded", "--wait"]).await;
     assert_eq!(code, 0, "jetsched submit with NATS_URL={seeds}: {out}{err}");
     let run_id = submitted_run_id(TASK, Some("seeded"), 0);

@@ -50,10 +50,10 @@ impl Console {
 /// Logs the browser in with the console's token.
 async fn log_in(browser: &Browser, console: &Console) {
     browser.goto(&console.at("/login")).await;
-    browser.find(10, "input[name=token]").await.send_keys(TOKEN).await.unwrap();
-    browser.click(10, "form[action='/login'] button").await;
+    browser.find(30, "input[name=token]").await.send_keys(TOKEN).await.unwrap();
+    browser.click(30, "form[action='/login'] button").await;
     eventually(10, "the session to be open", || async {
-        browser.text(5, ".who").await.contains("actions enabled").then_some(())
+        browser.text(30, ".who").await.contains("actions enabled").then_some(())
     })
     .await;
 }
@@ -61,7 +61,7 @@ async fn log_in(browser: &Browser, console: &Console) {
 /// Waits until the page's live stream is connected.
 async fn live(browser: &Browser) {
     eventually(15, "the live stream to connect", || async {
-        (browser.text(5, "#live-state").await == "live").then_some(())
+        (browser.text(30, "#live-state").await == "live").then_some(())
     })
     .await;
 }
@@ -128,12 +128,12 @@ async fn overview_charts_render_with_data() {
     live(&browser).await;
     // The page redraws itself (no reload) until the feed has counted the runs.
     let shown = eventually(20, "the succeeded tile to count the runs", || async {
-        let n: u64 = browser.text(5, "#n-succeeded").await.parse().ok()?;
+        let n: u64 = browser.text(30, "#n-succeeded").await.parse().ok()?;
         (n >= 12).then_some(n)
     })
     .await;
     assert!(shown >= 12, "{shown}");
-    let failed: u64 = browser.text(5, "#n-failed").await.parse().unwrap();
+    let failed: u64 = browser.text(30, "#n-failed").await.parse().unwrap();
     assert_eq!(failed, 3, "one failed first attempt per flaky run");
     // Each chart is an SVG; the runs chart's lines (not their 2-point legend
     // samples) rise from the quiet hour before.
@@ -148,15 +148,15 @@ async fn overview_charts_render_with_data() {
     assert_eq!(varying, json!(true), "the runs chart draws no data");
     assert!(browser.has("#chart-failures svg polyline").await);
     // Services: the ticker with its partitions and the worker.
-    assert!(browser.text(5, "tr.ticker").await.contains("64 partitions"));
+    assert!(browser.text(30, "tr.ticker").await.contains("64 partitions"));
     assert!(browser.has("tr.worker").await);
     browser.screenshot("console-overview").await;
 
     browser.goto(&console.at("/schedules")).await;
-    browser.find(10, "tr[data-schedule='every-second'] .cell.s-succeeded").await;
+    browser.find(30, "tr[data-schedule='every-second'] .cell.s-succeeded").await;
     browser.screenshot("console-schedules").await;
     browser.goto(&console.at("/workers")).await;
-    browser.find(10, "#workers tbody tr").await;
+    browser.find(30, "#workers tbody tr").await;
     browser.screenshot("console-workers").await;
 }
 
@@ -183,6 +183,28 @@ async fn a_run_appears_live_without_reload() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_part_refreshes_on_the_streams_ticks_with_no_run_event() {
+    let env = Env::start().await;
+    let _ok = env.function("fn.ok", |_| Reply::Ok(json!({"ok": true}))).await;
+    nats_task(&env, "resize", "fn.ok", json!({})).await;
+    let _services = env.services();
+    let mut events = env.events().await;
+    let run = jetsched_contract::run::submitted_run_id("resize", None, env.submit("resize", "{}").await);
+    events.wait_for(30, "the run to succeed", is("resize", RunStatus::Succeeded)).await;
+    // The run has ended: nothing more happens to it, so only the live
+    // stream's ticks (every 5 s) refresh its page's part.
+    let console = console(&env, false).await;
+    let browser = Browser::start().await;
+    browser.goto(&console.at(&format!("/runs/{run}"))).await;
+    live(&browser).await;
+    eventually(20, "a refresh driven by a tick", || async {
+        let refreshed = browser.js("return Number(document.body.dataset.refreshed || 0);").await;
+        (refreshed.as_u64().unwrap_or(0) >= 1).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dlq_replay_from_the_page_produces_a_new_run() {
     let env = Env::start().await;
     // Fails twice (the whole retry budget), then works: the replay succeeds.
@@ -203,16 +225,16 @@ async fn dlq_replay_from_the_page_produces_a_new_run() {
 
     let browser = Browser::start().await;
     browser.goto(&console.at(&format!("/runs/{dead_run}"))).await;
-    browser.find(10, "#timeline li[data-status='dead']").await;
+    browser.find(30, "#timeline li[data-status='dead']").await;
     browser.screenshot("console-run").await;
 
     log_in(&browser, &console).await;
     browser.goto(&console.at("/dlq")).await;
-    let dlq_seq = browser.find(10, "#letters tbody tr[data-seq]").await.attr("data-seq").await.unwrap().unwrap();
+    let dlq_seq = browser.find(30, "#letters tbody tr[data-seq]").await.attr("data-seq").await.unwrap().unwrap();
     browser.screenshot("console-dlq").await;
-    browser.click(5, "#letters tbody tr[data-seq] input[type=checkbox]").await;
-    browser.click(5, "#replay-selected").await;
-    let notice = browser.text(10, ".notice").await;
+    browser.click(30, "#letters tbody tr[data-seq] input[type=checkbox]").await;
+    browser.click(30, "#replay-selected").await;
+    let notice = browser.text(30, ".notice").await;
     let new_run = format!("t.charge.m-replay-{dlq_seq}");
     assert!(notice.contains(&new_run), "{notice}");
 
@@ -243,8 +265,8 @@ async fn a_paused_schedule_stops_firing() {
     let browser = Browser::start().await;
     log_in(&browser, &console).await;
     browser.goto(&console.at("/schedules/p")).await;
-    browser.click(10, "form[action='/actions/schedules/p/pause'] button").await;
-    let notice = browser.text(10, ".notice").await;
+    browser.click(30, "form[action='/actions/schedules/p/pause'] button").await;
+    let notice = browser.text(30, ".notice").await;
     assert!(notice.contains("schedule p paused"), "{notice}");
     let paused_at = Timestamp::now();
     let stored = env.kv_get(&env.names.schedules_bucket(), "p").await.unwrap();
@@ -260,7 +282,7 @@ async fn a_paused_schedule_stops_firing() {
     assert!(after.is_empty(), "p fired while paused: {after:?}");
 
     browser.goto(&console.at("/schedules")).await;
-    let row = browser.text(10, "tr[data-schedule='p']").await;
+    let row = browser.text(30, "tr[data-schedule='p']").await;
     assert!(row.contains("paused"), "{row}");
     assert!(browser.has("form[action='/actions/schedules/p/resume']").await);
 }
@@ -305,7 +327,7 @@ async fn a_workflow_graph_shows_each_steps_state_live() {
     browser.goto(&console.at(&format!("/runs/{run}"))).await;
     live(&browser).await;
     mark_page(&browser).await;
-    browser.find(10, "#dag").await;
+    browser.find(30, "#dag").await;
     assert_eq!(step_state(&browser, "extract").await.as_deref(), Some("succeeded"));
     assert_eq!(step_state(&browser, "transform").await.as_deref(), Some("started"));
     assert_eq!(step_state(&browser, "load").await.as_deref(), Some("waiting"));
@@ -321,11 +343,14 @@ async fn a_workflow_graph_shows_each_steps_state_live() {
     .await;
     assert_eq!(step_state(&browser, "transform").await.as_deref(), Some("succeeded"));
     assert!(still_same_page(&browser).await, "the page was reloaded");
-    let status = browser.text(5, "#run-status").await;
-    assert_eq!(status, "dead", "a failed step fails the workflow");
+    // A failed step fails the workflow (once the dispatcher has recorded the last step).
+    eventually(20, "the workflow run to show dead", || async {
+        (browser.text(30, "#run-status").await == "dead").then_some(())
+    })
+    .await;
 
     browser.goto(&console.at("/workflows")).await;
-    browser.find(10, "section[data-workflow='pipeline'] #dag").await;
+    browser.find(30, "section[data-workflow='pipeline'] #dag").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -351,15 +376,15 @@ async fn user_text_is_shown_as_text() {
 
     let browser = Browser::start().await;
     browser.goto(&console.at("/runs/t.esc.m-xss-1")).await;
-    let shown = browser.text(10, "#payload pre").await;
+    let shown = browser.text(30, "#payload pre").await;
     assert!(shown.contains(attack.replace('"', "\\\"").as_str()), "payload shown as {shown:?}");
     let injected = browser.js("return document.querySelectorAll('main script, main img').length;").await;
     assert_eq!(injected, json!(0), "user text became markup");
     assert_ne!(browser.client.title().await.unwrap(), "pwned");
-    let error = browser.text(5, "table.facts td.err").await;
+    let error = browser.text(30, "table.facts td.err").await;
     assert!(error.contains("<script>"), "{error}");
     browser.goto(&console.at("/dlq")).await;
-    browser.find(10, "#letters tbody tr").await;
+    browser.find(30, "#letters tbody tr").await;
     assert_eq!(browser.js("return document.querySelectorAll('main script, main img').length;").await, json!(0));
     assert_ne!(browser.client.title().await.unwrap(), "pwned");
 }
@@ -379,7 +404,7 @@ async fn actions_need_a_session_and_its_form_token() {
     };
     // Read-only: no buttons, and a POST is refused.
     browser.goto(&read_only.at("/schedules")).await;
-    browser.find(10, "tr[data-schedule='nightly']").await;
+    browser.find(30, "tr[data-schedule='nightly']").await;
     assert!(!browser.has("form[action$='/pause']").await);
     assert_eq!(browser.js(&post("/actions/schedules/nightly/pause", "")).await, json!(403));
     // Acting console, not logged in: refused.
@@ -396,8 +421,8 @@ async fn actions_need_a_session_and_its_form_token() {
         "a refused action paused it"
     );
     // With the token the page carries: done.
-    browser.click(10, "form[action='/actions/schedules/nightly/pause'] button").await;
-    let notice = browser.text(10, ".notice").await;
+    browser.click(30, "form[action='/actions/schedules/nightly/pause'] button").await;
+    let notice = browser.text(30, ".notice").await;
     assert!(notice.contains("paused"), "{notice}");
 }
 
@@ -425,10 +450,10 @@ async fn a_runs_logs_stream_into_its_page_while_it_goes() {
     browser.goto(&console.at(&format!("/runs/{run}"))).await;
     mark_page(&browser).await;
     eventually(20, "the first lines in the page", || async {
-        browser.text(5, "#log-text").await.contains("token ***").then_some(())
+        browser.text(30, "#log-text").await.contains("token ***").then_some(())
     })
     .await;
-    let shown = browser.text(5, "#log-text").await;
+    let shown = browser.text(30, "#log-text").await;
     assert!(shown.contains("loading <b>rows</b>"), "{shown}");
     assert!(!shown.contains("hunter2"), "{shown}");
     assert!(!browser.has("#log-text b").await, "log text became markup");
@@ -439,11 +464,11 @@ async fn a_runs_logs_stream_into_its_page_while_it_goes() {
         .unwrap()
         .unwrap();
     eventually(20, "the last line to stream in", || async {
-        browser.text(5, "#log-text").await.contains("finished").then_some(())
+        browser.text(30, "#log-text").await.contains("finished").then_some(())
     })
     .await;
     assert!(still_same_page(&browser).await, "the page was reloaded");
-    let page = browser.text(5, "main").await;
+    let page = browser.text(30, "main").await;
     assert!(!page.contains("hunter2"), "a secret in the page: {page}");
     browser.js("document.getElementById('logs').scrollIntoView(); return true;").await;
     browser.screenshot("console-logs").await;
@@ -497,8 +522,8 @@ async fn trigger_now_and_backfill_from_the_schedule_page() {
     let browser = Browser::start().await;
     log_in(&browser, &console).await;
     browser.goto(&console.at("/schedules/hourly")).await;
-    browser.click(10, "form[action='/actions/schedules/hourly/trigger'] button").await;
-    let notice = browser.text(10, ".notice").await;
+    browser.click(30, "form[action='/actions/schedules/hourly/trigger'] button").await;
+    let notice = browser.text(30, ".notice").await;
     let triggered = notice.split("run ").last().unwrap().trim().to_string();
     assert!(triggered.starts_with("s.hourly."), "{notice}");
     events
@@ -514,8 +539,8 @@ async fn trigger_now_and_backfill_from_the_schedule_page() {
         .js("document.querySelector(\"input[name=from]\").value = '2026-01-02T09:00'; \
                 document.querySelector(\"input[name=to]\").value = '2026-01-02T11:30'; return true;")
         .await;
-    browser.click(10, "form[action='/actions/schedules/hourly/backfill'] button").await;
-    let notice = browser.text(10, ".notice").await;
+    browser.click(30, "form[action='/actions/schedules/hourly/backfill'] button").await;
+    let notice = browser.text(30, ".notice").await;
     assert!(notice.contains("3 fires"), "{notice}");
     let wanted: Vec<String> =
         [9, 10, 11].iter().map(|h| jetsched_contract::run::scheduled_run_id("hourly", hour(*h))).collect();
@@ -532,8 +557,8 @@ async fn trigger_now_and_backfill_from_the_schedule_page() {
         .js("document.querySelector(\"input[name=from]\").value = '2026-01-02T09:00'; \
                 document.querySelector(\"input[name=to]\").value = '2026-01-02T11:30'; return true;")
         .await;
-    browser.click(10, "form[action='/actions/schedules/hourly/backfill'] button").await;
-    let notice = browser.text(10, ".notice").await;
+    browser.click(30, "form[action='/actions/schedules/hourly/backfill'] button").await;
+    let notice = browser.text(30, ".notice").await;
     let again = notice.split_whitespace().nth(1).unwrap().to_string();
     // The tickers execute it: every occurrence had run already.
     let bucket = env.names.backfills_bucket();

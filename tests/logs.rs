@@ -133,15 +133,22 @@ async fn replies_responses_and_builtin_lines_are_kept_per_attempt() {
         events.wait_for(30, "the run to succeed", is(task, RunStatus::Succeeded)).await;
     }
 
+    // A success's answer is the run record's result: shown from there,
+    // not stored a second time in the logs stream.
     let (_, out, _) = env.jetsched(&["runs", "logs", &ask]).await;
-    assert_eq!(out, "--- attempt 1, reply ---\n{\"answer\":42}\n");
+    assert_eq!(out, "--- attempt 1, result ---\n{\"answer\":42}\n");
+    let logs = env.handles.js.get_stream(env.names.logs_stream()).await.unwrap();
+    for run in [&ask, &hook] {
+        let stored = logs.get_last_raw_message_by_subject(&env.names.log_subject(run, 1)).await;
+        assert!(stored.is_err(), "{run}'s answer is stored in the logs too");
+    }
     let (_, out, _) = env.jetsched(&["runs", "logs", &hook]).await;
-    assert_eq!(out, "--- attempt 1, response ---\n{}\n");
+    assert_eq!(out, "--- attempt 1, result ---\n{}\n");
     let (_, out, _) = env.jetsched(&["runs", "logs", &steps]).await;
     assert_eq!(
         out,
         "--- attempt 1, log ---\nstep one of attempt 1\n--- attempt 1, jetsched ---\nfailed: not yet\n\
-         --- attempt 2, log ---\nstep one of attempt 2\nstep two\n"
+         --- attempt 2, log ---\nstep one of attempt 2\nstep two\n--- attempt 2, result ---\n{}\n"
     );
 }
 

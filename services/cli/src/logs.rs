@@ -89,9 +89,9 @@ pub async fn read(h: &Handles, run_id: &str, from: u64, max_bytes: usize) -> any
 /// keeps printing until the run has ended.
 pub async fn print(h: &Handles, run_id: &str, follow_on: bool) -> anyhow::Result<()> {
     let store = crate::runlist::run_store(h).await?;
-    if store.get(run_id).await?.is_none() {
+    let Some(stored) = store.get(run_id).await? else {
         return Err(crate::admin::bad(format!("no run {run_id} (run records are kept 7 days)")));
-    }
+    };
     let mut header = Header::default();
     let (chunks, _) = read(h, run_id, 1, usize::MAX).await?;
     let mut next = 1;
@@ -100,7 +100,8 @@ pub async fn print(h: &Handles, run_id: &str, follow_on: bool) -> anyhow::Result
         next = c.seq + 1;
     }
     if !follow_on {
-        if chunks.is_empty() {
+        let result = print_result(&mut header, &stored.record);
+        if chunks.is_empty() && !result {
             eprintln!("no output stored for {run_id}");
         }
         return Ok(());
@@ -117,6 +118,9 @@ pub async fn print(h: &Handles, run_id: &str, follow_on: bool) -> anyhow::Result
             // The worker stores an attempt's logs before its outcome: what is left is all there.
             for c in read(h, run_id, next, usize::MAX).await?.0 {
                 header.print(&c);
+            }
+            if let Some(stored) = store.get(run_id).await? {
+                print_result(&mut header, &stored.record);
             }
             return Ok(());
         }
@@ -138,16 +142,43 @@ pub async fn print(h: &Handles, run_id: &str, follow_on: bool) -> anyhow::Result
     }
 }
 
+/// Prints the answer of a run that succeeded, which its record keeps (the
+/// worker does not store it twice), unless it is the standard output just
+/// printed (an exec handler's); true if there was one.
+fn print_result(header: &mut Header, record: &jetsched_contract::RunRecord) -> bool {
+    let Some(result) = record.result.as_ref().filter(|_| record.status == jetsched_contract::RunStatus::Succeeded)
+    else {
+        return false;
+    };
+    if header.stdout.contains(&record.attempt) {
+        return true;
+    }
+    let text = match result {
+        serde_json::Value::String(s) => s.clone(),
+        v => v.to_string(),
+    };
+    header.print(&Chunk { seq: 0, attempt: record.attempt, source: "result".to_string(), text });
+    true
+}
+
 /// Prints a line naming the attempt and source whenever they change.
 #[derive(Default)]
-struct Header(Option<(u32, String)>);
+struct Header {
+    /// The attempt and source of the last chunk printed.
+    last: Option<(u32, String)>,
+    /// Attempts whose standard output was printed.
+    stdout: std::collections::BTreeSet<u32>,
+}
 
 impl Header {
     fn print(&mut self, c: &Chunk) {
         let now = (c.attempt, c.source.clone());
-        if self.0.as_ref() != Some(&now) {
+        if self.last.as_ref() != Some(&now) {
             println!("--- attempt {}, {} ---", c.attempt, c.source);
-            self.0 = Some(now);
+            self.last = Some(now);
+        }
+        if c.source == "stdout" {
+            self.stdout.insert(c.attempt);
         }
         print!("{}", c.text);
         if !c.text.ends_with('\n') {

@@ -109,7 +109,9 @@ pub async fn invoke(
 
 /// What a NATS function replied or an HTTP handler answered goes to the
 /// task log (exec output and builtin lines are written as they come), and
-/// so does why an attempt failed.
+/// so does why an attempt failed. A success's answer that the run record
+/// keeps as its `result` is not stored twice: `runs logs` shows it from
+/// the record.
 async fn log_outcome(log: &LogSink, item: &WorkItem, outcome: &Outcome) {
     let source = match &item.def.handler {
         Some(Handler::Nats { .. }) => Some(Source::Reply),
@@ -117,7 +119,9 @@ async fn log_outcome(log: &LogSink, item: &WorkItem, outcome: &Outcome) {
         _ => None,
     };
     match (outcome, source) {
-        (Outcome::Success { result, .. }, Some(source)) if !result.is_empty() => {
+        (Outcome::Success { result, .. }, Some(source))
+            if !result.is_empty() && crate::settle::result_json(result).is_none() =>
+        {
             log.write(source, result.clone()).await
         }
         (Outcome::Failure { error, output, .. }, source) => {

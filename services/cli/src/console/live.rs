@@ -71,7 +71,8 @@ pub async fn stream(
         loop {
             let event = tokio::select! {
                 _ = shutdown.cancelled() => return None,
-                _ = tick.tick() => Event::default().event("tick").data(""),
+                // (With data: browsers do not dispatch an event without any.)
+                _ = tick.tick() => Event::default().event("tick").data("tick"),
                 got = rx.recv() => match got {
                     Ok(live) => match send(&filter, &live) {
                         Some(event) => event,

@@ -103,6 +103,11 @@ impl Console {
         &self.0.runs
     }
 
+    /// A run's status as pages show it (see [`Stats::current`]).
+    fn current(&self, run_id: &str, status: jetsched_contract::RunStatus) -> jetsched_contract::RunStatus {
+        self.0.stats.lock().map_or(status, |s| s.current(run_id, status))
+    }
+
     fn session(&self, headers: &HeaderMap) -> Session {
         self.0.auth.session(headers)
     }

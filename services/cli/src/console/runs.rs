@@ -153,7 +153,7 @@ async fn run_body(c: &Console, session: &super::auth::Session, id: &str) -> anyh
     if let (Some(state), Some(def)) = (&record.workflow, h.tasks.get(&record.task).await?)
         && let Some(steps) = jetsched_contract::TaskDef::from_json(&def).ok().and_then(|d| d.steps)
     {
-        let live = super::workflows::step_statuses(c.runs(), state).await?;
+        let live = super::workflows::step_statuses(c, state).await?;
         workflow = Some(super::workflows::graph(&steps, state, &live));
     }
     let live = match &record.workflow {
@@ -162,7 +162,7 @@ async fn run_body(c: &Console, session: &super::auth::Session, id: &str) -> anyh
     };
     let base = format!("/actions/runs/{id}");
     let body = html! {
-        h1 { "Run " span.mono #run-id { (id) } " " span #run-status { (view::badge(record.status)) } }
+        h1 { "Run " span.mono #run-id { (id) } " " span #run-status { (view::badge(c.current(id, record.status))) } }
         div.actions {
             @if !record.status.is_terminal() { (view::action(session, &format!("{base}/cancel"), "Cancel", &[])) }
             @if let Some(d) = &dead { (view::action(session, &format!("{base}/retry"), "Retry", &[("seq", &d.seq.to_string())])) }

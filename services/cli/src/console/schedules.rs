@@ -148,7 +148,7 @@ pub async fn one(State(c): State<Console>, Path(id): Path<String>, Req { session
                             input type="hidden" name="csrf" value=(csrf);
                             label { "Backfill from " input type="datetime-local" name="from" step="1" required; }
                             label { " to " input type="datetime-local" name="to" step="1" required; }
-                            " (UTC) " button type="submit" { "Backfill" }
+                            " (" (def.timezone.as_deref().unwrap_or("UTC")) ") " button type="submit" { "Backfill" }
                         }
                     }
                 }

@@ -19,6 +19,8 @@ const MAX_LATENESS_MS: u64 = 3_600_000;
 pub const RECENT: usize = 25;
 /// Runs per schedule kept for the schedules grid.
 pub const GRID_RUNS: usize = 24;
+/// Most runs remembered as started live (forgotten all at once past it).
+const MAX_RUNNING: usize = 100_000;
 
 /// One slice of time.
 struct Slice {
@@ -61,6 +63,9 @@ pub struct Stats {
     grid: HashMap<String, VecDeque<GridCell>>,
     /// The latest events, oldest first.
     recent: VecDeque<RunEvent>,
+    /// Runs whose start was announced live and which have not changed
+    /// since (a short run's start is not stored: its record says `queued`).
+    running: HashMap<String, u32>,
     /// Events counted in all.
     pub events: u64,
 }
@@ -88,9 +93,28 @@ impl Stats {
         stats
     }
 
+    /// `status` as the page should show it: `started` for a run whose
+    /// record still says `queued` but whose start was announced.
+    pub fn current(&self, run_id: &str, status: RunStatus) -> RunStatus {
+        match status {
+            RunStatus::Queued if self.running.contains_key(run_id) => RunStatus::Started,
+            other => other,
+        }
+    }
+
     /// Counts one event.
     pub fn record(&mut self, e: &RunEvent) {
         self.events += 1;
+        if let Some(run) = &e.run_id {
+            if e.status == RunStatus::Started {
+                if self.running.len() >= MAX_RUNNING {
+                    self.running.clear();
+                }
+                self.running.insert(run.clone(), e.attempt);
+            } else {
+                self.running.remove(run);
+            }
+        }
         self.recent.push_back(e.clone());
         if self.recent.len() > RECENT {
             self.recent.pop_front();

@@ -15,7 +15,6 @@ use axum::response::Response;
 use futures::TryStreamExt;
 use jetsched_contract::task::Step;
 use jetsched_contract::{RunStatus, TaskDef, WorkflowState};
-use jetsched_runtime::RunStore;
 use maud::{Markup, html};
 
 use super::view::{self, Page, Section};
@@ -128,12 +127,12 @@ fn box_(node: &Node) -> Markup {
 }
 
 /// The current status of each started step's run (its own record).
-pub async fn step_statuses(runs: &RunStore, state: &WorkflowState) -> anyhow::Result<BTreeMap<String, RunStatus>> {
+pub async fn step_statuses(c: &Console, state: &WorkflowState) -> anyhow::Result<BTreeMap<String, RunStatus>> {
     let mut out = BTreeMap::new();
     for (name, s) in &state.steps {
         let Some(run) = &s.run_id else { continue };
-        if let Some(stored) = runs.get(run).await? {
-            out.insert(name.clone(), stored.record.status);
+        if let Some(stored) = c.runs().get(run).await? {
+            out.insert(name.clone(), c.current(run, stored.record.status));
         }
     }
     Ok(out)

@@ -46,28 +46,48 @@
 
   if (query === undefined) { say("live: off"); return; }
 
-  // Part pages: refetch #live-part at most every 2 s.
+  // Whether the operator is filling in a form of the live part (a field
+  // changed or focused): a refresh would wipe it, so it waits.
+  function editing(part) {
+    if (!part) return false;
+    const active = document.activeElement;
+    if (active && active !== body && part.contains(active) && active.matches("input, select, textarea")) return true;
+    for (const field of part.querySelectorAll("input, select, textarea")) {
+      if (field.type !== "hidden" && field.value !== field.defaultValue) return true;
+    }
+    return false;
+  }
+
+  // Part pages: refetch #live-part at most every 2 s (not while a form in it
+  // is being filled in: the next event or tick tries again).
+  // A request that comes while one is under way is not dropped: it runs
+  // once that one has ended (the change it announces may be newer).
   let timer = null;
+  let again = false;
   let last = 0;
   function refreshPart() {
-    if (timer) return;
+    if (timer) { again = true; return; }
+    again = false;
     const wait = Math.max(0, last + 2000 - Date.now());
     timer = setTimeout(async () => {
       last = Date.now();
+      if (editing(document.getElementById("live-part"))) { timer = null; return; }
       const url = new URL(location.href);
       url.searchParams.set("part", "1");
       url.searchParams.delete("done");
       try {
         const response = await fetch(url, { cache: "no-store" });
         if (response.ok) {
+          const html = await response.text();
           const part = document.getElementById("live-part");
-          if (part) part.outerHTML = await response.text();
+          if (part && !editing(part)) part.outerHTML = html;
           body.dataset.refreshed = String(Number(body.dataset.refreshed || 0) + 1);
         }
       } catch (e) {
         say("live: refresh failed");
       }
       timer = null;
+      if (again) refreshPart();
     }, wait);
   }
 
