@@ -65,9 +65,11 @@ pub async fn open_as(
     let needed = Permissions::of(role, &names, scope).context("cannot work out the permissions this role needs")?;
     let client = crate::connect_as(nats, role, name, retry).await?;
     let js = crate::jetstream(client.clone());
-    let give_up = tokio::time::Instant::now() + ADMIN_PATIENCE;
+    let started = tokio::time::Instant::now();
+    let give_up = started + ADMIN_PATIENCE;
     let mut backoff = crate::Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
     let mut failures = 0u32;
+    let mut warned = false;
     let mut access: Option<Access> = None;
     loop {
         // Asked once connected: before, the request could only time out.
@@ -98,14 +100,18 @@ pub async fn open_as(
         };
         match opened {
             Ok(handles) => {
-                if failures > 0 {
+                if warned {
                     tracing::info!(failures, "JetStream ready");
                 }
                 return Ok(handles);
             }
             Err(err) if retry || tokio::time::Instant::now() < give_up => {
-                if failures == 0 {
+                // The connection being made (the first few seconds) is not
+                // worth a warning; anything else, or a longer wait, is.
+                let connecting = access.is_none() && started.elapsed() < CONNECT_GRACE;
+                if !warned && !connecting {
                     tracing::warn!(err = format!("{err:#}"), "JetStream not ready; retrying with backoff");
+                    warned = true;
                 }
                 failures += 1;
                 backoff.wait().await;
@@ -114,6 +120,10 @@ pub async fn open_as(
         }
     }
 }
+
+/// How long a connection may take to be made before the wait for it is
+/// logged as a warning.
+const CONNECT_GRACE: Duration = Duration::from_secs(5);
 
 /// How long an admin verb waits for JetStream to answer.
 pub const ADMIN_PATIENCE: Duration = Duration::from_secs(20);
