@@ -378,8 +378,8 @@ async fn every_node_killed_and_restarted_in_turn_loses_and_doubles_nothing() {
     wait_healthy(&env).await;
     for node in 0..3 {
         env.cluster().node(node).kill();
-        // The outage: the node stays down for a while (the scenario itself).
-        tokio::time::sleep(Duration::from_secs(4)).await;
+        // The outage: the node stays down while the other two carry the load.
+        carried_on(&env, &env.names.runs_bucket_stream(), 100).await;
         env.cluster().node(node).restart().unwrap();
         wait_healthy(&env).await;
     }
@@ -421,8 +421,11 @@ async fn whole_cluster_restarted_with_sync_always_loses_nothing_acknowledged() {
     for node in 0..3 {
         env.cluster().node(node).kill();
     }
-    // The outage (the scenario itself).
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The outage: every client has lost its connection.
+    eventually(30, "the test's own connection to notice the outage", || async {
+        (env.handles.js.client().connection_state() != async_nats::connection::State::Connected).then_some(())
+    })
+    .await;
     for node in 0..3 {
         env.cluster().node(node).restart().unwrap();
     }
@@ -448,8 +451,13 @@ async fn node_cut_off_longer_than_a_lease_then_healed_loses_and_doubles_nothing(
         (now != leader).then_some(())
     })
     .await;
-    // The partition lasts longer than a lease (the scenario itself).
-    tokio::time::sleep(Duration::from_secs(8)).await;
+    // The partition lasts longer than a lease: leases are renewed every
+    // third of their TTL, one write per partition held, so four writes per
+    // partition on the majority side span more than a TTL whoever holds
+    // them (and the cut-off ticker's partitions are taken over meanwhile).
+    let leases = env.names.bucket_stream(&env.names.ticker_leases_bucket());
+    carried_on(&env, &leases, 4 * u64::from(jetsched_contract::ticker::PARTITIONS)).await;
+    carried_on(&env, &runs_stream, 100).await;
     env.cluster().heal(node).unwrap();
     wait_healthy(&env).await;
     load.verify(&env).await;
@@ -482,6 +490,22 @@ async fn a_seed_list_with_its_first_node_down_serves_the_cli_and_the_services() 
     assert_eq!(code, 0, "jetsched submit with NATS_URL={seeds}: {out}{err}");
     let run_id = submitted_run_id(TASK, Some("seeded"), 0);
     succeeds(&env, &run_id, 60).await;
+}
+
+/// Waits until `stream` has stored `messages` more messages: the part of
+/// the cluster still up has visibly carried on (an outage then lasts as long
+/// as that work takes, whatever the machine's speed). Reads that fail while
+/// leaders are elected are asked again.
+async fn carried_on(env: &Env, stream: &str, messages: u64) {
+    let last = || async {
+        let mut s = env.handles.js.get_stream(stream).await.ok()?;
+        tokio::time::timeout(Duration::from_secs(3), s.info()).await.ok()?.ok().map(|i| i.state.last_sequence)
+    };
+    let start = eventually(60, "the stream to answer during the outage", last).await;
+    eventually(120, &format!("{messages} more messages in {stream} during the outage"), || async {
+        (last().await? >= start + messages).then_some(())
+    })
+    .await;
 }
 
 /// CPU time (user + system) `pid` has used, in clock ticks (1/100 s on Linux).
