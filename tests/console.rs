@@ -509,6 +509,18 @@ async fn up_prints_the_console_url_among_its_first_lines_and_serves_it() {
     browser.find(20, "section[data-workflow='morning-report'] #dag g[data-step='greet']").await;
 }
 
+/// Backfills schedule `hourly` from its page, 2026-01-02 09:00 to 11:30;
+/// returns the notice the action left.
+async fn backfill_from_page(browser: &Browser, console: &Console) -> String {
+    browser.goto(&console.at("/schedules/hourly")).await;
+    browser
+        .js("document.querySelector(\"input[name=from]\").value = '2026-01-02T09:00'; \
+                document.querySelector(\"input[name=to]\").value = '2026-01-02T11:30'; return true;")
+        .await;
+    browser.click(30, "form[action='/actions/schedules/hourly/backfill'] button").await;
+    browser.text(30, ".notice").await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trigger_now_and_backfill_from_the_schedule_page() {
     let env = Env::start().await;
@@ -534,13 +546,7 @@ async fn trigger_now_and_backfill_from_the_schedule_page() {
 
     // Backfill the three occurrences of a past window, under their regular run ids.
     let hour = |h: i8| jiff::tz::TimeZone::UTC.to_timestamp(jiff::civil::date(2026, 1, 2).at(h, 7, 0, 0)).unwrap();
-    browser.goto(&console.at("/schedules/hourly")).await;
-    browser
-        .js("document.querySelector(\"input[name=from]\").value = '2026-01-02T09:00'; \
-                document.querySelector(\"input[name=to]\").value = '2026-01-02T11:30'; return true;")
-        .await;
-    browser.click(30, "form[action='/actions/schedules/hourly/backfill'] button").await;
-    let notice = browser.text(30, ".notice").await;
+    let notice = backfill_from_page(&browser, &console).await;
     assert!(notice.contains("3 fires"), "{notice}");
     let wanted: Vec<String> =
         [9, 10, 11].iter().map(|h| jetsched_contract::run::scheduled_run_id("hourly", hour(*h))).collect();
@@ -552,13 +558,7 @@ async fn trigger_now_and_backfill_from_the_schedule_page() {
             .await;
     }
     // Backfilling the same window again runs nothing twice.
-    browser.goto(&console.at("/schedules/hourly")).await;
-    browser
-        .js("document.querySelector(\"input[name=from]\").value = '2026-01-02T09:00'; \
-                document.querySelector(\"input[name=to]\").value = '2026-01-02T11:30'; return true;")
-        .await;
-    browser.click(30, "form[action='/actions/schedules/hourly/backfill'] button").await;
-    let notice = browser.text(30, ".notice").await;
+    let notice = backfill_from_page(&browser, &console).await;
     let again = notice.split_whitespace().nth(1).unwrap().to_string();
     // The tickers execute it: every occurrence had run already.
     let bucket = env.names.backfills_bucket();
