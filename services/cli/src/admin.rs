@@ -192,9 +192,10 @@ pub async fn init(nats: &jetsched_runtime::NatsArgs, topology: &jetsched_contrac
         true => println!("streams and buckets ready under prefix {names} (all existed)"),
         false => println!("streams and buckets ready under prefix {names} (created {})", created.join(", ")),
     }
+    let handles = Handles::open(js, names).await?;
+    let captured = capture_trigger_subjects(&handles).await;
     let _ = client.drain().await;
-    let handles = jetsched_runtime::service::open(nats, topology, "jetsched-init", false).await?;
-    capture_trigger_subjects(&handles).await
+    captured
 }
 
 /// `jetsched submit` options.

@@ -408,9 +408,12 @@ pub async fn ensure_with(
 ) -> Result<(), SetupError> {
     for config in stream_configs(names, topo) {
         let name = config.name.clone();
-        let created = js.get_stream(&name).await.is_err();
-        let mut stream = js.get_or_create_stream(config.clone()).await.map_err(|e| SetupError::new(&name, e))?;
-        let current = stream.info().await.map_err(|e| SetupError::new(&name, e))?.config.clone();
+        // One request for a stream that exists (its info comes with it).
+        let (stream, created) = match js.get_stream(&name).await {
+            Ok(stream) => (stream, false),
+            Err(_) => (js.get_or_create_stream(config.clone()).await.map_err(|e| SetupError::new(&name, e))?, true),
+        };
+        let current = stream.cached_info().config.clone();
         // Only the events stream's subjects changed between versions (the
         // triggers stream's follow the task definitions: not reset here).
         if name == names.events_stream() && current.subjects != config.subjects {
@@ -424,11 +427,12 @@ pub async fn ensure_with(
         let created = js.get_key_value(&name).await.is_err();
         if created {
             js.create_key_value(config).await.map_err(|e| SetupError::new(&name, e))?;
+            done(&name, true);
             continue;
         }
         let stream_name = names.bucket_stream(&name);
-        let mut stream = js.get_stream(&stream_name).await.map_err(|e| SetupError::new(&name, e))?;
-        let current = stream.info().await.map_err(|e| SetupError::new(&name, e))?.config.clone();
+        let stream = js.get_stream(&stream_name).await.map_err(|e| SetupError::new(&name, e))?;
+        let current = stream.cached_info().config.clone();
         if current.max_messages_per_subject < config.history {
             let updated = stream::Config { max_messages_per_subject: config.history, ..current };
             js.update_stream(updated).await.map_err(|e| SetupError::new(&name, e))?;
