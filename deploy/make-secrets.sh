@@ -12,7 +12,7 @@ cd "$(dirname "$0")"
 umask 077
 mkdir -p secrets/tls
 tls=secrets/tls
-roles=(ticker dispatcher worker admin submitter function)
+roles=(ticker dispatcher worker admin submitter function console)
 
 if [ ! -f "$tls/ca.pem" ]; then
   openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 825 \

@@ -584,7 +584,7 @@ fn docker_compose_accepts_the_compose_file() {
 // ---------------------------------------------------------------------------
 
 /// The roles deploy/ has a user for.
-const ROLES: [&str; 6] = ["ticker", "dispatcher", "worker", "admin", "submitter", "function"];
+const ROLES: [&str; 7] = ["ticker", "dispatcher", "worker", "admin", "submitter", "function", "console"];
 
 /// `jetsched permissions <role> --format json <args>`, run with the real binary.
 fn cli_permissions(role: &str, args: &[String]) -> serde_json::Value {

@@ -33,6 +33,10 @@ fn worker_scope() -> Scope {
     Scope { worker_ids: vec![WORKER_ID.into()], ..Scope::default() }
 }
 
+fn console_actions() -> Scope {
+    Scope { actions: true, ..Scope::default() }
+}
+
 /// One user per role of the default prefix.
 struct Users {
     ticker: User,
@@ -41,6 +45,8 @@ struct Users {
     admin: User,
     submitter: User,
     function: User,
+    console: User,
+    console_actions: User,
 }
 
 impl Users {
@@ -52,14 +58,28 @@ impl Users {
             admin: User::role(names, Role::Admin, &Scope::default()),
             submitter: User::role(names, Role::Submitter, &Scope::default()),
             function: User::role(names, Role::Function, &Scope::default()),
+            console: User::role(names, Role::Console, &Scope::default()),
+            console_actions: User::with(
+                &format!("{names}-console-actions"),
+                Permissions::of(Role::Console, names, &console_actions()).unwrap(),
+            ),
         }
     }
 
     fn all(&self) -> Vec<User> {
-        [&self.ticker, &self.dispatcher, &self.worker, &self.admin, &self.submitter, &self.function]
-            .into_iter()
-            .cloned()
-            .collect()
+        [
+            &self.ticker,
+            &self.dispatcher,
+            &self.worker,
+            &self.admin,
+            &self.submitter,
+            &self.function,
+            &self.console,
+            &self.console_actions,
+        ]
+        .into_iter()
+        .cloned()
+        .collect()
     }
 }
 
@@ -124,6 +144,70 @@ async fn serve_functions(server: &SecureServer, user: &User, names: &Names) -> t
             client.publish(reply, r#"{"ok":true}"#.into()).await.unwrap();
         }
     })
+}
+
+const CONSOLE_TOKEN: &str = "console-test-token";
+
+/// A real `jetsched console` process as `user` (acting with
+/// [`CONSOLE_TOKEN`] when `actions`), and its URL.
+async fn console(server: &SecureServer, user: &User, names: &Names, actions: bool) -> (tokio::process::Child, String) {
+    use tokio::io::AsyncBufReadExt as _;
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_jetsched"));
+    cmd.args(["console", "--listen", "127.0.0.1:0"])
+        .envs(server.env(user, names))
+        .env("JETSCHED_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    if actions {
+        cmd.arg("--allow-actions").env("JETSCHED_CONSOLE_TOKEN", CONSOLE_TOKEN);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let url = within(60, "the console's URL", async {
+        let mut seen = Vec::new();
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(rest) = line.strip_prefix("jetsched: console at ") {
+                let url = rest.split_whitespace().next().unwrap_or_default();
+                return url.trim_end_matches('/').to_string();
+            }
+            seen.push(line);
+        }
+        panic!("the console ended before serving:\n{}", seen.join("\n"));
+    })
+    .await;
+    // Later lines (warnings) are read so the pipe never fills.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, url)
+}
+
+/// GETs `path` from a console: its status and body.
+async fn page(url: &str, path: &str) -> (u16, String) {
+    let response = within(30, "a console page", reqwest::get(format!("{url}{path}"))).await.unwrap();
+    (response.status().as_u16(), response.text().await.unwrap())
+}
+
+/// POSTs an action to a console as a script (the token as a bearer): its
+/// status and the `Location` it sends the operator to.
+async fn act(url: &str, path: &str, form: &str) -> (u16, String) {
+    let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let response = within(
+        30,
+        "a console action",
+        client
+            .post(format!("{url}{path}"))
+            .bearer_auth(CONSOLE_TOKEN)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(form.to_string())
+            .send(),
+    )
+    .await
+    .unwrap();
+    let status = response.status().as_u16();
+    let location = response.headers().get("location").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
+    let body = response.text().await.unwrap();
+    (status, if location.is_empty() { body } else { location })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -221,6 +305,49 @@ async fn the_pipeline_works_with_every_service_under_its_own_role_over_mutual_tl
     assert_eq!(code, 0, "jetsched runs cancel: {out}{err}");
     events.wait_for(30, "the slow run to be cancelled", is("slow", RunStatus::Cancelled)).await;
 
+    // The console under its own role: every page of what happened, read
+    // without a refusal.
+    let (_viewer, url) = console(&server, &users.console, &names, false).await;
+    let dead_run = dead.run_id.clone().unwrap();
+    let letter = copy.sequence;
+    for path in [
+        "/".to_string(),
+        "/workers".to_string(),
+        "/schedules".to_string(),
+        "/schedules/tick".to_string(),
+        "/runs".to_string(),
+        "/runs?status=dead".to_string(),
+        format!("/runs/{dead_run}"),
+        "/workflows".to_string(),
+        "/dlq".to_string(),
+        format!("/dlq/{letter}"),
+    ] {
+        let (status, body) = page(&url, &path).await;
+        assert_eq!(status, 200, "console page {path} as the console role: {body}\n{}", server.violations().join("\n"));
+        if path.starts_with("/runs/") {
+            assert!(body.contains("dead"), "the dead run's page shows it: {body}");
+        }
+    }
+    // Read-only: an action is refused by the console itself.
+    let (status, _) = act(&url, "/actions/schedules/tick/pause", "").await;
+    assert_eq!(status, 403, "a read-only console acts");
+
+    // With actions: pause a schedule, trigger it, replay the dead letter.
+    let (_operator, url) = console(&server, &users.console_actions, &names, true).await;
+    let (status, to) = act(&url, "/actions/schedules/tick/pause", "").await;
+    assert_eq!(status, 303, "pause from the console: {to}");
+    let def: serde_json::Value = serde_json::from_slice(&admin.schedules.get("tick").await.unwrap().unwrap()).unwrap();
+    assert_eq!(def["paused"], json!(true), "the schedule is paused: {def}");
+    let (status, to) = act(&url, "/actions/schedules/tick/trigger", "").await;
+    assert_eq!(status, 303, "trigger from the console: {to}");
+    let (status, to) = act(&url, "/actions/dlq/replay", &format!("seq={letter}")).await;
+    assert_eq!(status, 303, "replay from the console: {to}");
+    events
+        .wait_for(30, "the replayed run to be dead again", |e| {
+            e.task == "broken" && e.status == RunStatus::Dead && e.run_id != dead.run_id
+        })
+        .await;
+
     // Nothing any role did on the way was refused.
     let violations = server.violations();
     assert!(violations.is_empty(), "the server refused operations of the pipeline:\n{}", violations.join("\n"));
@@ -271,6 +398,22 @@ async fn roles_are_refused_everything_outside_their_allow_lists() {
     ];
     let function_denied: Vec<String> =
         vec![names.submit_subject("resize"), "fn.other".to_string(), format!("$KV.{}.x", names.runs_bucket())];
+    // The read-only console reads; it starts, changes and takes nothing.
+    let console_denied: Vec<String> = vec![
+        names.submit_subject("resize"),
+        names.due_subject("resize"),
+        names.cancel_subject("t.resize.q1"),
+        format!("$KV.{}.nightly", names.schedules_bucket()),
+        format!("$KV.{}.t.resize.q1", names.runs_bucket()),
+        format!("$KV.{}.b1", names.backfills_bucket()),
+        // The services' durable consumers: take their work, or delete them.
+        format!("$JS.API.CONSUMER.MSG.NEXT.{tasks}.{}", harness_consumer(&names, "default", 0)),
+        format!("$JS.API.CONSUMER.DELETE.{tasks}.{}", harness_consumer(&names, "default", 0)),
+        format!("$JS.API.CONSUMER.CREATE.{tasks}.mine.{}", names.task_subject("default", 0)),
+        format!("$JS.API.STREAM.DELETE.{tasks}"),
+        format!("$JS.API.STREAM.PURGE.{}", names.inbox_stream()),
+    ];
+    let console_denied_subs: Vec<String> = vec![names.task_subject("default", 0), names.submit_subject(">")];
     let (worker, worker_wide) =
         pair(&names, Role::Worker, &worker_scope(), &[worker_denied.clone(), worker_denied_subs.clone()].concat());
     let (submitter, submitter_wide) = pair(
@@ -285,6 +428,8 @@ async fn roles_are_refused_everything_outside_their_allow_lists() {
         &Scope::default(),
         &[function_denied.clone(), vec![names.event_filter()]].concat(),
     );
+    let (console, console_wide) =
+        pair(&names, Role::Console, &Scope::default(), &[console_denied.clone(), console_denied_subs.clone()].concat());
     let admin = User::role(&names, Role::Admin, &Scope::default());
     let server = SecureServer::start(
         &[
@@ -294,6 +439,8 @@ async fn roles_are_refused_everything_outside_their_allow_lists() {
             submitter_wide.clone(),
             function.clone(),
             function_wide.clone(),
+            console.clone(),
+            console_wide.clone(),
             admin.clone(),
         ],
         Tls::ServerOnly,
@@ -306,6 +453,7 @@ async fn roles_are_refused_everything_outside_their_allow_lists() {
         (&worker, &worker_wide, Role::Worker, &worker_denied, &worker_denied_subs),
         (&submitter, &submitter_wide, Role::Submitter, &submitter_denied, &vec![names.event_filter()]),
         (&function, &function_wide, Role::Function, &function_denied, &vec![names.event_filter()]),
+        (&console, &console_wide, Role::Console, &console_denied, &console_denied_subs),
     ];
     for (user, _, role, denied, denied_subs) in cases {
         let mut exact = Probe::connect(&server, user, &names, role).await;

@@ -10,7 +10,7 @@ jetsched="${JETSCHED:-$here/../../target/debug/jetsched}"
 # The workers of deploy/: queue `default`, fixed ids (a worker always reads
 # its own queue of routed runs, so its id must be in its permissions).
 WORKER_ARGS=(--queues default --worker-id jetsched-worker-0,jetsched-worker-1)
-for role in ticker dispatcher worker admin submitter function; do
+for role in ticker dispatcher worker admin submitter function console; do
   extra=()
   [ "$role" = worker ] && extra=("${WORKER_ARGS[@]}")
   "$jetsched" permissions "$role" --format nats-conf "${extra[@]}" > "$here/$role.conf"
@@ -20,7 +20,7 @@ done
 values="$here/../kubernetes/nats-values.yaml"
 {
   sed '/# BEGIN jetsched users/q' "$values"
-  for role in ticker dispatcher worker admin submitter function; do
+  for role in ticker dispatcher worker admin submitter function console; do
     extra=()
     [ "$role" = worker ] && extra=("${WORKER_ARGS[@]}")
     upper="$(echo "$role" | tr a-z A-Z)"

@@ -77,7 +77,7 @@ enum Command {
     /// Serve the web console (read-only unless --allow-actions).
     Console(console::ConsoleArgs),
     /// Print the NATS publish/subscribe allow-lists a role needs
-    /// (ticker, dispatcher, worker, admin, submitter, function).
+    /// (ticker, dispatcher, worker, admin, submitter, function, console).
     Permissions(permissions::PermissionsArgs),
 }
 

@@ -20,7 +20,7 @@ pub enum Format {
 /// `jetsched permissions` options.
 #[derive(Debug, clap::Args)]
 pub struct PermissionsArgs {
-    /// ticker, dispatcher, worker, admin, submitter or function.
+    /// ticker, dispatcher, worker, admin, submitter, function or console.
     pub role: Role,
     /// Output format.
     #[arg(long, value_enum, default_value = "json")]
@@ -46,6 +46,10 @@ pub struct PermissionsArgs {
     /// capture stream, comma-separated (`ORDERS`, `KV_config` for a bucket).
     #[arg(long = "trigger-streams", value_delimiter = ',')]
     pub trigger_streams: Vec<String>,
+    /// Console: for `jetsched console --allow-actions` (pause, resume,
+    /// trigger, backfill, cancel, replay); without it the console only reads.
+    #[arg(long)]
+    pub allow_actions: bool,
 }
 
 /// The allow-lists `args` asks for, rendered.
@@ -62,6 +66,7 @@ pub fn render(names: &Names, args: &PermissionsArgs) -> anyhow::Result<String> {
         functions: args.functions.clone(),
         tasks: args.tasks.clone(),
         trigger_streams: args.trigger_streams.clone(),
+        actions: args.allow_actions,
     };
     let permissions = Permissions::of(args.role, names, &scope).map_err(|e| BadInput(e.to_string()))?;
     Ok(match args.format {

@@ -54,12 +54,16 @@ pub enum Role {
     Submitter,
     /// A NATS function: answers the requests it receives and nothing else.
     Function,
+    /// The web console (`jetsched console`): reads jetsched's streams and
+    /// buckets and follows the run events; acts (pause, trigger, cancel,
+    /// backfill, replay) only when its scope allows actions.
+    Console,
 }
 
 impl Role {
     /// Every role.
-    pub const ALL: [Role; 6] =
-        [Role::Ticker, Role::Dispatcher, Role::Worker, Role::Admin, Role::Submitter, Role::Function];
+    pub const ALL: [Role; 7] =
+        [Role::Ticker, Role::Dispatcher, Role::Worker, Role::Admin, Role::Submitter, Role::Function, Role::Console];
 
     /// The role's name, as `jetsched permissions` takes it.
     pub fn as_str(self) -> &'static str {
@@ -70,6 +74,7 @@ impl Role {
             Role::Admin => "admin",
             Role::Submitter => "submitter",
             Role::Function => "function",
+            Role::Console => "console",
         }
     }
 }
@@ -112,6 +117,8 @@ pub struct Scope {
     /// capture stream (a user stream `ORDERS`, or `KV_<bucket>` for a
     /// bucket): the ticker manages its trigger consumers on them.
     pub trigger_streams: Vec<String>,
+    /// Console: may act (`jetsched console --allow-actions`), not only read.
+    pub actions: bool,
 }
 
 impl Default for Scope {
@@ -123,6 +130,7 @@ impl Default for Scope {
             functions: vec![DEFAULT_FUNCTIONS.to_string()],
             tasks: Vec::new(),
             trigger_streams: Vec::new(),
+            actions: false,
         }
     }
 }
@@ -180,6 +188,7 @@ impl Permissions {
                 }
                 p.allow_responses = true;
             }
+            Role::Console => p.console(names, scope.actions),
         }
         Ok(p)
     }
@@ -389,8 +398,62 @@ impl Permissions {
         self.publish(format!("{names}.>"));
         self.sub(format!("{names}.>"));
         self.sub(format!("{}.>", names.inbox_prefix(Role::Admin.as_str())));
-        // `jetsched submit` replies come to the submitter inbox.
+        // `jetsched submit` replies come to the submitter inbox, a console's
+        // run with these credentials to the console's.
         self.sub(format!("{}.>", names.inbox_prefix(Role::Submitter.as_str())));
+        self.sub(format!("{}.>", names.inbox_prefix(Role::Console.as_str())));
+    }
+
+    /// Reads everything of jetsched's and writes nothing, unless `actions`.
+    fn console(&mut self, names: &Names, actions: bool) {
+        self.publish(USER_INFO_SUBJECT.to_string());
+        self.sub(format!("{}.>", names.inbox_prefix(Role::Console.as_str())));
+        // Live run events, for every open page.
+        self.sub(names.event_filter());
+        let topo = Topology::default();
+        let mut buckets: Vec<String> = setup::bucket_configs(names, &topo).into_iter().map(|c| c.bucket).collect();
+        buckets
+            .extend(setup::ticker_bucket_configs(names, &topo, Duration::from_secs(10)).into_iter().map(|c| c.bucket));
+        for bucket in &buckets {
+            self.publish(stream_api("INFO", &names.bucket_stream(bucket)));
+            self.kv_read(names, bucket);
+        }
+        for config in setup::stream_configs(names, &topo) {
+            let s = config.name;
+            self.publish(stream_api("INFO", &s));
+            // A dead letter, a work item, a page of runs read backwards.
+            self.publish(format!("$JS.API.STREAM.MSG.GET.{s}"));
+            self.publish(direct_get_subject(&s));
+            self.publish(format!("{}.>", direct_get_subject(&s)));
+        }
+        // Ordered consumers (history and tails) on the streams of records:
+        // events, task logs, dead letters. Not on the work streams, whose
+        // durable consumers the services own.
+        for s in [names.events_stream(), names.logs_stream(), names.dlq_stream()] {
+            self.publish(format!("$JS.API.CONSUMER.CREATE.{s}"));
+            self.publish(format!("$JS.API.CONSUMER.CREATE.{s}.>"));
+            for op in ["INFO", "DELETE", "MSG.NEXT"] {
+                self.publish(format!("$JS.API.CONSUMER.{op}.{s}.*"));
+            }
+            self.publish(format!("$JS.FC.{s}.>"));
+        }
+        // The backlog per queue (the worker consumers' counts) and the
+        // inbox's (the dispatcher's consumer).
+        let tasks = names.tasks_stream();
+        self.publish(format!("$JS.API.CONSUMER.LIST.{tasks}"));
+        self.publish(format!("$JS.API.CONSUMER.INFO.{tasks}.*"));
+        self.publish(format!("$JS.API.CONSUMER.INFO.{}.*", names.inbox_stream()));
+        if actions {
+            // Trigger, replay (to the inbox), cancel; pause and resume a
+            // schedule, store a backfill, request a run's cancel (compare
+            // and set on its record).
+            self.publish(names.submit_subject(">"));
+            self.publish(names.due_subject(">"));
+            self.publish(names.cancel_filter());
+            for bucket in [names.schedules_bucket(), names.backfills_bucket(), names.runs_bucket()] {
+                self.kv_write(names, &bucket);
+            }
+        }
     }
 
     /// Reads of bucket `bucket`: get, watch, list keys.

@@ -182,8 +182,7 @@ impl WorkerConfig {
             worker_ids: self.worker_id.iter().cloned().collect(),
             labels: self.labels.iter().cloned().collect(),
             functions: Vec::new(),
-            tasks: Vec::new(),
-            trigger_streams: Vec::new(),
+            ..Scope::default()
         }
     }
 }

@@ -35,6 +35,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use jetsched_contract::Handles;
+use jetsched_contract::permissions::Role;
 use jetsched_runtime::{Backoff, NatsArgs, RunStore};
 use maud::{Markup, html};
 use tokio::sync::broadcast;
@@ -116,7 +117,8 @@ impl Console {
 /// `jetsched console`: connects, serves until Ctrl-C.
 pub async fn run(nats: &NatsArgs, args: ConsoleArgs) -> anyhow::Result<()> {
     let shutdown = jetsched_runtime::shutdown_on_signals();
-    let client = jetsched_runtime::connect(nats, "jetsched-console", true).await?;
+    // Replies come to the console role's inbox (`jetsched permissions console`).
+    let client = jetsched_runtime::connect_as(nats, Role::Console, "jetsched-console", true).await?;
     let handles = tokio::select! {
         h = open(jetsched_runtime::jetstream(client), nats.names()?) => h,
         _ = shutdown.cancelled() => return Ok(()),
