@@ -7,6 +7,7 @@
 
 mod baseline;
 mod bench;
+mod ceiling;
 mod console;
 mod dispatch;
 mod e2e;
@@ -53,6 +54,10 @@ enum Command {
     /// Dispatcher throughput (submit -> queued) against raw JetStream publish,
     /// then the start order of a backlog of mixed importance.
     Dispatch(dispatch::Args),
+    /// Every NATS operation a run performs, measured alone against the raw
+    /// baseline, and the most runs/s that jetsched's run, and any design
+    /// keeping the contract, could reach on this machine.
+    Ceiling(ceiling::Args),
     /// Only the raw JetStream async publish baseline.
     Baseline(baseline::Args),
     /// N schedules due in the same second, against NATS's own cron message
@@ -104,6 +109,7 @@ fn main() -> anyhow::Result<()> {
             Command::RunsList(args) => runlist::run(&env, args).await,
             Command::Dispatch(args) => dispatch::run(&env, args).await,
             Command::Peers(args) => peers::run(&env, args).await,
+            Command::Ceiling(args) => ceiling::run(&env, args).await,
             Command::Console(args) => console::run(&env, args).await,
             Command::Triggers(args) => triggers::run(&env, args).await,
             Command::Baseline(args) => baseline::publish_rate(&env, &args).await.map(|rate| {
