@@ -474,13 +474,13 @@ async fn a_runs_logs_stream_into_its_page_while_it_goes() {
     browser.screenshot("console-logs").await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn up_prints_the_console_url_among_its_first_lines_and_serves_it() {
-    use tokio::io::AsyncBufReadExt;
-    let env = Env::start().await;
-    let mut up = tokio::process::Command::new(env!("CARGO_BIN_EXE_jetsched"))
-        .args(["up", "--examples", "--quiet", "--console", "127.0.0.1:0", "--http-addr", "off"])
-        .env("NATS_URL", env.url())
+/// The real `jetsched` with `args`, on the server at `nats`, serving a
+/// console: the process (killed when dropped), the console's URL and the
+/// lines printed before it.
+async fn serving(args: &[&str], nats: &str) -> (tokio::process::Child, String, Vec<String>) {
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_jetsched"))
+        .args(args)
+        .env("NATS_URL", nats)
         .env("JETSCHED_LOG", "error")
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
@@ -488,19 +488,17 @@ async fn up_prints_the_console_url_among_its_first_lines_and_serves_it() {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let mut lines = tokio::io::BufReader::new(up.stderr.take().unwrap()).lines();
-    let mut first = Vec::new();
-    let url = within(60, "the console's URL", async {
-        loop {
-            let line = lines.next_line().await.unwrap().expect("up printed no console URL");
-            first.push(line.clone());
-            if let Some(rest) = line.strip_prefix("jetsched: console at ") {
-                return rest.split_whitespace().next().unwrap().to_string();
-            }
-        }
-    })
-    .await;
-    assert!(first.len() <= 3, "the URL comes among the first lines: {first:?}");
+    let (url, before) = console_url(&mut child).await;
+    (child, url, before)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_prints_the_console_url_among_its_first_lines_and_serves_it() {
+    let env = Env::start().await;
+    let args = ["up", "--examples", "--quiet", "--console", "127.0.0.1:0", "--http-addr", "off"];
+    let (_up, url, before) = serving(&args, &env.url()).await;
+    let url = format!("{url}/");
+    assert!(before.len() < 3, "the URL comes among the first lines: {before:?}");
     let browser = Browser::start().await;
     browser.goto(&url).await;
     live(&browser).await;
@@ -575,4 +573,51 @@ async fn trigger_now_and_backfill_from_the_schedule_page() {
             .filter(|(_, e)| e.status == RunStatus::Queued && e.run_id.as_deref() == Some(run.as_str()));
         assert_eq!(queued.count(), 1, "{run} queued more than once");
     }
+}
+
+/// The console's container probes: `/healthz` while it serves, `/readyz`
+/// only while it is connected to NATS, so an orchestrator takes it out of
+/// rotation when NATS goes away. The real binary, on a server this test
+/// kills.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_says_whether_the_console_reaches_nats() {
+    jetsched_runtime::telemetry::install_crypto_provider();
+    let store = tempfile::tempdir().unwrap();
+    let store_dir = store.path().join("js");
+    let server = tokio::task::spawn_blocking(move || {
+        let binary = jetsched_natsbox::find_or_install(
+            &workspace_root().join(".jetsched/bin"),
+            jetsched_natsbox::Preference::PinnedOnly,
+        )
+        .expect("nats-server available");
+        jetsched_natsbox::LocalServer::start(jetsched_natsbox::ServerOptions::new(binary, store_dir))
+            .expect("nats-server starts")
+    })
+    .await
+    .unwrap();
+    let nats = server.url();
+    let init = within(
+        60,
+        "jetsched init",
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_jetsched"))
+            .arg("init")
+            .env("NATS_URL", &nats)
+            .env("JETSCHED_LOG", "error")
+            .output(),
+    )
+    .await
+    .unwrap();
+    assert!(init.status.success(), "jetsched init: {}", String::from_utf8_lossy(&init.stderr));
+    let (_console, url, _) = serving(&["console", "--listen", "127.0.0.1:0"], &nats).await;
+    let status = |path: &'static str| {
+        let url = url.clone();
+        async move { reqwest::get(format!("{url}{path}")).await.map(|r| r.status().as_u16()).unwrap_or(0) }
+    };
+    assert_eq!(status("/healthz").await, 200);
+    assert_eq!(status("/readyz").await, 200, "ready while connected");
+
+    drop(server);
+    eventually(30, "/readyz to say 503 once NATS is gone", || async { (status("/readyz").await == 503).then_some(()) })
+        .await;
+    assert_eq!(status("/healthz").await, 200, "still alive without NATS");
 }

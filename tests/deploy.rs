@@ -38,6 +38,8 @@ const NODES: usize = 3;
 const SERVICE_REPLICAS: u64 = 2;
 /// The one-shot command that creates streams and buckets before the services start.
 const INIT: &str = "init";
+/// The web console: one replica (its sessions live in its memory).
+const CONSOLE: &str = "console";
 
 /// The NATS user (and role) a jetsched command runs as.
 fn role_of(sub: &str) -> &'static str {
@@ -46,6 +48,7 @@ fn role_of(sub: &str) -> &'static str {
         "dispatcher" => "dispatcher",
         "worker" => "worker",
         INIT => "admin",
+        CONSOLE => "console",
         other => panic!("no role for `jetsched {other}`"),
     }
 }
@@ -190,7 +193,7 @@ fn check_container(c: &Container) -> u16 {
 fn try_container(c: &Container) -> Result<u16, String> {
     let origin = &c.origin;
     let sub = c.args.first().ok_or_else(|| format!("{origin}: no command"))?;
-    if !SERVICES.contains(&sub.as_str()) && sub != INIT {
+    if !SERVICES.contains(&sub.as_str()) && sub != INIT && sub != CONSOLE {
         return Err(format!("{origin}: runs `jetsched {sub}`, not a service"));
     }
     let readable = env_args(sub);
@@ -201,9 +204,9 @@ fn try_container(c: &Container) -> Result<u16, String> {
         if !(name.starts_with("JETSCHED_") || name.starts_with("NATS_")) {
             continue;
         }
-        // `jetsched init` shares the services' settings (one ConfigMap);
-        // those it has no use for are left out.
-        if sub == INIT && !readable.contains_key(name) && env_args("ticker").contains_key(name) {
+        // `jetsched init` and the console share the services' settings (one
+        // ConfigMap); those they have no use for are left out.
+        if (sub == INIT || sub == CONSOLE) && !readable.contains_key(name) && env_args("ticker").contains_key(name) {
             continue;
         }
         let arg = readable.get(name).ok_or_else(|| format!("{origin}: `jetsched {sub}` does not read {name}"))?;
@@ -231,6 +234,19 @@ fn try_container(c: &Container) -> Result<u16, String> {
 
     if sub == INIT {
         return Ok(0); // serves nothing
+    }
+    if sub == CONSOLE {
+        // Its probes ask the pages' address.
+        let flag_value = c.args.iter().position(|a| a == "--listen").and_then(|i| c.args.get(i + 1).cloned());
+        let env_value = c.env.get("JETSCHED_CONSOLE_LISTEN").cloned().flatten();
+        let default = readable["JETSCHED_CONSOLE_LISTEN"].get_default_values().first().and_then(|v| v.to_str());
+        let addr = flag_value.or(env_value).or(default.map(String::from)).expect("a listen address");
+        if addr.starts_with("127.") || addr.starts_with("localhost") {
+            return Err(format!(
+                "{origin}: the console listens on {addr}, which nothing outside its container reaches"
+            ));
+        }
+        return Ok(port_of(&addr));
     }
     let flag_value = c.args.iter().position(|a| a == "--http-addr").and_then(|i| c.args.get(i + 1).cloned());
     let env_value = c.env.get("JETSCHED_HTTP_ADDR").cloned().flatten();
@@ -402,8 +418,9 @@ fn compose_runs_a_three_node_cluster_and_two_of_each_service_on_it() {
             "compose {name}: health check asks /readyz on port {port}: {check}"
         );
     }
-    let expected: BTreeMap<String, u64> = SERVICES.iter().map(|s| (s.to_string(), SERVICE_REPLICAS)).collect();
-    assert_eq!(replicas, expected, "compose: every service runs, two of each");
+    let mut expected: BTreeMap<String, u64> = SERVICES.iter().map(|s| (s.to_string(), SERVICE_REPLICAS)).collect();
+    expected.insert(CONSOLE.to_string(), 1);
+    assert_eq!(replicas, expected, "compose: every service runs, two of each, and one console");
 }
 
 // ---------------------------------------------------------------------------
@@ -447,7 +464,9 @@ fn kubernetes_deployments_run_services_with_accepted_settings_and_probes_on_thei
         let name = at(deployment, &["metadata", "name"]).as_str().expect("workload name");
         let kind = deployment["kind"].as_str().unwrap_or_default();
         if kind != "Job" {
-            assert_eq!(at(deployment, &["spec", "replicas"]).as_u64(), Some(SERVICE_REPLICAS), "{name}: replicas");
+            let console = name.ends_with(CONSOLE);
+            let want = if console { 1 } else { SERVICE_REPLICAS };
+            assert_eq!(at(deployment, &["spec", "replicas"]).as_u64(), Some(want), "{name}: replicas");
         }
         let pod = at(deployment, &["spec", "template", "spec"]);
         let containers = pod["containers"].as_sequence().expect("containers");
@@ -513,7 +532,8 @@ fn kubernetes_deployments_run_services_with_accepted_settings_and_probes_on_thei
             }
         }
     }
-    assert_eq!(seen, SERVICES.iter().map(|s| s.to_string()).collect(), "kubernetes: every service runs");
+    let expected: BTreeSet<String> = SERVICES.iter().chain([&CONSOLE]).map(|s| s.to_string()).collect();
+    assert_eq!(seen, expected, "kubernetes: every service runs, and the console");
 }
 
 // ---------------------------------------------------------------------------

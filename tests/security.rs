@@ -151,7 +151,6 @@ const CONSOLE_TOKEN: &str = "console-test-token";
 /// A real `jetsched console` process as `user` (acting with
 /// [`CONSOLE_TOKEN`] when `actions`), and its URL.
 async fn console(server: &SecureServer, user: &User, names: &Names, actions: bool) -> (tokio::process::Child, String) {
-    use tokio::io::AsyncBufReadExt as _;
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_jetsched"));
     cmd.args(["console", "--listen", "127.0.0.1:0"])
         .envs(server.env(user, names))
@@ -164,26 +163,13 @@ async fn console(server: &SecureServer, user: &User, names: &Names, actions: boo
         cmd.arg("--allow-actions").env("JETSCHED_CONSOLE_TOKEN", CONSOLE_TOKEN);
     }
     let mut child = cmd.spawn().unwrap();
-    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
-    let url = within(60, "the console's URL", async {
-        let mut seen = Vec::new();
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if let Some(rest) = line.strip_prefix("jetsched: console at ") {
-                let url = rest.split_whitespace().next().unwrap_or_default();
-                return url.trim_end_matches('/').to_string();
-            }
-            seen.push(line);
-        }
-        panic!("the console ended before serving:\n{}", seen.join("\n"));
-    })
-    .await;
-    // Later lines (warnings) are read so the pipe never fills.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let (url, _) = harness::console_url(&mut child).await;
     (child, url)
 }
 
 /// GETs `path` from a console: its status and body.
 async fn page(url: &str, path: &str) -> (u16, String) {
+    jetsched_runtime::telemetry::install_crypto_provider();
     let response = within(30, "a console page", reqwest::get(format!("{url}{path}"))).await.unwrap();
     (response.status().as_u16(), response.text().await.unwrap())
 }
@@ -191,6 +177,7 @@ async fn page(url: &str, path: &str) -> (u16, String) {
 /// POSTs an action to a console as a script (the token as a bearer): its
 /// status and the `Location` it sends the operator to.
 async fn act(url: &str, path: &str, form: &str) -> (u16, String) {
+    jetsched_runtime::telemetry::install_crypto_provider();
     let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
     let response = within(
         30,
@@ -321,6 +308,8 @@ async fn the_pipeline_works_with_every_service_under_its_own_role_over_mutual_tl
         "/workflows".to_string(),
         "/dlq".to_string(),
         format!("/dlq/{letter}"),
+        "/healthz".to_string(),
+        "/readyz".to_string(),
     ] {
         let (status, body) = page(&url, &path).await;
         assert_eq!(status, 200, "console page {path} as the console role: {body}\n{}", server.violations().join("\n"));

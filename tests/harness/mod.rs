@@ -41,7 +41,7 @@ pub async fn within<T>(secs: u64, what: &str, fut: impl Future<Output = T>) -> T
     }
 }
 
-fn workspace_root() -> PathBuf {
+pub fn workspace_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
@@ -816,4 +816,27 @@ pub fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
         .unwrap_or(0.0)
+}
+
+/// The URL a `jetsched console` or `jetsched up` child prints on stderr
+/// ("jetsched: console at http://.../"), without the trailing slash, and
+/// the lines it printed before it; later lines are read (and dropped) so
+/// that the pipe never fills.
+pub async fn console_url(child: &mut tokio::process::Child) -> (String, Vec<String>) {
+    use tokio::io::AsyncBufReadExt;
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().expect("stderr piped")).lines();
+    let (url, before) = within(60, "the console's URL", async {
+        let mut before = Vec::new();
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(rest) = line.strip_prefix("jetsched: console at ") {
+                let url = rest.split_whitespace().next().unwrap_or_default();
+                return (url.trim_end_matches('/').to_string(), before);
+            }
+            before.push(line);
+        }
+        panic!("it ended without serving a console:\n{}", before.join("\n"));
+    })
+    .await;
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (url, before)
 }

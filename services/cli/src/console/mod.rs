@@ -200,6 +200,8 @@ fn router(console: Console) -> Router {
         .route("/logout", post(logout))
         .route("/actions/{kind}/{id}/{verb}", post(actions::verb))
         .route("/actions/dlq/replay", post(actions::replay))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .route("/assets/console.css", get(css))
         .route("/assets/console.js", get(js))
         .layer(axum::middleware::from_fn(bounded));
@@ -216,6 +218,20 @@ async fn bounded(request: Request, next: Next) -> Response {
     match tokio::time::timeout(REQUEST_TIMEOUT, next.run(request)).await {
         Ok(response) => response,
         Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "NATS did not answer in time; try again\n").into_response(),
+    }
+}
+
+/// Liveness, for container probes: the process serves.
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// Readiness, for container probes: connected to NATS.
+async fn readyz(State(c): State<Console>) -> Response {
+    if c.h().js.client().connection_state() == async_nats::connection::State::Connected {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not connected to NATS\n").into_response()
     }
 }
 
