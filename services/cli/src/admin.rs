@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use async_nats::HeaderMap;
+use async_nats::jetstream::kv::Operation;
 use futures::StreamExt;
-use jetsched_contract::{Handles, Role, RunEvent, RunStatus, TaskDef, headers, run, validate_name};
+use jetsched_contract::{Handles, Role, RunEvent, RunStatus, ScheduleDef, TaskDef, headers, run, validate_name};
 use jetsched_runtime::NatsArgs;
 
 /// Input the user must fix (exit code 2).
@@ -408,4 +409,13 @@ pub fn format_event(e: &RunEvent) -> String {
         line.push_str(&format!("  error: {err}"));
     }
     line
+}
+
+/// The stored schedule `id`, parsed.
+pub(crate) async fn stored_schedule(h: &Handles, id: &str) -> anyhow::Result<ScheduleDef> {
+    validate_name("schedule", id).map_err(|e| bad(e.to_string()))?;
+    let entry = h.schedules.entry(id).await?.filter(|e| e.operation == Operation::Put);
+    let entry = entry.ok_or_else(|| bad(format!("no schedule named {id}")))?;
+    ScheduleDef::from_json(id, &entry.value)
+        .map_err(|e| bad(format!("schedule {id} is invalid ({e}); fix it with schedule put")))
 }

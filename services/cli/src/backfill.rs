@@ -18,8 +18,8 @@ use jiff::civil::{Date, DateTime};
 use jiff::tz::TimeZone;
 use jiff::{SignedDuration, Timestamp};
 
-use crate::admin::{bad, edit};
-use crate::schedule::{dst_note, local_time, stored};
+use crate::admin::{bad, edit, stored_schedule};
+use crate::wallclock::{dst_note, local_time};
 
 /// Runs of a backfill unfinished at once, unless told otherwise.
 pub const DEFAULT_MAX_IN_FLIGHT: u32 = 10;
@@ -90,7 +90,7 @@ pub struct Plan {
 /// a local date-time in the schedule's zone): the range must be valid and
 /// hold at most [`MAX_FIRES`] fires.
 pub async fn plan(h: &Handles, schedule: &str, from: &str, to: &str, max_in_flight: u32) -> anyhow::Result<Plan> {
-    let def = stored(h, schedule).await?;
+    let def = stored_schedule(h, schedule).await?;
     let calendar = def.calendar().map_err(bad)?;
     let tz = calendar.time_zone().clone();
     let from = instant("--from", from, &tz, false)?;

@@ -18,6 +18,7 @@ mod runlist;
 mod schedule;
 mod services;
 mod up;
+mod wallclock;
 
 use std::process::ExitCode;
 

@@ -3,15 +3,14 @@
 //! computes fire times locally with the ticker's own calendar code.
 
 use async_nats::HeaderMap;
-use async_nats::jetstream::kv::Operation;
 use jetsched_calendar::Cron;
 use jetsched_contract::{DueFire, Handles, ScheduleDef, Topology, headers, run, validate_name};
 use jetsched_runtime::NatsArgs;
-use jiff::tz::{AmbiguousOffset, TimeZone};
 use jiff::{SignedDuration, Timestamp};
 use serde_json::Value;
 
-use crate::admin::{bad, edit, list_keys, print_value, read_definition};
+use crate::admin::{bad, edit, list_keys, print_value, read_definition, stored_schedule};
+use crate::wallclock::{dst_note, local_time};
 
 /// `jetsched schedule ...`
 #[derive(Debug, clap::Subcommand)]
@@ -140,7 +139,7 @@ pub async fn run(nats: &NatsArgs, topology: &Topology, cmd: ScheduleCmd) -> anyh
             println!("{}", trigger(&h, &id, payload).await?);
         }
         ScheduleCmd::Preview { id: Some(id), from, count, .. } => {
-            let def = stored(&h, &id).await?;
+            let def = stored_schedule(&h, &id).await?;
             preview(Some(&id), &def, from.as_deref(), count)?;
         }
         ScheduleCmd::Preview { id: None, .. } => {}
@@ -148,15 +147,6 @@ pub async fn run(nats: &NatsArgs, topology: &Topology, cmd: ScheduleCmd) -> anyh
         ScheduleCmd::BackfillCancel { id } => crate::backfill::cancel(&h, &id).await?,
     }
     Ok(())
-}
-
-/// The stored schedule `id`, parsed.
-pub(crate) async fn stored(h: &Handles, id: &str) -> anyhow::Result<ScheduleDef> {
-    validate_name("schedule", id).map_err(|e| bad(e.to_string()))?;
-    let entry = h.schedules.entry(id).await?.filter(|e| e.operation == Operation::Put);
-    let entry = entry.ok_or_else(|| bad(format!("no schedule named {id}")))?;
-    ScheduleDef::from_json(id, &entry.value)
-        .map_err(|e| bad(format!("schedule {id} is invalid ({e}); fix it with schedule put")))
 }
 
 /// What [`set_paused`] did.
@@ -205,7 +195,7 @@ pub async fn set_paused(h: &Handles, id: &str, paused: bool) -> anyhow::Result<P
 /// the schedule's own occurrences, so the run never takes a regular fire's
 /// run id. `payload` replaces the schedule's.
 pub async fn trigger(h: &Handles, id: &str, payload: Option<Value>) -> anyhow::Result<String> {
-    let def = stored(h, id).await?;
+    let def = stored_schedule(h, id).await?;
     let calendar = def.calendar().map_err(bad)?;
     let ms = SignedDuration::from_millis(1);
     let now = Timestamp::now();
@@ -291,11 +281,6 @@ fn preview(id: Option<&str>, def: &ScheduleDef, from: Option<&str>, count: u16) 
     Ok(())
 }
 
-/// `t` on the wall clock of `tz`, with its offset and zone abbreviation.
-pub(crate) fn local_time(tz: &TimeZone, t: Timestamp) -> String {
-    t.to_zoned_datetime(tz.clone()).strftime("%Y-%m-%d %H:%M:%S%.f %:z %Z").to_string()
-}
-
 /// The schedule's rule in words: `cron "0 30 2 * * *" in Europe/Berlin, dst
 /// gap shift, fold first`, `every 15s`, `once at <time>`.
 pub fn describe(def: &ScheduleDef) -> String {
@@ -310,23 +295,5 @@ pub fn describe(def: &ScheduleDef) -> String {
         },
         (_, _, Some(at)) => format!("once at {at}"),
         _ => String::new(),
-    }
-}
-
-/// Why a fire time looks odd on the wall clock: a repeated local time, or a
-/// local time shifted out of a DST gap.
-pub(crate) fn dst_note(tz: &TimeZone, cron: Option<&Cron>, t: Timestamp) -> Option<&'static str> {
-    let civil = tz.to_datetime(t);
-    match tz.to_ambiguous_timestamp(civil).offset() {
-        AmbiguousOffset::Fold { before, .. } if tz.to_offset(t) == before => {
-            Some("DST fold: first of two such local times")
-        }
-        AmbiguousOffset::Fold { .. } => Some("DST fold: second of two such local times"),
-        _ => {
-            let cron = cron?;
-            let probe = civil.checked_sub(SignedDuration::from_secs(1)).ok()?;
-            (cron.next_after(probe) != Some(civil))
-                .then_some("DST gap: the scheduled local time does not exist; shifted")
-        }
     }
 }

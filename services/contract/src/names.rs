@@ -410,14 +410,14 @@ impl Names {
     /// the limit's `per`, counted from the Unix epoch). The rendered key is
     /// hashed: it may hold any character, a KV key may not.
     pub fn rate_counter_key(&self, task: &str, key: &str, period: u128) -> String {
-        format!("r.{task}.{:016x}.{period}", crate::run::fnv1a(key.as_bytes()))
+        format!("r.{task}.{:016x}.{period}", crate::hash::fnv1a(key.as_bytes()))
     }
 
     /// The key in the slots bucket of slot `n` (0-based, below the limit)
     /// of `task`'s concurrency limit for runs whose key renders to `key`
     /// (hashed, as for [`Names::rate_counter_key`]).
     pub fn concurrency_slot_key(&self, task: &str, key: &str, n: u32) -> String {
-        format!("c.{task}.{:016x}.{n}", crate::run::fnv1a(key.as_bytes()))
+        format!("c.{task}.{:016x}.{n}", crate::hash::fnv1a(key.as_bytes()))
     }
 
     /// The key in the rates bucket holding `task`'s round-robin rotation
@@ -444,7 +444,7 @@ impl Names {
     /// trigger's batching, filter or mapping keeps it (and its position);
     /// changing its source makes a new one.
     pub fn trigger_consumer(&self, task: &str, source: &str) -> String {
-        format!("{}-trg-{task}-{:08x}", self.prefix, crate::run::fnv1a(source.as_bytes()) as u32)
+        format!("{}-trg-{task}-{:08x}", self.prefix, crate::hash::fnv1a(source.as_bytes()) as u32)
     }
 
     /// Queue and band of a worker consumer's name.

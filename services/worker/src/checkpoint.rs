@@ -79,7 +79,7 @@ impl CheckpointFile {
                 Ok(()) => self.saved = bytes,
                 Err(err) => {
                     tracing::debug!(%err, "cannot save checkpoint");
-                    crate::ctx::RUNNING.failed(&format_args!("cannot save checkpoint: {err}"));
+                    crate::running::RUNNING.failed(&format_args!("cannot save checkpoint: {err}"));
                 }
             }
         }

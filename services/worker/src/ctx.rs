@@ -1,6 +1,7 @@
 //! What every part of a worker shares: its context (connections, stores,
-//! limits, policies), and the outage every run's NATS trouble reports to.
-//! `execute` and the modules it calls build on this; it builds on none.
+//! limits, policies). `execute` and the modules it calls build on this; it
+//! builds on none of them. The outage their NATS trouble reports to is in
+//! `crate::running`, a leaf every module may use.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -66,8 +67,3 @@ pub struct WorkerCtx {
 }
 
 pub const TRANSIENT: Disposition = Disposition::Retry(Duration::from_secs(1));
-
-/// Running work fails for reasons outside the run (a stream or bucket
-/// without a leader, NATS unreachable): one line when it starts, one when it
-/// ends. Each run retries through its work message's redelivery.
-pub(crate) static RUNNING: jetsched_runtime::Outage = jetsched_runtime::Outage::new("running work");

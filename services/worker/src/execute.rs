@@ -13,12 +13,13 @@ use tokio::sync::{OwnedSemaphorePermit, oneshot};
 use tracing::Instrument as _;
 
 use crate::cancel::Registration;
-use crate::ctx::{Disposition, RUNNING, TRANSIENT, WorkerCtx};
+use crate::ctx::{Disposition, TRANSIENT, WorkerCtx};
 use crate::handlers::Outcome;
 use crate::invoke::{Ahead, Attempt, invocation, invoke};
 use crate::limits::{self, Admission, SlotHold};
 use crate::record::{self, Claim, Ending, Held, Mode};
 use crate::release::{Prepared, Released, Staged};
+use crate::running::RUNNING;
 use crate::settle::{self, ending, give_up, settle};
 
 /// Runs placed on this worker that need more than it offers (it restarted

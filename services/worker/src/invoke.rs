@@ -46,7 +46,7 @@ pub async fn invocation(ctx: &WorkerCtx, item: &WorkItem, attempt: u32, start: T
     let checkpoint = if attempt > 1 {
         checkpoints.load().await.unwrap_or_else(|err| {
             tracing::debug!(run_id = %item.run_id, %err, "cannot read checkpoint");
-            crate::ctx::RUNNING.failed(&format_args!("cannot read checkpoint: {err}"));
+            crate::running::RUNNING.failed(&format_args!("cannot read checkpoint: {err}"));
             None
         })
     } else {
@@ -167,7 +167,7 @@ async fn invoke_logged(
             _ = heartbeat.tick() => {
                 if let Err(err) = msg.ack_with(AckKind::Progress).await {
                     tracing::debug!(run_id = %item.run_id, %err, "cannot extend the work message's ack deadline");
-                    crate::ctx::RUNNING.failed(&format_args!("cannot extend the work message's ack deadline: {err}"));
+                    crate::running::RUNNING.failed(&format_args!("cannot extend the work message's ack deadline: {err}"));
                 }
                 if let Some(f) = file.as_mut() {
                     f.sync(&checkpoints).await;

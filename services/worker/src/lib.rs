@@ -18,6 +18,7 @@ mod presence;
 mod record;
 mod release;
 mod room;
+mod running;
 mod settle;
 pub mod submit;
 

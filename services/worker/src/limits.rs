@@ -36,7 +36,7 @@ impl SlotHold {
             Ok(rev) => self.revision = rev,
             Err(err) => {
                 tracing::debug!(key = %self.key, %err, "cannot refresh concurrency slot");
-                crate::ctx::RUNNING.failed(&format_args!("cannot refresh concurrency slot: {err}"));
+                crate::running::RUNNING.failed(&format_args!("cannot refresh concurrency slot: {err}"));
             }
         }
     }

@@ -50,7 +50,7 @@ pub async fn heartbeat(
             && let Err(err) = handles.workers.put(&id, value.into()).await
         {
             tracing::debug!(%err, "cannot publish worker heartbeat");
-            crate::ctx::RUNNING.failed(&format_args!("cannot publish worker heartbeat: {err}"));
+            crate::running::RUNNING.failed(&format_args!("cannot publish worker heartbeat: {err}"));
         }
         let draining = shutdown.is_cancelled();
         tokio::select! {

@@ -26,7 +26,7 @@ pub async fn give_up(ctx: &WorkerCtx, msg: &Message, item: &WorkItem, held: &Hel
         ctx.publisher.dead_letter(&item.task, &item.run_id, &reason, msg.subject.as_str(), h, msg.payload.clone());
     if let Err(err) = dead.await {
         tracing::debug!(run_id = %item.run_id, %err, "cannot store dead letter; will retry");
-        crate::ctx::RUNNING.failed(&format_args!("cannot store dead letter: {err}"));
+        crate::running::RUNNING.failed(&format_args!("cannot store dead letter: {err}"));
         return TRANSIENT;
     }
     settle(ctx, msg, held, ending).await
@@ -41,7 +41,7 @@ pub async fn settle(ctx: &WorkerCtx, msg: &Message, held: &Held, ending: Ending)
         Ok(None) => return Disposition::Ack,
         Err(err) => {
             tracing::debug!(run_id = %held.record.run_id, %err, "cannot update run record; will retry");
-            crate::ctx::RUNNING.failed(&format_args!("cannot update run record: {err}"));
+            crate::running::RUNNING.failed(&format_args!("cannot update run record: {err}"));
             return TRANSIENT;
         }
     };
@@ -50,7 +50,7 @@ pub async fn settle(ctx: &WorkerCtx, msg: &Message, held: &Held, ending: Ending)
     }
     if let Err(err) = ctx.runs.report_if_step(&stored).await {
         tracing::debug!(run_id = %stored.run_id, %err, "cannot report the step to its workflow; will retry");
-        crate::ctx::RUNNING.failed(&format_args!("cannot report the step to its workflow: {err}"));
+        crate::running::RUNNING.failed(&format_args!("cannot report the step to its workflow: {err}"));
         return TRANSIENT;
     }
     Disposition::Ack
@@ -75,7 +75,7 @@ async fn announce(ctx: &WorkerCtx, msg: &Message, record: &RunRecord) -> bool {
             Ok(()) => return true,
             Err(err) => {
                 tracing::debug!(run_id = %record.run_id, %err, "cannot publish run event; trying again");
-                crate::ctx::RUNNING.failed(&format_args!("cannot publish run event: {err}"));
+                crate::running::RUNNING.failed(&format_args!("cannot publish run event: {err}"));
             }
         }
         if tokio::time::Instant::now() >= until {

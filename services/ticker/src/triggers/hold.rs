@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::triggers::Ctx;
 use crate::triggers::event::{self, Stored, Submission};
-use crate::triggers::runner::{Opened, Pulls, Spec, ack, event_of, submit};
+use crate::triggers::source::{Opened, Pulls, Spec, ack, event_of, submit};
 
 /// A batch is submitted early once its events' JSON reaches this size (the
 /// inbox takes messages up to the server's payload limit, 1 MiB by default).

@@ -15,6 +15,7 @@
 mod event;
 mod hold;
 mod runner;
+mod source;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -32,7 +33,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-pub use runner::Spec;
+pub use source::Spec;
 
 /// The partition whose holder keeps the capture stream's subjects in sync
 /// with the plain-subject triggers.
