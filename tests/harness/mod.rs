@@ -575,6 +575,20 @@ where
     .await
 }
 
+/// Checks every 50 ms that `holds` stays true for `secs`, failing the moment
+/// it does not with the reason it gives: the dual of [`eventually`], for
+/// what must not happen during a window (a rate, a quiet spell).
+pub async fn throughout(secs: u64, what: &str, mut holds: impl FnMut() -> Result<(), String>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    let end = tokio::time::Instant::now() + Duration::from_secs(secs);
+    while tokio::time::Instant::now() < end {
+        tick.tick().await;
+        if let Err(why) = holds() {
+            panic!("{what}: {why}");
+        }
+    }
+}
+
 /// Spans collected in this test process (see [`install_span_collector`]).
 #[derive(Clone, Debug, Default)]
 pub struct SpanCollector(std::sync::Arc<std::sync::Mutex<Vec<opentelemetry_sdk::trace::SpanData>>>);
