@@ -22,7 +22,6 @@ use futures::StreamExt;
 use harness::{Events, HttpStub, is, within};
 use jetsched_contract::permissions::{Permissions, Role, Scope};
 use jetsched_contract::{Names, RunStatus, headers};
-use jetsched_runtime::Readiness;
 use secure::{Probe, SecureServer, Tls, User};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -227,25 +226,12 @@ async fn the_pipeline_works_with_every_service_under_its_own_role_over_mutual_tl
 
     let token = CancellationToken::new();
     let _stop = token.clone().drop_guard();
-    tokio::spawn(jetsched_ticker::run(harness::TickerConfig::default(), ticker, Readiness::default(), token.clone()));
-    tokio::spawn(jetsched_dispatcher::run(
-        harness::DispatcherConfig::default(),
-        dispatcher,
-        Readiness::default(),
-        token.clone(),
-    ));
     let config = harness::WorkerConfig {
         worker_id: Some(WORKER_ID.into()),
         allow_exec: vec!["true".into()],
         ..harness::WorkerConfig::default()
     };
-    tokio::spawn(jetsched_worker::run(
-        config,
-        worker,
-        harness::Builtins::default(),
-        Readiness::default(),
-        token.clone(),
-    ));
+    secure::spawn_services(ticker, dispatcher, (worker, config), &token);
     let mut events = Events::read(&admin).await;
 
     // Submissions: the CLI as the submitter role, then raw publishes as it.

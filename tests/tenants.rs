@@ -16,7 +16,6 @@ use jetsched_contract::permissions::{
     ACCOUNT_INFO_SUBJECT, Permissions, Role, STREAM_LIST_SUBJECT, Scope, USER_INFO_SUBJECT,
 };
 use jetsched_contract::{Handles, Names, RunStatus};
-use jetsched_runtime::Readiness;
 use secure::{Probe, SecureServer, Tls, User};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -54,26 +53,8 @@ impl Tenant {
         let ticker = server.open(self.user(Role::Ticker), &self.names, Role::Ticker, &self.scope).await;
         let dispatcher = server.open(self.user(Role::Dispatcher), &self.names, Role::Dispatcher, &self.scope).await;
         let worker = server.open(self.user(Role::Worker), &self.names, Role::Worker, &self.scope).await;
-        tokio::spawn(jetsched_ticker::run(
-            harness::TickerConfig::default(),
-            ticker,
-            Readiness::default(),
-            token.clone(),
-        ));
-        tokio::spawn(jetsched_dispatcher::run(
-            harness::DispatcherConfig::default(),
-            dispatcher,
-            Readiness::default(),
-            token.clone(),
-        ));
         let config = harness::WorkerConfig { worker_id: Some("w1".into()), ..harness::WorkerConfig::default() };
-        tokio::spawn(jetsched_worker::run(
-            config,
-            worker,
-            harness::Builtins::default(),
-            Readiness::default(),
-            token.clone(),
-        ));
+        secure::spawn_services(ticker, dispatcher, (worker, config), token);
         let function = Probe::connect(server, self.user(Role::Function), &self.names, Role::Function).await;
         let mut calls = function.client.subscribe(self.function()).await.unwrap();
         function.client.flush().await.unwrap();

@@ -326,3 +326,20 @@ impl Probe {
 pub fn concrete(pattern: &str) -> String {
     pattern.split('.').map(|t| if t == "*" || t == ">" { "probe" } else { t }).collect::<Vec<_>>().join(".")
 }
+
+/// Runs a ticker, a dispatcher and a worker (with `worker`'s settings), each
+/// on the handles opened under its own role's user, until `token` fires.
+pub fn spawn_services(
+    ticker: Handles,
+    dispatcher: Handles,
+    (worker, config): (Handles, crate::harness::WorkerConfig),
+    token: &tokio_util::sync::CancellationToken,
+) {
+    use jetsched_runtime::Readiness;
+    let ticker_config = crate::harness::TickerConfig::default();
+    tokio::spawn(jetsched_ticker::run(ticker_config, ticker, Readiness::default(), token.clone()));
+    let dispatcher_config = crate::harness::DispatcherConfig::default();
+    tokio::spawn(jetsched_dispatcher::run(dispatcher_config, dispatcher, Readiness::default(), token.clone()));
+    let builtins = crate::harness::Builtins::default();
+    tokio::spawn(jetsched_worker::run(config, worker, builtins, Readiness::default(), token.clone()));
+}
