@@ -235,24 +235,19 @@ fn try_container(c: &Container) -> Result<u16, String> {
     if sub == INIT {
         return Ok(0); // serves nothing
     }
-    if sub == CONSOLE {
-        // Its probes ask the pages' address.
-        let flag_value = c.args.iter().position(|a| a == "--listen").and_then(|i| c.args.get(i + 1).cloned());
-        let env_value = c.env.get("JETSCHED_CONSOLE_LISTEN").cloned().flatten();
-        let default = readable["JETSCHED_CONSOLE_LISTEN"].get_default_values().first().and_then(|v| v.to_str());
-        let addr = flag_value.or(env_value).or(default.map(String::from)).expect("a listen address");
-        if addr.starts_with("127.") || addr.starts_with("localhost") {
-            return Err(format!(
-                "{origin}: the console listens on {addr}, which nothing outside its container reaches"
-            ));
-        }
-        return Ok(port_of(&addr));
+    // Where its probes ask: the console's pages, a service's http port.
+    let (flag, var, image) = if sub == CONSOLE {
+        ("--listen", "JETSCHED_CONSOLE_LISTEN", None)
+    } else {
+        ("--http-addr", "JETSCHED_HTTP_ADDR", dockerfile_http_addr())
+    };
+    let flag_value = c.args.iter().position(|a| a == flag).and_then(|i| c.args.get(i + 1).cloned());
+    let env_value = c.env.get(var).cloned().flatten();
+    let default = readable[var].get_default_values().first().and_then(|v| v.to_str()).map(String::from);
+    let addr = flag_value.or(env_value).or(image).or(default).expect("an address to serve on");
+    if sub == CONSOLE && (addr.starts_with("127.") || addr.starts_with("localhost")) {
+        return Err(format!("{origin}: the console listens on {addr}, which nothing outside its container reaches"));
     }
-    let flag_value = c.args.iter().position(|a| a == "--http-addr").and_then(|i| c.args.get(i + 1).cloned());
-    let env_value = c.env.get("JETSCHED_HTTP_ADDR").cloned().flatten();
-    let default =
-        readable["JETSCHED_HTTP_ADDR"].get_default_values().first().and_then(|v| v.to_str()).map(String::from);
-    let addr = flag_value.or(env_value).or_else(dockerfile_http_addr).or(default).expect("an http address");
     Ok(port_of(&addr))
 }
 

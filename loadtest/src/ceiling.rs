@@ -80,7 +80,7 @@ impl Op {
 /// The operations of one successful single-attempt run, by who performs them.
 struct Mix {
     name: &'static str,
-    ops: &'static [(Op, f64, &'static str)],
+    ops: &'static [(Op, &'static str)],
 }
 
 /// A run as jetsched performs it today (`loadtest e2e`: a no-op NATS
@@ -88,17 +88,17 @@ struct Mix {
 const JETSCHED: Mix = Mix {
     name: "jetsched today",
     ops: &[
-        (Op::Publish, 1.0, "submission stored (client)"),
-        (Op::ConsumeAck, 1.0, "submission delivered to the dispatcher"),
-        (Op::KvCreate, 1.0, "record created, queued (dispatcher)"),
-        (Op::Publish, 1.0, "work message stored (dispatcher)"),
-        (Op::CorePublish, 1.0, "queued event (dispatcher)"),
-        (Op::ConsumeAck, 1.0, "work message delivered to a worker"),
-        (Op::KvGet, 1.0, "record read: cancelled or ended meanwhile? (worker)"),
-        (Op::CorePublish, 1.0, "started event (worker)"),
-        (Op::Request, 1.0, "NATS function called (worker)"),
-        (Op::KvUpdate, 1.0, "record ended, succeeded (worker)"),
-        (Op::CoreDelivery, 1.0, "succeeded event, counted by the benchmark"),
+        (Op::Publish, "submission stored (client)"),
+        (Op::ConsumeAck, "submission delivered to the dispatcher"),
+        (Op::KvCreate, "record created, queued (dispatcher)"),
+        (Op::Publish, "work message stored (dispatcher)"),
+        (Op::CorePublish, "queued event (dispatcher)"),
+        (Op::ConsumeAck, "work message delivered to a worker"),
+        (Op::KvGet, "record read: cancelled or ended meanwhile? (worker)"),
+        (Op::CorePublish, "started event (worker)"),
+        (Op::Request, "NATS function called (worker)"),
+        (Op::KvUpdate, "record ended, succeeded (worker)"),
+        (Op::CoreDelivery, "succeeded event, counted by the benchmark"),
     ],
 };
 
@@ -113,13 +113,13 @@ const JETSCHED: Mix = Mix {
 const FLOOR: Mix = Mix {
     name: "floor of the contract",
     ops: &[
-        (Op::Publish, 1.0, "submission stored"),
-        (Op::ConsumeAck, 1.0, "submission read by the dispatcher"),
-        (Op::KvCreate, 1.0, "record created"),
-        (Op::Request, 1.0, "run handed to a worker (core request)"),
-        (Op::Request, 1.0, "function called"),
-        (Op::KvUpdate, 1.0, "record ended"),
-        (Op::CoreDelivery, 1.0, "succeeded event, counted by the benchmark"),
+        (Op::Publish, "submission stored"),
+        (Op::ConsumeAck, "submission read by the dispatcher"),
+        (Op::KvCreate, "record created"),
+        (Op::Request, "run handed to a worker (core request)"),
+        (Op::Request, "function called"),
+        (Op::KvUpdate, "record ended"),
+        (Op::CoreDelivery, "succeeded event, counted by the benchmark"),
     ],
 };
 
@@ -204,15 +204,15 @@ pub async fn run(env: &BenchEnv, args: Args) -> anyhow::Result<()> {
         let mut table = Table::new();
         table.set_header(["per run", "operation", "raw publishes (time)", "µs CPU"]);
         let (mut time, mut cpu) = (0.0, 0.0);
-        for (op, n, what) in mix.ops {
+        for (op, what) in mix.ops {
             let m = of(*op);
-            time += n * raw.rate / m.rate;
-            cpu += n * m.cpu;
+            time += raw.rate / m.rate;
+            cpu += m.cpu;
             table.add_row([
                 what.to_string(),
                 op.label().to_string(),
-                format!("{:.2}", n * raw.rate / m.rate),
-                format!("{:.1}", n * m.cpu * 1e6),
+                format!("{:.2}", raw.rate / m.rate),
+                format!("{:.1}", m.cpu * 1e6),
             ]);
         }
         println!("{}:\n{table}", mix.name);

@@ -374,9 +374,7 @@ impl Permissions {
         self.publish(ACCOUNT_INFO_SUBJECT.to_string());
         let topo = Topology::default();
         let mut streams: Vec<String> = setup::stream_configs(names, &topo).into_iter().map(|c| c.name).collect();
-        let mut buckets: Vec<String> = setup::bucket_configs(names, &topo).into_iter().map(|c| c.bucket).collect();
-        buckets
-            .extend(setup::ticker_bucket_configs(names, &topo, Duration::from_secs(10)).into_iter().map(|c| c.bucket));
+        let buckets = all_buckets(names);
         for bucket in &buckets {
             streams.push(names.bucket_stream(bucket));
             self.kv_write(names, bucket);
@@ -411,9 +409,7 @@ impl Permissions {
         // Live run events, for every open page.
         self.sub(names.event_filter());
         let topo = Topology::default();
-        let mut buckets: Vec<String> = setup::bucket_configs(names, &topo).into_iter().map(|c| c.bucket).collect();
-        buckets
-            .extend(setup::ticker_bucket_configs(names, &topo, Duration::from_secs(10)).into_iter().map(|c| c.bucket));
+        let buckets = all_buckets(names);
         for bucket in &buckets {
             self.publish(stream_api("INFO", &names.bucket_stream(bucket)));
             self.kv_read(names, bucket);
@@ -491,6 +487,15 @@ impl Permissions {
         self.publish(format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.{durable}"));
         self.publish(format!("$JS.ACK.{stream}.{durable}.>"));
     }
+}
+
+/// Every bucket jetsched uses: the services' and the ticker's own.
+fn all_buckets(names: &Names) -> Vec<String> {
+    let topo = Topology::default();
+    let mut buckets: Vec<String> = setup::bucket_configs(names, &topo).into_iter().map(|c| c.bucket).collect();
+    let ticker = setup::ticker_bucket_configs(names, &topo, Duration::from_secs(10));
+    buckets.extend(ticker.into_iter().map(|c| c.bucket));
+    buckets
 }
 
 fn stream_api(op: &str, stream: &str) -> String {
