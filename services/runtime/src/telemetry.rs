@@ -191,12 +191,26 @@ fn install(
     let propagating = tracer
         .is_none()
         .then(|| SdkTracerProvider::builder().with_sampler(Sampler::ParentBased(Box::new(Sampler::AlwaysOff))).build());
+    let recording = tracer.is_some();
     let otel = tracer.as_ref().or(propagating.as_ref()).map(|t| {
         // Spans are recorded for OpenTelemetry regardless of the log level,
         // but only jetsched's own (and only while tracing is enabled).
-        tracing_opentelemetry::layer().with_tracer(t.tracer("jetsched")).with_filter(dynamic_filter_fn(|meta, _| {
-            TRACING_ENABLED.load(Ordering::Relaxed) && meta.is_span() && meta.target().starts_with("jetsched")
-        }))
+        // Trace context travels in headers (`trace::inject_for`, `follow`),
+        // so no OpenTelemetry context is attached on every poll of a span,
+        // and busy/idle times are not kept: both cost time on every enter
+        // and exit. Location, thread, level and target are attributes only
+        // a recorded span carries.
+        tracing_opentelemetry::layer()
+            .with_tracer(t.tracer("jetsched"))
+            .with_context_activation(false)
+            .with_tracked_inactivity(false)
+            .with_location(recording)
+            .with_threads(recording)
+            .with_level(recording)
+            .with_target(recording)
+            .with_filter(dynamic_filter_fn(|meta, _| {
+                TRACING_ENABLED.load(Ordering::Relaxed) && meta.is_span() && meta.target().starts_with("jetsched")
+            }))
     });
     let result = tracing_subscriber::registry().with(fmt.with_filter(filter)).with(otel).try_init();
     // Already installed (several services in one test process): keep the first.

@@ -465,7 +465,9 @@ async fn run_attempt(
     let mut unstored = held.clone();
     let record_start = async {
         tokio::time::sleep(ctx.record_started_after).await;
-        let result = record::store_start(&ctx.runs, &mut unstored).await;
+        // Boxed: most runs end before this write, so the run's future
+        // (moved whole into its task) does not carry room for it.
+        let result = Box::pin(record::store_start(&ctx.runs, &mut unstored)).await;
         (result, unstored)
     };
     let invoke = invoke(ctx, msg, item, attempt, cancel, slot, ahead).instrument(handler);

@@ -226,6 +226,9 @@ async fn call_handler(
         },
         _ => inv,
     };
+    // The HTTP and exec calls are boxed: their futures are many kilobytes,
+    // and every run's future (moved whole into its task) would carry room
+    // for them, NATS functions' too.
     let outcome = match &item.def.handler {
         Some(Handler::Nats { subject }) => match ahead {
             None => ctx.functions.call(subject, inv).await,
@@ -236,13 +239,15 @@ async fn call_handler(
                 nats::outcome(subject, inv.timeout, result, pending).await
             }
         },
-        Some(Handler::Http { url, method, headers }) => http::call(&ctx.http, url, method, headers, inv).await,
+        Some(Handler::Http { url, method, headers }) => {
+            Box::pin(http::call(&ctx.http, url, method, headers, inv)).await
+        }
         Some(Handler::Exec { command, env }) => {
             let mut env = env.clone();
             if let Some(path) = checkpoint_file {
                 env.insert("JETSCHED_CHECKPOINT_FILE".to_string(), path.display().to_string());
             }
-            exec::run(&ctx.exec, command, &env, inv, stop).await
+            Box::pin(exec::run(&ctx.exec, command, &env, inv, stop)).await
         }
         Some(Handler::Builtin { name }) => match ctx.builtins.get(name) {
             Some(f) => f(inv.clone()).await,
