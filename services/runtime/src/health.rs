@@ -83,6 +83,14 @@ impl Health {
             (false, format!("not ready: {}\n", problems.join("; ")))
         }
     }
+
+    /// The `/readyz` answer: 200 when ready, 503 saying why not.
+    pub fn answer(&self) -> (StatusCode, String) {
+        match self.check() {
+            (true, body) => (StatusCode::OK, body),
+            (false, body) => (StatusCode::SERVICE_UNAVAILABLE, body),
+        }
+    }
 }
 
 /// Serves the endpoints on `addr` until `shutdown`; returns the bound address.
@@ -113,12 +121,7 @@ fn router(health: Health, metrics: Option<Arc<ManualReader>>) -> Router {
             "/readyz",
             get(move || {
                 let health = health.clone();
-                async move {
-                    match health.check() {
-                        (true, body) => (StatusCode::OK, body),
-                        (false, body) => (StatusCode::SERVICE_UNAVAILABLE, body),
-                    }
-                }
+                async move { health.answer() }
             }),
         )
         .route(

@@ -34,8 +34,8 @@ pub fn inject(headers: &mut HeaderMap) {
 /// a twentieth of a worker's CPU. `tracestate` is left out when empty.
 pub fn inject_for(span: &tracing::Span, headers: &mut HeaderMap) {
     let cx = span.context();
-    let span = cx.span();
-    let sc = span.span_context();
+    let otel = cx.span();
+    let sc = otel.span_context();
     if !sc.is_valid() {
         return;
     }

@@ -36,7 +36,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use jetsched_contract::Handles;
 use jetsched_contract::permissions::Role;
-use jetsched_runtime::{Backoff, NatsArgs, RunStore};
+use jetsched_runtime::{Backoff, Health, NatsArgs, RunStore};
 use maud::{Markup, html};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
@@ -93,6 +93,8 @@ struct Inner {
     auth: Auth,
     /// Stops the live streams when the console shuts down.
     shutdown: CancellationToken,
+    /// `/readyz`: connected to NATS (the services' readiness check).
+    health: Health,
 }
 
 impl Console {
@@ -173,8 +175,12 @@ pub async fn serve(handles: Handles, args: &ConsoleArgs, shutdown: CancellationT
     let (live, _) = broadcast::channel(LIVE_BUFFER);
     tokio::spawn(feed::follow(handles.clone(), runs.clone(), stats.clone(), live.clone(), shutdown.clone()));
     tokio::spawn(feed::sample(handles.clone(), stats.clone(), shutdown.clone()));
-    let console =
-        Console(Arc::new(Inner { handles, runs, stats, live, auth: Auth::new(token), shutdown: shutdown.clone() }));
+    let health = Health::default();
+    health.watch_client(handles.js.client());
+    // The buckets and streams are open: from here on it serves.
+    health.component("console").set(true);
+    let auth = Auth::new(token);
+    let console = Console(Arc::new(Inner { handles, runs, stats, live, auth, shutdown: shutdown.clone(), health }));
     let app = router(console);
     tokio::spawn(async move {
         if let Err(err) = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await {
@@ -227,12 +233,8 @@ async fn healthz() -> &'static str {
 }
 
 /// Readiness, for container probes: connected to NATS.
-async fn readyz(State(c): State<Console>) -> Response {
-    if c.h().js.client().connection_state() == async_nats::connection::State::Connected {
-        (StatusCode::OK, "ready\n").into_response()
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not connected to NATS\n").into_response()
-    }
+async fn readyz(State(c): State<Console>) -> (StatusCode, String) {
+    c.0.health.answer()
 }
 
 async fn css() -> Response {
