@@ -169,17 +169,7 @@ pub async fn run(env: &BenchEnv, args: Args) -> anyhow::Result<()> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
     let mut measured = Vec::new();
     for op in Op::ALL {
-        let m = match op {
-            Op::Publish => {
-                // Stream creation and removal included: the raw publish's CPU
-                // is, if anything, overstated, which flatters the ratios below.
-                let window = Window::start();
-                let args = baseline::Args { messages: args.ops, ..args.baseline.clone() };
-                let rate = baseline::publish_rate(env, &args).await?;
-                Measured { rate, cpu: window.finish(args.messages).cpu }
-            }
-            _ => measure(env, op, args.ops, args.baseline.in_flight).await?,
-        };
+        let m = measure(env, op, &args).await?;
         println!("{:<48} {:>10.0} op/s {:>7.1} µs CPU/op", op.label(), m.rate, m.cpu * 1e6);
         measured.push((op, m));
     }
@@ -232,11 +222,21 @@ pub async fn run(env: &BenchEnv, args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Operations per second of `op`, `in_flight` at a time, on one connection
-/// (the responder and the subscriber on a second one).
-async fn measure(env: &BenchEnv, op: Op, n: usize, in_flight: usize) -> anyhow::Result<Measured> {
+/// Operations per second of `op` (`args.ops` of them, the baseline's
+/// in-flight count at a time) on one connection (the responder and the
+/// subscriber on a second one), and their CPU.
+async fn measure(env: &BenchEnv, op: Op, args: &Args) -> anyhow::Result<Measured> {
+    let (n, in_flight) = (args.ops, args.baseline.in_flight);
     let js = &env.handles.js;
     match op {
+        Op::Publish => {
+            // Stream creation and removal included: the raw publish's CPU
+            // is, if anything, overstated, which flatters the ratios below.
+            let window = Window::start();
+            let args = baseline::Args { messages: n, ..args.baseline.clone() };
+            let rate = baseline::publish_rate(env, &args).await?;
+            Ok(Measured { rate, cpu: window.finish(n).cpu })
+        }
         Op::KvCreate | Op::KvUpdate | Op::KvGet => {
             let bucket = "LOADTEST_CEILING";
             let _ = js.delete_key_value(bucket).await;
@@ -392,7 +392,6 @@ async fn measure(env: &BenchEnv, op: Op, n: usize, in_flight: usize) -> anyhow::
             }
             Ok(measured)
         }
-        Op::Publish => unreachable!("measured by the baseline"),
     }
 }
 
