@@ -11,6 +11,8 @@ use futures::stream::FuturesUnordered;
 use crate::bench::BenchEnv;
 
 #[derive(Debug, Clone, clap::Args)]
+// Its own group: every command that flattens it has an `Args` of its own.
+#[group(id = "baseline")]
 pub struct Args {
     /// Messages to publish.
     #[arg(long, default_value_t = 100_000)]

@@ -123,3 +123,15 @@ fn main() -> anyhow::Result<()> {
         result
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    /// Every command's options are well formed (what clap checks only in
+    /// debug builds, when the command is first parsed).
+    #[test]
+    fn cli_is_well_formed() {
+        super::Cli::command().debug_assert();
+    }
+}
