@@ -328,18 +328,20 @@ pub fn concrete(pattern: &str) -> String {
 }
 
 /// Runs a ticker, a dispatcher and a worker (with `worker`'s settings), each
-/// on the handles opened under its own role's user, until `token` fires.
+/// on the handles opened under its own role's user, until `token` fires
+/// (started in-process as `jetsched up` starts them).
 pub fn spawn_services(
     ticker: Handles,
     dispatcher: Handles,
     (worker, config): (Handles, crate::harness::WorkerConfig),
     token: &tokio_util::sync::CancellationToken,
 ) {
-    use jetsched_runtime::Readiness;
-    let ticker_config = crate::harness::TickerConfig::default();
-    tokio::spawn(jetsched_ticker::run(ticker_config, ticker, Readiness::default(), token.clone()));
-    let dispatcher_config = crate::harness::DispatcherConfig::default();
-    tokio::spawn(jetsched_dispatcher::run(dispatcher_config, dispatcher, Readiness::default(), token.clone()));
-    let builtins = crate::harness::Builtins::default();
-    tokio::spawn(jetsched_worker::run(config, worker, builtins, Readiness::default(), token.clone()));
+    let services = crate::harness::ServicesConfig { worker: Some(config), ..Default::default() };
+    let handles = |role: &str| match role {
+        "ticker" => ticker.clone(),
+        "dispatcher" => dispatcher.clone(),
+        _ => worker.clone(),
+    };
+    // Stopped by `token`; nothing waits on them.
+    drop(services.spawn(handles, token));
 }
