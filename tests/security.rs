@@ -166,13 +166,6 @@ async fn console(server: &SecureServer, user: &User, names: &Names, actions: boo
     (child, url)
 }
 
-/// GETs `path` from a console: its status and body.
-async fn page(url: &str, path: &str) -> (u16, String) {
-    jetsched_runtime::telemetry::install_crypto_provider();
-    let response = within(30, "a console page", reqwest::get(format!("{url}{path}"))).await.unwrap();
-    (response.status().as_u16(), response.text().await.unwrap())
-}
-
 /// POSTs an action to a console as a script (the token as a bearer): its
 /// status and the `Location` it sends the operator to.
 async fn act(url: &str, path: &str, form: &str) -> (u16, String) {
@@ -297,7 +290,7 @@ async fn the_pipeline_works_with_every_service_under_its_own_role_over_mutual_tl
         "/healthz".to_string(),
         "/readyz".to_string(),
     ] {
-        let (status, body) = page(&url, &path).await;
+        let (status, body) = harness::get_url(&format!("{url}{path}")).await;
         assert_eq!(status, 200, "console page {path} as the console role: {body}\n{}", server.violations().join("\n"));
         if path.starts_with("/runs/") {
             assert!(body.contains("dead"), "the dead run's page shows it: {body}");

@@ -551,8 +551,13 @@ pub fn is(task: &'static str, status: RunStatus) -> impl Fn(&RunEvent) -> bool {
 
 /// `GET path` against a local HTTP endpoint: (status code, body).
 pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    get_url(&format!("http://{addr}{path}")).await
+}
+
+/// `GET url`: (status code, body), failing after 30 s.
+pub async fn get_url(url: &str) -> (u16, String) {
     jetsched_runtime::telemetry::install_crypto_provider();
-    let response = reqwest::get(format!("http://{addr}{path}")).await.unwrap();
+    let response = within(30, &format!("GET {url}"), reqwest::get(url)).await.unwrap();
     let status = response.status().as_u16();
     (status, response.text().await.unwrap())
 }
