@@ -581,42 +581,17 @@ async fn trigger_now_and_backfill_from_the_schedule_page() {
 /// kills.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_says_whether_the_console_reaches_nats() {
-    jetsched_runtime::telemetry::install_crypto_provider();
-    let store = tempfile::tempdir().unwrap();
-    let store_dir = store.path().join("js");
-    let server = tokio::task::spawn_blocking(move || {
-        let binary = jetsched_natsbox::find_or_install(
-            &workspace_root().join(".jetsched/bin"),
-            jetsched_natsbox::Preference::PinnedOnly,
-        )
-        .expect("nats-server available");
-        jetsched_natsbox::LocalServer::start(jetsched_natsbox::ServerOptions::new(binary, store_dir))
-            .expect("nats-server starts")
-    })
-    .await
-    .unwrap();
-    let nats = server.url();
-    let init = within(
-        60,
-        "jetsched init",
-        tokio::process::Command::new(env!("CARGO_BIN_EXE_jetsched"))
-            .arg("init")
-            .env("NATS_URL", &nats)
-            .env("JETSCHED_LOG", "error")
-            .output(),
-    )
-    .await
-    .unwrap();
-    assert!(init.status.success(), "jetsched init: {}", String::from_utf8_lossy(&init.stderr));
+    let mut env = Env::start().await;
+    let nats = env.url();
     let (_console, url, _) = serving(&["console", "--listen", "127.0.0.1:0"], &nats).await;
     let status = |path: &'static str| {
-        let url = url.clone();
-        async move { reqwest::get(format!("{url}{path}")).await.map(|r| r.status().as_u16()).unwrap_or(0) }
+        let url = format!("{url}{path}");
+        async move { get_url(&url).await.0 }
     };
     assert_eq!(status("/healthz").await, 200);
     assert_eq!(status("/readyz").await, 200, "ready while connected");
 
-    drop(server);
+    env.server().kill();
     eventually(30, "/readyz to say 503 once NATS is gone", || async { (status("/readyz").await == 503).then_some(()) })
         .await;
     assert_eq!(status("/healthz").await, 200, "still alive without NATS");
