@@ -128,13 +128,24 @@ async fn ten_thousand_events_run_exactly_once_while_the_host_is_killed_and_resta
     let last = seqs.iter().copied().max().unwrap();
     // Quiet: every event acked by both triggers, every submission dispatched.
     let consumers = [trigger_consumer(&env, "bulk", single), trigger_consumer(&env, "bulkb", batched)];
-    eventually(120, "the triggers and the dispatcher to be done", || async {
+    eventually_ok(120, "the triggers and the dispatcher to be done", || async {
         for consumer in &consumers {
-            let t = consumer_info(&env, "ORDERS", consumer).await?;
-            (t.ack_floor.stream_sequence >= last && t.num_ack_pending == 0 && t.num_pending == 0).then_some(())?;
+            let t = consumer_info(&env, "ORDERS", consumer).await.ok_or(format!("no info on {consumer}"))?;
+            let (floor, acking, pending) = (t.ack_floor.stream_sequence, t.num_ack_pending, t.num_pending);
+            if floor < last || acking > 0 || pending > 0 {
+                return Err(format!(
+                    "{consumer}: ack floor {floor} of {last}, {acking} unacked, {pending} pending, {} redelivered",
+                    t.num_redelivered
+                ));
+            }
         }
-        let d = consumer_info(&env, &env.names.inbox_stream(), &env.names.dispatcher_consumer()).await?;
-        (d.num_pending == 0 && d.num_ack_pending == 0).then_some(())
+        let d = consumer_info(&env, &env.names.inbox_stream(), &env.names.dispatcher_consumer())
+            .await
+            .ok_or("no info on the dispatcher's consumer")?;
+        match (d.num_pending, d.num_ack_pending) {
+            (0, 0) => Ok(()),
+            (pending, acking) => Err(format!("dispatcher: {pending} pending, {acking} unacked")),
+        }
     })
     .await;
     drop(ticker);
@@ -337,42 +348,62 @@ async fn batches_gather_up_to_max_events_and_a_debounced_burst_runs_its_last_eve
     assert_eq!(bursts.next_call(30).await.payload["seq"].as_u64(), Some(side));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_batch_journaled_by_a_host_that_died_is_submitted_once_and_its_events_not_batched_again() {
+/// A task batching the SENSORS stream's events by 4 (`within` an hour: only
+/// full batches go, or a journal's), events 1 to `events` stored, a
+/// dispatcher and worker running, and a host that died after journaling the
+/// batch `seqs`, carrying the events of an earlier batch `carried` (if any):
+/// it held them all (the stream's first events: pulled, never acked,
+/// redelivered after `ack_wait`), and the batches' submissions were stored.
+struct DeadHost {
+    /// The task's function: one call per batch run.
+    batches: Function,
+    /// The trigger's consumer.
+    consumer: String,
+    /// The messages the dead host pulled, held until dropped.
+    held: Vec<async_nats::jetstream::Message>,
+    _services: Services,
+}
+
+async fn batching_host_died(
+    env: &Env,
+    task: &str,
+    events: u64,
+    carried: &[u64],
+    seqs: &[u64],
+    ack_wait: u64,
+) -> DeadHost {
     use jetsched_contract::ticker::{JournaledBatch, TriggerState, partition_of, trigger_key};
-    let env = Env::start().await;
-    let mut batches = env.function("fn.j", |_| Reply::Ok(json!({}))).await;
-    let _services = dispatch_and_work(&env);
-    user_stream(&env, "SENSORS", &["sensor.>"]).await;
+    let batches = env.function(&format!("fn.{task}"), |_| Reply::Ok(json!({}))).await;
+    let services = dispatch_and_work(env);
+    user_stream(env, "SENSORS", &["sensor.>"]).await;
     let trigger = json!({"stream": "SENSORS", "batch": {"max": 4, "within": "1h"}, "payload": "{{seq}}"});
-    env.put_task("journaled", json!({"handler": handler("fn.j"), "triggers": [trigger.clone()]})).await;
-    for i in 1..=7 {
+    let fn_subject = format!("fn.{task}");
+    env.put_task(task, json!({"handler": handler(&fn_subject), "triggers": [trigger.clone()]})).await;
+    for i in 1..=events {
         assert_eq!(env.publish("sensor.t".into(), &[], &i.to_string()).await, i);
     }
 
-    // A host that died: it held events 1-3 (pulled, never acked), journaled
-    // them as a batch (gathered early, `within`), and its submission was
-    // stored; then it was killed before acking them.
-    let consumer = trigger_consumer(&env, "journaled", trigger);
-    let stream = env.handles.js.get_stream("SENSORS").await.unwrap();
+    let consumer = trigger_consumer(env, task, trigger);
+    let source = env.handles.js.get_stream("SENSORS").await.unwrap();
     let config = jetsched_contract::setup::trigger_consumer(
         consumer.clone(),
         None,
         jiff::Timestamp::UNIX_EPOCH,
-        std::time::Duration::from_secs(1),
+        std::time::Duration::from_secs(ack_wait),
         "the dead host's".into(),
     );
-    let held = stream.create_consumer(config).await.unwrap();
-    let mut dead = held.fetch().max_messages(3).messages().await.unwrap();
-    for _ in 0..3 {
-        dead.next().await.unwrap().unwrap();
+    let dead = source.create_consumer(config).await.unwrap();
+    let mut pull = dead.fetch().max_messages(carried.len() + seqs.len()).messages().await.unwrap();
+    let mut held = Vec::new();
+    for _ in carried.iter().chain(seqs) {
+        held.push(pull.next().await.unwrap().unwrap());
     }
-    let msg_id = jetsched_contract::run::trigger_msg_id("journaled", "SENSORS", 1, Some(3));
+    let msg_id = |seqs: &[u64]| jetsched_contract::run::trigger_msg_id(task, "SENSORS", seqs[0], seqs.last().copied());
     let journal = TriggerState {
-        task: "journaled".into(),
+        task: task.into(),
         stream: "SENSORS".into(),
         consumer: consumer.clone(),
-        batch: Some(JournaledBatch { msg_id: msg_id.clone(), seqs: vec![1, 2, 3] }),
+        batch: Some(JournaledBatch { msg_id: msg_id(seqs), seqs: seqs.to_vec(), carried: carried.to_vec() }),
     };
     let topology = jetsched_contract::Topology::default();
     let ttl = std::time::Duration::from_secs(10);
@@ -383,28 +414,100 @@ async fn a_batch_journaled_by_a_host_that_died_is_submitted_once_and_its_events_
         &serde_json::to_string(&journal).unwrap(),
     )
     .await;
-    env.publish(env.names.submit_subject("journaled"), &[(headers::NATS_MSG_ID, &msg_id)], "[1, 2, 3]").await;
+    for batch in [carried, seqs].into_iter().filter(|b| !b.is_empty()) {
+        let body = serde_json::to_string(batch).unwrap();
+        env.publish(env.names.submit_subject(task), &[(headers::NATS_MSG_ID, &msg_id(batch))], &body).await;
+    }
+    DeadHost { batches, consumer, held, _services: services }
+}
+
+impl DeadHost {
+    /// The next `n` batch runs' events, in stream order.
+    async fn runs(&mut self, n: usize) -> Vec<Value> {
+        let mut runs = Vec::new();
+        for _ in 0..n {
+            runs.push(self.batches.next_call(60).await.payload);
+        }
+        runs.sort_by_key(|p| p[0].as_u64());
+        runs
+    }
+
+    /// Waits until every event up to `last` is acknowledged.
+    async fn acked(&self, env: &Env, last: u64) {
+        eventually(60, &format!("events 1-{last} to be acknowledged"), || async {
+            let info = consumer_info(env, "SENSORS", &self.consumer).await?;
+            (info.ack_floor.stream_sequence >= last && info.num_ack_pending == 0).then_some(())
+        })
+        .await;
+    }
+
+    /// Publishes the next full batch, `first` to `first + 3`, and asserts it
+    /// is the next run: no journaled event was batched again.
+    async fn next_batch_is_new(&mut self, env: &Env, first: u64) {
+        let seqs: Vec<u64> = (first..first + 4).collect();
+        for i in &seqs {
+            env.publish("sensor.t".into(), &[], &i.to_string()).await;
+        }
+        assert_eq!(self.batches.next_call(30).await.payload, json!(seqs), "no journaled event batched again");
+    }
+}
+
+/// The next ticker, in this process.
+fn next_host(env: &Env) -> Services {
+    env.services_with(ServicesConfig { dispatcher: None, worker: None, ..ServicesConfig::default() })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_journaled_by_a_host_that_died_is_submitted_once_and_its_events_not_batched_again() {
+    let env = Env::start().await;
+    // A host that died: it held events 1-3 (pulled, never acked), journaled
+    // them as a batch (gathered early, `within`), and its submission was
+    // stored; then it was killed before acking them.
+    let mut dead = batching_host_died(&env, "journaled", 7, &[], &[1, 2, 3], 1).await;
 
     // The next host: the journaled batch runs once; events 1-3 come back
     // after their ack wait and are acknowledged, not batched with later ones.
-    let _ticker = env.services_with(ServicesConfig { dispatcher: None, worker: None, ..ServicesConfig::default() });
-    let mut runs = Vec::new();
-    for _ in 0..2 {
-        runs.push(batches.next_call(30).await.payload);
-    }
-    runs.sort_by_key(|p| p[0].as_u64());
-    assert_eq!(runs, vec![json!([1, 2, 3]), json!([4, 5, 6, 7])]);
+    let _ticker = next_host(&env);
+    assert_eq!(dead.runs(2).await, vec![json!([1, 2, 3]), json!([4, 5, 6, 7])]);
     // Events 1-3 came back (after the dead host's ack wait) and were acked
     // as the journaled batch's.
-    eventually(30, "events 1-7 to be acknowledged", || async {
-        let info = consumer_info(&env, "SENSORS", &consumer).await?;
-        (info.ack_floor.stream_sequence >= 7 && info.num_ack_pending == 0).then_some(())
-    })
-    .await;
-    for i in 8..=11 {
-        env.publish("sensor.t".into(), &[], &i.to_string()).await;
-    }
-    assert_eq!(batches.next_call(30).await.payload, json!([8, 9, 10, 11]), "no event of the journaled batch again");
+    dead.acked(&env, 7).await;
+    dead.next_batch_is_new(&env, 8).await;
+}
+
+/// The journaled batch's events come back only after the dead host's ack
+/// wait, while several batches' worth of later events are waiting: the
+/// later batches go on meanwhile (each journal carries the events not yet
+/// known acknowledged), and the late events are acknowledged, never batched
+/// again. (A host that held later batches until the journal was accounted
+/// for stopped pulling once its queue was full, so the late events never
+/// came back: the trigger stalled for good.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn later_batches_go_on_while_a_dead_hosts_journaled_events_are_still_held() {
+    let env = Env::start().await;
+    let mut dead = batching_host_died(&env, "late", 15, &[], &[1, 2, 3], 5).await;
+    let _ticker = next_host(&env);
+    let expected = vec![json!([1, 2, 3]), json!([4, 5, 6, 7]), json!([8, 9, 10, 11]), json!([12, 13, 14, 15])];
+    assert_eq!(dead.runs(4).await, expected);
+    dead.acked(&env, 15).await;
+    dead.held.clear();
+    dead.next_batch_is_new(&env, 16).await;
+}
+
+/// The journal carries the events of an earlier batch that were not known
+/// acknowledged: the next host acknowledges them too when they come back,
+/// and batches neither them nor the journaled batch's again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_a_journal_carries_are_acknowledged_by_the_next_host_not_batched_again() {
+    let env = Env::start().await;
+    // Batch 1-3 was stored but its acks were not known to land; batch 4-5
+    // was journaled (carrying 1-3) and stored; then the host died.
+    let mut dead = batching_host_died(&env, "carried", 9, &[1, 2, 3], &[4, 5], 2).await;
+    let _ticker = next_host(&env);
+    assert_eq!(dead.runs(3).await, vec![json!([1, 2, 3]), json!([4, 5]), json!([6, 7, 8, 9])]);
+    dead.acked(&env, 9).await;
+    dead.held.clear();
+    dead.next_batch_is_new(&env, 10).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

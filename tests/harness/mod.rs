@@ -580,6 +580,32 @@ where
     .await
 }
 
+/// Polls `check` every 50 ms until it returns `Ok`, failing after `secs`
+/// with the last reason it gave: [`eventually`] for conditions whose
+/// failure needs explaining (which of several parts did not hold).
+pub async fn eventually_ok<T, F, Fut>(secs: u64, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    let mut last = String::from("never checked");
+    let waited = tokio::time::timeout(Duration::from_secs(secs), async {
+        loop {
+            tick.tick().await;
+            match check().await {
+                Ok(v) => return v,
+                Err(why) => last = why,
+            }
+        }
+    })
+    .await;
+    match waited {
+        Ok(v) => v,
+        Err(_) => panic!("timed out after {secs}s waiting for {what}; last seen: {last}"),
+    }
+}
+
 /// Checks every 50 ms that `holds` stays true for `secs`, failing the moment
 /// it does not with the reason it gives: the dual of [`eventually`], for
 /// what must not happen during a window (a rate, a quiet spell).

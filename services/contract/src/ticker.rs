@@ -91,6 +91,11 @@ pub struct JournaledBatch {
     pub msg_id: String,
     /// Stream sequences of its events, in order.
     pub seqs: Vec<u64>,
+    /// Events of earlier batches (stored already) not yet known
+    /// acknowledged: a ticker taking the trigger over acknowledges them when
+    /// they come back instead of batching them anew.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub carried: Vec<u64>,
 }
 
 /// Key of partition `p`'s lease in the leases bucket (value: the owner's ticker id).

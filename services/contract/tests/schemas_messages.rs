@@ -457,7 +457,7 @@ fn schema_and_parser_agree_on_ticker_state() {
         task: "email".into(),
         stream: "ORDERS".into(),
         consumer: "jetsched-trg-email-1a2b3c4d".into(),
-        batch: Some(JournaledBatch { msg_id: "email-ORDERS-4-9".into(), seqs: vec![4, 7, 9] }),
+        batch: Some(JournaledBatch { msg_id: "email-ORDERS-4-9".into(), seqs: vec![4, 7, 9], carried: vec![2, 3] }),
     };
     assert_round_trip("ticker-state.json", &trigger);
     let t = |s: &str| -> jiff::Timestamp { s.parse().unwrap() };

@@ -3,15 +3,18 @@
 //! host that dies loses none: they come back to the next host.
 //!
 //! Batch, exactly once: the batch is journaled in the trigger's entry of the
-//! ticker bucket (compare-and-set) before its submission is published, and
-//! the next batch is journaled only once every event of the previous one is
-//! known acknowledged (a double ack answered by the server). A host taking
-//! the trigger over reads the journal, submits that batch again (same
-//! `Nats-Msg-Id`, so a no-op if it was stored) and acknowledges its events
-//! as they come back instead of batching them anew. It starts new batches
-//! once the journal's events are all accounted for: seen again and acked,
-//! or no longer pending anywhere (the consumer's count of unacknowledged
-//! events is down to what this host holds).
+//! ticker bucket (compare-and-set) before its submission is published. The
+//! journal also carries the events of earlier (stored) batches not yet known
+//! acknowledged (a double ack answered by the server). A host taking the
+//! trigger over reads the journal, submits its batch again (same
+//! `Nats-Msg-Id`, so a no-op if it was stored) and acknowledges the
+//! journal's events, batch and carried, as they come back instead of
+//! batching them anew. An event stops being carried once it is seen again
+//! and acked, or once none can come back (the consumer's count of
+//! unacknowledged events is down to what this host holds). New batches
+//! never wait for the journal's events: those may come back only after a
+//! dead host's ack wait, and only through a pull request, which a host
+//! waiting for them with a full batch would not send.
 //!
 //! Debounce: the latest event of each burst is held; an older one is acked
 //! as soon as a newer one of the same key is held, so a crash leaves the
@@ -44,6 +47,11 @@ const MAX_BURSTS: usize = 10_000;
 
 /// How often timers and journal accounting are checked.
 const TICK: Duration = Duration::from_millis(100);
+
+/// Events not yet known acknowledged a journal carries at most; past this
+/// no new batch is journaled until they are accounted for (acks failing
+/// that often means NATS is failing, and the journal must stay small).
+const MAX_CARRIED: usize = 4096;
 
 /// Consumes a batching or debouncing trigger until `token` fires (`Ok`) or
 /// its consumer fails (`Err`).
@@ -137,8 +145,9 @@ struct Batcher<'a> {
     queue: VecDeque<(Message, TriggerEvent)>,
     bytes: usize,
     first_at: Option<Instant>,
-    /// Sequences of the journaled batch not yet known acknowledged; no new
-    /// batch is journaled while any is left.
+    /// Sequences of batches already submitted (the journal's, and those it
+    /// carries) not yet known acknowledged: acked when they come back,
+    /// never batched again.
     outstanding: HashSet<u64>,
 }
 
@@ -163,11 +172,12 @@ impl Batcher<'_> {
             }
             // Events are always read off a pull request (so that none waits
             // unseen, unkept), but only as many are asked for as a batch has
-            // room for; while the journal is not accounted for, a request
-            // stands anyway, for its events to come back through.
+            // room for; while submitted events are not accounted for, a
+            // request stands anyway, for them to come back through (the
+            // server redelivers before it delivers new events).
             let mut want = self.max.saturating_sub(self.pending.len() + self.queue.len());
-            if !self.outstanding.is_empty() && self.queue.len() < self.max {
-                want = want.max(self.outstanding.len());
+            if !self.outstanding.is_empty() && self.queue.len() < MAX_CARRIED {
+                want = want.max(1);
             }
             if want > 0 {
                 pulls.request(want).await?;
@@ -216,12 +226,11 @@ impl Batcher<'_> {
         self.queue.push_back((msg, event));
     }
 
-    /// Moves queued events into the batch, submitting it each time it is
-    /// full (once the previous one is accounted for).
+    /// Moves queued events into the batch, submitting it each time it is full.
     async fn admit(&mut self, token: &CancellationToken) -> Result<(), String> {
         loop {
             if self.pending.len() >= self.max || self.bytes >= MAX_BATCH_BYTES {
-                if !self.outstanding.is_empty() || !self.flush(token).await? {
+                if self.too_much_carried() || !self.flush(token).await? {
                     return Ok(());
                 }
                 continue;
@@ -239,17 +248,24 @@ impl Batcher<'_> {
         }
     }
 
-    /// Journals, submits and acknowledges the batch gathered so far (once
-    /// the previous one is accounted for). `Ok(false)`: stopped meanwhile.
+    /// Whether so many events are carried that no new batch is journaled.
+    fn too_much_carried(&self) -> bool {
+        self.outstanding.len() > MAX_CARRIED
+    }
+
+    /// Journals, submits and acknowledges the batch gathered so far.
+    /// `Ok(false)`: stopped meanwhile.
     async fn flush(&mut self, token: &CancellationToken) -> Result<bool, String> {
-        if self.pending.is_empty() || !self.outstanding.is_empty() {
+        if self.pending.is_empty() || self.too_much_carried() {
             return Ok(true);
         }
         self.pending.sort_by_key(|(_, e)| e.seq);
         let events: Vec<TriggerEvent> = self.pending.iter().map(|(_, e)| e.clone()).collect();
         let Some(submission) = event::batch(&self.spec.task, &self.spec.trigger, &events) else { return Ok(true) };
+        let mut carried: Vec<u64> = self.outstanding.iter().copied().collect();
+        carried.sort_unstable();
         let journal =
-            JournaledBatch { msg_id: submission.msg_id.clone(), seqs: events.iter().map(|e| e.seq).collect() };
+            JournaledBatch { msg_id: submission.msg_id.clone(), seqs: events.iter().map(|e| e.seq).collect(), carried };
         if !self.journal(journal, token).await? {
             return Ok(true);
         }
@@ -261,7 +277,7 @@ impl Batcher<'_> {
             futures::future::join_all(self.pending.iter().map(|(m, e)| async move { (e.seq, m.double_ack().await) }));
         for (seq, result) in acks.await {
             if let Err(err) = result {
-                tracing::debug!(seq, %err, "batched event not known acknowledged; accounting for it before the next batch");
+                tracing::debug!(seq, %err, "batched event not known acknowledged; the next journals carry it");
                 self.outstanding.insert(seq);
             }
         }
@@ -315,7 +331,8 @@ impl Batcher<'_> {
     }
 
     /// Submits a journaled batch again from the stream (a no-op if it was
-    /// stored) and waits for its events. `false` if stopped meanwhile.
+    /// stored) and from then on acknowledges its events and those it
+    /// carries when they come back. `false` if stopped meanwhile.
     async fn resubmit(&mut self, journal: &JournaledBatch, token: &CancellationToken) -> bool {
         let mut events = Vec::new();
         for &seq in &journal.seqs {
@@ -342,13 +359,13 @@ impl Batcher<'_> {
                 return false;
             }
         }
-        self.outstanding = journal.seqs.iter().copied().collect();
+        self.outstanding.extend(journal.seqs.iter().chain(&journal.carried));
         true
     }
 
-    /// Drops the journaled batch's events that cannot come back: when the
-    /// consumer counts no more unacknowledged events than this host holds,
-    /// none is pending elsewhere.
+    /// Drops the submitted events that cannot come back: when the consumer
+    /// counts no more unacknowledged events than this host holds, none is
+    /// pending elsewhere.
     async fn account(&mut self) {
         let mut consumer = self.opened.consumer.clone();
         match consumer.info().await {
