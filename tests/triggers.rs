@@ -373,12 +373,12 @@ async fn batching_host_died(
     ack_wait: u64,
 ) -> DeadHost {
     use jetsched_contract::ticker::{JournaledBatch, TriggerState, partition_of, trigger_key};
-    let batches = env.function(&format!("fn.{task}"), |_| Reply::Ok(json!({}))).await;
+    let function = format!("fn.{task}");
+    let batches = env.function(&function, |_| Reply::Ok(json!({}))).await;
     let services = dispatch_and_work(env);
     user_stream(env, "SENSORS", &["sensor.>"]).await;
     let trigger = json!({"stream": "SENSORS", "batch": {"max": 4, "within": "1h"}, "payload": "{{seq}}"});
-    let fn_subject = format!("fn.{task}");
-    env.put_task(task, json!({"handler": handler(&fn_subject), "triggers": [trigger.clone()]})).await;
+    env.put_task(task, json!({"handler": handler(&function), "triggers": [trigger.clone()]})).await;
     for i in 1..=events {
         assert_eq!(env.publish("sensor.t".into(), &[], &i.to_string()).await, i);
     }

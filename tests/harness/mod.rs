@@ -568,14 +568,9 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
-    let mut tick = tokio::time::interval(Duration::from_millis(50));
-    within(secs, what, async {
-        loop {
-            tick.tick().await;
-            if let Some(v) = check().await {
-                return v;
-            }
-        }
+    eventually_ok(secs, what, || {
+        let checked = check();
+        async move { checked.await.ok_or_else(String::new) }
     })
     .await
 }
@@ -602,6 +597,7 @@ where
     .await;
     match waited {
         Ok(v) => v,
+        Err(_) if last.is_empty() => panic!("timed out after {secs}s waiting for {what}"),
         Err(_) => panic!("timed out after {secs}s waiting for {what}; last seen: {last}"),
     }
 }
