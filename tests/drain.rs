@@ -2,7 +2,8 @@
 //! within its grace period. A worker finishes the run it holds and takes
 //! no new one (what it is offered while draining goes to the next worker);
 //! a ticker hands its partitions back, so that another ticker fires at once
-//! instead of after the lease TTL; a dispatcher stops and loses nothing.
+//! instead of after the lease TTL; a dispatcher stops and loses nothing;
+//! `jetsched up` stopped by Ctrl-C lets its worker finish a staged run.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -12,16 +13,21 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use harness::*;
-use jetsched_contract::{RunEvent, RunStatus, headers};
+use jetsched_contract::{RunEvent, RunRecord, RunStatus, headers};
 use jiff::Timestamp;
 use serde_json::json;
 
 /// Sends SIGTERM to `child` and waits (at most `secs`) for it to exit 0.
 async fn terminate(child: &mut tokio::process::Child, secs: u64) {
+    stop_with(child, rustix::process::Signal::TERM, secs).await
+}
+
+/// Sends `signal` to `child` and waits (at most `secs`) for it to exit 0.
+async fn stop_with(child: &mut tokio::process::Child, signal: rustix::process::Signal, secs: u64) {
     let pid = rustix::process::Pid::from_raw(child.id().unwrap() as i32).unwrap();
-    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
-    let status = within(secs, "the process to exit after SIGTERM", child.wait()).await.unwrap();
-    assert_eq!(status.code(), Some(0), "exit status after SIGTERM: {status:?}");
+    rustix::process::kill_process(pid, signal).unwrap();
+    let status = within(secs, "the process to exit after the signal", child.wait()).await.unwrap();
+    assert_eq!(status.code(), Some(0), "exit status after {signal:?}: {status:?}");
 }
 
 fn runs_of<'a>(events: &'a Events, run_id: &'a str, status: RunStatus) -> Vec<&'a RunEvent> {
@@ -123,4 +129,38 @@ async fn a_terminated_dispatcher_exits_0_and_loses_nothing() {
     env.submit("d", "{}").await;
     let _next = env.services_with(ServicesConfig { ticker: None, worker: None, ..ServicesConfig::default() });
     events.wait_for(30, "the run submitted meanwhile", is("d", RunStatus::Succeeded)).await;
+}
+
+/// Ctrl-C to `jetsched up --examples` while its worker holds a run staged
+/// ahead of its time: the example functions answer until the worker has
+/// drained, so the run succeeds. (They used to stop with the signal, and the
+/// run failed with "no function is listening on examples.hello".)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_stopped_by_ctrl_c_finishes_the_run_its_worker_holds_staged() {
+    let env = Env::start().await;
+    let kv = env.handles.js.get_key_value(env.names.runs_bucket()).await.unwrap();
+    let mut up = env.spawn_jetsched(&["up", "--examples", "--quiet", "--console", "off", "--lookahead", "5s"]);
+    // `hello-every-10s` fires every 10 s, each fire published 5 s ahead; a
+    // worker claims it at once (its record says `started`) and holds it
+    // until its time. Stop while one is held with time to spare.
+    let mut records = kv.watch("s.hello-every-10s.>").await.unwrap();
+    let staged = within(60, "a staged run of hello", async {
+        loop {
+            let entry = records.next().await.unwrap().unwrap();
+            let Ok(record) = serde_json::from_slice::<RunRecord>(&entry.value) else { continue };
+            let ahead = Timestamp::now() + jiff::SignedDuration::from_secs(2);
+            if record.status == RunStatus::Started && record.scheduled_for.is_some_and(|t| t > ahead) {
+                break record;
+            }
+        }
+    })
+    .await;
+    stop_with(&mut up, rustix::process::Signal::INT, 30).await;
+    let record = env.record(&staged.run_id).await;
+    assert_eq!(
+        (record.status, record.attempt, record.error.as_deref()),
+        (RunStatus::Succeeded, 1, None),
+        "the staged run {} after Ctrl-C",
+        staged.run_id
+    );
 }

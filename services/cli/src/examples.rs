@@ -39,13 +39,13 @@ pub async fn load(handles: &Handles) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Answers `examples.hello` and `examples.flaky` until `shutdown`.
-pub async fn serve_functions(client: Client, shutdown: CancellationToken) -> anyhow::Result<()> {
+/// Answers `examples.hello` and `examples.flaky` until `stop`.
+pub async fn serve_functions(client: Client, stop: CancellationToken) -> anyhow::Result<()> {
     let mut hello = client.subscribe("examples.hello").await?;
     let mut flaky = client.subscribe("examples.flaky").await?;
     loop {
         tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
+            _ = stop.cancelled() => return Ok(()),
             Some(msg) = hello.next() => {
                 let name = serde_json::from_slice::<serde_json::Value>(&msg.payload)
                     .ok()

@@ -105,10 +105,14 @@ pub async fn run(
         }
     };
     let client = handles.js.client();
+    // The example functions and the event printer outlive the shutdown
+    // signal: a draining worker may still call a function (a run it holds
+    // staged starts at its time) and announce its last transitions.
+    let services_stopped = CancellationToken::new();
     if args.examples {
         crate::examples::load(&handles).await.context("cannot load the examples")?;
         args.worker.allow_exec.extend(crate::examples::ALLOW_EXEC.iter().map(|s| s.to_string()));
-        let functions = crate::examples::serve_functions(client.clone(), shutdown.clone());
+        let functions = crate::examples::serve_functions(client.clone(), services_stopped.clone());
         tokio::spawn(async move {
             if let Err(err) = functions.await {
                 tracing::error!(%err, "example functions stopped");
@@ -118,7 +122,7 @@ pub async fn run(
     }
     if !args.quiet {
         let events = client.subscribe(handles.names.event_filter()).await?;
-        tokio::spawn(print_events(events, shutdown.clone()));
+        tokio::spawn(print_events(events, services_stopped.clone()));
     }
     // One connection per service, as when they run as separate processes.
     let ticker_handles = crate::open(&nats, topology, "jetsched-ticker", true).await?;
@@ -138,6 +142,7 @@ pub async fn run(
         _ => worker_handles.clone(),
     };
     let ended = services.spawn(handles_for, &shutdown).join().await;
+    services_stopped.cancel();
     for h in [&ticker_handles, &dispatcher_handles, &worker_handles].into_iter().chain(console.as_ref()) {
         jetsched_runtime::service::close(&h.js.client()).await;
     }
@@ -179,10 +184,11 @@ async fn start_local_server(args: &UpArgs) -> anyhow::Result<LocalServer> {
     .await?
 }
 
-async fn print_events(mut events: async_nats::Subscriber, shutdown: CancellationToken) {
+/// Prints each event until `stop`.
+async fn print_events(mut events: async_nats::Subscriber, stop: CancellationToken) {
     loop {
         tokio::select! {
-            _ = shutdown.cancelled() => return,
+            _ = stop.cancelled() => return,
             msg = events.next() => match msg {
                 Some(msg) => match serde_json::from_slice::<RunEvent>(&msg.payload) {
                     Ok(event) => println!("{}", format_event(&event)),
