@@ -366,7 +366,10 @@ pub async fn run(
         }
     }
     ready.set(false);
-    tracing::info!(worker = %worker_id, running = running.len(), "worker draining");
+    // `running` also holds the standing pull requests: count the runs by
+    // their slots (a staged run holds one too).
+    let runs = config.slots.max(1).saturating_sub(slots.available_permits());
+    tracing::info!(worker = %worker_id, runs, "worker draining");
     let drained = tokio::time::timeout(config.drain, async { while running.join_next().await.is_some() {} }).await;
     if drained.is_err() {
         tracing::warn!("drain deadline passed; unfinished runs will be redelivered to other workers");
