@@ -63,11 +63,12 @@ async fn a_draining_worker_finishes_its_run_takes_no_new_one_and_exits_0() {
     env.publish(env.names.submit_subject("slow"), &[(headers::NATS_MSG_ID, "b")], "{}").await;
     let status = within(25, "the worker to exit within its drain", worker.wait()).await.unwrap();
     assert_eq!(status.code(), Some(0), "{status:?}");
-    // Its log counted the one run it held, not its standing pull requests.
+    // Its log counted the slot of the one run it held, not its standing
+    // pull requests.
     let text = std::fs::read_to_string(&log).unwrap();
     let draining =
         text.lines().find(|l| l.contains("worker draining")).unwrap_or_else(|| panic!("no drain line:\n{text}"));
-    assert!(draining.ends_with("runs=1"), "{draining}");
+    assert!(draining.ends_with("busy_slots=1"), "{draining}");
     // Its entry went when it exited.
     within(10, "the worker's entry to go", async {
         while presence.next().await.unwrap().unwrap().operation == async_nats::jetstream::kv::Operation::Put {}

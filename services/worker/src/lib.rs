@@ -366,10 +366,9 @@ pub async fn run(
         }
     }
     ready.set(false);
-    // `running` also holds the standing pull requests: count the runs by
-    // their slots (a staged run holds one too).
-    let runs = config.slots.max(1).saturating_sub(slots.available_permits());
-    tracing::info!(worker = %worker_id, runs, "worker draining");
+    // The slots its runs hold, staged runs among them, as its heartbeat
+    // counts them (`running` holds the standing pull requests too).
+    tracing::info!(worker = %worker_id, busy_slots = ctx.room.busy_slots(), "worker draining");
     let drained = tokio::time::timeout(config.drain, async { while running.join_next().await.is_some() {} }).await;
     if drained.is_err() {
         tracing::warn!("drain deadline passed; unfinished runs will be redelivered to other workers");
