@@ -6,7 +6,8 @@
 //! handler, JSON and scheduling logic cost extra). Printed for jetsched's
 //! run as it is, for the least any design keeping the contract needs, and
 //! for that least with its writes in JetStream's batches (atomic batches
-//! and fast ingest are measured too: the alternatives issue 13 names).
+//! and fast ingest are measured too, and the batched read: the
+//! alternatives issue 13 names).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
@@ -41,6 +42,8 @@ enum Op {
     KvUpdate,
     /// KV get (direct get) of a key.
     KvGet,
+    /// KV gets of `BATCH` keys in one batch direct get (`multi_last`, 2.11).
+    KvGetBatch,
     /// A stored message delivered to a pull consumer and acked.
     ConsumeAck,
     /// A core request answered by a responder on another connection (a
@@ -65,11 +68,12 @@ enum Op {
 const BATCH: usize = 32;
 
 impl Op {
-    const ALL: [Op; 12] = [
+    const ALL: [Op; 13] = [
         Op::Publish,
         Op::KvCreate,
         Op::KvUpdate,
         Op::KvGet,
+        Op::KvGetBatch,
         Op::ConsumeAck,
         Op::Request,
         Op::CorePublish,
@@ -86,6 +90,7 @@ impl Op {
             Op::KvCreate => "KV create",
             Op::KvUpdate => "KV update, expected revision",
             Op::KvGet => "KV get (direct)",
+            Op::KvGetBatch => "KV get, batch direct get of 32",
             Op::ConsumeAck => "pull consumer delivery + ack",
             Op::Request => "core request + reply",
             Op::CorePublish => "core publish, no subscriber",
@@ -278,7 +283,7 @@ async fn measure(env: &BenchEnv, op: Op, args: &Args) -> anyhow::Result<Measured
             let rate = baseline::publish_rate(env, &args).await?;
             Ok(Measured { rate, cpu: window.finish(n).cpu })
         }
-        Op::KvCreate | Op::KvUpdate | Op::KvGet => {
+        Op::KvCreate | Op::KvUpdate | Op::KvGet | Op::KvGetBatch => {
             let bucket = "LOADTEST_CEILING";
             let _ = js.delete_key_value(bucket).await;
             // As the runs bucket is (setup::bucket_configs): history 64, direct get.
@@ -304,6 +309,38 @@ async fn measure(env: &BenchEnv, op: Op, args: &Args) -> anyhow::Result<Measured
             .await?;
             let rate = match op {
                 Op::KvCreate => created,
+                Op::KvGetBatch => {
+                    let client = env.client.clone();
+                    let api = format!("$JS.API.DIRECT.GET.KV_{bucket}");
+                    let batches = timed(n / BATCH, (in_flight / BATCH).max(1), |b| {
+                        let (client, api) = (client.clone(), api.clone());
+                        async move {
+                            let subjects: Vec<String> =
+                                (b * BATCH..(b + 1) * BATCH).map(|i| format!("$KV.{bucket}.{}", key(i))).collect();
+                            let inbox = client.new_inbox();
+                            let mut sub = client.subscribe(inbox.clone()).await?;
+                            let body = serde_json::to_vec(&serde_json::json!({ "multi_last": subjects }))?;
+                            client.publish_with_reply(api, inbox, body.into()).await?;
+                            let mut got = 0;
+                            while let Some(msg) = sub.next().await {
+                                if msg.status.is_some_and(|s| s.as_u16() == 204) {
+                                    break;
+                                }
+                                anyhow::ensure!(
+                                    msg.status.is_none(),
+                                    "batch get: status {:?} {:?}",
+                                    msg.status,
+                                    msg.description
+                                );
+                                got += 1;
+                            }
+                            anyhow::ensure!(got == BATCH, "batch get: {got} of {BATCH}");
+                            Ok(())
+                        }
+                    })
+                    .await?;
+                    Measured { rate: batches.rate * BATCH as f64, cpu: batches.cpu / BATCH as f64 }
+                }
                 Op::KvUpdate => {
                     let value = bytes::Bytes::from(vec![b'y'; 256]);
                     timed(n, in_flight, |i| {
