@@ -64,7 +64,7 @@ enum Op {
     PublishFast,
 }
 
-/// Messages per atomic batch in the batched operations.
+/// Messages per atomic batch, and keys per batched read.
 const BATCH: usize = 32;
 
 impl Op {

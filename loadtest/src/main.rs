@@ -55,8 +55,10 @@ enum Command {
     /// then the start order of a backlog of mixed importance.
     Dispatch(dispatch::Args),
     /// Every NATS operation a run performs, measured alone against the raw
-    /// baseline, and the most runs/s that jetsched's run, and any design
-    /// keeping the contract, could reach on this machine.
+    /// baseline (and their batched forms: atomic and fast-ingest batch
+    /// publish, batch direct get), and the most runs/s that jetsched's run,
+    /// and any design keeping the contract, batched or not, could reach on
+    /// this machine.
     Ceiling(ceiling::Args),
     /// Only the raw JetStream async publish baseline.
     Baseline(baseline::Args),
