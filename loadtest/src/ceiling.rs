@@ -177,6 +177,13 @@ struct Measured {
     cpu: f64,
 }
 
+impl Measured {
+    /// Per item, when each operation measured carried `k` of them.
+    fn per(self, k: usize) -> Measured {
+        Measured { rate: self.rate * k as f64, cpu: self.cpu / k as f64 }
+    }
+}
+
 /// CPU time the machine spent while it runs (all cores, busy ticks of
 /// `/proc/stat`), in seconds.
 struct Window {
@@ -309,38 +316,7 @@ async fn measure(env: &BenchEnv, op: Op, args: &Args) -> anyhow::Result<Measured
             .await?;
             let rate = match op {
                 Op::KvCreate => created,
-                Op::KvGetBatch => {
-                    let client = env.client.clone();
-                    let api = format!("$JS.API.DIRECT.GET.KV_{bucket}");
-                    let batches = timed(n / BATCH, (in_flight / BATCH).max(1), |b| {
-                        let (client, api) = (client.clone(), api.clone());
-                        async move {
-                            let subjects: Vec<String> =
-                                (b * BATCH..(b + 1) * BATCH).map(|i| format!("$KV.{bucket}.{}", key(i))).collect();
-                            let inbox = client.new_inbox();
-                            let mut sub = client.subscribe(inbox.clone()).await?;
-                            let body = serde_json::to_vec(&serde_json::json!({ "multi_last": subjects }))?;
-                            client.publish_with_reply(api, inbox, body.into()).await?;
-                            let mut got = 0;
-                            while let Some(msg) = sub.next().await {
-                                if msg.status.is_some_and(|s| s.as_u16() == 204) {
-                                    break;
-                                }
-                                anyhow::ensure!(
-                                    msg.status.is_none(),
-                                    "batch get: status {:?} {:?}",
-                                    msg.status,
-                                    msg.description
-                                );
-                                got += 1;
-                            }
-                            anyhow::ensure!(got == BATCH, "batch get: {got} of {BATCH}");
-                            Ok(())
-                        }
-                    })
-                    .await?;
-                    Measured { rate: batches.rate * BATCH as f64, cpu: batches.cpu / BATCH as f64 }
-                }
+                Op::KvGetBatch => batch_gets(&env.client, &kv, key, n, in_flight).await?,
                 Op::KvUpdate => {
                     let value = bytes::Bytes::from(vec![b'y'; 256]);
                     timed(n, in_flight, |i| {
@@ -529,7 +505,43 @@ async fn atomic_batches(env: &BenchEnv, creates: bool, args: &Args) -> anyhow::R
     })
     .await?;
     env.handles.js.delete_stream(name).await?;
-    Ok(Measured { rate: batches.rate * BATCH as f64, cpu: batches.cpu / BATCH as f64 })
+    Ok(batches.per(BATCH))
+}
+
+/// Reads `n` keys of `kv` (named by `key`) `BATCH` at a time, each batch in
+/// one batch direct get (`multi_last`): one message per key, then a 204
+/// end-of-batch. The requests in flight hold the baseline's in-flight count
+/// of keys.
+async fn batch_gets(
+    client: &async_nats::Client,
+    kv: &kv::Store,
+    key: impl Fn(usize) -> String,
+    n: usize,
+    in_flight: usize,
+) -> anyhow::Result<Measured> {
+    let api = format!("$JS.API.DIRECT.GET.{}", kv.stream_name);
+    let batches = timed(n / BATCH, (in_flight / BATCH).max(1), |b| {
+        let subjects: Vec<String> = (b * BATCH..(b + 1) * BATCH).map(|i| format!("{}{}", kv.prefix, key(i))).collect();
+        let (client, api) = (client.clone(), api.clone());
+        async move {
+            let inbox = client.new_inbox();
+            let mut replies = client.subscribe(inbox.clone()).await?;
+            let body = serde_json::to_vec(&serde_json::json!({ "multi_last": subjects }))?;
+            client.publish_with_reply(api, inbox, body.into()).await?;
+            let mut got = 0;
+            while let Some(msg) = replies.next().await {
+                match msg.status.map(|s| s.as_u16()) {
+                    None => got += 1,
+                    Some(204) => break,
+                    Some(_) => anyhow::bail!("batch get: status {:?} {:?}", msg.status, msg.description),
+                }
+            }
+            anyhow::ensure!(got == BATCH, "batch get: {got} of {BATCH}");
+            Ok(())
+        }
+    })
+    .await?;
+    Ok(batches.per(BATCH))
 }
 
 /// Writes to distinct subjects as one fast-ingest batch (2.14, ADR-50): no
