@@ -182,34 +182,37 @@ pub async fn run(
                 task = tracing::field::Empty
             );
             jetsched_runtime::trace::follow(&span, msg.headers.as_ref());
+            let carried = jetsched_runtime::trace::Carried::from_headers(msg.headers.as_ref());
             inflight.spawn(
-                async move {
-                    let _permit = permit;
-                    let (seq, delivered, stored) = match msg.info() {
-                        Ok(i) => {
-                            (i.stream_sequence, i.delivered.max(0) as u64, Some(i.published.unix_timestamp_nanos()))
+                carried.scope(
+                    async move {
+                        let _permit = permit;
+                        let (seq, delivered, stored) = match msg.info() {
+                            Ok(i) => {
+                                (i.stream_sequence, i.delivered.max(0) as u64, Some(i.published.unix_timestamp_nanos()))
+                            }
+                            Err(_) => (0, 1, None),
+                        };
+                        let inbox = Inbox {
+                            subject: msg.subject.as_str(),
+                            headers: msg.headers.as_ref(),
+                            payload: &msg.payload,
+                            seq,
+                            delivered,
+                        };
+                        let disposition = dispatch::handle(&ctx, inbox).await;
+                        if let (Disposition::Ack, Some(stored)) = (&disposition, stored) {
+                            let now = jiff::Timestamp::now().as_nanosecond();
+                            metrics().dispatch_latency.record(((now - stored).max(0) as f64) / 1e9, &[]);
                         }
-                        Err(_) => (0, 1, None),
-                    };
-                    let inbox = Inbox {
-                        subject: msg.subject.as_str(),
-                        headers: msg.headers.as_ref(),
-                        payload: &msg.payload,
-                        seq,
-                        delivered,
-                    };
-                    let disposition = dispatch::handle(&ctx, inbox).await;
-                    if let (Disposition::Ack, Some(stored)) = (&disposition, stored) {
-                        let now = jiff::Timestamp::now().as_nanosecond();
-                        metrics().dispatch_latency.record(((now - stored).max(0) as f64) / 1e9, &[]);
+                        match disposition.apply(&msg).await {
+                            Ok(()) => DISPATCHING.recovered(),
+                            // The message comes back after ack_wait; the run-id gate absorbs it.
+                            Err(err) => DISPATCHING.failed(&format_args!("cannot ack inbox message: {err}")),
+                        }
                     }
-                    match disposition.apply(&msg).await {
-                        Ok(()) => DISPATCHING.recovered(),
-                        // The message comes back after ack_wait; the run-id gate absorbs it.
-                        Err(err) => DISPATCHING.failed(&format_args!("cannot ack inbox message: {err}")),
-                    }
-                }
-                .instrument(span),
+                    .instrument(span),
+                ),
             );
         }
     }

@@ -5,10 +5,10 @@
 //!   spans. They are exported over OTLP/HTTP when the standard variables ask
 //!   for it (`OTEL_EXPORTER_OTLP_ENDPOINT` or
 //!   `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, `OTEL_SERVICE_NAME`, ...); with
-//!   none set, no exporter runs, but spans still get W3C trace context (a
-//!   tracer with no exporter that records only under a sampled incoming
-//!   parent), so that context always rides in NATS headers, HTTP headers and
-//!   `TRACEPARENT` (see [`crate::trace`]) and a user's own tracing can join.
+//!   none set, no exporter runs and no span is recorded, but spans still
+//!   carry W3C trace context (the incoming one, or a new trace), so that it
+//!   always rides in NATS headers, HTTP headers and `TRACEPARENT` (see
+//!   [`crate::trace`]) and a user's own tracing can join.
 //! - Metrics: OpenTelemetry instruments ([`crate::metrics`]), read on demand
 //!   for the Prometheus endpoint and, when OTLP is configured, pushed too.
 
@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::metrics::{ManualReader, SdkMeterProvider};
-use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider, SpanExporter};
+use opentelemetry_sdk::trace::{SdkTracerProvider, SpanExporter};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::filter::dynamic_filter_fn;
 use tracing_subscriber::layer::SubscriberExt;
@@ -49,8 +49,6 @@ pub fn tracing_recorded() -> bool {
 /// What `init` set up; shut it down to flush exporters.
 pub struct Telemetry {
     tracer: Option<SdkTracerProvider>,
-    /// Without an exporter: the tracer that only makes trace context.
-    propagating: Option<SdkTracerProvider>,
     meter: SdkMeterProvider,
     reader: Arc<ManualReader>,
 }
@@ -77,9 +75,6 @@ impl Telemetry {
     pub fn shutdown(self) {
         if let Some(tracer) = self.tracer {
             let _ = tracer.force_flush();
-            let _ = tracer.shutdown();
-        }
-        if let Some(tracer) = self.propagating {
             let _ = tracer.shutdown();
         }
         let _ = self.meter.shutdown();
@@ -185,35 +180,26 @@ fn install(
         }
     };
     EXPORTING.store(tracer.is_some(), Ordering::Relaxed);
-    // Without an exporter, spans still carry trace context: ids are made
-    // (or taken from an incoming `traceparent`) and propagated; nothing is
-    // recorded unless the incoming parent is sampled, and nothing exported.
-    let propagating = tracer
-        .is_none()
-        .then(|| SdkTracerProvider::builder().with_sampler(Sampler::ParentBased(Box::new(Sampler::AlwaysOff))).build());
-    let recording = tracer.is_some();
-    let otel = tracer.as_ref().or(propagating.as_ref()).map(|t| {
+    let otel = tracer.as_ref().map(|t| {
         // Spans are recorded for OpenTelemetry regardless of the log level,
         // but only jetsched's own (and only while tracing is enabled).
         // Trace context travels in headers (`trace::inject_for`, `follow`),
         // so no OpenTelemetry context is attached on every poll of a span,
         // and busy/idle times are not kept: both cost time on every enter
-        // and exit. Location, thread, level and target are attributes only
-        // a recorded span carries.
+        // and exit.
         tracing_opentelemetry::layer()
             .with_tracer(t.tracer("jetsched"))
             .with_context_activation(false)
             .with_tracked_inactivity(false)
-            .with_location(recording)
-            .with_threads(recording)
-            .with_level(recording)
-            .with_target(recording)
             .with_filter(dynamic_filter_fn(|meta, _| {
                 TRACING_ENABLED.load(Ordering::Relaxed) && meta.is_span() && meta.target().starts_with("jetsched")
             }))
     });
+    // While no span is recorded, trace context is still made (or taken from
+    // an incoming `traceparent`) and passed on by the task handling a
+    // message (`trace::Carried`), with no span needed.
     let result = tracing_subscriber::registry().with(fmt.with_filter(filter)).with(otel).try_init();
     // Already installed (several services in one test process): keep the first.
     let _ = result;
-    Telemetry { tracer, propagating, meter, reader }
+    Telemetry { tracer, meter, reader }
 }

@@ -1,10 +1,19 @@
 //! W3C trace context in NATS headers: injected on every publish and request,
 //! extracted on every consume, so one run is one trace across ticker,
 //! dispatcher, worker and the user's handler.
+//!
+//! While spans are exported, the context is OpenTelemetry's (the
+//! `tracing-opentelemetry` layer). While they are not (no exporter, or
+//! tracing switched off), jetsched records no span and the task that handles
+//! a message carries the context that message came with ([`Carried`]):
+//! what is injected is what came in, so a handler's spans are children of
+//! the submitter's. docs/DESIGN.md says why this is not done with spans.
+
+use std::future::Future;
 
 use async_nats::HeaderMap;
-use opentelemetry::propagation::Extractor;
-use opentelemetry::trace::TraceContextExt as _;
+use opentelemetry::propagation::{Extractor, TextMapPropagator as _};
+use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt as _, TraceFlags, TraceId, TraceState};
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 struct HeaderExtractor<'a>(&'a HeaderMap);
@@ -33,13 +42,8 @@ pub fn inject(headers: &mut HeaderMap) {
 /// rather than through the global propagator: its lock and `format!` were
 /// a twentieth of a worker's CPU. `tracestate` is left out when empty.
 pub fn inject_for(span: &tracing::Span, headers: &mut HeaderMap) {
-    let cx = span.context();
-    let otel = cx.span();
-    let sc = otel.span_context();
-    if !sc.is_valid() {
-        return;
-    }
-    headers.insert(jetsched_contract::headers::TRACEPARENT, traceparent(sc).as_str());
+    let Some(sc) = context_of(span) else { return };
+    headers.insert(jetsched_contract::headers::TRACEPARENT, traceparent(&sc).as_str());
     let state = sc.trace_state().header();
     if !state.is_empty() {
         headers.insert(jetsched_contract::headers::TRACESTATE, state.as_str());
@@ -71,29 +75,126 @@ pub fn current_pairs() -> Vec<(String, String)> {
     map.iter().flat_map(|(k, vs)| vs.iter().map(move |v| (k.to_string(), v.as_str().to_string()))).collect()
 }
 
-/// Makes `span` a child of the trace carried by `headers`, if any.
+/// Makes `span` a child of the trace carried by `headers`, if any (while
+/// spans are recorded; otherwise [`Carried`] passes the context on).
 pub fn follow(span: &tracing::Span, headers: Option<&HeaderMap>) {
-    let Some(headers) = headers else { return };
-    if headers.get(jetsched_contract::headers::TRACEPARENT).is_none() {
+    if !crate::telemetry::tracing_recorded() {
         return;
     }
-    let cx = opentelemetry::global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(headers)));
-    let _ = span.set_parent(cx);
+    if let Some(cx) = extract(headers) {
+        let _ = span.set_parent(cx);
+    }
+}
+
+/// The context in `headers`, parsed and validated by the library; `None`
+/// without a `traceparent` (an invalid one is ignored by the library).
+fn extract(headers: Option<&HeaderMap>) -> Option<opentelemetry::Context> {
+    let headers = headers?;
+    headers.get(jetsched_contract::headers::TRACEPARENT)?;
+    Some(opentelemetry_sdk::propagation::TraceContextPropagator::new().extract(&HeaderExtractor(headers)))
 }
 
 /// The trace id of the current span, when traced (for log correlation).
 pub fn current_trace_id() -> Option<String> {
-    let cx = tracing::Span::current().context();
-    let sc = cx.span().span_context().clone();
-    sc.is_valid().then(|| sc.trace_id().to_string())
+    context_of(&tracing::Span::current()).map(|sc| sc.trace_id().to_string())
+}
+
+/// `span`'s trace context while spans are recorded; otherwise the one the
+/// current task carries. `None` when there is none.
+fn context_of(span: &tracing::Span) -> Option<SpanContext> {
+    if crate::telemetry::tracing_recorded() {
+        let cx = span.context();
+        let sc = cx.span().span_context().clone();
+        if sc.is_valid() {
+            return Some(sc);
+        }
+    }
+    CARRIED.try_with(|c| c.clone()).ok()
+}
+
+tokio::task_local! {
+    static CARRIED: SpanContext;
+}
+
+/// The trace context a message's handling carries while no span is
+/// recorded: the message's own, or a new trace (unsampled, as
+/// OpenTelemetry's parent-based sampler makes a root that nobody records).
+pub struct Carried(SpanContext);
+
+impl Carried {
+    /// The context `headers` came with, or a new trace.
+    pub fn from_headers(headers: Option<&HeaderMap>) -> Carried {
+        match extract(headers).map(|cx| cx.span().span_context().clone()) {
+            Some(sc) if sc.is_valid() => Carried(sc),
+            _ => Carried::new_trace(),
+        }
+    }
+
+    /// A new trace.
+    pub fn new_trace() -> Carried {
+        let (trace, span) = (fastrand::u128(1..), fastrand::u64(1..));
+        Carried(SpanContext::new(
+            TraceId::from(trace),
+            SpanId::from(span),
+            TraceFlags::default(),
+            false,
+            TraceState::NONE,
+        ))
+    }
+
+    /// Runs `fut` carrying this context: what [`inject`] writes in it
+    /// while spans are not recorded.
+    pub fn scope<F: Future>(self, fut: F) -> impl Future<Output = F::Output> {
+        CARRIED.scope(self.0, fut)
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::Carried;
     use opentelemetry::propagation::TextMapPropagator as _;
     use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt as _, TraceFlags, TraceId, TraceState};
     use proptest::prelude::*;
     use std::collections::HashMap;
+
+    fn traceparent(h: &async_nats::HeaderMap) -> Option<String> {
+        h.get(jetsched_contract::headers::TRACEPARENT).map(|v| v.to_string())
+    }
+
+    fn injected() -> async_nats::HeaderMap {
+        let mut out = async_nats::HeaderMap::new();
+        super::inject(&mut out);
+        out
+    }
+
+    /// Without recorded spans, a handler's `traceparent` is the one the
+    /// run came with (its spans are children of the submitter's); a run
+    /// that came without one, or with an invalid one, gets a new trace.
+    #[tokio::test]
+    async fn context_is_carried_by_the_task_without_recorded_spans() {
+        let incoming = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(jetsched_contract::headers::TRACEPARENT, incoming);
+        headers.insert(jetsched_contract::headers::TRACESTATE, "vendor=x");
+        let (out, id) = Carried::from_headers(Some(&headers))
+            .scope(async {
+                tokio::task::yield_now().await;
+                (injected(), super::current_trace_id())
+            })
+            .await;
+        assert_eq!(traceparent(&out).as_deref(), Some(incoming));
+        assert_eq!(out.get(jetsched_contract::headers::TRACESTATE).map(|v| v.as_str()), Some("vendor=x"));
+        assert_eq!(id.as_deref(), Some("4bf92f3577b34da6a3ce929d0e0e4736"));
+
+        let mut bad = async_nats::HeaderMap::new();
+        bad.insert(jetsched_contract::headers::TRACEPARENT, "00-zz-00f067aa0ba902b7-01");
+        let a = Carried::from_headers(None).scope(async { traceparent(&injected()).unwrap() }).await;
+        let b = Carried::from_headers(Some(&bad)).scope(async { traceparent(&injected()).unwrap() }).await;
+        assert!(a.starts_with("00-") && a.ends_with("-00") && a.len() == 55, "{a}");
+        assert_ne!(a[3..35], b[3..35], "two new traces");
+        assert_ne!(&b[3..35], "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(traceparent(&injected()), None, "outside a carried task, nothing");
+    }
 
     proptest! {
         /// What `inject_for` writes is what OpenTelemetry's own propagator writes.

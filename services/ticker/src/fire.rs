@@ -149,7 +149,8 @@ async fn fire(publisher: &Publisher, out: &Outgoing, due: &DueFire) -> Result<()
         run_id = %run_id,
         scheduled_for = %due.scheduled_for
     );
-    publish_due(publisher, out, due, &run_id).instrument(span).await
+    let traced = publish_due(publisher, out, due, &run_id).instrument(span);
+    jetsched_runtime::trace::Carried::new_trace().scope(traced).await
 }
 
 async fn publish_due(publisher: &Publisher, out: &Outgoing, due: &DueFire, run_id: &str) -> Result<(), String> {

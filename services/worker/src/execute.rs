@@ -39,7 +39,8 @@ pub async fn execute(ctx: &WorkerCtx, msg: Message, permit: OwnedSemaphorePermit
         attempt = tracing::field::Empty
     );
     jetsched_runtime::trace::follow(&span, msg.headers.as_ref());
-    async {
+    let carried = jetsched_runtime::trace::Carried::from_headers(msg.headers.as_ref());
+    let traced = async {
         let _busy = ctx.room.busy(1);
         let disposition = process(ctx, &msg, permit).await;
         let result = disposition.apply(&msg).await;
@@ -51,8 +52,8 @@ pub async fn execute(ctx: &WorkerCtx, msg: Message, permit: OwnedSemaphorePermit
             RUNNING.failed(&format_args!("cannot ack work message: {err}"));
         }
     }
-    .instrument(span)
-    .await
+    .instrument(span);
+    carried.scope(traced).await
 }
 
 async fn process(ctx: &WorkerCtx, msg: &Message, permit: OwnedSemaphorePermit) -> Disposition {

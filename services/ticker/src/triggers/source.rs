@@ -93,11 +93,11 @@ pub(crate) async fn submit(
     );
     jetsched_runtime::trace::follow(&span, source);
     let subject = ctx.names.submit_subject(&spec.task);
-    let result = ctx
+    let publish = ctx
         .publisher
         .publish(subject, HeaderMap::new(), &submission.msg_id, submission.body.clone().into())
-        .instrument(span)
-        .await;
+        .instrument(span);
+    let result = jetsched_runtime::trace::Carried::from_headers(source).scope(publish).await;
     match result {
         Ok(ack) => {
             SUBMITTING.recovered();
