@@ -9,7 +9,7 @@ mod harness;
 use std::collections::HashSet;
 
 use harness::*;
-use jetsched_contract::{RunStatus, headers};
+use jetsched_contract::{RunEvent, RunStatus, headers};
 use opentelemetry::trace::SpanId;
 use serde_json::json;
 
@@ -112,6 +112,22 @@ async fn trace_context_reaches_every_handler_kind_without_an_exporter() {
         (trace.as_str(), caller.as_str()),
         "TRACEPARENT continues the trace: {printed}"
     );
+    // The record keeps the run's trace id to its end (`runs get`, the
+    // console's run page).
+    let record = env.record(exec.run_id.as_deref().expect("a run id")).await;
+    assert_eq!(record.trace_id.as_deref(), Some(trace.as_str()), "the record's trace id");
+
+    // A run due in two seconds is staged: the worker's first write is its
+    // claim, made without reading the record. It keeps the trace id too.
+    let later = (jiff::Timestamp::now() + std::time::Duration::from_secs(2)).to_string();
+    let subject = env.names.submit_subject("tp-nats");
+    env.publish(subject, &[(headers::TRACEPARENT, incoming), (headers::NOT_BEFORE, &later)], "{}").await;
+    let call = calls.next_call(30).await;
+    let run_id = call.header(headers::RUN_ID).expect("a run id");
+    let ended = |e: &RunEvent| e.run_id.as_deref() == Some(run_id.as_str()) && e.status == RunStatus::Succeeded;
+    events.wait_for(30, "the staged run's end", ended).await;
+    let record = env.record(&run_id).await;
+    assert_eq!(record.trace_id.as_deref(), Some(trace.as_str()), "a staged run's record keeps its trace id");
 
     // Without an incoming traceparent, the run starts a trace of its own.
     env.submit("tp-nats", "{}").await;
@@ -131,7 +147,12 @@ async fn trace_context_reaches_every_handler_kind_without_an_exporter() {
         }
     })
     .await;
-    trace_parts(&call.header(headers::TRACEPARENT).expect("a scheduled run's function gets a traceparent"));
+    let (t, _) =
+        trace_parts(&call.header(headers::TRACEPARENT).expect("a scheduled run's function gets a traceparent"));
+    let run_id = call.header(headers::RUN_ID).expect("a run id");
+    let ended = |e: &RunEvent| e.run_id.as_deref() == Some(run_id.as_str()) && e.status == RunStatus::Succeeded;
+    events.wait_for(30, "the scheduled run's end", ended).await;
+    assert_eq!(env.record(&run_id).await.trace_id, Some(t), "a scheduled run's record has its trace id");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -64,8 +64,11 @@ pub enum Mode {
 }
 
 /// The record as the dispatcher wrote it (the first attempt's expectation).
+/// Its trace id is the work message's trace (called while the message is
+/// handled), which the dispatcher gave the message from the record.
 fn as_queued(item: &WorkItem, queue: &str, band: u8) -> RunRecord {
     RunRecord {
+        trace_id: jetsched_runtime::trace::current_trace_id(),
         schedule: item.schedule.clone(),
         scheduled_for: item.scheduled_for,
         created_at: item.queued_at,
