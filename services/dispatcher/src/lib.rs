@@ -200,7 +200,10 @@ pub async fn run(
                             seq,
                             delivered,
                         };
-                        let disposition = dispatch::handle(&ctx, inbox).await;
+                        // Boxed: a future is copied whole each time it moves
+                        // (into its wrappers, into the task, out of it when it
+                        // ends), and handling a message is most of this one.
+                        let disposition = Box::pin(dispatch::handle(&ctx, inbox)).await;
                         if let (Disposition::Ack, Some(stored)) = (&disposition, stored) {
                             let now = jiff::Timestamp::now().as_nanosecond();
                             metrics().dispatch_latency.record(((now - stored).max(0) as f64) / 1e9, &[]);

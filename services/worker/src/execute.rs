@@ -42,7 +42,10 @@ pub async fn execute(ctx: &WorkerCtx, msg: Message, permit: OwnedSemaphorePermit
     let carried = jetsched_runtime::trace::Carried::from_headers(msg.headers.as_ref());
     let traced = async {
         let _busy = ctx.room.busy(1);
-        let disposition = process(ctx, &msg, permit).await;
+        // Boxed: a future is copied whole each time it moves (into its
+        // wrappers, into the task, out of it when it ends), and the run is
+        // most of this one.
+        let disposition = Box::pin(process(ctx, &msg, permit)).await;
         let result = disposition.apply(&msg).await;
         if result.is_ok() && disposition == Disposition::Ack {
             RUNNING.recovered();
