@@ -33,7 +33,7 @@ fn ensure_installed() {
 pub struct Browser {
     pub client: Client,
     driver: tokio::process::Child,
-    _profile: tempfile::TempDir,
+    _scratch: tempfile::TempDir,
 }
 
 impl Browser {
@@ -41,17 +41,22 @@ impl Browser {
     pub async fn start() -> Browser {
         tokio::task::spawn_blocking(ensure_installed).await.unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        // Everything the browser writes (its profile, and the scratch files
+        // Chromium keeps under TMPDIR) goes in one temporary directory,
+        // removed with the browser.
+        let scratch = tempfile::tempdir().unwrap();
+        let profile = scratch.path().join("profile");
         // Its own process group: dropping the browser kills chromedriver and
         // every Chromium process it started.
         let driver = tokio::process::Command::new(CHROMEDRIVER)
             .arg(format!("--port={port}"))
+            .env("TMPDIR", scratch.path())
             .process_group(0)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .kill_on_drop(true)
             .spawn()
             .expect("chromedriver starts");
-        let profile = tempfile::tempdir().unwrap();
         let args = [
             "--headless=new".to_string(),
             "--no-sandbox".to_string(),
@@ -64,7 +69,7 @@ impl Browser {
             "--disable-sync".to_string(),
             "--disable-extensions".to_string(),
             "--window-size=1400,1000".to_string(),
-            format!("--user-data-dir={}", profile.path().display()),
+            format!("--user-data-dir={}", profile.display()),
         ];
         let mut caps = serde_json::Map::new();
         caps.insert("goog:chromeOptions".to_string(), json!({ "binary": CHROMIUM, "args": args }));
@@ -77,7 +82,7 @@ impl Browser {
             }
         })
         .await;
-        Browser { client, driver, _profile: profile }
+        Browser { client, driver, _scratch: scratch }
     }
 
     /// Opens `url` and waits for the page's script to be loaded.
