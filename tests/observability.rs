@@ -60,6 +60,11 @@ async fn scheduled_run_is_one_trace_from_fire_to_function() {
     assert_eq!(parts[2], handler.span_context.span_id().to_string(), "its parent is the handler span");
 }
 
+/// Whether an event is the success of `run_id`.
+fn succeeded(run_id: &str) -> impl Fn(&RunEvent) -> bool + '_ {
+    move |e| e.run_id.as_deref() == Some(run_id) && e.status == RunStatus::Succeeded
+}
+
 /// The trace id and parent span id of a W3C `traceparent`.
 fn trace_parts(traceparent: &str) -> (String, String) {
     let parts: Vec<&str> = traceparent.split('-').collect();
@@ -124,8 +129,7 @@ async fn trace_context_reaches_every_handler_kind_without_an_exporter() {
     env.publish(subject, &[(headers::TRACEPARENT, incoming), (headers::NOT_BEFORE, &later)], "{}").await;
     let call = calls.next_call(30).await;
     let run_id = call.header(headers::RUN_ID).expect("a run id");
-    let ended = |e: &RunEvent| e.run_id.as_deref() == Some(run_id.as_str()) && e.status == RunStatus::Succeeded;
-    events.wait_for(30, "the staged run's end", ended).await;
+    events.wait_for(30, "the staged run's end", succeeded(&run_id)).await;
     let record = env.record(&run_id).await;
     assert_eq!(record.trace_id.as_deref(), Some(trace.as_str()), "a staged run's record keeps its trace id");
 
@@ -150,8 +154,7 @@ async fn trace_context_reaches_every_handler_kind_without_an_exporter() {
     let (t, _) =
         trace_parts(&call.header(headers::TRACEPARENT).expect("a scheduled run's function gets a traceparent"));
     let run_id = call.header(headers::RUN_ID).expect("a run id");
-    let ended = |e: &RunEvent| e.run_id.as_deref() == Some(run_id.as_str()) && e.status == RunStatus::Succeeded;
-    events.wait_for(30, "the scheduled run's end", ended).await;
+    events.wait_for(30, "the scheduled run's end", succeeded(&run_id)).await;
     assert_eq!(env.record(&run_id).await.trace_id, Some(t), "a scheduled run's record has its trace id");
 }
 

@@ -26,7 +26,6 @@ use jetsched_runtime::{Publisher, Readiness, metrics};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument as _;
 
 use crate::cache::DefCache;
 use crate::ctx::{Ctx, DISPATCHING, Disposition, Inbox};
@@ -181,42 +180,34 @@ pub async fn run(
                 run_id = tracing::field::Empty,
                 task = tracing::field::Empty
             );
-            jetsched_runtime::trace::follow(&span, msg.headers.as_ref());
             let carried = jetsched_runtime::trace::Carried::from_headers(msg.headers.as_ref());
-            inflight.spawn(
-                carried.scope(
-                    async move {
-                        let _permit = permit;
-                        let (seq, delivered, stored) = match msg.info() {
-                            Ok(i) => {
-                                (i.stream_sequence, i.delivered.max(0) as u64, Some(i.published.unix_timestamp_nanos()))
-                            }
-                            Err(_) => (0, 1, None),
-                        };
-                        let inbox = Inbox {
-                            subject: msg.subject.as_str(),
-                            headers: msg.headers.as_ref(),
-                            payload: &msg.payload,
-                            seq,
-                            delivered,
-                        };
-                        // Boxed: a future is copied whole each time it moves
-                        // (into its wrappers, into the task, out of it when it
-                        // ends), and handling a message is most of this one.
-                        let disposition = Box::pin(dispatch::handle(&ctx, inbox)).await;
-                        if let (Disposition::Ack, Some(stored)) = (&disposition, stored) {
-                            let now = jiff::Timestamp::now().as_nanosecond();
-                            metrics().dispatch_latency.record(((now - stored).max(0) as f64) / 1e9, &[]);
-                        }
-                        match disposition.apply(&msg).await {
-                            Ok(()) => DISPATCHING.recovered(),
-                            // The message comes back after ack_wait; the run-id gate absorbs it.
-                            Err(err) => DISPATCHING.failed(&format_args!("cannot ack inbox message: {err}")),
-                        }
-                    }
-                    .instrument(span),
-                ),
-            );
+            inflight.spawn(carried.run_in(span, async move {
+                let _permit = permit;
+                let (seq, delivered, stored) = match msg.info() {
+                    Ok(i) => (i.stream_sequence, i.delivered.max(0) as u64, Some(i.published.unix_timestamp_nanos())),
+                    Err(_) => (0, 1, None),
+                };
+                let inbox = Inbox {
+                    subject: msg.subject.as_str(),
+                    headers: msg.headers.as_ref(),
+                    payload: &msg.payload,
+                    seq,
+                    delivered,
+                };
+                // Boxed: a future is copied whole each time it moves
+                // (into its wrappers, into the task, out of it when it
+                // ends), and handling a message is most of this one.
+                let disposition = Box::pin(dispatch::handle(&ctx, inbox)).await;
+                if let (Disposition::Ack, Some(stored)) = (&disposition, stored) {
+                    let now = jiff::Timestamp::now().as_nanosecond();
+                    metrics().dispatch_latency.record(((now - stored).max(0) as f64) / 1e9, &[]);
+                }
+                match disposition.apply(&msg).await {
+                    Ok(()) => DISPATCHING.recovered(),
+                    // The message comes back after ack_wait; the run-id gate absorbs it.
+                    Err(err) => DISPATCHING.failed(&format_args!("cannot ack inbox message: {err}")),
+                }
+            }));
         }
     }
     ready.set(false);

@@ -183,7 +183,7 @@ fn install(
     let otel = tracer.as_ref().map(|t| {
         // Spans are recorded for OpenTelemetry regardless of the log level,
         // but only jetsched's own (and only while tracing is enabled).
-        // Trace context travels in headers (`trace::inject_for`, `follow`),
+        // Trace context travels in headers (`trace::inject_for`, `Carried::run_in`),
         // so no OpenTelemetry context is attached on every poll of a span,
         // and busy/idle times are not kept: both cost time on every enter
         // and exit.

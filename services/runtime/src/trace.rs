@@ -14,6 +14,7 @@ use std::future::Future;
 use async_nats::HeaderMap;
 use opentelemetry::propagation::{Extractor, TextMapPropagator as _};
 use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt as _, TraceFlags, TraceId, TraceState};
+use tracing::Instrument as _;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 struct HeaderExtractor<'a>(&'a HeaderMap);
@@ -75,17 +76,6 @@ pub fn current_pairs() -> Vec<(String, String)> {
     map.iter().flat_map(|(k, vs)| vs.iter().map(move |v| (k.to_string(), v.as_str().to_string()))).collect()
 }
 
-/// Makes `span` a child of the trace carried by `headers`, if any (while
-/// spans are recorded; otherwise [`Carried`] passes the context on).
-pub fn follow(span: &tracing::Span, headers: Option<&HeaderMap>) {
-    if !crate::telemetry::tracing_recorded() {
-        return;
-    }
-    if let Some(cx) = extract(headers) {
-        let _ = span.set_parent(cx);
-    }
-}
-
 /// The context in `headers`, parsed and validated by the library; `None`
 /// without a `traceparent` (an invalid one is ignored by the library).
 fn extract(headers: Option<&HeaderMap>) -> Option<opentelemetry::Context> {
@@ -116,37 +106,44 @@ tokio::task_local! {
     static CARRIED: SpanContext;
 }
 
-/// The trace context a message's handling carries while no span is
-/// recorded: the message's own, or a new trace (unsampled, as
-/// OpenTelemetry's parent-based sampler makes a root that nobody records).
-pub struct Carried(SpanContext);
+/// The trace context a message's handling carries: the message's own, or
+/// a new trace (unsampled, as OpenTelemetry's parent-based sampler makes a
+/// root that nobody records).
+pub struct Carried {
+    /// What [`inject`] writes while no span is recorded.
+    context: SpanContext,
+    /// The message's context as parsed, for its span to continue while
+    /// spans are recorded.
+    incoming: Option<opentelemetry::Context>,
+}
 
 impl Carried {
     /// The context `headers` came with, or a new trace.
     pub fn from_headers(headers: Option<&HeaderMap>) -> Carried {
-        match extract(headers).map(|cx| cx.span().span_context().clone()) {
-            Some(sc) if sc.is_valid() => Carried(sc),
-            _ => Carried::new_trace(),
-        }
+        let incoming = extract(headers);
+        let context = incoming.as_ref().map(|cx| cx.span().span_context().clone()).filter(SpanContext::is_valid);
+        Carried { context: context.unwrap_or_else(new_trace), incoming }
     }
 
     /// A new trace.
     pub fn new_trace() -> Carried {
-        let (trace, span) = (fastrand::u128(1..), fastrand::u64(1..));
-        Carried(SpanContext::new(
-            TraceId::from(trace),
-            SpanId::from(span),
-            TraceFlags::default(),
-            false,
-            TraceState::NONE,
-        ))
+        Carried { context: new_trace(), incoming: None }
     }
 
-    /// Runs `fut` carrying this context: what [`inject`] writes in it
-    /// while spans are not recorded.
-    pub fn scope<F: Future>(self, fut: F) -> impl Future<Output = F::Output> {
-        CARRIED.scope(self.0, fut)
+    /// Runs `fut` in `span`, which continues this context while spans are
+    /// recorded; otherwise the task carries it, and every publish in `fut`
+    /// injects it.
+    pub fn run_in<F: Future>(self, span: tracing::Span, fut: F) -> impl Future<Output = F::Output> {
+        if let Some(cx) = self.incoming.filter(|_| crate::telemetry::tracing_recorded()) {
+            let _ = span.set_parent(cx);
+        }
+        CARRIED.scope(self.context, fut.instrument(span))
     }
+}
+
+fn new_trace() -> SpanContext {
+    let (trace, span) = (fastrand::u128(1..), fastrand::u64(1..));
+    SpanContext::new(TraceId::from(trace), SpanId::from(span), TraceFlags::default(), false, TraceState::NONE)
 }
 
 #[cfg(test)]
@@ -177,7 +174,7 @@ mod tests {
         headers.insert(jetsched_contract::headers::TRACEPARENT, incoming);
         headers.insert(jetsched_contract::headers::TRACESTATE, "vendor=x");
         let (out, id) = Carried::from_headers(Some(&headers))
-            .scope(async {
+            .run_in(tracing::Span::none(), async {
                 tokio::task::yield_now().await;
                 (injected(), super::current_trace_id())
             })
@@ -188,8 +185,12 @@ mod tests {
 
         let mut bad = async_nats::HeaderMap::new();
         bad.insert(jetsched_contract::headers::TRACEPARENT, "00-zz-00f067aa0ba902b7-01");
-        let a = Carried::from_headers(None).scope(async { traceparent(&injected()).unwrap() }).await;
-        let b = Carried::from_headers(Some(&bad)).scope(async { traceparent(&injected()).unwrap() }).await;
+        let a = Carried::from_headers(None)
+            .run_in(tracing::Span::none(), async { traceparent(&injected()).unwrap() })
+            .await;
+        let b = Carried::from_headers(Some(&bad))
+            .run_in(tracing::Span::none(), async { traceparent(&injected()).unwrap() })
+            .await;
         assert!(a.starts_with("00-") && a.ends_with("-00") && a.len() == 55, "{a}");
         assert_ne!(a[3..35], b[3..35], "two new traces");
         assert_ne!(&b[3..35], "4bf92f3577b34da6a3ce929d0e0e4736");

@@ -20,7 +20,6 @@ use jetsched_contract::{DueFire, headers};
 use jetsched_runtime::{Publisher, RunStore, metrics};
 use jiff::Timestamp;
 use tokio::sync::mpsc;
-use tracing::Instrument as _;
 
 use crate::plan::{Body, Outgoing};
 use crate::withdraw::{self, Withdrawn};
@@ -149,8 +148,7 @@ async fn fire(publisher: &Publisher, out: &Outgoing, due: &DueFire) -> Result<()
         run_id = %run_id,
         scheduled_for = %due.scheduled_for
     );
-    let traced = publish_due(publisher, out, due, &run_id).instrument(span);
-    jetsched_runtime::trace::Carried::new_trace().scope(traced).await
+    jetsched_runtime::trace::Carried::new_trace().run_in(span, publish_due(publisher, out, due, &run_id)).await
 }
 
 async fn publish_due(publisher: &Publisher, out: &Outgoing, due: &DueFire, run_id: &str) -> Result<(), String> {

@@ -38,9 +38,8 @@ pub async fn execute(ctx: &WorkerCtx, msg: Message, permit: OwnedSemaphorePermit
         task = tracing::field::Empty,
         attempt = tracing::field::Empty
     );
-    jetsched_runtime::trace::follow(&span, msg.headers.as_ref());
     let carried = jetsched_runtime::trace::Carried::from_headers(msg.headers.as_ref());
-    let traced = async {
+    let handled = async {
         let _busy = ctx.room.busy(1);
         // Boxed: a future is copied whole each time it moves (into its
         // wrappers, into the task, out of it when it ends), and the run is
@@ -54,9 +53,8 @@ pub async fn execute(ctx: &WorkerCtx, msg: Message, permit: OwnedSemaphorePermit
             tracing::debug!(%err, "cannot ack work message; it will be redelivered");
             RUNNING.failed(&format_args!("cannot ack work message: {err}"));
         }
-    }
-    .instrument(span);
-    carried.scope(traced).await
+    };
+    carried.run_in(span, handled).await
 }
 
 async fn process(ctx: &WorkerCtx, msg: &Message, permit: OwnedSemaphorePermit) -> Disposition {

@@ -15,7 +15,6 @@ use jetsched_contract::trigger::Source;
 use jetsched_contract::{EventTrigger, TriggerEvent};
 use jetsched_runtime::Outage;
 use jiff::Timestamp;
-use tracing::Instrument as _;
 
 use crate::triggers::Ctx;
 use crate::triggers::event::{self, Stored, Submission};
@@ -91,13 +90,9 @@ pub(crate) async fn submit(
         trigger = spec.index,
         msg_id = %submission.msg_id
     );
-    jetsched_runtime::trace::follow(&span, source);
     let subject = ctx.names.submit_subject(&spec.task);
-    let publish = ctx
-        .publisher
-        .publish(subject, HeaderMap::new(), &submission.msg_id, submission.body.clone().into())
-        .instrument(span);
-    let result = jetsched_runtime::trace::Carried::from_headers(source).scope(publish).await;
+    let publish = ctx.publisher.publish(subject, HeaderMap::new(), &submission.msg_id, submission.body.clone().into());
+    let result = jetsched_runtime::trace::Carried::from_headers(source).run_in(span, publish).await;
     match result {
         Ok(ack) => {
             SUBMITTING.recovered();
